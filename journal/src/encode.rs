@@ -1,0 +1,98 @@
+//! Building the records of one operation (the inverse of the scan in `recovery`).
+
+use crate::format::{payload_crc, FileId, RecordHeader, RecordKind, PAGE_SIZE};
+use crate::{JournalError, Lsn};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// New page images for one contiguous run of a cluster's pages.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRun<'a> {
+    /// Page offset of the run in the cluster.
+    pub first_page: u64,
+    /// The page images: a non-empty multiple of [`PAGE_SIZE`] bytes.
+    pub pages: &'a [u8],
+}
+
+/// Checks the runs of one operation and returns the bytes it will occupy in the log.
+pub(crate) fn op_span(runs: &[PageRun<'_>]) -> Result<u64, JournalError> {
+    let mut span = 0u64;
+    for run in runs {
+        if run.pages.is_empty() || run.pages.len() % PAGE_SIZE != 0 {
+            return Err(JournalError::InvalidRun(format!(
+                "a run must hold whole {PAGE_SIZE}-byte pages, got {} bytes",
+                run.pages.len()
+            )));
+        }
+        let count = run.pages.len() as u64 / PAGE;
+        if count > u64::from(u32::MAX) || run.first_page.checked_add(count).is_none() {
+            return Err(JournalError::InvalidRun(format!(
+                "run at page {} of {count} pages is out of range",
+                run.first_page
+            )));
+        }
+        span += (1 + count) * PAGE;
+    }
+    Ok(span)
+}
+
+/// The header pages of an operation whose first record goes at `offset` of file `id`: one page
+/// per run, the last one flagged END (the validation point).
+pub(crate) fn op_headers(
+    id: FileId,
+    offset: u64,
+    cluster: u32,
+    runs: &[PageRun<'_>],
+) -> Vec<Vec<u8>> {
+    let mut at = offset;
+    let mut out = Vec::with_capacity(runs.len());
+    for (index, run) in runs.iter().enumerate() {
+        let h = RecordHeader {
+            kind: RecordKind::Pages,
+            lsn: Lsn::new(id.seq, at),
+            op_offset: offset,
+            index: index as u32,
+            end: index + 1 == runs.len(),
+            cluster,
+            first_page: run.first_page,
+            page_count: (run.pages.len() / PAGE_SIZE) as u32,
+            payload_crc: payload_crc(&[run.pages]),
+            salt: id.salt,
+        };
+        let mut page = vec![0u8; PAGE_SIZE];
+        h.encode(&mut page);
+        at += h.span();
+        out.push(page);
+    }
+    out
+}
+
+/// The seal record closing file `id` at `offset`.
+pub(crate) fn seal_page(id: FileId, offset: u64) -> Vec<u8> {
+    let h = RecordHeader {
+        kind: RecordKind::Seal,
+        lsn: Lsn::new(id.seq, offset),
+        op_offset: offset,
+        index: 0,
+        end: true,
+        cluster: 0,
+        first_page: 0,
+        page_count: 0,
+        payload_crc: 0,
+        salt: id.salt,
+    };
+    let mut page = vec![0u8; PAGE_SIZE];
+    h.encode(&mut page);
+    page
+}
+
+/// Lays an operation out as contiguous bytes (headers interleaved with page images), as the
+/// writer's vectored write puts it on disk. Used by tests and tools that build logs in memory.
+pub fn op_bytes(id: FileId, offset: u64, cluster: u32, runs: &[PageRun<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (header, run) in op_headers(id, offset, cluster, runs).iter().zip(runs) {
+        out.extend_from_slice(header);
+        out.extend_from_slice(run.pages);
+    }
+    out
+}

@@ -1,0 +1,180 @@
+//! The journal directory: log files, the spare, and fsync of directory entries.
+//!
+//! A log file is `log-<seq as 16 hex digits>`. It is created at its full size and zero-filled
+//! before it is linked under that name (built as `log-tmp`, then renamed), so appending a record
+//! never changes the file's size or block map and `fdatasync` flushes data only. A file that is no
+//! longer needed becomes `log-spare` (one is kept) and is reused, with a new header and salt, as
+//! the next file: steady state writes no zero-fill.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::format::{encode_file_header, FileId, PAGE_SIZE};
+use crate::JournalError;
+
+const TMP: &str = "log-tmp";
+const SPARE: &str = "log-spare";
+
+/// Path of log file `seq` in `dir`.
+pub(crate) fn log_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("log-{seq:016x}"))
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("log-")?;
+    (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// Sequence numbers of the log files in `dir`, sorted. Removes a leftover `log-tmp`.
+pub(crate) fn list(dir: &Path) -> Result<Vec<u64>, JournalError> {
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| JournalError::io(dir, e))? {
+        let entry = entry.map_err(|e| JournalError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == TMP {
+            fs::remove_file(entry.path()).map_err(|e| JournalError::io(entry.path(), e))?;
+        } else if let Some(seq) = parse_name(name) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Makes the directory entries of `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| JournalError::io(dir, e))
+}
+
+/// A fresh random salt for a log file.
+pub(crate) fn random_salt() -> Result<u64, JournalError> {
+    let mut b = [0u8; 8];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| JournalError::io("/dev/urandom", e))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn header_page(id: FileId) -> Vec<u8> {
+    let mut page = vec![0u8; PAGE_SIZE];
+    encode_file_header(id, &mut page);
+    page
+}
+
+/// Creates log file `seq` of at least `size` bytes and links it, reusing the spare when it is large
+/// enough. Returns the open file, its identity and its size. `sync` makes everything durable
+/// before the file is linked (and the link itself).
+pub(crate) fn create(
+    dir: &Path,
+    seq: u64,
+    size: u64,
+    sync: bool,
+) -> Result<(File, FileId, u64), JournalError> {
+    let id = FileId {
+        seq,
+        salt: random_salt()?,
+    };
+    let path = log_path(dir, seq);
+    let spare = dir.join(SPARE);
+    let tmp = dir.join(TMP);
+    let reuse = fs::metadata(&spare)
+        .map(|m| m.len() >= size)
+        .unwrap_or(false);
+    let staged = if reuse {
+        // Rewrite the header first: if we crash before the rename, the spare stays a spare.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&spare)
+            .map_err(|e| JournalError::io(&spare, e))?;
+        f.write_all_at(&header_page(id), 0)
+            .map_err(|e| JournalError::io(&spare, e))?;
+        if sync {
+            f.sync_data().map_err(|e| JournalError::io(&spare, e))?;
+        }
+        spare
+    } else {
+        let _ = fs::remove_file(&spare);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| JournalError::io(&tmp, e))?;
+        f.write_all(&header_page(id))
+            .map_err(|e| JournalError::io(&tmp, e))?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = size - PAGE_SIZE as u64;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n]).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                JournalError::io(&tmp, e)
+            })?;
+            left -= n as u64;
+        }
+        if sync {
+            f.sync_all().map_err(|e| JournalError::io(&tmp, e))?;
+        }
+        tmp
+    };
+    fs::rename(&staged, &path).map_err(|e| JournalError::io(&path, e))?;
+    if sync {
+        sync_dir(dir)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| JournalError::io(&path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| JournalError::io(&path, e))?
+        .len();
+    Ok((file, id, len))
+}
+
+/// Retires log files that nothing needs any more: the first becomes the spare if there is none,
+/// the others are deleted.
+pub(crate) fn retire(dir: &Path, seqs: &[u64], sync: bool) -> Result<(), JournalError> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let spare = dir.join(SPARE);
+    for &seq in seqs {
+        let path = log_path(dir, seq);
+        if !spare.exists() {
+            fs::rename(&path, &spare).map_err(|e| JournalError::io(&path, e))?;
+        } else {
+            fs::remove_file(&path).map_err(|e| JournalError::io(&path, e))?;
+        }
+    }
+    if sync {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_strictly() {
+        assert_eq!(parse_name("log-0000000000000001"), Some(1));
+        assert_eq!(parse_name("log-00000000000000ff"), Some(255));
+        assert_eq!(parse_name("log-1"), None);
+        assert_eq!(parse_name("log-spare"), None);
+        assert_eq!(parse_name("log-000000000000000g"), None);
+        assert_eq!(
+            log_path(Path::new("/j"), 10),
+            PathBuf::from("/j/log-000000000000000a")
+        );
+    }
+}
