@@ -1,0 +1,249 @@
+//! Persistent descriptors, as pure encode/decode: the cluster descriptor (H10) and the volume
+//! header. Fixed little-endian layouts ending in a CRC-32C; a damaged or foreign file is refused.
+
+use client::{ClusterId, ClusterKind, VolId};
+
+const DESC_MAGIC: [u8; 8] = *b"CLUDESC\0";
+const VOL_MAGIC: [u8; 8] = *b"CLUVOLM\0";
+const VERSION: u32 = 1;
+/// Size of an encoded descriptor file.
+pub const DESC_LEN: usize = 512;
+/// Size of an encoded volume header file.
+pub const VOL_LEN: usize = 512;
+
+/// Usage statistics kept in the descriptor (thesis J1-J6; filled in by the memory manager).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Completed uses (map .. last unmap on the site).
+    pub uses: u64,
+    /// Total time mapped, in milliseconds, over all uses.
+    pub mapped_ms: u64,
+    /// Sum over uses of the mean number of processes mapping it.
+    pub sharers_sum: u64,
+    /// Total pages modified, over all uses.
+    pub modified_pages: u64,
+    /// Total pages copied to the paging partition, over all uses.
+    pub paged_out: u64,
+    /// Faults served: [zero-fill, from storage, from the paging partition, write-protect].
+    pub faults: [u64; 4],
+}
+
+const STATS_WORDS: usize = 16; // room reserved in the layout; 9 used
+
+/// The persistent descriptor of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterDesc {
+    /// Its id.
+    pub id: ClusterId,
+    /// Size in pages.
+    pub npages: u64,
+    /// The owner's uid.
+    pub owner: u32,
+    /// What it is for.
+    pub kind: ClusterKind,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+    /// Usage statistics.
+    pub stats: ClusterStats,
+}
+
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+fn get32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
+}
+fn get64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
+}
+
+fn seal(b: &mut [u8]) {
+    let n = b.len() - 4;
+    let c = crc32c::crc32c(&b[..n]);
+    put32(b, n, c);
+}
+
+fn check(b: &[u8], len: usize, magic: &[u8; 8]) -> Result<(), String> {
+    if b.len() != len {
+        return Err(format!("{} bytes instead of {len}", b.len()));
+    }
+    if &b[..8] != magic {
+        return Err("wrong magic number".into());
+    }
+    if crc32c::crc32c(&b[..len - 4]) != get32(b, len - 4) {
+        return Err("checksum mismatch".into());
+    }
+    match get32(b, 8) {
+        VERSION => Ok(()),
+        v => Err(format!("format version {v}, this build reads {VERSION}")),
+    }
+}
+
+// Layout: magic[0..8] version[8..12] id[12..16] kind[16..20] owner[20..24] npages[24..32]
+//         created[32..40] stats[40..40+8*16] ... crc[508..512]
+impl ClusterDesc {
+    /// Encodes into a [`DESC_LEN`]-byte buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; DESC_LEN];
+        b[..8].copy_from_slice(&DESC_MAGIC);
+        put32(&mut b, 8, VERSION);
+        put32(&mut b, 12, self.id.0);
+        put32(&mut b, 16, self.kind as u32);
+        put32(&mut b, 20, self.owner);
+        put64(&mut b, 24, self.npages);
+        put64(&mut b, 32, self.created);
+        let s = &self.stats;
+        let words = [
+            s.uses,
+            s.mapped_ms,
+            s.sharers_sum,
+            s.modified_pages,
+            s.paged_out,
+        ];
+        for (i, w) in words.iter().chain(s.faults.iter()).enumerate() {
+            put64(&mut b, 40 + 8 * i, *w);
+        }
+        seal(&mut b);
+        b
+    }
+
+    /// Decodes; `Err` says what is wrong.
+    pub fn decode(b: &[u8]) -> Result<ClusterDesc, String> {
+        check(b, DESC_LEN, &DESC_MAGIC)?;
+        let kind = ClusterKind::from_code(get32(b, 16)).ok_or("unknown cluster kind")?;
+        let w = |i: usize| get64(b, 40 + 8 * i);
+        debug_assert!(9 <= STATS_WORDS);
+        Ok(ClusterDesc {
+            id: ClusterId(get32(b, 12)),
+            kind,
+            owner: get32(b, 20),
+            npages: get64(b, 24),
+            created: get64(b, 32),
+            stats: ClusterStats {
+                uses: w(0),
+                mapped_ms: w(1),
+                sharers_sum: w(2),
+                modified_pages: w(3),
+                paged_out: w(4),
+                faults: [w(5), w(6), w(7), w(8)],
+            },
+        })
+    }
+}
+
+/// The header of a local volume (`volume.meta`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeMeta {
+    /// Its id.
+    pub vol: VolId,
+    /// Capacity in pages; 0 means no limit.
+    pub capacity_pages: u64,
+    /// The highest cluster number ever allocated: numbers are not reused while any is left.
+    pub last_clu: u16,
+    /// Whether any cluster number was ever allocated.
+    pub allocated_any: bool,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+}
+
+// Layout: magic[0..8] version[8..12] vol[12..14] last_clu[14..16] allocated_any[16..20]
+//         capacity[24..32] created[32..40] ... crc[508..512]
+impl VolumeMeta {
+    /// Encodes into a [`VOL_LEN`]-byte buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; VOL_LEN];
+        b[..8].copy_from_slice(&VOL_MAGIC);
+        put32(&mut b, 8, VERSION);
+        b[12..14].copy_from_slice(&self.vol.0.to_le_bytes());
+        b[14..16].copy_from_slice(&self.last_clu.to_le_bytes());
+        put32(&mut b, 16, u32::from(self.allocated_any));
+        put64(&mut b, 24, self.capacity_pages);
+        put64(&mut b, 32, self.created);
+        seal(&mut b);
+        b
+    }
+
+    /// Decodes; `Err` says what is wrong.
+    pub fn decode(b: &[u8]) -> Result<VolumeMeta, String> {
+        check(b, VOL_LEN, &VOL_MAGIC)?;
+        Ok(VolumeMeta {
+            vol: VolId(u16::from_le_bytes([b[12], b[13]])),
+            last_clu: u16::from_le_bytes([b[14], b[15]]),
+            allocated_any: get32(b, 16) != 0,
+            capacity_pages: get64(b, 24),
+            created: get64(b, 32),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use client::CluId;
+    use proptest::prelude::*;
+
+    fn desc() -> ClusterDesc {
+        ClusterDesc {
+            id: ClusterId::new(VolId(3), CluId(9)),
+            npages: 20,
+            owner: 1000,
+            kind: ClusterKind::Shareable,
+            created: 1_700_000_000,
+            stats: ClusterStats {
+                uses: 1,
+                mapped_ms: 2,
+                sharers_sum: 3,
+                modified_pages: 4,
+                paged_out: 5,
+                faults: [6, 7, 8, 9],
+            },
+        }
+    }
+
+    #[test]
+    fn descriptors_round_trip_and_damage_is_named() {
+        let d = desc();
+        let b = d.encode();
+        assert_eq!(ClusterDesc::decode(&b), Ok(d));
+        for at in (0..DESC_LEN).step_by(7) {
+            let mut c = b.clone();
+            c[at] ^= 0x20;
+            assert!(ClusterDesc::decode(&c).is_err(), "flip at {at}");
+        }
+        assert!(ClusterDesc::decode(&b[..100])
+            .unwrap_err()
+            .contains("100 bytes"));
+        let mut v = b.clone();
+        v[8] = 2;
+        seal(&mut v);
+        assert!(ClusterDesc::decode(&v).unwrap_err().contains("version 2"));
+        let mut k = b;
+        k[16] = 7;
+        seal(&mut k);
+        assert_eq!(ClusterDesc::decode(&k).unwrap_err(), "unknown cluster kind");
+    }
+
+    #[test]
+    fn volume_meta_round_trips() {
+        let m = VolumeMeta {
+            vol: VolId(0x12),
+            capacity_pages: 1 << 30,
+            last_clu: 65535,
+            allocated_any: true,
+            created: 5,
+        };
+        assert_eq!(VolumeMeta::decode(&m.encode()), Ok(m));
+        assert!(VolumeMeta::decode(&desc().encode()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = ClusterDesc::decode(&b);
+            let _ = VolumeMeta::decode(&b);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The storage service (*service de stockage*, thesis IV.2.2, requirements C1-C8 and H1-H11).
+//!
+//! A common part ([`Storage`]: the catalog of volumes, the mount table, dispatch by volume id)
+//! over a table of storage services that plug in like drivers ([`StorageService`]). Each service
+//! binds volumes to physical entities; the first one is the fast local service ([`ssr`]: a volume
+//! is a directory, a cluster a file). The reliable service comes later through the same table.
+//!
+//! | thesis primitive | here |
+//! |---|---|
+//! | `vol_Create`, `vol_Resize`, `vol_Delete` | [`StorageService::vol_create`], [`StorageService::vol_resize`], [`StorageService::vol_delete`] |
+//! | `vol_Mount`, `vol_Unmount` | [`StorageService::vol_mount`], [`Volume::unmount`] |
+//! | `vol_CluCreate`, `vol_CluGetDesc`, `vol_CluDestroy`, `vol_CluResize` | [`Volume::clu_create`], [`Volume::clu_get_desc`], [`Volume::clu_destroy`], [`Volume::clu_resize`] |
+//! | `vol_CluRead`, `vol_CluWrite` | [`Volume::clu_read`], [`Volume::clu_write`] (atomic, through the journal) |
+
+mod catalog;
+mod descriptor;
+mod error;
+mod fsutil;
+mod root;
+pub mod ssr;
+
+use std::path::Path;
+
+use client::{CluId, ClusterKind, VolId};
+use journal::{Lsn, PageRun};
+
+pub use catalog::{Catalog, CatalogEntry};
+pub use descriptor::{ClusterDesc, ClusterStats, VolumeMeta};
+pub use error::{Result, StorageError};
+pub use root::{Storage, StorageConfig, VolumeStatus};
+
+/// Parameters of a new volume.
+#[derive(Clone, Debug, Default)]
+pub struct VolumeParams {
+    /// Capacity in pages; 0 means no limit beyond the disk's.
+    pub capacity_pages: u64,
+}
+
+/// What a mounted volume reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Its id.
+    pub vol: VolId,
+    /// Number of clusters.
+    pub clusters: usize,
+    /// Pages allocated to clusters.
+    pub used_pages: u64,
+    /// Capacity in pages; 0 means no limit.
+    pub capacity_pages: u64,
+    /// The journal's `logLSN`.
+    pub log_lsn: Lsn,
+    /// The journal's `durableLSN`.
+    pub durable_lsn: Lsn,
+}
+
+/// One storage service: an entry of the driver table (H5). Administration primitives work on a
+/// volume's location; mounting yields a [`Volume`] that serves the cluster primitives.
+pub trait StorageService: Send + Sync {
+    /// The name the catalog records for volumes of this service.
+    fn name(&self) -> &'static str;
+    /// Creates an empty volume at `location`.
+    fn vol_create(&self, vol: VolId, location: &Path, params: &VolumeParams) -> Result<()>;
+    /// Changes the capacity of an unmounted volume.
+    fn vol_resize(&self, location: &Path, capacity_pages: u64) -> Result<()>;
+    /// Deletes an unmounted volume; refuses if it holds clusters unless `force`.
+    fn vol_delete(&self, vol: VolId, location: &Path, force: bool) -> Result<()>;
+    /// Mounts the volume at `location`, recovering its journal.
+    fn vol_mount(&self, vol: VolId, location: &Path) -> Result<Box<dyn Volume>>;
+}
+
+/// A mounted volume: the cluster primitives (H8).
+pub trait Volume: Send + Sync {
+    /// Its id.
+    fn id(&self) -> VolId;
+    /// Current figures.
+    fn info(&self) -> VolumeInfo;
+    /// Sets the capacity while mounted.
+    fn set_capacity(&self, capacity_pages: u64) -> Result<()>;
+    /// Checkpoints and closes. Every later call fails with [`StorageError::NotMounted`].
+    fn unmount(&self) -> Result<()>;
+    /// Creates a cluster of `npages` zero pages owned by `owner`.
+    fn clu_create(&self, npages: u64, owner: u32, kind: ClusterKind) -> Result<ClusterDesc>;
+    /// The descriptor of a cluster.
+    fn clu_get_desc(&self, clu: CluId) -> Result<ClusterDesc>;
+    /// Replaces the statistics in a cluster's descriptor.
+    fn clu_set_stats(&self, clu: CluId, stats: ClusterStats) -> Result<()>;
+    /// Every cluster's descriptor, by cluster number.
+    fn clu_list(&self) -> Vec<ClusterDesc>;
+    /// Destroys a cluster and its storage.
+    fn clu_destroy(&self, clu: CluId) -> Result<()>;
+    /// Adds `add_pages` zero pages at the end of a cluster.
+    fn clu_resize(&self, clu: CluId, add_pages: u64) -> Result<ClusterDesc>;
+    /// Reads whole pages from `first_page` into `buf` (a multiple of the page size).
+    fn clu_read(&self, clu: CluId, first_page: u64, buf: &mut [u8]) -> Result<()>;
+    /// Writes runs of whole pages atomically: after a crash, either all or none are stored.
+    fn clu_write(&self, clu: CluId, runs: &[PageRun<'_>]) -> Result<Lsn>;
+}

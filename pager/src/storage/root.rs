@@ -1,0 +1,318 @@
+//! The common part of the storage service: the storage root with its catalog and mount table,
+//! the driver table of services, and dispatch of cluster primitives by volume id.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use client::{ClusterId, ClusterKind, VolId};
+use journal::{JournalConfig, Lsn, PageRun};
+use nix::fcntl::{Flock, FlockArg};
+
+use super::catalog::{format_mounts, parse_mounts, valid_name, Catalog, CatalogEntry};
+use super::fsutil::{sync_dir, write_atomic};
+use super::ssr::Ssr;
+use super::{ClusterDesc, Result, StorageError, StorageService, Volume, VolumeInfo, VolumeParams};
+
+const CATALOG: &str = "catalog";
+const MOUNTS: &str = "mounts";
+const LOCK: &str = "lock";
+
+/// Settings of a storage root.
+#[derive(Clone, Debug, Default)]
+pub struct StorageConfig {
+    /// Journal settings for the volumes mounted.
+    pub journal: JournalConfig,
+}
+
+/// A volume as listed: its catalog entry, and its figures if mounted.
+#[derive(Clone, Debug)]
+pub struct VolumeStatus {
+    /// The catalog entry.
+    pub entry: CatalogEntry,
+    /// `Some` when mounted.
+    pub mounted: Option<VolumeInfo>,
+}
+
+/// An open storage root. One process at a time holds it (an exclusive lock on `<root>/lock`):
+/// one manager per volume (C8).
+pub struct Storage {
+    root: PathBuf,
+    services: Vec<Box<dyn StorageService>>,
+    catalog: Mutex<Catalog>,
+    mounted: RwLock<HashMap<VolId, Arc<dyn Volume>>>,
+    _lock: Flock<File>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_text(path: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+impl Storage {
+    /// Opens (creating if needed) the storage root and mounts every volume of the mount table.
+    pub fn open(root: &Path, config: StorageConfig) -> Result<Storage> {
+        fs::create_dir_all(root).map_err(|e| StorageError::io(root, e))?;
+        let lock_path = root.join(LOCK);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| StorageError::io(&lock_path, e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StorageError::RootBusy(root.to_owned()))?;
+        let catalog_path = root.join(CATALOG);
+        let catalog = match read_text(&catalog_path)? {
+            Some(text) => Catalog::parse(&text).map_err(|(line, why)| {
+                StorageError::corrupt(&catalog_path, format!("line {line}: {why}"))
+            })?,
+            None => Catalog::default(),
+        };
+        let storage = Storage {
+            root: root.to_owned(),
+            services: vec![Box::new(Ssr {
+                journal: config.journal,
+            })],
+            catalog: Mutex::new(catalog),
+            mounted: RwLock::new(HashMap::new()),
+            _lock: lock,
+        };
+        for vol in storage.mount_table()? {
+            storage.mount_one(vol)?;
+        }
+        Ok(storage)
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn mount_table(&self) -> Result<Vec<VolId>> {
+        let path = self.root.join(MOUNTS);
+        match read_text(&path)? {
+            Some(text) => parse_mounts(&text)
+                .map_err(|(line, why)| StorageError::corrupt(&path, format!("line {line}: {why}"))),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn set_mount_table(&self, vols: &[VolId]) -> Result<()> {
+        write_atomic(&self.root.join(MOUNTS), format_mounts(vols).as_bytes())
+    }
+
+    fn service(&self, entry: &CatalogEntry) -> Result<&dyn StorageService> {
+        self.services
+            .iter()
+            .find(|s| s.name() == entry.service)
+            .map(|s| &**s)
+            .ok_or_else(|| StorageError::UnknownService {
+                vol: entry.vol,
+                service: entry.service.clone(),
+            })
+    }
+
+    /// Finds a volume by name or id.
+    pub fn find(&self, what: &str) -> Result<CatalogEntry> {
+        lock(&self.catalog)
+            .find(what)
+            .cloned()
+            .ok_or_else(|| StorageError::NoSuchVolume(what.to_owned()))
+    }
+
+    fn entry(&self, vol: VolId) -> Result<CatalogEntry> {
+        if vol.is_foreign() {
+            return Err(StorageError::ForeignVolume(vol));
+        }
+        lock(&self.catalog)
+            .volumes
+            .get(&vol)
+            .cloned()
+            .ok_or_else(|| StorageError::NoSuchVolume(vol.to_string()))
+    }
+
+    /// `vol_Create`: allocates an id, creates the volume with the fast local service and records
+    /// it in the catalog. Does not mount it.
+    pub fn vol_create(&self, name: &str, params: &VolumeParams) -> Result<CatalogEntry> {
+        if !valid_name(name) {
+            return Err(StorageError::BadName(name.to_owned()));
+        }
+        let mut catalog = lock(&self.catalog);
+        if catalog.find(name).is_some() {
+            return Err(StorageError::NameTaken(name.to_owned()));
+        }
+        let vol = catalog.free_id().ok_or(StorageError::NoVolumeIds)?;
+        let entry = CatalogEntry {
+            vol,
+            name: name.to_owned(),
+            service: "ssr".to_owned(),
+            location: format!("vol-{vol}"),
+        };
+        let location = self.root.join(&entry.location);
+        // A directory left by a crash during an earlier creation is not a volume yet: clear it.
+        if location.exists() && !location.join("volume.meta").exists() {
+            fs::remove_dir_all(&location).map_err(|e| StorageError::io(&location, e))?;
+        }
+        self.service(&entry)?.vol_create(vol, &location, params)?;
+        let mut next = catalog.clone();
+        next.volumes.insert(vol, entry.clone());
+        write_atomic(&self.root.join(CATALOG), next.format().as_bytes())?;
+        *catalog = next;
+        Ok(entry)
+    }
+
+    /// `vol_Mount`: mounts the volume now and at every start.
+    pub fn vol_mount(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
+        let v = self.mount_one(vol)?;
+        let mut table = self.mount_table()?;
+        if !table.contains(&vol) {
+            table.push(vol);
+            self.set_mount_table(&table)?;
+        }
+        Ok(v)
+    }
+
+    fn mount_one(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
+        let entry = self.entry(vol)?;
+        let mut mounted = self.mounted.write().unwrap_or_else(|e| e.into_inner());
+        if mounted.contains_key(&vol) {
+            return Err(StorageError::AlreadyMounted(vol));
+        }
+        let v: Arc<dyn Volume> = Arc::from(
+            self.service(&entry)?
+                .vol_mount(vol, &self.root.join(&entry.location))?,
+        );
+        mounted.insert(vol, v.clone());
+        Ok(v)
+    }
+
+    /// `vol_Unmount`: checkpoints and closes the volume, and removes it from the mount table.
+    pub fn vol_unmount(&self, vol: VolId) -> Result<()> {
+        let v = self
+            .mounted
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&vol)
+            .ok_or(StorageError::NotMounted(vol))?;
+        let table: Vec<VolId> = self
+            .mount_table()?
+            .into_iter()
+            .filter(|v| *v != vol)
+            .collect();
+        self.set_mount_table(&table)?;
+        v.unmount()
+    }
+
+    /// `vol_Resize`: changes a volume's capacity.
+    pub fn vol_resize(&self, vol: VolId, capacity_pages: u64) -> Result<()> {
+        if let Ok(v) = self.volume(vol) {
+            return v.set_capacity(capacity_pages);
+        }
+        let entry = self.entry(vol)?;
+        self.service(&entry)?
+            .vol_resize(&self.root.join(&entry.location), capacity_pages)
+    }
+
+    /// `vol_Delete`: deletes an unmounted volume and its catalog entry.
+    pub fn vol_delete(&self, vol: VolId, force: bool) -> Result<()> {
+        if self.volume(vol).is_ok() {
+            return Err(StorageError::StillMounted(vol));
+        }
+        let entry = self.entry(vol)?;
+        self.service(&entry)?
+            .vol_delete(vol, &self.root.join(&entry.location), force)?;
+        let mut catalog = lock(&self.catalog);
+        let mut next = catalog.clone();
+        next.volumes.remove(&vol);
+        write_atomic(&self.root.join(CATALOG), next.format().as_bytes())?;
+        *catalog = next;
+        sync_dir(&self.root)
+    }
+
+    /// Every volume of the catalog.
+    pub fn volumes(&self) -> Vec<VolumeStatus> {
+        let catalog = lock(&self.catalog).clone();
+        let mounted = self.mounted.read().unwrap_or_else(|e| e.into_inner());
+        catalog
+            .volumes
+            .into_values()
+            .map(|entry| VolumeStatus {
+                mounted: mounted.get(&entry.vol).map(|v| v.info()),
+                entry,
+            })
+            .collect()
+    }
+
+    /// A mounted volume.
+    pub fn volume(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
+        if vol.is_foreign() {
+            return Err(StorageError::ForeignVolume(vol));
+        }
+        self.mounted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&vol)
+            .cloned()
+            .ok_or_else(|| match self.entry(vol) {
+                Ok(_) => StorageError::NotMounted(vol),
+                Err(e) => e,
+            })
+    }
+
+    /// `vol_CluCreate` on a mounted volume.
+    pub fn clu_create(
+        &self,
+        vol: VolId,
+        npages: u64,
+        owner: u32,
+        kind: ClusterKind,
+    ) -> Result<ClusterDesc> {
+        self.volume(vol)?.clu_create(npages, owner, kind)
+    }
+
+    /// `vol_CluGetDesc`.
+    pub fn clu_get_desc(&self, id: ClusterId) -> Result<ClusterDesc> {
+        self.volume(id.vol())?.clu_get_desc(id.clu())
+    }
+
+    /// `vol_CluDestroy`.
+    pub fn clu_destroy(&self, id: ClusterId) -> Result<()> {
+        self.volume(id.vol())?.clu_destroy(id.clu())
+    }
+
+    /// `vol_CluResize`.
+    pub fn clu_resize(&self, id: ClusterId, add_pages: u64) -> Result<ClusterDesc> {
+        self.volume(id.vol())?.clu_resize(id.clu(), add_pages)
+    }
+
+    /// `vol_CluRead`.
+    pub fn clu_read(&self, id: ClusterId, first_page: u64, buf: &mut [u8]) -> Result<()> {
+        self.volume(id.vol())?.clu_read(id.clu(), first_page, buf)
+    }
+
+    /// `vol_CluWrite`: atomic.
+    pub fn clu_write(&self, id: ClusterId, runs: &[PageRun<'_>]) -> Result<Lsn> {
+        self.volume(id.vol())?.clu_write(id.clu(), runs)
+    }
+
+    /// Unmounts everything (the mount table is kept: volumes come back at the next start).
+    pub fn close(self) -> Result<()> {
+        let vols: Vec<Arc<dyn Volume>> = self
+            .mounted
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
+        vols.iter().try_for_each(|v| v.unmount())
+    }
+}
