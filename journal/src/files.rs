@@ -16,6 +16,7 @@ use crate::JournalError;
 
 const TMP: &str = "log-tmp";
 const SPARE: &str = "log-spare";
+const SPARE_TMP: &str = "spare-tmp";
 
 /// Path of log file `seq` in `dir`.
 pub(crate) fn log_path(dir: &Path, seq: u64) -> PathBuf {
@@ -36,7 +37,7 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<u64>, JournalError> {
         let entry = entry.map_err(|e| JournalError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name == TMP {
+        if name == TMP || name == SPARE_TMP {
             fs::remove_file(entry.path()).map_err(|e| JournalError::io(entry.path(), e))?;
         } else if let Some(seq) = parse_name(name) {
             seqs.push(seq);
@@ -138,6 +139,49 @@ pub(crate) fn create(
         .map_err(|e| JournalError::io(&path, e))?
         .len();
     Ok((file, id, len))
+}
+
+/// Writes a file of `size` bytes: `first` then zeroes; synced if `sync`. Removed on failure.
+fn zero_filled(path: &Path, first: &[u8], size: u64, sync: bool) -> Result<(), JournalError> {
+    let fill = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        f.write_all(first)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = size - first.len() as u64;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        if sync {
+            f.sync_all()?;
+        }
+        Ok(())
+    };
+    fill().map_err(|e| {
+        let _ = fs::remove_file(path);
+        JournalError::io(path, e)
+    })
+}
+
+/// Makes sure a spare of at least `size` bytes is ready, so that the next rotation only rewrites
+/// a header. The spare's stale header names no live file, so it is never mistaken for one.
+pub(crate) fn prepare_spare(dir: &Path, size: u64, sync: bool) -> Result<(), JournalError> {
+    let spare = dir.join(SPARE);
+    if fs::metadata(&spare).is_ok_and(|m| m.len() >= size) {
+        return Ok(());
+    }
+    let tmp = dir.join(SPARE_TMP);
+    zero_filled(&tmp, &[0u8; PAGE_SIZE], size, sync)?;
+    fs::rename(&tmp, &spare).map_err(|e| JournalError::io(&spare, e))?;
+    if sync {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Retires log files that nothing needs any more: the first becomes the spare if there is none,

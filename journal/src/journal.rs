@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use crate::anchor::Anchor;
 use crate::encode::{op_headers, op_span, seal_page, PageRun};
@@ -26,6 +27,10 @@ pub struct JournalConfig {
     /// Force data to disk (`fdatasync`) at every validation and checkpoint. `false` keeps
     /// atomicity across process crashes but not machine crashes (the thesis's Log+noSync).
     pub sync: bool,
+    /// The background checkpoint runs after this many rotations (default 4, so up to 64 MiB of
+    /// log between checkpoints): the log absorbs bursts while the cluster files are written back
+    /// lazily, and recovery never has more than this many files to replay.
+    pub checkpoint_files: u64,
 }
 
 impl Default for JournalConfig {
@@ -33,6 +38,7 @@ impl Default for JournalConfig {
         JournalConfig {
             rotate_bytes: 16 << 20,
             sync: true,
+            checkpoint_files: 4,
         }
     }
 }
@@ -76,6 +82,8 @@ struct Writer {
     offset: u64,
     /// The current file has its seal written: the next commit must start a new file.
     sealed: bool,
+    /// Rotations since the background checkpoint was last asked for.
+    rotations: u64,
 }
 
 struct SyncState {
@@ -103,7 +111,12 @@ struct Inner {
     checkpoint: Mutex<Checkpoint>,
     consumers: Mutex<BTreeMap<u64, Lsn>>,
     next_consumer: AtomicU64,
-    want_checkpoint: AtomicBool,
+    /// Set by rotation; the background checkpointer waits on `checkpoint_cv`.
+    want_checkpoint: Mutex<bool>,
+    checkpoint_cv: Condvar,
+    shutdown: AtomicBool,
+    /// Serialises creating, recycling and deleting log files (innermost lock).
+    files: Mutex<()>,
     stopped: Mutex<Option<String>>,
     commits: AtomicU64,
     log_syncs: AtomicU64,
@@ -111,8 +124,12 @@ struct Inner {
 }
 
 /// The write-ahead journal of one volume. Cheap to share: all methods take `&self`.
+///
+/// A background thread checkpoints after each log rotation and keeps a zero-filled spare file
+/// ready, so that no commit waits for the cluster files to be synced or a log file to be built.
 pub struct Journal {
     inner: Arc<Inner>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 /// A consumer's hold on the log (replication): files holding records at or after its position are
@@ -263,6 +280,7 @@ impl Journal {
             size: last.len() as u64,
             offset: plan.log_end.offset,
             sealed: plan.last_sealed,
+            rotations: 0,
         };
         let oldest_file = needed.first().copied().unwrap_or(last_seq);
         if report.replayed_ops > 0 || report.truncated_bytes > 0 {
@@ -287,15 +305,27 @@ impl Journal {
             }),
             consumers: Mutex::new(BTreeMap::new()),
             next_consumer: AtomicU64::new(0),
-            want_checkpoint: AtomicBool::new(false),
+            want_checkpoint: Mutex::new(false),
+            checkpoint_cv: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            files: Mutex::new(()),
             stopped: Mutex::new(None),
             commits: AtomicU64::new(0),
             log_syncs: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
         };
+        let inner = Arc::new(inner);
+        let checkpointer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("journal-checkpoint".into())
+                .spawn(move || inner.background())
+                .map_err(|e| JournalError::io(dir, e))?
+        };
         Ok((
             Journal {
-                inner: Arc::new(inner),
+                inner,
+                checkpointer: Some(checkpointer),
             },
             report,
         ))
@@ -356,9 +386,6 @@ impl Journal {
             }
         }
         lock(&inner.pending).remove(&lsn);
-        if inner.want_checkpoint.swap(false, Ordering::AcqRel) {
-            inner.checkpoint()?;
-        }
         Ok(lsn)
     }
 
@@ -369,8 +396,17 @@ impl Journal {
     }
 
     /// Checkpoints and closes the journal.
-    pub fn close(self) -> Result<(), JournalError> {
+    pub fn close(mut self) -> Result<(), JournalError> {
+        self.stop_background();
         self.inner.checkpoint()
+    }
+
+    fn stop_background(&mut self) {
+        self.inner.shutdown.store(true, Ordering::Release);
+        self.inner.checkpoint_cv.notify_all();
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
     }
 
     /// LSN just past the last validated operation.
@@ -420,6 +456,10 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
+        if self.checkpointer.is_none() {
+            return; // closed
+        }
+        self.stop_background();
         if lock(&self.inner.stopped).is_none() {
             if let Err(e) = self.inner.checkpoint() {
                 tracing::warn!(dir = %self.inner.dir.display(), error = %e, "checkpoint at close failed; recovery will replay the log");
@@ -519,22 +559,67 @@ impl Inner {
             s.synced = s.synced.max(Lsn::new(w.id.seq, w.offset));
         }
         let size = self.config.rotate_bytes.max(span + 2 * PAGE).div_ceil(PAGE) * PAGE;
-        let (file, id, len) = files::create(&self.dir, w.id.seq + 1, size, self.config.sync)?;
+        let (file, id, len) = {
+            let _files = lock(&self.files);
+            files::create(&self.dir, w.id.seq + 1, size, self.config.sync)?
+        };
         let file = Arc::new(file);
+        let rotations = w.rotations + 1;
         *w = Writer {
             file: file.clone(),
             id,
             size: len,
             offset: PAGE,
             sealed: false,
+            rotations,
         };
         let start = Lsn::new(id.seq, PAGE);
         let mut s = lock(&self.sync);
         s.file = file;
         s.written = start;
         s.synced = s.synced.max(start);
-        self.want_checkpoint.store(true, Ordering::Release);
+        drop(s);
+        if w.rotations >= self.config.checkpoint_files.max(1) {
+            w.rotations = 0;
+            *lock(&self.want_checkpoint) = true;
+            self.checkpoint_cv.notify_all();
+        }
         Ok(())
+    }
+
+    /// The background checkpointer: after each rotation, checkpoint (which retires old files,
+    /// usually into the spare) and make sure a spare is ready for the next rotation.
+    fn background(&self) {
+        loop {
+            {
+                let mut want = lock(&self.want_checkpoint);
+                while !*want && !self.shutdown.load(Ordering::Acquire) {
+                    want = self
+                        .checkpoint_cv
+                        .wait(want)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                if self.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+                *want = false;
+            }
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "background checkpoint failed");
+                continue;
+            }
+            let prepared = {
+                let _files = lock(&self.files);
+                files::prepare_spare(
+                    &self.dir,
+                    self.config.rotate_bytes.max(4 * PAGE),
+                    self.config.sync,
+                )
+            };
+            if let Err(e) = prepared {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "preparing a spare log file failed");
+            }
+        }
     }
 
     fn checkpoint(&self) -> Result<(), JournalError> {
@@ -564,6 +649,7 @@ impl Inner {
             .fold(durable.file, u64::min);
         if keep_from > ck.oldest_file {
             let old: Vec<u64> = (ck.oldest_file..keep_from).collect();
+            let _files = lock(&self.files);
             files::retire(&self.dir, &old, self.config.sync)?;
             ck.oldest_file = keep_from;
         }

@@ -64,6 +64,7 @@ fn small() -> JournalConfig {
     JournalConfig {
         rotate_bytes: 64 * P as u64,
         sync: true,
+        checkpoint_files: 1,
     }
 }
 
@@ -185,8 +186,13 @@ fn log_files_rotate_and_old_ones_are_deleted_once_applied() {
         )
         .unwrap();
     }
+    // The background checkpointer retires old files on its own, without an explicit checkpoint.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log_files(&s.jdir).len() > 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let stats = j.stats();
-    assert!(stats.checkpoints >= 5, "{stats:?}");
+    assert!(stats.checkpoints >= 1, "{stats:?}");
     let files = log_files(&s.jdir);
     assert!(files.len() <= 2, "old files were kept: {files:?}");
     assert!(

@@ -24,6 +24,7 @@ fn config() -> StorageConfig {
         journal: JournalConfig {
             rotate_bytes: 256 << 10,
             sync: true,
+            checkpoint_files: 2,
         },
     }
 }

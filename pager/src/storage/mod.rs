@@ -76,6 +76,8 @@ pub trait Volume: Send + Sync {
     fn info(&self) -> VolumeInfo;
     /// Sets the capacity while mounted.
     fn set_capacity(&self, capacity_pages: u64) -> Result<()>;
+    /// Makes every committed write durable in the cluster files and trims the journal.
+    fn checkpoint(&self) -> Result<()>;
     /// Checkpoints and closes. Every later call fails with [`StorageError::NotMounted`].
     fn unmount(&self) -> Result<()>;
     /// Creates a cluster of `npages` zero pages owned by `owner`.

@@ -22,6 +22,7 @@ fn main() {
         journal: JournalConfig {
             rotate_bytes: 256 << 10,
             sync: true,
+            checkpoint_files: 2,
         },
     };
     let storage = Arc::new(Storage::open(&root, config).expect("open the storage root"));

@@ -257,6 +257,10 @@ impl Volume for LocalVolume {
         Ok(())
     }
 
+    fn checkpoint(&self) -> Result<()> {
+        self.with_journal(|j| Ok(j.checkpoint()?))
+    }
+
     fn unmount(&self) -> Result<()> {
         let journal = self
             .journal
