@@ -3,8 +3,8 @@
 //! A log file is `log-<seq as 16 hex digits>`. It is created at its full size and zero-filled
 //! before it is linked under that name (built as `log-tmp`, then renamed), so appending a record
 //! never changes the file's size or block map and `fdatasync` flushes data only. A file that is no
-//! longer needed becomes `log-spare` (one is kept) and is reused, with a new header and salt, as
-//! the next file: steady state writes no zero-fill.
+//! longer needed becomes a spare, `log-spare-<k>` (a few are kept), and is reused, with a new
+//! header and salt, as a next file: steady state writes no zero-fill.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -15,8 +15,30 @@ use crate::format::{encode_file_header, FileId, PAGE_SIZE};
 use crate::JournalError;
 
 const TMP: &str = "log-tmp";
-const SPARE: &str = "log-spare";
+const SPARE_PREFIX: &str = "log-spare-";
 const SPARE_TMP: &str = "spare-tmp";
+
+/// The spare files in `dir`, with their sizes.
+fn spares(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, u64)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(SPARE_PREFIX))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A spare name not in use.
+fn free_spare_name(dir: &Path) -> PathBuf {
+    (0u32..)
+        .map(|k| dir.join(format!("{SPARE_PREFIX}{k}")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| dir.join(format!("{SPARE_PREFIX}x")))
+}
 
 /// Path of log file `seq` in `dir`.
 pub(crate) fn log_path(dir: &Path, seq: u64) -> PathBuf {
@@ -83,12 +105,9 @@ pub(crate) fn create(
         salt: random_salt()?,
     };
     let path = log_path(dir, seq);
-    let spare = dir.join(SPARE);
     let tmp = dir.join(TMP);
-    let reuse = fs::metadata(&spare)
-        .map(|m| m.len() >= size)
-        .unwrap_or(false);
-    let staged = if reuse {
+    let reuse = spares(dir).into_iter().find(|(_, len)| *len >= size);
+    let staged = if let Some((spare, _)) = reuse {
         // Rewrite the header first: if we crash before the rename, the spare stays a spare.
         let f = OpenOptions::new()
             .write(true)
@@ -101,28 +120,7 @@ pub(crate) fn create(
         }
         spare
     } else {
-        let _ = fs::remove_file(&spare);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| JournalError::io(&tmp, e))?;
-        f.write_all(&header_page(id))
-            .map_err(|e| JournalError::io(&tmp, e))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = size - PAGE_SIZE as u64;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            f.write_all(&zeros[..n]).map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                JournalError::io(&tmp, e)
-            })?;
-            left -= n as u64;
-        }
-        if sync {
-            f.sync_all().map_err(|e| JournalError::io(&tmp, e))?;
-        }
+        zero_filled(&tmp, &header_page(id), size, sync)?;
         tmp
     };
     fs::rename(&staged, &path).map_err(|e| JournalError::io(&path, e))?;
@@ -171,10 +169,10 @@ fn zero_filled(path: &Path, first: &[u8], size: u64, sync: bool) -> Result<(), J
 /// Makes sure a spare of at least `size` bytes is ready, so that the next rotation only rewrites
 /// a header. The spare's stale header names no live file, so it is never mistaken for one.
 pub(crate) fn prepare_spare(dir: &Path, size: u64, sync: bool) -> Result<(), JournalError> {
-    let spare = dir.join(SPARE);
-    if fs::metadata(&spare).is_ok_and(|m| m.len() >= size) {
+    if spares(dir).iter().any(|(_, len)| *len >= size) {
         return Ok(());
     }
+    let spare = free_spare_name(dir);
     let tmp = dir.join(SPARE_TMP);
     zero_filled(&tmp, &[0u8; PAGE_SIZE], size, sync)?;
     fs::rename(&tmp, &spare).map_err(|e| JournalError::io(&spare, e))?;
@@ -184,17 +182,24 @@ pub(crate) fn prepare_spare(dir: &Path, size: u64, sync: bool) -> Result<(), Jou
     Ok(())
 }
 
-/// Retires log files that nothing needs any more: the first becomes the spare if there is none,
-/// the others are deleted.
-pub(crate) fn retire(dir: &Path, seqs: &[u64], sync: bool) -> Result<(), JournalError> {
+/// Retires log files that nothing needs any more: they become spares while fewer than
+/// `max_spares` exist, and are deleted after that.
+pub(crate) fn retire(
+    dir: &Path,
+    seqs: &[u64],
+    max_spares: usize,
+    sync: bool,
+) -> Result<(), JournalError> {
     if seqs.is_empty() {
         return Ok(());
     }
-    let spare = dir.join(SPARE);
+    let mut kept = spares(dir).len();
     for &seq in seqs {
         let path = log_path(dir, seq);
-        if !spare.exists() {
+        if kept < max_spares {
+            let spare = free_spare_name(dir);
             fs::rename(&path, &spare).map_err(|e| JournalError::io(&path, e))?;
+            kept += 1;
         } else {
             fs::remove_file(&path).map_err(|e| JournalError::io(&path, e))?;
         }

@@ -111,8 +111,9 @@ struct Inner {
     checkpoint: Mutex<Checkpoint>,
     consumers: Mutex<BTreeMap<u64, Lsn>>,
     next_consumer: AtomicU64,
-    /// Set by rotation; the background checkpointer waits on `checkpoint_cv`.
-    want_checkpoint: Mutex<bool>,
+    /// Set by rotation: (wake the background thread, a checkpoint is due). It waits on
+    /// `checkpoint_cv`.
+    want_checkpoint: Mutex<(bool, bool)>,
     checkpoint_cv: Condvar,
     shutdown: AtomicBool,
     /// Serialises creating, recycling and deleting log files (innermost lock).
@@ -263,7 +264,12 @@ impl Journal {
         if slot.log_lsn != plan.log_end || slot.durable_lsn != plan.log_end {
             anchor.write(plan.log_end, plan.log_end, config.sync)?;
         }
-        files::retire(dir, &obsolete, config.sync)?;
+        files::retire(
+            dir,
+            &obsolete,
+            config.checkpoint_files as usize,
+            config.sync,
+        )?;
         let last = bytes_of(last_seq);
         let id =
             decode_file_header(&last[..PAGE_SIZE]).map_err(|reason| JournalError::Recovery {
@@ -305,7 +311,7 @@ impl Journal {
             }),
             consumers: Mutex::new(BTreeMap::new()),
             next_consumer: AtomicU64::new(0),
-            want_checkpoint: Mutex::new(false),
+            want_checkpoint: Mutex::new((false, false)),
             checkpoint_cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
             files: Mutex::new(()),
@@ -579,21 +585,23 @@ impl Inner {
         s.written = start;
         s.synced = s.synced.max(start);
         drop(s);
-        if w.rotations >= self.config.checkpoint_files.max(1) {
+        let due = w.rotations >= self.config.checkpoint_files.max(1);
+        if due {
             w.rotations = 0;
-            *lock(&self.want_checkpoint) = true;
-            self.checkpoint_cv.notify_all();
         }
+        let mut want = lock(&self.want_checkpoint);
+        *want = (true, want.1 || due);
+        self.checkpoint_cv.notify_all();
         Ok(())
     }
 
-    /// The background checkpointer: after each rotation, checkpoint (which retires old files,
-    /// usually into the spare) and make sure a spare is ready for the next rotation.
+    /// The background thread: after each rotation, make sure a spare is ready for the next one;
+    /// every `checkpoint_files` rotations, checkpoint (which retires old files into spares).
     fn background(&self) {
         loop {
-            {
+            let due = {
                 let mut want = lock(&self.want_checkpoint);
-                while !*want && !self.shutdown.load(Ordering::Acquire) {
+                while !want.0 && !self.shutdown.load(Ordering::Acquire) {
                     want = self
                         .checkpoint_cv
                         .wait(want)
@@ -602,11 +610,13 @@ impl Inner {
                 if self.shutdown.load(Ordering::Acquire) {
                     return;
                 }
-                *want = false;
-            }
-            if let Err(e) = self.checkpoint() {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "background checkpoint failed");
-                continue;
+                std::mem::take(&mut *want).1
+            };
+            if due {
+                if let Err(e) = self.checkpoint() {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "background checkpoint failed");
+                    continue;
+                }
             }
             let prepared = {
                 let _files = lock(&self.files);
@@ -650,7 +660,12 @@ impl Inner {
         if keep_from > ck.oldest_file {
             let old: Vec<u64> = (ck.oldest_file..keep_from).collect();
             let _files = lock(&self.files);
-            files::retire(&self.dir, &old, self.config.sync)?;
+            files::retire(
+                &self.dir,
+                &old,
+                self.config.checkpoint_files as usize,
+                self.config.sync,
+            )?;
             ck.oldest_file = keep_from;
         }
         Ok(())

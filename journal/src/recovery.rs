@@ -262,18 +262,16 @@ pub fn choose_anchor(slot0: &[u8], slot1: &[u8]) -> Result<AnchorSlot, [DecodeEr
 pub fn plan(anchor: &AnchorSlot, files: &[LogImage<'_>]) -> Result<Plan, RecoveryError> {
     let durable = anchor.durable_lsn;
     let mut replay = Vec::new();
-    let mut expected = durable.file;
     let Some(last_seq) = files.last().map(|f| f.seq) else {
         return Err(RecoveryError::MissingFile { seq: durable.file });
     };
     let mut log_end = durable;
     let mut truncate = None;
     let mut last_sealed = false;
-    for image in files {
+    for (expected, image) in (durable.file..).zip(files) {
         if image.seq != expected {
             return Err(RecoveryError::MissingFile { seq: expected });
         }
-        expected += 1;
         let header = page_at(image.bytes, 0).ok_or(RecoveryError::BadFileHeader {
             seq: image.seq,
             reason: DecodeError::Short,

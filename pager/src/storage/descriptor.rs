@@ -29,6 +29,7 @@ pub struct ClusterStats {
 }
 
 const STATS_WORDS: usize = 16; // room reserved in the layout; 9 used
+const _: () = assert!(9 <= STATS_WORDS && 40 + 8 * STATS_WORDS <= DESC_LEN - 4);
 
 /// The persistent descriptor of a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +116,6 @@ impl ClusterDesc {
         check(b, DESC_LEN, &DESC_MAGIC)?;
         let kind = ClusterKind::from_code(get32(b, 16)).ok_or("unknown cluster kind")?;
         let w = |i: usize| get64(b, 40 + 8 * i);
-        debug_assert!(9 <= STATS_WORDS);
         Ok(ClusterDesc {
             id: ClusterId(get32(b, 12)),
             kind,

@@ -189,9 +189,7 @@ impl LocalVolume {
                 "{bytes} bytes is not a whole number of pages"
             )));
         }
-        let end = first
-            .checked_add((bytes / PAGE_SIZE) as u64)
-            .unwrap_or(u64::MAX);
+        let end = first.saturating_add((bytes / PAGE_SIZE) as u64);
         if end > desc.npages {
             return Err(StorageError::OutOfRange {
                 id: desc.id,
