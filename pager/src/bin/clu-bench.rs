@@ -157,8 +157,11 @@ fn measure(t: &Targets, key: Key, data: &[u8]) -> Result<f64, Box<dyn std::error
     } else {
         1
     };
-    // Every sample starts from a quiesced volume: earlier samples' cluster write-back is done.
+    // Every sample, ours or the reference, starts from a quiesced machine: the volume is
+    // checkpointed and no dirty page of an earlier sample (the no-sync configurations leave
+    // megabytes) is left for the kernel to write back in the middle of this one.
     t.sync.checkpoint()?;
+    nix::unistd::sync();
     let start = Instant::now();
     for _ in 0..reps {
         write_once(t, key, data)?;
