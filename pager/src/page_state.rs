@@ -72,6 +72,8 @@ pub enum Event {
     Evict,
     /// The eviction's copy to the paging partition is done.
     FlushDone,
+    /// The eviction's copy failed (the paging partition is full): the page stays resident.
+    FlushFailed,
     /// `clu_Commit` (or the last unmap) starts writing the cluster back.
     Commit,
     /// The journal operation holding the page is validated.
@@ -221,6 +223,7 @@ pub fn step(state: PageState, event: Event) -> Step {
         // Eviction in progress (D12 Flush): every fault waits for the copy.
         (S::Flush, ReadFault | WriteFault | WpFault) => ok(state, &[Defer]),
         (S::Flush, FlushDone) => ok(S::SWrite, &[Drop]),
+        (S::Flush, FlushFailed) => ok(S::KWrite, &[]),
 
         (S::Clean(_) | S::Flush, Commit | Abort | Evict) => Err(Invalid::Busy(state)),
         _ => Err(Invalid::Impossible(state, event)),
@@ -240,12 +243,13 @@ pub const STATES: [PageState; 8] = [
 ];
 
 /// Every event.
-pub const EVENTS: [Event; 9] = [
+pub const EVENTS: [Event; 10] = [
     Event::ReadFault,
     Event::WriteFault,
     Event::WpFault,
     Event::Evict,
     Event::FlushDone,
+    Event::FlushFailed,
     Event::Commit,
     Event::CommitDone,
     Event::CommitFailed,

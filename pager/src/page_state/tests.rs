@@ -7,7 +7,8 @@ const MEM: Residence = Residence::Memory;
 const PAG: Residence = Residence::Paging;
 
 /// The specification, one row per state: the next state for each event in `EVENTS` order
-/// (ReadFault, WriteFault, WpFault, Evict, FlushDone, Commit, CommitDone, CommitFailed, Abort);
+/// (ReadFault, WriteFault, WpFault, Evict, FlushDone, FlushFailed, Commit, CommitDone,
+/// CommitFailed, Abort);
 /// `X` = impossible, `B` = busy.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Want {
@@ -17,11 +18,12 @@ enum Want {
 }
 use Want::{To, B, X};
 
-fn spec(state: PageState) -> [Want; 9] {
+fn spec(state: PageState) -> [Want; 10] {
     match state {
         S::None => [
             To(S::KWrite),
             To(S::KWrite),
+            X,
             X,
             X,
             X,
@@ -36,6 +38,7 @@ fn spec(state: PageState) -> [Want; 9] {
             X,
             X,
             X,
+            X,
             To(S::MapNone),
             X,
             X,
@@ -46,6 +49,7 @@ fn spec(state: PageState) -> [Want; 9] {
             To(S::KWrite),
             To(S::KWrite),
             To(S::MapNone),
+            X,
             X,
             To(S::Read),
             X,
@@ -58,6 +62,7 @@ fn spec(state: PageState) -> [Want; 9] {
             To(S::KWrite),
             To(S::Flush),
             X,
+            X,
             To(S::Clean(MEM)),
             X,
             X,
@@ -66,6 +71,7 @@ fn spec(state: PageState) -> [Want; 9] {
         S::SWrite => [
             To(S::KWrite),
             To(S::KWrite),
+            X,
             X,
             X,
             X,
@@ -80,6 +86,7 @@ fn spec(state: PageState) -> [Want; 9] {
             To(state),
             B,
             X,
+            X,
             B,
             To(S::Read),
             To(S::KWrite),
@@ -90,6 +97,7 @@ fn spec(state: PageState) -> [Want; 9] {
             To(state),
             X,
             B,
+            X,
             X,
             B,
             To(S::MapNone),
@@ -102,6 +110,7 @@ fn spec(state: PageState) -> [Want; 9] {
             To(state),
             B,
             To(S::SWrite),
+            To(S::KWrite),
             B,
             X,
             X,
@@ -283,6 +292,7 @@ impl Model {
         match event {
             CommitDone => self.storage = self.journal.take().ok_or("commit done without a copy")?,
             CommitFailed => self.journal = None,
+            FlushFailed => self.slot = None,
             Abort => self.current = self.storage,
             // A write fault that was answered (not deferred) lets the application write.
             WriteFault | WpFault if !actions.contains(&Action::Defer) => {
