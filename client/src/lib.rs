@@ -5,7 +5,10 @@
 //! path use. The mapping calls (`clu_CreateMap`, `clu_Map`, ...) and the C ABI come with the
 //! pager daemon.
 
+mod error_code;
 mod ids;
+pub mod proto;
 pub mod uffd;
 
+pub use error_code::ErrorCode;
 pub use ids::{CluId, ClusterId, ClusterKind, IdError, VolId, PAGE_SIZE};
