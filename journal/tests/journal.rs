@@ -75,6 +75,18 @@ fn fill(b: u8, pages: usize) -> Vec<u8> {
     vec![b; pages * P]
 }
 
+/// Commits one run of `npages` pages filled with `byte` at `first_page` of `cluster`.
+fn commit_fill(j: &Journal, cluster: u32, first_page: u64, byte: u8, npages: usize) -> Lsn {
+    j.commit(
+        cluster,
+        &[PageRun {
+            first_page,
+            pages: &fill(byte, npages),
+        }],
+    )
+    .unwrap()
+}
+
 fn log_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -154,14 +166,7 @@ fn unapplied_operations_are_replayed_at_open() {
     let s = setup(&small());
     let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
     for i in 0..5u8 {
-        j.commit(
-            u32::from(i),
-            &[PageRun {
-                first_page: 3,
-                pages: &fill(i + 10, 1),
-            }],
-        )
-        .unwrap();
+        commit_fill(&j, u32::from(i), 3, i + 10, 1);
     }
     // Simulate a crash after validation: the cluster files are lost, no checkpoint happened.
     std::mem::forget(j);
@@ -180,14 +185,7 @@ fn log_files_rotate_and_old_ones_are_deleted_once_applied() {
     let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
     // 64-page files; each commit takes 8 pages: a file holds 7.
     for i in 0..40u8 {
-        j.commit(
-            1,
-            &[PageRun {
-                first_page: 0,
-                pages: &fill(i, 7),
-            }],
-        )
-        .unwrap();
+        commit_fill(&j, 1, 0, i, 7);
     }
     // The background thread retires old files and keeps a spare ready on its own, without an
     // explicit checkpoint.
@@ -216,14 +214,7 @@ fn log_files_rotate_and_old_ones_are_deleted_once_applied() {
     let t = DirTarget::new(&s.cdir);
     let (j, _) = Journal::open(&s.jdir, small(), t.clone()).unwrap();
     assert_eq!(t.page(1, 6), fill(39, 1));
-    j.commit(
-        1,
-        &[PageRun {
-            first_page: 0,
-            pages: &fill(99, 1),
-        }],
-    )
-    .unwrap();
+    commit_fill(&j, 1, 0, 99, 1);
 }
 
 #[test]
@@ -232,14 +223,7 @@ fn a_retention_keeps_files_until_released() {
     let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
     let hold = j.retain_from(j.log_lsn()).unwrap();
     for i in 0..30u8 {
-        j.commit(
-            1,
-            &[PageRun {
-                first_page: 0,
-                pages: &fill(i, 7),
-            }],
-        )
-        .unwrap();
+        commit_fill(&j, 1, 0, i, 7);
     }
     assert!(log_files(&s.jdir).contains(&"log-0000000000000001".to_string()));
     let n = log_files(&s.jdir).len();
@@ -266,14 +250,7 @@ fn concurrent_commits_of_different_clusters_share_syncs() {
             let j = j.clone();
             std::thread::spawn(move || {
                 for i in 0..50u8 {
-                    j.commit(
-                        c,
-                        &[PageRun {
-                            first_page: u64::from(i % 8),
-                            pages: &fill(i, 1),
-                        }],
-                    )
-                    .unwrap();
+                    commit_fill(&j, c, u64::from(i % 8), i, 1);
                 }
             })
         })
@@ -305,14 +282,7 @@ fn damage(path: &Path, at: u64) {
 fn one_corrupt_anchor_slot_is_survived_two_are_reported() {
     let s = setup(&small());
     let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
-    j.commit(
-        1,
-        &[PageRun {
-            first_page: 0,
-            pages: &fill(5, 1),
-        }],
-    )
-    .unwrap();
+    commit_fill(&j, 1, 0, 5, 1);
     j.checkpoint().unwrap();
     drop(j);
     let anchor = s.jdir.join("anchor");
@@ -338,22 +308,8 @@ fn one_corrupt_anchor_slot_is_survived_two_are_reported() {
 fn a_torn_tail_on_disk_is_truncated_and_the_journal_goes_on() {
     let s = setup(&small());
     let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
-    j.commit(
-        1,
-        &[PageRun {
-            first_page: 0,
-            pages: &fill(1, 1),
-        }],
-    )
-    .unwrap();
-    j.commit(
-        2,
-        &[PageRun {
-            first_page: 0,
-            pages: &fill(2, 3),
-        }],
-    )
-    .unwrap();
+    commit_fill(&j, 1, 0, 1, 1);
+    commit_fill(&j, 2, 0, 2, 3);
     let end = j.log_lsn();
     std::mem::forget(j); // crash: no checkpoint
                          // Tear the second op: flip a byte of its last page image.
@@ -364,14 +320,7 @@ fn a_torn_tail_on_disk_is_truncated_and_the_journal_goes_on() {
     assert_eq!(report.replayed_ops, 1);
     assert_eq!(report.truncated_bytes, 4 * P as u64);
     assert_eq!(t.page(1, 0), fill(1, 1));
-    j.commit(
-        3,
-        &[PageRun {
-            first_page: 0,
-            pages: &fill(3, 1),
-        }],
-    )
-    .unwrap();
+    commit_fill(&j, 3, 0, 3, 1);
     drop(j);
     let (_j, report) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
     assert_eq!(report.truncated_bytes, 0);
@@ -381,14 +330,7 @@ fn a_torn_tail_on_disk_is_truncated_and_the_journal_goes_on() {
 fn unknown_versions_and_missing_files_are_clear_errors() {
     let s = setup(&small());
     let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
-    j.commit(
-        1,
-        &[PageRun {
-            first_page: 0,
-            pages: &fill(1, 1),
-        }],
-    )
-    .unwrap();
+    commit_fill(&j, 1, 0, 1, 1);
     drop(j);
     let log = s.jdir.join("log-0000000000000001");
     let saved = fs::read(&log).unwrap();
@@ -451,23 +393,9 @@ fn an_operation_larger_than_a_log_file_gets_a_file_of_its_own() {
     let s = setup(&small());
     let t = DirTarget::new(&s.cdir);
     let (j, _) = Journal::open(&s.jdir, small(), t.clone()).unwrap();
-    j.commit(
-        1,
-        &[PageRun {
-            first_page: 0,
-            pages: &fill(8, 64),
-        }],
-    )
-    .unwrap();
+    commit_fill(&j, 1, 0, 8, 64);
     assert_eq!(t.page(1, 63), fill(8, 1));
-    j.commit(
-        1,
-        &[PageRun {
-            first_page: 0,
-            pages: &fill(9, 1),
-        }],
-    )
-    .unwrap();
+    commit_fill(&j, 1, 0, 9, 1);
     drop(j);
     let t = DirTarget::new(&s.cdir);
     let _ = Journal::open(&s.jdir, small(), t.clone()).unwrap();
