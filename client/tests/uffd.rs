@@ -101,10 +101,10 @@ fn faults_on_a_shared_memfd_resolve_as_the_design_expects() {
             .expect("a fault event")
     };
 
-    // SAFETY (for each access below): `at(page)` points into the 4-page shared mapping `view`,
-    // which lives until the end of the test; accesses are volatile because the memfd is shared
-    // with the resolver thread.
+    // SAFETY: `at(page)` points into the 4-page shared mapping `view`, which lives until the end
+    // of the test; the read is volatile because the resolver thread fills the page behind it.
     let read = |page: usize| unsafe { std::ptr::read_volatile(at(page).add(100)) };
+    // SAFETY: as for `read`; the write goes to the same live shared mapping.
     let write = |page: usize, v: u8| unsafe { std::ptr::write_volatile(at(page).add(100), v) };
 
     // A first read: MISSING; filled by pwrite, mapped write-protected.
