@@ -93,6 +93,15 @@ struct SyncState {
     syncing: bool,
 }
 
+/// Why the background thread is woken.
+#[derive(Clone, Copy, Debug, Default)]
+struct Wake {
+    /// A rotation happened: make sure a spare is ready.
+    rotated: bool,
+    /// `checkpoint_files` rotations happened: checkpoint too.
+    checkpoint_due: bool,
+}
+
 struct Checkpoint {
     anchor: Anchor,
     /// The oldest log file still on disk.
@@ -111,9 +120,8 @@ struct Inner {
     checkpoint: Mutex<Checkpoint>,
     consumers: Mutex<BTreeMap<u64, Lsn>>,
     next_consumer: AtomicU64,
-    /// Set by rotation: (wake the background thread, a checkpoint is due). It waits on
-    /// `checkpoint_cv`.
-    want_checkpoint: Mutex<(bool, bool)>,
+    /// Set by rotation for the background thread, which waits on `checkpoint_cv`.
+    want_checkpoint: Mutex<Wake>,
     checkpoint_cv: Condvar,
     shutdown: AtomicBool,
     /// Serialises creating, recycling and deleting log files (innermost lock).
@@ -311,7 +319,7 @@ impl Journal {
             }),
             consumers: Mutex::new(BTreeMap::new()),
             next_consumer: AtomicU64::new(0),
-            want_checkpoint: Mutex::new((false, false)),
+            want_checkpoint: Mutex::new(Wake::default()),
             checkpoint_cv: Condvar::new(),
             shutdown: AtomicBool::new(false),
             files: Mutex::new(()),
@@ -590,7 +598,8 @@ impl Inner {
             w.rotations = 0;
         }
         let mut want = lock(&self.want_checkpoint);
-        *want = (true, want.1 || due);
+        want.rotated = true;
+        want.checkpoint_due |= due;
         self.checkpoint_cv.notify_all();
         Ok(())
     }
@@ -601,7 +610,7 @@ impl Inner {
         loop {
             let due = {
                 let mut want = lock(&self.want_checkpoint);
-                while !want.0 && !self.shutdown.load(Ordering::Acquire) {
+                while !want.rotated && !self.shutdown.load(Ordering::Acquire) {
                     want = self
                         .checkpoint_cv
                         .wait(want)
@@ -610,7 +619,7 @@ impl Inner {
                 if self.shutdown.load(Ordering::Acquire) {
                     return;
                 }
-                std::mem::take(&mut *want).1
+                std::mem::take(&mut *want).checkpoint_due
             };
             if due {
                 if let Err(e) = self.checkpoint() {

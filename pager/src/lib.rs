@@ -9,4 +9,5 @@
 pub mod page_state;
 pub mod paging;
 pub mod storage;
+mod sync;
 pub mod uffd_probe;

@@ -14,6 +14,7 @@ use super::catalog::{format_mounts, parse_mounts, valid_name, Catalog, CatalogEn
 use super::fsutil::{sync_dir, write_atomic};
 use super::ssr::Ssr;
 use super::{ClusterDesc, Result, StorageError, StorageService, Volume, VolumeInfo, VolumeParams};
+use crate::sync::{lock, read, write};
 
 const CATALOG: &str = "catalog";
 const MOUNTS: &str = "mounts";
@@ -43,10 +44,6 @@ pub struct Storage {
     catalog: Mutex<Catalog>,
     mounted: RwLock<HashMap<VolId, Arc<dyn Volume>>>,
     _lock: Flock<File>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn read_text(path: &Path) -> Result<Option<String>> {
@@ -183,7 +180,7 @@ impl Storage {
 
     fn mount_one(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
         let entry = self.entry(vol)?;
-        let mut mounted = self.mounted.write().unwrap_or_else(|e| e.into_inner());
+        let mut mounted = write(&self.mounted);
         if mounted.contains_key(&vol) {
             return Err(StorageError::AlreadyMounted(vol));
         }
@@ -197,10 +194,7 @@ impl Storage {
 
     /// `vol_Unmount`: checkpoints and closes the volume, and removes it from the mount table.
     pub fn vol_unmount(&self, vol: VolId) -> Result<()> {
-        let v = self
-            .mounted
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        let v = write(&self.mounted)
             .remove(&vol)
             .ok_or(StorageError::NotMounted(vol))?;
         let table: Vec<VolId> = self
@@ -241,7 +235,7 @@ impl Storage {
     /// Every volume of the catalog.
     pub fn volumes(&self) -> Vec<VolumeStatus> {
         let catalog = lock(&self.catalog).clone();
-        let mounted = self.mounted.read().unwrap_or_else(|e| e.into_inner());
+        let mounted = read(&self.mounted);
         catalog
             .volumes
             .into_values()
@@ -257,9 +251,7 @@ impl Storage {
         if vol.is_foreign() {
             return Err(StorageError::ForeignVolume(vol));
         }
-        self.mounted
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        read(&self.mounted)
             .get(&vol)
             .cloned()
             .ok_or_else(|| match self.entry(vol) {
@@ -306,13 +298,7 @@ impl Storage {
 
     /// Unmounts everything (the mount table is kept: volumes come back at the next start).
     pub fn close(self) -> Result<()> {
-        let vols: Vec<Arc<dyn Volume>> = self
-            .mounted
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, v)| v)
-            .collect();
+        let vols: Vec<Arc<dyn Volume>> = write(&self.mounted).drain().map(|(_, v)| v).collect();
         vols.iter().try_for_each(|v| v.unmount())
     }
 }

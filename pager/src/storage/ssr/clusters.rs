@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use client::{CluId, ClusterId, VolId, PAGE_SIZE};
 use journal::ApplyTarget;
 
-use crate::storage::descriptor::{ClusterDesc, DESC_LEN};
+use crate::storage::descriptor::ClusterDesc;
 use crate::storage::fsutil::{sync_dir, write_atomic};
 use crate::storage::{Result, StorageError};
+use crate::sync::{lock, read, write};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -36,10 +37,6 @@ pub(crate) struct ClusterTable {
     map: RwLock<BTreeMap<u16, Arc<Cluster>>>,
     /// Clusters written since the last sync.
     dirty: Mutex<HashSet<u16>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ClusterTable {
@@ -136,44 +133,32 @@ impl ClusterTable {
     }
 
     pub(crate) fn get(&self, clu: CluId) -> Result<Arc<Cluster>> {
-        self.map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        read(&self.map)
             .get(&clu.0)
             .cloned()
             .ok_or(StorageError::NoSuchCluster(ClusterId::new(self.vol, clu)))
     }
 
     pub(crate) fn insert(&self, clu: CluId, cluster: Cluster) {
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(clu.0, Arc::new(cluster));
+        write(&self.map).insert(clu.0, Arc::new(cluster));
     }
 
     pub(crate) fn remove(&self, clu: CluId) {
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&clu.0);
+        write(&self.map).remove(&clu.0);
         lock(&self.dirty).remove(&clu.0);
     }
 
     pub(crate) fn contains(&self, clu: u16) -> bool {
-        self.map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&clu)
+        read(&self.map).contains_key(&clu)
     }
 
     pub(crate) fn descs(&self) -> Vec<ClusterDesc> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = read(&self.map);
         map.values().map(|c| *lock(&c.desc)).collect()
     }
 
     /// Writes a cluster's descriptor durably and updates the in-memory copy.
     pub(crate) fn store_desc(&self, cluster: &Cluster, desc: ClusterDesc) -> Result<()> {
-        debug_assert_eq!(desc.encode().len(), DESC_LEN);
         write_atomic(&Self::desc_path(&self.dir, desc.id.clu()), &desc.encode())?;
         *lock(&cluster.desc) = desc;
         Ok(())

@@ -24,6 +24,7 @@ use super::{
     ClusterDesc, ClusterStats, Result, StorageError, StorageService, Volume, VolumeInfo,
     VolumeMeta, VolumeParams,
 };
+use crate::sync::{lock, read, write};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 const META: &str = "volume.meta";
@@ -32,10 +33,6 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn read_meta(location: &Path) -> Result<VolumeMeta> {
@@ -157,7 +154,7 @@ impl LocalVolume {
     }
 
     fn with_journal<T>(&self, f: impl FnOnce(&Journal) -> Result<T>) -> Result<T> {
-        let guard = self.journal.read().unwrap_or_else(|e| e.into_inner());
+        let guard = read(&self.journal);
         match guard.as_ref() {
             Some(j) => f(j),
             None => Err(StorageError::NotMounted(self.vol)),
@@ -229,7 +226,7 @@ impl Volume for LocalVolume {
     }
 
     fn info(&self) -> VolumeInfo {
-        let journal = self.journal.read().unwrap_or_else(|e| e.into_inner());
+        let journal = read(&self.journal);
         let (log_lsn, durable_lsn) = journal
             .as_ref()
             .map_or((Lsn::default(), Lsn::default()), |j| {
@@ -260,11 +257,7 @@ impl Volume for LocalVolume {
     }
 
     fn unmount(&self) -> Result<()> {
-        let journal = self
-            .journal
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let journal = write(&self.journal).take();
         match journal {
             Some(j) => Ok(j.close()?),
             None => Err(StorageError::NotMounted(self.vol)),
@@ -308,8 +301,8 @@ impl Volume for LocalVolume {
         };
         let cluster = Cluster {
             file,
-            desc: std::sync::Mutex::new(desc),
-            commit: std::sync::Mutex::new(()),
+            desc: Mutex::new(desc),
+            commit: Mutex::new(()),
         };
         // The descriptor is the commit point of creation.
         if let Err(e) = write_atomic(&ClusterTable::desc_path(dir, clu), &desc.encode()) {
@@ -396,12 +389,7 @@ impl Volume for LocalVolume {
 
 impl Drop for LocalVolume {
     fn drop(&mut self) {
-        if let Some(j) = self
-            .journal
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(j) = write(&self.journal).take() {
             if let Err(e) = j.close() {
                 tracing::warn!(vol = %self.vol, error = %e, "closing the journal failed; the next mount replays it");
             }
