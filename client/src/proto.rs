@@ -43,8 +43,15 @@ pub enum Request {
     Commit { id: ClusterId },
     /// `clu_Abort`.
     Abort { id: ClusterId },
-    /// The caller's userfaultfd for its mapping of `id` at `base..base+len` (fd attached).
-    AttachUffd { id: ClusterId, base: u64, len: u64 },
+    /// The caller mapped pages `first_page..first_page+npages` of `id` at address `base` and
+    /// registered them with its userfaultfd, which is attached to the first such message of a
+    /// connection: the pager resolves the faults there.
+    Attach {
+        id: ClusterId,
+        first_page: u64,
+        base: u64,
+        npages: u64,
+    },
     /// An administration command, as its words (`vol create data`), answered with text.
     Admin { words: Vec<String> },
 }
@@ -210,7 +217,16 @@ impl Request {
             Request::Extend { id, known } => Writer::new(5).u32(id.0).u64(*known),
             Request::Commit { id } => Writer::new(6).u32(id.0),
             Request::Abort { id } => Writer::new(7).u32(id.0),
-            Request::AttachUffd { id, base, len } => Writer::new(8).u32(id.0).u64(*base).u64(*len),
+            Request::Attach {
+                id,
+                first_page,
+                base,
+                npages,
+            } => Writer::new(8)
+                .u32(id.0)
+                .u64(*first_page)
+                .u64(*base)
+                .u64(*npages),
             Request::Admin { words } => {
                 let n = words.len().min(255);
                 words[..n]
@@ -246,10 +262,11 @@ impl Request {
             },
             6 => Request::Commit { id: id(&mut r)? },
             7 => Request::Abort { id: id(&mut r)? },
-            8 => Request::AttachUffd {
+            8 => Request::Attach {
                 id: id(&mut r)?,
+                first_page: r.u64()?,
                 base: r.u64()?,
-                len: r.u64()?,
+                npages: r.u64()?,
             },
             9 => {
                 let n = r.u8()?;
@@ -339,10 +356,11 @@ mod tests {
             Request::Extend { id, known: 25 },
             Request::Commit { id },
             Request::Abort { id },
-            Request::AttachUffd {
+            Request::Attach {
                 id,
+                first_page: 3,
                 base: 0x7f00_0000_0000,
-                len: 1 << 20,
+                npages: 256,
             },
             Request::Admin {
                 words: vec!["vol".into(), "create".into(), "données".into()],

@@ -99,3 +99,27 @@ mod tests {
         assert_ne!(image_after(1, 5), image_after(1, 6));
     }
 }
+
+pub mod harness;
+pub mod raw;
+
+/// Fills `page` (cluster page `p`) with the pattern of `seed`: every 8-byte word differs.
+pub fn fill_pattern(page: &mut [u8], seed: u64, p: u64) {
+    for (k, w) in page.chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&pattern_word(seed, p, k as u64).to_le_bytes());
+    }
+}
+
+/// Whether `page` holds exactly the pattern of `seed` for page `p`.
+pub fn check_pattern(page: &[u8], seed: u64, p: u64) -> bool {
+    page.chunks_exact(8)
+        .enumerate()
+        .all(|(k, w)| w == pattern_word(seed, p, k as u64).to_le_bytes())
+}
+
+fn pattern_word(seed: u64, p: u64, k: u64) -> u64 {
+    if seed == 0 {
+        return 0;
+    }
+    seed << 40 ^ p << 12 ^ k ^ 0x5a5a_0000_0000_0000
+}

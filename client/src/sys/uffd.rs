@@ -284,3 +284,52 @@ pub fn wake(uffd: &Uffd, range: Range) -> io::Result<()> {
         .map(drop)
         .map_err(errno)
 }
+
+/// Adopts a userfaultfd received from another process (the pager gets each client's). Refuses
+/// any other kind of descriptor, and makes it non-blocking (the flag is on the shared open file
+/// description; the client never reads its uffd while the pager serves it).
+pub fn adopt(fd: OwnedFd) -> io::Result<Uffd> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if link.as_os_str() != "anon_inode:[userfaultfd]" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a userfaultfd: {}", link.display()),
+        ));
+    }
+    let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(errno)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(errno)?;
+    // SAFETY: `fd` is an owned userfaultfd (checked above); its ownership moves into the Uffd,
+    // which closes it once.
+    Ok(unsafe { Uffd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) })
+}
+
+/// Poisons every page of `range` that is not mapped, skipping the mapped ones (`EEXIST` stops a
+/// poison at the first mapped page), and wakes the waiters. What a client does to its own
+/// mappings when the pager is gone: the next fault on them raises SIGBUS, never a zero page.
+pub fn poison_unmapped(uffd: &Uffd, range: Range) {
+    let page = crate::PAGE_SIZE as u64;
+    let end = range.start + range.len;
+    let mut at = range.start;
+    while at < end {
+        let mut p = UffdioPoison {
+            range: UffdioRange {
+                start: at,
+                len: end - at,
+            },
+            mode: 0,
+            updated: 0,
+        };
+        // SAFETY: `p` is a valid uffdio_poison; the range is checked by the kernel.
+        let r = unsafe { ioctl::poison(uffd.as_raw_fd(), &mut p) };
+        let done = (p.updated.max(0) as u64) / page * page;
+        match r {
+            Ok(_) => return,
+            // Stopped at a mapped page (EEXIST) or interrupted (EAGAIN): skip what was done and,
+            // for EEXIST, the mapped page.
+            Err(nix::Error::EEXIST) => at += done + page,
+            Err(nix::Error::EAGAIN) => at += done.max(page),
+            Err(_) => return,
+        }
+    }
+}

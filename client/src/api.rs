@@ -1,0 +1,175 @@
+//! The cluster calls (thesis B1-B10) for Rust programs; the C ABI (`clu.h`) wraps these.
+//!
+//! A process has one connection to the pager, opened on first use (socket: `CLU_PAGER_SOCKET`
+//! or [`crate::DEFAULT_SOCKET`]), and maps each cluster at most once. Cluster memory is handed
+//! out as [`Region`]s: raw address ranges, because the memory is shared with other processes
+//! and with the pager, so Rust references into it would promise what nobody can keep. A region
+//! stays valid until [`unmap`]; using it afterwards is undefined behaviour, as with `munmap`.
+//!
+//! If the pager dies, every call about a cluster mapped through the lost connection returns
+//! [`ErrorCode::Unavailable`], and a fault on a page of such a cluster that this process has not
+//! mapped yet raises SIGBUS (see [`crate::watcher`]); the next call about another cluster opens
+//! a new connection, to a restarted pager.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use crate::proto::MapMode;
+use crate::session::Session;
+use crate::{ClusterId, ClusterKind, ErrorCode, PAGE_SIZE};
+
+/// A failed cluster call: a code (shared with the C ABI) and a message for the user.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CluError {
+    /// The code.
+    pub code: ErrorCode,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl CluError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> CluError {
+        CluError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Pages `first_page..first_page+npages` of a cluster, mapped in this process at `addr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// The address of its first byte.
+    pub addr: usize,
+    /// The cluster page it starts at.
+    pub first_page: u64,
+    /// Its length in pages.
+    pub npages: u64,
+}
+
+impl Region {
+    /// The first byte, for reads and writes through raw pointers.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.npages as usize * PAGE_SIZE
+    }
+
+    /// Whether the region is empty (never, for a region the pager handed out).
+    pub fn is_empty(&self) -> bool {
+        self.npages == 0
+    }
+
+    /// The address of byte `offset` of the cluster, if this region holds it.
+    pub fn addr_of(&self, offset: u64) -> Option<usize> {
+        let start = self.first_page * PAGE_SIZE as u64;
+        let end = start + self.len() as u64;
+        (start..end)
+            .contains(&offset)
+            .then(|| self.addr + (offset - start) as usize)
+    }
+}
+
+#[derive(Default)]
+struct Shim {
+    session: Option<Session>,
+    /// Clusters mapped through a connection that was lost.
+    lost: HashSet<ClusterId>,
+}
+
+static SHIM: Mutex<Option<Shim>> = Mutex::new(None);
+
+fn gone(id: ClusterId) -> CluError {
+    CluError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "the pager is unavailable: the connection through which cluster {id} was mapped was lost; map it again once the pager is back"
+        ),
+    )
+}
+
+/// Runs `f` on the live session, opening one if needed. `about` is the cluster the call is
+/// about, if any: a cluster mapped through a lost connection gets "unavailable".
+fn with<T>(
+    about: Option<ClusterId>,
+    f: impl FnOnce(&mut Session) -> Result<T, CluError>,
+) -> Result<T, CluError> {
+    let mut guard = crate::lock(&SHIM);
+    let shim = guard.get_or_insert_with(Shim::default);
+    if shim.session.as_ref().is_some_and(Session::dead) {
+        let dead = shim.session.take().map(|s| s.ids()).unwrap_or_default();
+        shim.lost.extend(dead);
+    }
+    if let Some(id) = about {
+        if shim.lost.contains(&id) {
+            return Err(gone(id));
+        }
+    }
+    if shim.session.is_none() {
+        shim.session = Some(Session::connect()?);
+    }
+    let session = shim.session.as_mut().expect("just set");
+    f(session)
+}
+
+/// `clu_CreateMap`: creates a cluster of `npages` zero pages in volume `vol`, owned by the
+/// calling user, and maps it here.
+pub fn create_map(
+    vol: u16,
+    npages: u64,
+    kind: ClusterKind,
+) -> Result<(ClusterId, Region), CluError> {
+    with(None, |s| s.create_map(vol, npages, kind))
+}
+
+/// `clu_Map`: maps the whole current cluster; pages load on demand.
+pub fn map(id: ClusterId, mode: MapMode) -> Result<Region, CluError> {
+    let r = with(None, |s| s.map(id, mode));
+    if r.is_ok() {
+        if let Some(shim) = crate::lock(&SHIM).as_mut() {
+            shim.lost.remove(&id);
+        }
+    }
+    r
+}
+
+/// `clu_Unmap`: unmaps the cluster here. The last unmap on the machine writes it back.
+pub fn unmap(id: ClusterId) -> Result<(), CluError> {
+    with(Some(id), |s| s.unmap(id))
+}
+
+/// `clu_Resize`: adds `add` zero pages to the cluster and maps them here (a new region).
+pub fn resize(id: ClusterId, add: u64) -> Result<Region, CluError> {
+    with(Some(id), |s| s.resize(id, add))
+}
+
+/// `clu_Extend`: maps here the pages other processes added; `None` when there are none.
+pub fn extend(id: ClusterId) -> Result<Option<Region>, CluError> {
+    with(Some(id), |s| s.extend(id))
+}
+
+/// `clu_Commit`: writes the cluster's modified pages back atomically; returns once validated.
+pub fn commit(id: ClusterId) -> Result<(), CluError> {
+    with(Some(id), |s| s.commit(id))
+}
+
+/// `clu_Abort`: discards every modification since the last commit.
+pub fn abort(id: ClusterId) -> Result<(), CluError> {
+    with(Some(id), |s| s.abort(id))
+}
+
+/// The regions of a cluster mapped here, in the order they were mapped.
+pub fn regions(id: ClusterId) -> Result<Vec<Region>, CluError> {
+    with(Some(id), |s| s.regions(id))
+}
+
+/// Sends an administration command (`["status"]`, `["vol", "list"]`, ...) to the pager and
+/// returns its text answer.
+pub fn admin(words: Vec<String>) -> Result<String, CluError> {
+    with(None, |s| s.admin(words))
+}

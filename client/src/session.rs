@@ -1,0 +1,351 @@
+//! The shim's connection to the pager: one per process, opened on first use, serialising the
+//! calls; the clusters this process maps and their regions; the process's userfaultfd.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use userfaultfd::Uffd;
+
+use crate::channel::{Channel, ChannelError};
+use crate::proto::{MapMode, Request, Response};
+use crate::sys::mem::{self, Mapping};
+use crate::sys::uffd::{self, feature, mode, Range};
+use crate::watcher::{self, Lifeline};
+use crate::{CluError, ClusterId, ClusterKind, ErrorCode, Region};
+
+/// Where the pager listens unless `CLU_PAGER_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/clu-pager.sock";
+/// The environment variable naming the pager's socket.
+pub const SOCKET_ENV: &str = "CLU_PAGER_SOCKET";
+
+/// The socket path the shim uses: `CLU_PAGER_SOCKET`, or [`DEFAULT_SOCKET`].
+pub fn socket_path() -> PathBuf {
+    std::env::var_os(SOCKET_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+struct Mapped {
+    writable: bool,
+    memfd: OwnedFd,
+    regions: Vec<(Region, Mapping)>,
+}
+
+impl Mapped {
+    fn npages(&self) -> u64 {
+        self.regions.iter().map(|(r, _)| r.npages).sum()
+    }
+}
+
+pub(crate) struct Session {
+    chan: Channel,
+    line: Arc<Lifeline>,
+    uffd_sent: bool,
+    mapped: HashMap<ClusterId, Mapped>,
+}
+
+fn unavailable(why: impl std::fmt::Display) -> CluError {
+    CluError::new(
+        ErrorCode::Unavailable,
+        format!("the pager is unavailable: {why}"),
+    )
+}
+
+fn protocol(why: impl std::fmt::Display) -> CluError {
+    CluError::new(ErrorCode::Protocol, why.to_string())
+}
+
+fn os(what: &str, e: std::io::Error) -> CluError {
+    let code = match e.raw_os_error() {
+        Some(libc::ENOMEM) | Some(libc::ENOSPC) => ErrorCode::NoSpace,
+        Some(libc::EPERM) | Some(libc::EACCES) => ErrorCode::AccessDenied,
+        _ => ErrorCode::Io,
+    };
+    CluError::new(code, format!("{what}: {e}"))
+}
+
+impl Session {
+    pub(crate) fn connect() -> Result<Session, CluError> {
+        let path = socket_path();
+        let stream = UnixStream::connect(&path).map_err(|e| {
+            unavailable(format_args!(
+                "cannot connect to {} ({e}); start it with `pager serve --socket {0}` or set {SOCKET_ENV}",
+                path.display()
+            ))
+        })?;
+        let line = Arc::new(Lifeline::default());
+        let watch = stream
+            .try_clone()
+            .map_err(|e| os("cloning the pager socket", e))?;
+        watcher::spawn(watch, line.clone()).map_err(|e| os("starting the lifeline thread", e))?;
+        Ok(Session {
+            chan: Channel::new(stream),
+            line,
+            uffd_sent: false,
+            mapped: HashMap::new(),
+        })
+    }
+
+    pub(crate) fn dead(&self) -> bool {
+        self.line.dead.load(Ordering::Acquire)
+    }
+
+    /// The clusters mapped through this connection.
+    pub(crate) fn ids(&self) -> HashSet<ClusterId> {
+        self.mapped.keys().copied().collect()
+    }
+
+    fn call(
+        &mut self,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Response, Vec<OwnedFd>), CluError> {
+        if self.dead() {
+            return Err(unavailable("the connection was lost"));
+        }
+        let lost = |e: ChannelError, line: &Lifeline| {
+            line.dead.store(true, Ordering::Release);
+            unavailable(format_args!(
+                "the connection was lost ({e}); clusters mapped by this process are no longer served"
+            ))
+        };
+        if let Err(e) = self.chan.send(&req.encode(), fds) {
+            return Err(lost(e, &self.line));
+        }
+        let (payload, fds) = match self.chan.recv() {
+            Ok(x) => x,
+            Err(ChannelError::Proto(e)) => return Err(protocol(e)),
+            Err(e) => return Err(lost(e, &self.line)),
+        };
+        match Response::decode(&payload).map_err(protocol)? {
+            Response::Error { code, message } => Err(CluError::new(
+                ErrorCode::from_code(code).unwrap_or(ErrorCode::Protocol),
+                message,
+            )),
+            resp => Ok((resp, fds)),
+        }
+    }
+
+    fn simple(&mut self, req: &Request) -> Result<(), CluError> {
+        match self.call(req, &[])? {
+            (Response::Ok, _) => Ok(()),
+            (other, _) => Err(protocol(format_args!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn uffd(&self) -> Result<Arc<Uffd>, CluError> {
+        if let Some(u) = self.line.uffd.get() {
+            return Ok(u.clone());
+        }
+        // Trap kernel-mode faults too when allowed (a read(2) into a cluster page then works);
+        // otherwise user-mode faults only, which unprivileged processes may always ask for.
+        let u = uffd::open(feature::CLUSTER, false)
+            .or_else(|_| uffd::open(feature::CLUSTER, true))
+            .map_err(|e| os("creating this process's userfaultfd", e))?;
+        Ok(self.line.uffd.get_or_init(|| Arc::new(u)).clone())
+    }
+
+    /// Maps pages `first..first+npages` of the memfd and hands them to the pager.
+    fn attach(
+        &mut self,
+        id: ClusterId,
+        memfd: &OwnedFd,
+        writable: bool,
+        first: u64,
+        npages: u64,
+    ) -> Result<(Region, Mapping), CluError> {
+        let u = self.uffd()?;
+        let m = mem::map_shared(memfd.as_fd(), first, npages, writable)
+            .map_err(|e| os("mapping the cluster", e))?;
+        let range = Range {
+            start: m.addr as u64,
+            len: m.len as u64,
+        };
+        let modes = mode::MISSING | mode::MINOR | if writable { mode::WP } else { 0 };
+        if let Err(e) = uffd::register(&u, range, modes) {
+            mem::unmap(m);
+            return Err(os("registering the mapping with userfaultfd", e));
+        }
+        let req = Request::Attach {
+            id,
+            first_page: first,
+            base: m.addr as u64,
+            npages,
+        };
+        let result = if self.uffd_sent {
+            self.simple(&req)
+        } else {
+            let fd = u.as_fd();
+            match self.call(&req, &[fd]) {
+                Ok((Response::Ok, _)) => Ok(()),
+                Ok((other, _)) => Err(protocol(format_args!("unexpected answer {other:?}"))),
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = result {
+            mem::unmap(m);
+            return Err(e);
+        }
+        self.uffd_sent = true;
+        crate::lock(&self.line.ranges).push(range);
+        Ok((
+            Region {
+                addr: m.addr,
+                first_page: first,
+                npages,
+            },
+            m,
+        ))
+    }
+
+    fn mapped_answer(
+        &mut self,
+        resp: (Response, Vec<OwnedFd>),
+        want: Option<ClusterId>,
+    ) -> Result<Region, CluError> {
+        let (resp, mut fds) = resp;
+        let Response::Mapped {
+            id,
+            npages,
+            writable,
+        } = resp
+        else {
+            return Err(protocol(format_args!("unexpected answer {resp:?}")));
+        };
+        if fds.len() != 1 || want.is_some_and(|w| w != id) || npages == 0 {
+            return Err(protocol("a mapping answer without its memory object"));
+        }
+        let memfd = fds.remove(0);
+        match self.attach(id, &memfd, writable, 0, npages) {
+            Ok((region, m)) => {
+                self.mapped.insert(
+                    id,
+                    Mapped {
+                        writable,
+                        memfd,
+                        regions: vec![(region, m)],
+                    },
+                );
+                Ok(region)
+            }
+            Err(e) => {
+                // The pager counts us as a mapper since its answer: undo that.
+                let _ = self.simple(&Request::Unmap { id });
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn create_map(
+        &mut self,
+        vol: u16,
+        npages: u64,
+        kind: ClusterKind,
+    ) -> Result<(ClusterId, Region), CluError> {
+        let resp = self.call(&Request::CreateMap { vol, npages, kind }, &[])?;
+        let Response::Mapped { id, .. } = &resp.0 else {
+            return Err(protocol(format_args!("unexpected answer {:?}", resp.0)));
+        };
+        let id = *id;
+        self.mapped_answer(resp, Some(id)).map(|r| (id, r))
+    }
+
+    pub(crate) fn map(&mut self, id: ClusterId, mode: MapMode) -> Result<Region, CluError> {
+        if self.mapped.contains_key(&id) {
+            return Err(CluError::new(
+                ErrorCode::Busy,
+                format!("cluster {id} is already mapped in this process"),
+            ));
+        }
+        let resp = self.call(&Request::Map { id, mode }, &[])?;
+        self.mapped_answer(resp, Some(id))
+    }
+
+    fn known(&self, id: ClusterId) -> Result<&Mapped, CluError> {
+        self.mapped.get(&id).ok_or_else(|| {
+            CluError::new(
+                ErrorCode::NotFound,
+                format!("cluster {id} is not mapped in this process"),
+            )
+        })
+    }
+
+    /// Maps what the cluster has beyond what this process maps, if anything.
+    fn grow(&mut self, id: ClusterId, total: u64) -> Result<Option<Region>, CluError> {
+        let m = self.known(id)?;
+        let (known, writable) = (m.npages(), m.writable);
+        if total <= known {
+            return Ok(None);
+        }
+        let memfd = m.memfd.try_clone().map_err(|e| os("dup", e))?;
+        let (region, mapping) = self.attach(id, &memfd, writable, known, total - known)?;
+        if let Some(m) = self.mapped.get_mut(&id) {
+            m.regions.push((region, mapping));
+        }
+        Ok(Some(region))
+    }
+
+    pub(crate) fn resize(&mut self, id: ClusterId, add: u64) -> Result<Region, CluError> {
+        self.known(id)?;
+        let total = match self.call(&Request::Resize { id, add }, &[])? {
+            (Response::Size { npages }, _) => npages,
+            (other, _) => return Err(protocol(format_args!("unexpected answer {other:?}"))),
+        };
+        self.grow(id, total)?
+            .ok_or_else(|| protocol("the cluster did not grow"))
+    }
+
+    pub(crate) fn extend(&mut self, id: ClusterId) -> Result<Option<Region>, CluError> {
+        let known = self.known(id)?.npages();
+        let total = match self.call(&Request::Extend { id, known }, &[])? {
+            (Response::Size { npages }, _) => npages,
+            (other, _) => return Err(protocol(format_args!("unexpected answer {other:?}"))),
+        };
+        self.grow(id, total)
+    }
+
+    pub(crate) fn unmap(&mut self, id: ClusterId) -> Result<(), CluError> {
+        self.known(id)?;
+        self.simple(&Request::Unmap { id })?;
+        self.forget(id);
+        Ok(())
+    }
+
+    /// Unmaps `id`'s regions here without telling the pager.
+    fn forget(&mut self, id: ClusterId) {
+        if let Some(m) = self.mapped.remove(&id) {
+            let mut ranges = crate::lock(&self.line.ranges);
+            for (_, mapping) in m.regions {
+                ranges.retain(|r| r.start != mapping.addr as u64);
+                mem::unmap(mapping);
+            }
+        }
+    }
+
+    pub(crate) fn commit(&mut self, id: ClusterId) -> Result<(), CluError> {
+        self.known(id)?;
+        self.simple(&Request::Commit { id })
+    }
+
+    pub(crate) fn abort(&mut self, id: ClusterId) -> Result<(), CluError> {
+        self.known(id)?;
+        self.simple(&Request::Abort { id })
+    }
+
+    pub(crate) fn regions(&self, id: ClusterId) -> Result<Vec<Region>, CluError> {
+        Ok(self.known(id)?.regions.iter().map(|(r, _)| *r).collect())
+    }
+
+    pub(crate) fn admin(&mut self, words: Vec<String>) -> Result<String, CluError> {
+        match self.call(&Request::Admin { words }, &[])? {
+            (Response::Text(t), _) => Ok(t),
+            (Response::Ok, _) => Ok(String::new()),
+            (other, _) => Err(protocol(format_args!("unexpected answer {other:?}"))),
+        }
+    }
+}

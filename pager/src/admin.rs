@@ -1,0 +1,344 @@
+//! The administration commands (`pager status`, `pager vol ...`, `pager clu ...`). The CLI
+//! parses them and sends their words to the running pager, which parses the same words with
+//! the same definitions and executes them: one grammar, checked on both sides.
+
+use std::fmt::Write as _;
+
+use clap::{Args, Parser, Subcommand};
+use client::{ClusterId, ClusterKind, ErrorCode};
+
+use crate::daemon::{Manager, Refusal};
+use crate::storage::{ClusterDesc, VolumeParams};
+
+/// An administration command.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Shows the pager's state: resident pages, paging partition, faults, mapped clusters.
+    Status,
+    /// Volumes: create, list, mount, unmount, resize, delete.
+    #[command(subcommand)]
+    Vol(VolCommand),
+    /// Clusters: create, list, info, resize, destroy.
+    #[command(subcommand)]
+    Clu(CluCommand),
+}
+
+/// Volume administration.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum VolCommand {
+    /// Creates a volume (fast local service) and mounts it, now and at every start.
+    Create {
+        /// Its name: letters, digits, `-`, `_`, `.`, starting with a letter.
+        name: String,
+        #[command(flatten)]
+        capacity: Capacity,
+        /// Create it without mounting it.
+        #[arg(long)]
+        no_mount: bool,
+    },
+    /// Lists the volumes of the catalog.
+    List,
+    /// Mounts a volume, now and at every start (recovers its journal).
+    Mount {
+        /// The volume's name or id.
+        vol: String,
+    },
+    /// Unmounts a volume and removes it from the mount table.
+    Unmount {
+        /// The volume's name or id.
+        vol: String,
+    },
+    /// Changes a volume's capacity.
+    Resize {
+        /// The volume's name or id.
+        vol: String,
+        #[command(flatten)]
+        capacity: Capacity,
+    },
+    /// Deletes an unmounted volume.
+    Delete {
+        /// The volume's name or id.
+        vol: String,
+        /// Delete it even if it still holds clusters.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// A volume's capacity.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    /// Capacity in 4 KiB pages; 0 for no limit.
+    #[arg(long, default_value_t = 0)]
+    pub capacity_pages: u64,
+}
+
+/// Cluster administration.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum CluCommand {
+    /// Creates a cluster of zero pages, owned by the calling user (not mapped).
+    Create {
+        /// The volume's name or id.
+        vol: String,
+        /// Size in 4 KiB pages.
+        #[arg(long)]
+        pages: u64,
+        /// protected (default), shareable or temporary.
+        #[arg(long, default_value = "protected")]
+        kind: ClusterKind,
+    },
+    /// Lists a volume's clusters.
+    List {
+        /// The volume's name or id.
+        vol: String,
+    },
+    /// Shows a cluster's descriptor.
+    Info {
+        /// The cluster id: VOL:CLU in hex (0001:002a) or one number.
+        id: ClusterId,
+    },
+    /// Adds zero pages at the end of a cluster that no process maps.
+    Resize {
+        /// The cluster id.
+        id: ClusterId,
+        /// Pages to add.
+        #[arg(long)]
+        add: u64,
+    },
+    /// Destroys a cluster that no process maps, and its storage.
+    Destroy {
+        /// The cluster id.
+        id: ClusterId,
+    },
+}
+
+impl AdminCommand {
+    /// The words that parse back to this command (what travels to the pager).
+    pub fn words(&self) -> Vec<String> {
+        let w = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        match self {
+            AdminCommand::Status => w(&["status"]),
+            AdminCommand::Vol(v) => {
+                let mut out = w(&["vol"]);
+                match v {
+                    VolCommand::Create {
+                        name,
+                        capacity,
+                        no_mount,
+                    } => {
+                        out.extend(w(&["create", "--capacity-pages"]));
+                        out.push(capacity.capacity_pages.to_string());
+                        if *no_mount {
+                            out.push("--no-mount".into());
+                        }
+                        out.extend(w(&["--", name]));
+                    }
+                    VolCommand::List => out.push("list".into()),
+                    VolCommand::Mount { vol } => out.extend(w(&["mount", "--", vol])),
+                    VolCommand::Unmount { vol } => out.extend(w(&["unmount", "--", vol])),
+                    VolCommand::Resize { vol, capacity } => {
+                        out.extend(w(&["resize", "--capacity-pages"]));
+                        out.push(capacity.capacity_pages.to_string());
+                        out.extend(w(&["--", vol]));
+                    }
+                    VolCommand::Delete { vol, force } => {
+                        out.push("delete".into());
+                        if *force {
+                            out.push("--force".into());
+                        }
+                        out.extend(w(&["--", vol]));
+                    }
+                }
+                out
+            }
+            AdminCommand::Clu(c) => {
+                let mut out = w(&["clu"]);
+                match c {
+                    CluCommand::Create { vol, pages, kind } => {
+                        out.extend(w(&["create", "--pages"]));
+                        out.push(pages.to_string());
+                        out.extend(w(&["--kind", kind.name(), "--", vol]));
+                    }
+                    CluCommand::List { vol } => out.extend(w(&["list", "--", vol])),
+                    CluCommand::Info { id } => out.extend(w(&["info", &id.to_string()])),
+                    CluCommand::Resize { id, add } => {
+                        out.extend(w(&["resize", &id.to_string(), "--add"]));
+                        out.push(add.to_string());
+                    }
+                    CluCommand::Destroy { id } => out.extend(w(&["destroy", &id.to_string()])),
+                }
+                out
+            }
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "pager", no_binary_name = true)]
+struct Line {
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+/// Parses the words of a command sent over the socket.
+pub fn parse(words: &[String]) -> Result<AdminCommand, String> {
+    Line::try_parse_from(words)
+        .map(|l| l.command)
+        .map_err(|e| e.render().to_string())
+}
+
+fn denied(what: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::AccessDenied,
+        format!("{what} is reserved to root and to the pager's own user"),
+    )
+}
+
+fn describe(d: &ClusterDesc) -> String {
+    format!(
+        "id          {}\npages       {}\nowner       {}\nkind        {}\ncreated     {}\nuses        {}\n",
+        d.id,
+        d.npages,
+        d.owner,
+        d.kind.name(),
+        d.created,
+        d.stats.uses
+    )
+}
+
+/// Runs an administration command for a client of uid `uid`.
+pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<String, Refusal> {
+    let cmd = parse(&words).map_err(Refusal::invalid)?;
+    let s = &m.storage;
+    let admin = uid == 0 || uid == nix::unistd::geteuid().as_raw();
+    let owner_ok = |d: &ClusterDesc| admin || d.owner == uid;
+    let mut out = String::new();
+    match cmd {
+        AdminCommand::Status => out = m.status(),
+        AdminCommand::Vol(VolCommand::List) => {
+            let _ = writeln!(
+                out,
+                "{:<6} {:<20} {:<8} {:<8} {:>8} {:>12} {:>12}",
+                "ID", "NAME", "SERVICE", "STATE", "CLUSTERS", "USED_PAGES", "CAPACITY"
+            );
+            for v in s.volumes() {
+                let (state, clusters, used, cap) = match &v.mounted {
+                    Some(i) => (
+                        "mounted",
+                        i.clusters.to_string(),
+                        i.used_pages.to_string(),
+                        i.capacity_pages.to_string(),
+                    ),
+                    None => ("-", "-".into(), "-".into(), "-".into()),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<6} {:<20} {:<8} {:<8} {:>8} {:>12} {:>12}",
+                    v.entry.vol.to_string(),
+                    v.entry.name,
+                    v.entry.service,
+                    state,
+                    clusters,
+                    used,
+                    cap
+                );
+            }
+        }
+        AdminCommand::Vol(_) if !admin => return Err(denied("volume administration")),
+        AdminCommand::Vol(VolCommand::Create {
+            name,
+            capacity,
+            no_mount,
+        }) => {
+            let params = VolumeParams {
+                capacity_pages: capacity.capacity_pages,
+            };
+            let entry = s.vol_create(&name, &params)?;
+            if !no_mount {
+                s.vol_mount(entry.vol)?;
+            }
+            let mounted = if no_mount { "" } else { ", mounted" };
+            let _ = writeln!(out, "created volume {} ({}){mounted}", entry.name, entry.vol);
+        }
+        AdminCommand::Vol(VolCommand::Mount { vol }) => {
+            let entry = s.find(&vol)?;
+            s.vol_mount(entry.vol)?;
+            let _ = writeln!(out, "mounted volume {} ({})", entry.name, entry.vol);
+        }
+        AdminCommand::Vol(VolCommand::Unmount { vol }) => {
+            let entry = s.find(&vol)?;
+            if m.volume_in_use(entry.vol) {
+                return Err(Refusal::new(
+                    ErrorCode::Busy,
+                    format!("volume {} has mapped clusters; unmap them first", entry.name),
+                ));
+            }
+            s.vol_unmount(entry.vol)?;
+            let _ = writeln!(out, "unmounted volume {} ({})", entry.name, entry.vol);
+        }
+        AdminCommand::Vol(VolCommand::Resize { vol, capacity }) => {
+            let entry = s.find(&vol)?;
+            s.vol_resize(entry.vol, capacity.capacity_pages)?;
+            let _ = writeln!(
+                out,
+                "volume {} capacity is now {} pages",
+                entry.name, capacity.capacity_pages
+            );
+        }
+        AdminCommand::Vol(VolCommand::Delete { vol, force }) => {
+            let entry = s.find(&vol)?;
+            s.vol_delete(entry.vol, force)?;
+            let _ = writeln!(out, "deleted volume {} ({})", entry.name, entry.vol);
+        }
+        AdminCommand::Clu(CluCommand::Create { vol, pages, kind }) => {
+            let entry = s.find(&vol)?;
+            if pages == 0 || pages > crate::daemon::MAX_CLUSTER_PAGES {
+                return Err(Refusal::invalid(format!(
+                    "a cluster has 1 to {} pages",
+                    crate::daemon::MAX_CLUSTER_PAGES
+                )));
+            }
+            let d = s.clu_create(entry.vol, pages, uid, kind)?;
+            let _ = writeln!(out, "{}", d.id);
+        }
+        AdminCommand::Clu(CluCommand::List { vol }) => {
+            let entry = s.find(&vol)?;
+            let _ = writeln!(out, "{:<10} {:>10} {:>8} {:<10}", "ID", "PAGES", "OWNER", "KIND");
+            for d in s.volume(entry.vol)?.clu_list() {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:>10} {:>8} {:<10}",
+                    d.id.to_string(),
+                    d.npages,
+                    d.owner,
+                    d.kind.name()
+                );
+            }
+        }
+        AdminCommand::Clu(CluCommand::Info { id }) => out = describe(&s.clu_get_desc(id)?),
+        AdminCommand::Clu(CluCommand::Resize { id, .. } | CluCommand::Destroy { id })
+            if m.is_mapped(id) =>
+        {
+            return Err(Refusal::new(
+                ErrorCode::Busy,
+                format!("cluster {id} is mapped; a mapping process resizes it with clu_Resize, and it can be destroyed once unmapped"),
+            ));
+        }
+        AdminCommand::Clu(CluCommand::Resize { id, add }) => {
+            let d = s.clu_get_desc(id)?;
+            if !owner_ok(&d) {
+                return Err(denied("resizing another user's cluster"));
+            }
+            out = describe(&s.clu_resize(id, add)?);
+        }
+        AdminCommand::Clu(CluCommand::Destroy { id }) => {
+            let d = s.clu_get_desc(id)?;
+            if !owner_ok(&d) {
+                return Err(denied("destroying another user's cluster"));
+            }
+            s.clu_destroy(id)?;
+            let _ = writeln!(out, "destroyed cluster {id}");
+        }
+    }
+    Ok(out)
+}

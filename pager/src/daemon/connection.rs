@@ -1,0 +1,328 @@
+//! One client process: its requests, read from the socket in order and answered one by one, and
+//! its faults, read from its userfaultfd by a thread of their own.
+//!
+//! The process is identified by its socket (`SO_PEERCRED` gives its uid, the owner of what it
+//! creates). When the socket closes — the process unmapped everything and exited, or died —
+//! the connection stops its fault thread and unmaps every cluster the process still had,
+//! without write-back.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use client::channel::{Channel, ChannelError};
+use client::proto::{Request, Response};
+use client::uffd::{self, Range};
+use client::{ClusterId, ErrorCode, VolId, PAGE_SIZE};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use tracing::{debug, info, warn};
+use userfaultfd::{Event, FaultKind, ReadWrite, Uffd};
+
+use super::error::Refusal;
+use super::image::{Fault, Image, Region};
+use super::manager::Manager;
+use crate::sync::{read, write};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// A region of this process, for finding the cluster page of a fault address.
+struct Mapped {
+    image: Arc<Image>,
+    writable: bool,
+    region: Region,
+}
+
+type Regions = Arc<RwLock<Vec<Mapped>>>;
+
+struct Connection {
+    m: Arc<Manager>,
+    conn: u64,
+    uid: u32,
+    pid: i32,
+    uffd: Option<Arc<Uffd>>,
+    regions: Regions,
+    clusters: HashSet<ClusterId>,
+    faults: Option<(JoinHandle<()>, OwnedFd)>,
+}
+
+/// Serves one client until its socket closes.
+pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
+    let (uid, pid) = match getsockopt(&stream, PeerCredentials) {
+        Ok(c) => (c.uid(), c.pid()),
+        Err(e) => {
+            warn!("a connection without peer credentials: {e}");
+            return;
+        }
+    };
+    m.stats.connections.inc();
+    m.live_connections.fetch_add(1, Ordering::Relaxed);
+    debug!(conn, uid, pid, "connected");
+    let chan = Channel::new(stream);
+    let mut c = Connection {
+        m: m.clone(),
+        conn,
+        uid,
+        pid,
+        uffd: None,
+        regions: Arc::new(RwLock::new(Vec::new())),
+        clusters: HashSet::new(),
+        faults: None,
+    };
+    loop {
+        let (payload, fds) = match chan.recv() {
+            Ok(x) => x,
+            Err(ChannelError::Closed) => break,
+            Err(ChannelError::Proto(e)) => {
+                // The framing is lost: answer once, then close.
+                warn!(conn, pid, "malformed frame: {e}; closing the connection");
+                let _ = chan.send(&error(ErrorCode::Protocol, e.to_string()).encode(), &[]);
+                break;
+            }
+            Err(e) => {
+                debug!(conn, pid, "socket: {e}");
+                break;
+            }
+        };
+        let (resp, memfd) = match Request::decode(&payload) {
+            Ok(req) => c.handle(req, fds),
+            Err(e) => {
+                warn!(conn, pid, "malformed request: {e}");
+                (error(ErrorCode::Protocol, e.to_string()), None)
+            }
+        };
+        let fds: Vec<_> = memfd.iter().map(|f| f.as_fd()).collect();
+        if chan.send(&resp.encode(), &fds).is_err() {
+            break;
+        }
+    }
+    c.close();
+    m.live_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn error(code: ErrorCode, message: String) -> Response {
+    Response::Error {
+        code: code as i32,
+        message,
+    }
+}
+
+impl Connection {
+    fn handle(&mut self, req: Request, mut fds: Vec<OwnedFd>) -> (Response, Option<File>) {
+        let attach = matches!(req, Request::Attach { .. });
+        if !attach && !fds.is_empty() {
+            return (
+                error(
+                    ErrorCode::Protocol,
+                    "descriptors attached to a request that takes none".into(),
+                ),
+                None,
+            );
+        }
+        let m = self.m.clone();
+        let r: Result<(Response, Option<File>), Refusal> = match req {
+            Request::CreateMap { vol, npages, kind } => m
+                .create_map(self.conn, self.uid, VolId(vol), npages, kind)
+                .map(|(id, npages, memfd)| {
+                    self.clusters.insert(id);
+                    (
+                        Response::Mapped {
+                            id,
+                            npages,
+                            writable: true,
+                        },
+                        Some(memfd),
+                    )
+                }),
+            Request::Map { id, mode } => {
+                m.map(self.conn, self.uid, id, mode)
+                    .map(|(npages, writable, memfd)| {
+                        self.clusters.insert(id);
+                        (
+                            Response::Mapped {
+                                id,
+                                npages,
+                                writable,
+                            },
+                            Some(memfd),
+                        )
+                    })
+            }
+            Request::Attach {
+                id,
+                first_page,
+                base,
+                npages,
+            } => self.attach(id, first_page, base, npages, fds.pop(), fds.len()),
+            Request::Unmap { id } => m.unmap(self.conn, id, true).map(|()| {
+                self.clusters.remove(&id);
+                write(&self.regions).retain(|r| r.image.id != id);
+                (Response::Ok, None)
+            }),
+            Request::Resize { id, add } => m
+                .resize(self.conn, id, add)
+                .map(|npages| (Response::Size { npages }, None)),
+            Request::Extend { id, known: _ } => m
+                .extend(self.conn, id)
+                .map(|npages| (Response::Size { npages }, None)),
+            Request::Commit { id } => m.commit(self.conn, id).map(|_| (Response::Ok, None)),
+            Request::Abort { id } => m.abort(self.conn, id).map(|_| (Response::Ok, None)),
+            Request::Admin { words } => crate::admin::execute(&m, self.uid, words)
+                .map(|text| (Response::Text(text), None)),
+        };
+        r.unwrap_or_else(|e| (error(e.code, e.message), None))
+    }
+
+    fn attach(
+        &mut self,
+        id: ClusterId,
+        first_page: u64,
+        base: u64,
+        npages: u64,
+        fd: Option<OwnedFd>,
+        extra: usize,
+    ) -> Result<(Response, Option<File>), Refusal> {
+        if extra > 0 {
+            return Err(Refusal::new(
+                ErrorCode::Protocol,
+                "one userfaultfd per attach, not more",
+            ));
+        }
+        let u = match (fd, &self.uffd) {
+            (Some(fd), None) => {
+                let u = Arc::new(uffd::adopt(fd).map_err(|e| {
+                    Refusal::invalid(format!("the descriptor sent is not usable: {e}"))
+                })?);
+                self.start_faults(u.clone())?;
+                self.uffd = Some(u.clone());
+                u
+            }
+            (None, Some(u)) => u.clone(),
+            (Some(_), Some(_)) => {
+                return Err(Refusal::invalid(
+                    "this connection already gave its userfaultfd",
+                ))
+            }
+            (None, None) => {
+                return Err(Refusal::invalid(
+                    "the first region of a connection comes with its userfaultfd",
+                ))
+            }
+        };
+        let region = Region {
+            first_page,
+            npages,
+            base,
+        };
+        let end = npages.checked_mul(PAGE).and_then(|l| base.checked_add(l));
+        let overlaps = read(&self.regions).iter().any(|r| {
+            let r_end = r.region.base + r.region.npages * PAGE;
+            end.is_some_and(|e| base < r_end && r.region.base < e)
+        });
+        if end.is_none() || overlaps {
+            return Err(Refusal::invalid(format!(
+                "region at {base:#x} of {npages} pages overlaps another or wraps around"
+            )));
+        }
+        let (image, writable) = self.m.attach(self.conn, id, u, region)?;
+        write(&self.regions).push(Mapped {
+            image,
+            writable,
+            region,
+        });
+        Ok((Response::Ok, None))
+    }
+
+    fn start_faults(&mut self, u: Arc<Uffd>) -> Result<(), Refusal> {
+        let (stop_read, stop_write) = nix::unistd::pipe()
+            .map_err(|e| Refusal::new(ErrorCode::Io, format!("pipe: {e}")))?;
+        let (m, regions, conn, pid) = (self.m.clone(), self.regions.clone(), self.conn, self.pid);
+        let h = std::thread::Builder::new()
+            .name(format!("faults-{pid}"))
+            .spawn(move || fault_loop(&m, conn, pid, &u, &regions, stop_read))
+            .map_err(|e| Refusal::new(ErrorCode::Io, format!("starting a fault thread: {e}")))?;
+        self.faults = Some((h, stop_write));
+        Ok(())
+    }
+
+    fn close(mut self) {
+        if let Some((h, stop)) = self.faults.take() {
+            drop(stop);
+            let _ = h.join();
+        }
+        for id in std::mem::take(&mut self.clusters) {
+            if let Err(e) = self.m.unmap(self.conn, id, false) {
+                debug!(conn = self.conn, cluster = %id, "unmap at close: {e}");
+            }
+        }
+        info!(conn = self.conn, pid = self.pid, "disconnected");
+    }
+}
+
+fn fault_loop(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions, stop: OwnedFd) {
+    loop {
+        let mut fds = [
+            PollFd::new(u.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                warn!(conn, "poll on a userfaultfd: {e}");
+                return;
+            }
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return;
+        }
+        loop {
+            let ev = match u.read_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(conn, "reading the userfaultfd: {e}");
+                    break;
+                }
+            };
+            let Event::Pagefault { kind, rw, addr, .. } = ev else {
+                continue;
+            };
+            match kind {
+                FaultKind::Missing => m.stats.missing_faults.inc(),
+                FaultKind::Minor => m.stats.minor_faults.inc(),
+                FaultKind::WriteProtected => m.stats.wp_faults.inc(),
+            }
+            let addr = addr as u64 & !(PAGE - 1);
+            let hit = read(regions).iter().find_map(|r| {
+                let off = addr.checked_sub(r.region.base)? / PAGE;
+                (off < r.region.npages).then(|| (r.image.clone(), r.region.first_page + off, r.writable))
+            });
+            let Some((image, page, writable)) = hit else {
+                warn!(conn, pid, "fault at {addr:#x}, outside every cluster region of the process; the access raises SIGBUS");
+                m.stats.poisoned.inc();
+                let range = Range { start: addr, len: PAGE };
+                if uffd::poison(u, range).is_err() {
+                    let _ = uffd::wake(u, range);
+                }
+                continue;
+            };
+            image.fault(
+                m,
+                Fault {
+                    conn,
+                    uffd: u.clone(),
+                    writable,
+                    addr,
+                    page,
+                    kind,
+                    write: rw == ReadWrite::Write,
+                },
+            );
+        }
+    }
+}

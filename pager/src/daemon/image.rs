@@ -1,0 +1,601 @@
+//! The image of one cluster on this site (thesis: one image per site): its memfd, the state of
+//! each page, the processes mapping it, and the work the page state machine asks for. Every
+//! transition goes through [`page_state::step`]; this module only carries out the actions.
+//!
+//! Locking: `state` guards everything; `commit_lock` serialises commit and abort. A commit
+//! holds `state` while it write-protects and copies the dirty pages, releases it for the
+//! journal write (faults on clean pages go on; writes to the pages being committed are
+//! deferred and replayed when the commit ends), then takes it again to finish.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use client::uffd::{self, Range};
+use client::{ClusterId, ErrorCode, PAGE_SIZE};
+use journal::PageRun;
+use nix::fcntl::{fallocate, FallocateFlags};
+use tracing::{debug, warn};
+use userfaultfd::{FaultKind, Uffd};
+
+use super::error::Refusal;
+use super::manager::Manager;
+use crate::page_state::{step, Action, Event, PageState, Residence, Source};
+use crate::paging::Slot;
+use crate::storage::Volume;
+use crate::sync::lock;
+
+const PAGE: u64 = PAGE_SIZE as u64;
+/// Pages evicted at once when the resident budget is reached.
+const EVICT_BATCH: u64 = 32;
+
+/// Pages `first_page..first_page+npages` mapped at `base` in a process.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Region {
+    pub first_page: u64,
+    pub npages: u64,
+    pub base: u64,
+}
+
+impl Region {
+    /// The part of pages `first..first+n` this region maps, as an address range.
+    fn range_of(&self, first: u64, n: u64) -> Option<Range> {
+        let lo = first.max(self.first_page);
+        let hi = (first + n).min(self.first_page + self.npages);
+        (lo < hi).then(|| Range {
+            start: self.base + (lo - self.first_page) * PAGE,
+            len: (hi - lo) * PAGE,
+        })
+    }
+}
+
+/// A process mapping the cluster (one per connection).
+pub(crate) struct Mapper {
+    pub conn: u64,
+    pub writable: bool,
+    pub uffd: Option<Arc<Uffd>>,
+    pub regions: Vec<Region>,
+}
+
+/// A fault read from a mapper's userfaultfd.
+pub(crate) struct Fault {
+    pub conn: u64,
+    pub uffd: Arc<Uffd>,
+    /// The mapping is writable (registered with write-protect mode).
+    pub writable: bool,
+    /// The page's address in the faulting process.
+    pub addr: u64,
+    pub page: u64,
+    pub kind: FaultKind,
+    pub write: bool,
+}
+
+impl Fault {
+    fn range(&self) -> Range {
+        Range {
+            start: self.addr,
+            len: PAGE,
+        }
+    }
+}
+
+pub(crate) struct ImageState {
+    pub pages: Vec<PageState>,
+    slots: HashMap<u64, Slot>,
+    pub mappers: Vec<Mapper>,
+    deferred: Vec<Fault>,
+    hand: u64,
+    pub resident: u64,
+}
+
+impl ImageState {
+    /// (dirty pages, of which in the paging partition)
+    pub fn dirty(&self) -> (u64, u64) {
+        let d = self.pages.iter().filter(|p| p.dirty()).count() as u64;
+        (d, self.slots.len() as u64)
+    }
+}
+
+pub(crate) struct Image {
+    pub id: ClusterId,
+    vol: Arc<dyn Volume>,
+    memfd: File,
+    pub state: Mutex<ImageState>,
+    commit_lock: Mutex<()>,
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(ErrorCode::Io, format!("{what}: {e}"))
+}
+
+impl Image {
+    /// A new image of `npages` pages: all zero (`fresh`: a cluster just created) or in storage.
+    pub fn new(
+        id: ClusterId,
+        vol: Arc<dyn Volume>,
+        npages: u64,
+        fresh: bool,
+    ) -> Result<Image, Refusal> {
+        let name = std::ffi::CString::new(format!("clu-{id}")).expect("no NUL in an id");
+        let memfd: File =
+            nix::sys::memfd::memfd_create(&name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+                .map_err(|e| io("memfd_create", e))?
+                .into();
+        memfd
+            .set_len(npages * PAGE)
+            .map_err(|e| io("sizing the cluster's memory object", e))?;
+        let initial = if fresh {
+            PageState::None
+        } else {
+            PageState::MapNone
+        };
+        Ok(Image {
+            id,
+            vol,
+            memfd,
+            state: Mutex::new(ImageState {
+                pages: vec![initial; npages as usize],
+                slots: HashMap::new(),
+                mappers: Vec::new(),
+                deferred: Vec::new(),
+                hand: 0,
+                resident: 0,
+            }),
+            commit_lock: Mutex::new(()),
+        })
+    }
+
+    /// The memory object, to hand to a new mapper.
+    pub fn memfd(&self) -> &File {
+        &self.memfd
+    }
+
+    // ---- mappers ----
+
+    pub fn add_mapper(&self, conn: u64, writable: bool) -> Result<(), Refusal> {
+        let mut st = lock(&self.state);
+        if st.mappers.iter().any(|m| m.conn == conn) {
+            return Err(Refusal::new(
+                ErrorCode::Busy,
+                format!("cluster {} is already mapped by this process", self.id),
+            ));
+        }
+        st.mappers.push(Mapper {
+            conn,
+            writable,
+            uffd: None,
+            regions: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Records a region a mapper registered with its uffd. Returns whether it is writable.
+    pub fn attach(&self, conn: u64, uffd: Arc<Uffd>, region: Region) -> Result<bool, Refusal> {
+        let mut st = lock(&self.state);
+        let npages = st.pages.len() as u64;
+        let end = region.first_page.checked_add(region.npages);
+        if region.npages == 0 || !end.is_some_and(|e| e <= npages) || region.base % PAGE != 0 {
+            return Err(Refusal::invalid(format!(
+                "region of {} pages from page {} at {:#x} is not within cluster {} ({npages} pages)",
+                region.npages, region.first_page, region.base, self.id
+            )));
+        }
+        let m = st
+            .mappers
+            .iter_mut()
+            .find(|m| m.conn == conn)
+            .ok_or_else(|| Refusal::invalid(format!("cluster {} is not mapped by this process", self.id)))?;
+        m.uffd = Some(uffd);
+        m.regions.push(region);
+        Ok(m.writable)
+    }
+
+    /// (whether `conn` maps the image, how many mappers there are)
+    pub fn mapper_status(&self, conn: u64) -> (Option<bool>, usize) {
+        let st = lock(&self.state);
+        let me = st.mappers.iter().find(|m| m.conn == conn).map(|m| m.writable);
+        (me, st.mappers.len())
+    }
+
+    pub fn remove_mapper(&self, conn: u64) {
+        let mut st = lock(&self.state);
+        st.mappers.retain(|m| m.conn != conn);
+        st.deferred.retain(|f| f.conn != conn);
+    }
+
+    pub fn npages(&self) -> u64 {
+        lock(&self.state).pages.len() as u64
+    }
+
+    // ---- faults ----
+
+    /// Serves a fault (`memory_object_data_request` / `data_unlock`).
+    pub fn fault(&self, m: &Manager, f: Fault) {
+        let mut st = lock(&self.state);
+        self.serve(m, &mut st, f);
+    }
+
+    fn serve(&self, m: &Manager, st: &mut ImageState, f: Fault) {
+        let Some(&state) = st.pages.get(f.page as usize) else {
+            return self.refuse(m, &f, "the page is beyond the end of the cluster");
+        };
+        let event = match (f.kind, f.write) {
+            (FaultKind::WriteProtected, _) => Event::WpFault,
+            (_, true) => Event::WriteFault,
+            (_, false) => Event::ReadFault,
+        };
+        let (next, actions) = match step(state, event) {
+            Ok(s) => s,
+            Err(e) => {
+                // A stale event (the page changed state since the fault was queued, e.g. a
+                // write-protect fault on a page evicted since): wake the thread, which faults
+                // again if it still needs to.
+                debug!(cluster = %self.id, page = f.page, "stale fault: {e}");
+                let _ = uffd::wake(&f.uffd, f.range());
+                return;
+            }
+        };
+        if actions.contains(&Action::Defer) {
+            st.deferred.push(f);
+            return;
+        }
+        let mut map_wp = None;
+        for a in actions {
+            match *a {
+                Action::Supply { source, wp } => {
+                    if let Err(e) = self.supply(m, st, f.page, source) {
+                        return self.refuse(m, &f, &e.message);
+                    }
+                    map_wp = Some(wp);
+                }
+                Action::MapResident { wp } => map_wp = Some(wp),
+                Action::Unprotect => {
+                    if let Err(e) = uffd::writeprotect(&f.uffd, f.range(), false) {
+                        debug!(cluster = %self.id, page = f.page, "unprotect: {e}");
+                    }
+                }
+                Action::FreeSlot => self.free_slot(m, st, f.page),
+                other => warn!(cluster = %self.id, "action {other:?} unexpected for a fault"),
+            }
+        }
+        st.pages[f.page as usize] = next;
+        if let Some(wp) = map_wp {
+            // A read-only mapping is not registered for write protection (and cannot write).
+            let wp = wp && f.writable;
+            if let Err(e) = uffd::continue_range(&f.uffd, f.range(), wp) {
+                // The process died or unmapped meanwhile; the page stays resident for others.
+                debug!(cluster = %self.id, page = f.page, "continue: {e}");
+                let _ = uffd::wake(&f.uffd, f.range());
+            }
+        }
+    }
+
+    /// A fault that cannot be served with data: the access raises SIGBUS (`data_error`).
+    fn refuse(&self, m: &Manager, f: &Fault, why: &str) {
+        warn!(cluster = %self.id, page = f.page, "fault not served ({why}); the access raises SIGBUS");
+        m.stats.poisoned.inc();
+        if uffd::poison(&f.uffd, f.range()).is_err() {
+            let _ = uffd::wake(&f.uffd, f.range());
+        }
+    }
+
+    /// Fills the memfd page from `source` (`memory_object_data_supply`).
+    fn supply(
+        &self,
+        m: &Manager,
+        st: &mut ImageState,
+        page: u64,
+        source: Source,
+    ) -> Result<(), Refusal> {
+        self.make_room(m, st);
+        let mut buf = vec![0u8; PAGE_SIZE];
+        match source {
+            Source::Zero => m.stats.zero_fills.inc(),
+            Source::Storage => {
+                self.vol.clu_read(self.id.clu(), page, &mut buf)?;
+                m.stats.storage_reads.inc();
+            }
+            Source::Paging => {
+                let slot = *st
+                    .slots
+                    .get(&page)
+                    .ok_or_else(|| io("paging partition", "the page has no slot"))?;
+                m.paging.load(slot, &mut buf)?;
+                m.stats.paging_reads.inc();
+            }
+        }
+        self.memfd
+            .write_all_at(&buf, page * PAGE)
+            .map_err(|e| io("filling the cluster's memory object", e))?;
+        st.resident += 1;
+        m.add_resident(1);
+        Ok(())
+    }
+
+    fn free_slot(&self, m: &Manager, st: &mut ImageState, page: u64) {
+        if let Some(slot) = st.slots.remove(&page) {
+            if let Err(e) = m.paging.free(slot) {
+                warn!(cluster = %self.id, page, "{e}");
+            }
+        }
+    }
+
+    // ---- residency ----
+
+    /// Keeps the resident set within the budget: evicts from this image first, then others.
+    fn make_room(&self, m: &Manager, st: &mut ImageState) {
+        if m.resident() < m.budget {
+            return;
+        }
+        let freed = self.evict_some(m, st, EVICT_BATCH);
+        if freed < EVICT_BATCH {
+            m.evict_elsewhere(self.id, EVICT_BATCH - freed);
+        }
+    }
+
+    /// Evicts up to `want` pages, in clock order. Returns how many.
+    pub fn evict_some(&self, m: &Manager, st: &mut ImageState, want: u64) -> u64 {
+        let n = st.pages.len() as u64;
+        let mut freed = 0;
+        let mut seen = 0;
+        while freed < want && seen < n && st.resident > 0 {
+            let page = st.hand % n;
+            st.hand = (page + 1) % n;
+            seen += 1;
+            if st.pages[page as usize].resident() && self.evict_page(m, st, page) {
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    fn evict_page(&self, m: &Manager, st: &mut ImageState, page: u64) -> bool {
+        let Ok((next, actions)) = step(st.pages[page as usize], Event::Evict) else {
+            return false;
+        };
+        let mut state = next;
+        for a in actions {
+            match a {
+                Action::Drop => {
+                    self.punch(m, st, page, 1);
+                    m.stats.evicted_clean.inc();
+                }
+                Action::WriteProtect => self.protect(st, page, 1),
+                Action::CopyToPaging => {
+                    let mut buf = vec![0u8; PAGE_SIZE];
+                    let stored = self
+                        .memfd
+                        .read_exact_at(&mut buf, page * PAGE)
+                        .map_err(|e| io("reading the cluster's memory object", e))
+                        .and_then(|()| m.paging.store(&buf).map_err(Refusal::from));
+                    let done = match stored {
+                        Ok(slot) => {
+                            st.slots.insert(page, slot);
+                            Event::FlushDone
+                        }
+                        Err(e) => {
+                            warn!(cluster = %self.id, page, "eviction failed, the page stays resident: {e}");
+                            Event::FlushFailed
+                        }
+                    };
+                    let Ok((after, more)) = step(state, done) else {
+                        return false;
+                    };
+                    state = after;
+                    if more.contains(&Action::Drop) {
+                        self.punch(m, st, page, 1);
+                        m.stats.evicted_dirty.inc();
+                    }
+                }
+                _ => {}
+            }
+        }
+        st.pages[page as usize] = state;
+        !state.resident()
+    }
+
+    /// Removes resident pages `first..first+n` from the memfd, and so from every mapping.
+    fn punch(&self, m: &Manager, st: &mut ImageState, first: u64, n: u64) {
+        if let Err(e) = fallocate(
+            self.memfd.as_raw_fd(),
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            (first * PAGE) as i64,
+            (n * PAGE) as i64,
+        ) {
+            warn!(cluster = %self.id, first, n, "punching pages out of the memory object: {e}");
+        }
+        st.resident = st.resident.saturating_sub(n);
+        m.sub_resident(n);
+    }
+
+    /// Removes a list of resident pages, a run of consecutive ones at a time.
+    fn punch_pages(&self, m: &Manager, st: &mut ImageState, pages: &[u64]) {
+        let mut i = 0;
+        while i < pages.len() {
+            let mut j = i + 1;
+            while j < pages.len() && pages[j] == pages[j - 1] + 1 {
+                j += 1;
+            }
+            self.punch(m, st, pages[i], (j - i) as u64);
+            i = j;
+        }
+    }
+
+    /// Write-protects pages `first..first+n` in every process mapping them
+    /// (`memory_object_lock_request`).
+    fn protect(&self, st: &ImageState, first: u64, n: u64) {
+        for mapper in st.mappers.iter().filter(|m| m.writable) {
+            let Some(u) = &mapper.uffd else { continue };
+            for r in &mapper.regions {
+                if let Some(range) = r.range_of(first, n) {
+                    if let Err(e) = uffd::writeprotect(u, range, true) {
+                        debug!(cluster = %self.id, conn = mapper.conn, "write-protect: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- commit, abort, release ----
+
+    /// `clu_Commit`: writes the dirty pages back atomically through the volume's journal.
+    /// Returns the number of pages written.
+    pub fn commit(&self, m: &Manager) -> Result<u64, Refusal> {
+        let _serial = lock(&self.commit_lock);
+        let (dirty, buf) = {
+            let mut st = lock(&self.state);
+            let dirty: Vec<u64> = (0..st.pages.len() as u64)
+                .filter(|&p| {
+                    matches!(
+                        st.pages[p as usize],
+                        PageState::KWrite | PageState::SWrite
+                    )
+                })
+                .collect();
+            if dirty.is_empty() {
+                return Ok(0);
+            }
+            // One write-protect per region makes the snapshot point-in-time: from here on, a
+            // write to any page of the cluster faults and waits for the commit.
+            let npages = st.pages.len() as u64;
+            self.protect(&st, 0, npages);
+            let mut buf = vec![0u8; dirty.len() * PAGE_SIZE];
+            for (i, &p) in dirty.iter().enumerate() {
+                let chunk = &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                let copied = match step(st.pages[p as usize], Event::Commit) {
+                    Ok((next, actions)) => {
+                        st.pages[p as usize] = next;
+                        match actions.last() {
+                            Some(Action::CopyToJournal(Residence::Memory)) => self
+                                .memfd
+                                .read_exact_at(chunk, p * PAGE)
+                                .map_err(|e| io("reading the cluster's memory object", e)),
+                            Some(Action::CopyToJournal(Residence::Paging)) => {
+                                match st.slots.get(&p) {
+                                    Some(&slot) => m.paging.load(slot, chunk).map_err(Refusal::from),
+                                    None => Err(io("paging partition", "a dirty page has no slot")),
+                                }
+                            }
+                            _ => Ok(()),
+                        }
+                    }
+                    Err(e) => Err(io("commit", e)),
+                };
+                if let Err(e) = copied {
+                    self.finish_commit(m, &mut st, &dirty[..=i], Event::CommitFailed);
+                    return Err(e);
+                }
+            }
+            (dirty, buf)
+        };
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < dirty.len() {
+            let mut j = i + 1;
+            while j < dirty.len() && dirty[j] == dirty[j - 1] + 1 {
+                j += 1;
+            }
+            runs.push(PageRun {
+                first_page: dirty[i],
+                pages: &buf[i * PAGE_SIZE..j * PAGE_SIZE],
+            });
+            i = j;
+        }
+        let written = self.vol.clu_write(self.id.clu(), &runs);
+        let mut st = lock(&self.state);
+        let ev = if written.is_ok() {
+            Event::CommitDone
+        } else {
+            Event::CommitFailed
+        };
+        self.finish_commit(m, &mut st, &dirty, ev);
+        written?;
+        m.stats.commits.inc();
+        m.stats.committed_pages.add(dirty.len() as u64);
+        Ok(dirty.len() as u64)
+    }
+
+    fn finish_commit(&self, m: &Manager, st: &mut ImageState, pages: &[u64], ev: Event) {
+        for &p in pages {
+            if let Ok((next, actions)) = step(st.pages[p as usize], ev) {
+                if actions.contains(&Action::FreeSlot) {
+                    self.free_slot(m, st, p);
+                }
+                st.pages[p as usize] = next;
+            }
+        }
+        self.replay(m, st);
+    }
+
+    fn replay(&self, m: &Manager, st: &mut ImageState) {
+        for f in std::mem::take(&mut st.deferred) {
+            self.serve(m, st, f);
+        }
+    }
+
+    /// `clu_Abort`: discards every modification since the last commit, in memory and in the
+    /// paging partition. The next access reloads the page from storage.
+    pub fn abort(&self, m: &Manager) -> u64 {
+        let _serial = lock(&self.commit_lock);
+        let mut st = lock(&self.state);
+        let mut drop = Vec::new();
+        let mut discarded = 0;
+        for p in 0..st.pages.len() as u64 {
+            let state = st.pages[p as usize];
+            if !state.dirty() {
+                continue;
+            }
+            let Ok((next, actions)) = step(state, Event::Abort) else {
+                continue;
+            };
+            for a in actions {
+                match a {
+                    Action::Drop => drop.push(p),
+                    Action::FreeSlot => self.free_slot(m, &mut st, p),
+                    _ => {}
+                }
+            }
+            st.pages[p as usize] = next;
+            discarded += 1;
+        }
+        self.punch_pages(m, &mut st, &drop);
+        self.replay(m, &mut st);
+        m.stats.aborts.inc();
+        discarded
+    }
+
+    /// The last mapper is gone: frees the image's memory and paging slots.
+    pub fn release(&self, m: &Manager) {
+        let mut st = lock(&self.state);
+        let n = st.pages.len() as u64;
+        let resident = st.resident;
+        if n > 0 {
+            let _ = fallocate(
+                self.memfd.as_raw_fd(),
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                0,
+                (n * PAGE) as i64,
+            );
+        }
+        st.resident = 0;
+        m.sub_resident(resident);
+        for (_, slot) in std::mem::take(&mut st.slots) {
+            let _ = m.paging.free(slot);
+        }
+        st.deferred.clear();
+        st.pages.iter_mut().for_each(|p| *p = PageState::MapNone);
+    }
+
+    /// `clu_Resize`: adds zero pages in storage and in the image.
+    pub fn resize(&self, add: u64) -> Result<u64, Refusal> {
+        let mut st = lock(&self.state);
+        let desc = self.vol.clu_resize(self.id.clu(), add)?;
+        self.memfd
+            .set_len(desc.npages * PAGE)
+            .map_err(|e| io("growing the cluster's memory object", e))?;
+        st.pages.resize(desc.npages as usize, PageState::None);
+        Ok(desc.npages)
+    }
+}

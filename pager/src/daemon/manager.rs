@@ -1,0 +1,380 @@
+//! The memory manager proper: the table of cluster images on this site, the resident budget
+//! shared by all of them, the paging partition, and the cluster operations (B1-B10) as the
+//! connections call them.
+//!
+//! Lock order: `images`, then an image's `commit_lock`, then its `state`. A fault path that
+//! holds an image's `state` and needs room in another image only ever *tries* the other locks.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use client::{ClusterId, ClusterKind, ErrorCode, MapMode, VolId};
+use tracing::{info, warn};
+
+use super::error::Refusal;
+use super::image::{Image, Region};
+use crate::paging::PagingPartition;
+use crate::storage::Storage;
+use crate::sync::lock;
+
+/// A counter for `pager status`.
+#[derive(Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the manager has done since it started.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub missing_faults: Counter,
+    pub minor_faults: Counter,
+    pub wp_faults: Counter,
+    pub zero_fills: Counter,
+    pub storage_reads: Counter,
+    pub paging_reads: Counter,
+    pub evicted_clean: Counter,
+    pub evicted_dirty: Counter,
+    pub poisoned: Counter,
+    pub commits: Counter,
+    pub committed_pages: Counter,
+    pub aborts: Counter,
+    pub connections: Counter,
+}
+
+/// The largest cluster a request may create or grow to, in pages (64 GiB).
+pub const MAX_CLUSTER_PAGES: u64 = 1 << 24;
+
+/// The memory manager.
+pub struct Manager {
+    pub(crate) storage: Storage,
+    pub(crate) paging: PagingPartition,
+    pub(crate) budget: u64,
+    resident: AtomicU64,
+    pub(crate) stats: Stats,
+    images: Mutex<HashMap<ClusterId, Arc<Image>>>,
+    pub(crate) socket: PathBuf,
+    pub(crate) live_connections: AtomicU64,
+    started: Instant,
+}
+
+impl Manager {
+    pub(crate) fn new(
+        storage: Storage,
+        paging: PagingPartition,
+        budget: u64,
+        socket: PathBuf,
+    ) -> Manager {
+        Manager {
+            storage,
+            paging,
+            budget: budget.max(1),
+            resident: AtomicU64::new(0),
+            stats: Stats::default(),
+            images: Mutex::new(HashMap::new()),
+            socket,
+            live_connections: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn resident(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add_resident(&self, n: u64) {
+        self.resident.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn sub_resident(&self, n: u64) {
+        let _ = self
+            .resident
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(n))
+            });
+    }
+
+    /// Evicts up to `want` pages from images other than `except`, without waiting for a lock.
+    pub(crate) fn evict_elsewhere(&self, except: ClusterId, want: u64) {
+        let others: Vec<Arc<Image>> = match self.images.try_lock() {
+            Ok(map) => map
+                .values()
+                .filter(|i| i.id != except)
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        let mut left = want;
+        for img in others {
+            if left == 0 {
+                break;
+            }
+            if let Ok(mut st) = img.state.try_lock() {
+                left -= img.evict_some(self, &mut st, left);
+            }
+        }
+    }
+
+    fn image(&self, id: ClusterId) -> Result<Arc<Image>, Refusal> {
+        lock(&self.images).get(&id).cloned().ok_or_else(|| not_mapped(id))
+    }
+
+    /// The image, if `conn` maps it; and whether writable.
+    pub(crate) fn mapped(&self, conn: u64, id: ClusterId) -> Result<(Arc<Image>, bool), Refusal> {
+        let img = self.image(id)?;
+        match img.mapper_status(conn).0 {
+            Some(w) => Ok((img, w)),
+            None => Err(not_mapped(id)),
+        }
+    }
+
+    /// `clu_CreateMap`.
+    pub(crate) fn create_map(
+        &self,
+        conn: u64,
+        uid: u32,
+        vol: VolId,
+        npages: u64,
+        kind: ClusterKind,
+    ) -> Result<(ClusterId, u64, File), Refusal> {
+        if npages == 0 || npages > MAX_CLUSTER_PAGES {
+            return Err(Refusal::invalid(format!(
+                "a cluster has 1 to {MAX_CLUSTER_PAGES} pages, not {npages}"
+            )));
+        }
+        let volume = self.storage.volume(vol)?;
+        let desc = volume.clu_create(npages, uid, kind)?;
+        let img = match Image::new(desc.id, volume.clone(), npages, true) {
+            Ok(img) => img,
+            Err(e) => {
+                let _ = volume.clu_destroy(desc.id.clu());
+                return Err(e);
+            }
+        };
+        img.add_mapper(conn, true)?;
+        let memfd = dup(img.memfd())?;
+        lock(&self.images).insert(desc.id, Arc::new(img));
+        info!(cluster = %desc.id, npages, owner = uid, kind = kind.name(), "created and mapped");
+        Ok((desc.id, npages, memfd))
+    }
+
+    /// `clu_Map`.
+    pub(crate) fn map(
+        &self,
+        conn: u64,
+        uid: u32,
+        id: ClusterId,
+        mode: MapMode,
+    ) -> Result<(u64, bool, File), Refusal> {
+        let desc = self.storage.clu_get_desc(id)?;
+        if desc.kind == ClusterKind::Protected && uid != 0 && uid != desc.owner {
+            return Err(Refusal::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "cluster {id} is protected and owned by uid {}; you are uid {uid}",
+                    desc.owner
+                ),
+            ));
+        }
+        let writable = mode == MapMode::ReadWrite;
+        let mut images = lock(&self.images);
+        let img = match images.get(&id) {
+            Some(img) => img.clone(),
+            None => {
+                let volume = self.storage.volume(id.vol())?;
+                let img = Arc::new(Image::new(id, volume, desc.npages, false)?);
+                images.insert(id, img.clone());
+                img
+            }
+        };
+        if let Err(e) = img.add_mapper(conn, writable) {
+            if img.mapper_status(conn).1 == 0 {
+                images.remove(&id);
+            }
+            return Err(e);
+        }
+        Ok((img.npages(), writable, dup(img.memfd())?))
+    }
+
+    /// A region the client registered with its userfaultfd.
+    pub(crate) fn attach(
+        &self,
+        conn: u64,
+        id: ClusterId,
+        uffd: Arc<userfaultfd::Uffd>,
+        region: Region,
+    ) -> Result<(Arc<Image>, bool), Refusal> {
+        let img = self.image(id)?;
+        let writable = img.attach(conn, uffd, region)?;
+        Ok((img, writable))
+    }
+
+    /// `clu_Unmap` (`write_back`), or the end of a process that mapped it (no write-back: a
+    /// crash is not a coherence point). The last mapper on the site commits or discards, then
+    /// the image's memory is freed.
+    pub(crate) fn unmap(&self, conn: u64, id: ClusterId, write_back: bool) -> Result<(), Refusal> {
+        let mut images = lock(&self.images);
+        let img = images.get(&id).cloned().ok_or_else(|| not_mapped(id))?;
+        let (me, mappers) = img.mapper_status(conn);
+        if me.is_none() {
+            return Err(not_mapped(id));
+        }
+        if mappers == 1 {
+            if write_back {
+                let n = img.commit(self)?;
+                info!(cluster = %id, pages = n, "last unmap: written back");
+            } else {
+                let n = img.abort(self);
+                if n > 0 {
+                    warn!(cluster = %id, pages = n, "last mapper ended without unmapping: its uncommitted pages are discarded");
+                }
+            }
+            img.remove_mapper(conn);
+            img.release(self);
+            images.remove(&id);
+        } else {
+            img.remove_mapper(conn);
+        }
+        Ok(())
+    }
+
+    /// `clu_Commit`.
+    pub(crate) fn commit(&self, conn: u64, id: ClusterId) -> Result<u64, Refusal> {
+        self.mapped(conn, id)?.0.commit(self)
+    }
+
+    /// `clu_Abort`.
+    pub(crate) fn abort(&self, conn: u64, id: ClusterId) -> Result<u64, Refusal> {
+        Ok(self.mapped(conn, id)?.0.abort(self))
+    }
+
+    /// `clu_Resize`.
+    pub(crate) fn resize(&self, conn: u64, id: ClusterId, add: u64) -> Result<u64, Refusal> {
+        let (img, writable) = self.mapped(conn, id)?;
+        if !writable {
+            return Err(Refusal::new(
+                ErrorCode::AccessDenied,
+                format!("cluster {id} is mapped read-only here; map it read-write to resize it"),
+            ));
+        }
+        let npages = img.npages();
+        if add == 0 || npages.saturating_add(add) > MAX_CLUSTER_PAGES {
+            return Err(Refusal::invalid(format!(
+                "cannot add {add} pages to a cluster of {npages} (limit {MAX_CLUSTER_PAGES})"
+            )));
+        }
+        img.resize(add)
+    }
+
+    /// `clu_Extend`: the current size.
+    pub(crate) fn extend(&self, conn: u64, id: ClusterId) -> Result<u64, Refusal> {
+        Ok(self.mapped(conn, id)?.0.npages())
+    }
+
+    /// Whether any process maps the cluster.
+    pub(crate) fn is_mapped(&self, id: ClusterId) -> bool {
+        lock(&self.images).contains_key(&id)
+    }
+
+    /// Whether any process maps a cluster of the volume.
+    pub(crate) fn volume_in_use(&self, vol: VolId) -> bool {
+        lock(&self.images).keys().any(|id| id.vol() == vol)
+    }
+
+    /// The text of `pager status`.
+    pub(crate) fn status(&self) -> String {
+        let s = &self.stats;
+        let mut out = String::new();
+        let _ = writeln!(out, "pid              {}", std::process::id());
+        let _ = writeln!(out, "uptime           {:.0?}", self.started.elapsed());
+        let _ = writeln!(out, "root             {}", self.storage.root().display());
+        let _ = writeln!(out, "socket           {}", self.socket.display());
+        let _ = writeln!(
+            out,
+            "connections      {} live, {} since start",
+            self.live_connections.load(Ordering::Relaxed),
+            s.connections.get()
+        );
+        let _ = writeln!(
+            out,
+            "resident pages   {} of a budget of {}",
+            self.resident(),
+            self.budget
+        );
+        let _ = writeln!(out, "paging slots     {} in use", self.paging.in_use());
+        let _ = writeln!(
+            out,
+            "faults           {} missing, {} minor, {} write-protect, {} refused (SIGBUS)",
+            s.missing_faults.get(),
+            s.minor_faults.get(),
+            s.wp_faults.get(),
+            s.poisoned.get()
+        );
+        let _ = writeln!(
+            out,
+            "supplies         {} zero, {} from storage, {} from the paging partition",
+            s.zero_fills.get(),
+            s.storage_reads.get(),
+            s.paging_reads.get()
+        );
+        let _ = writeln!(
+            out,
+            "evictions        {} clean, {} dirty (to the paging partition)",
+            s.evicted_clean.get(),
+            s.evicted_dirty.get()
+        );
+        let _ = writeln!(
+            out,
+            "commits          {} ({} pages), {} aborts",
+            s.commits.get(),
+            s.committed_pages.get(),
+            s.aborts.get()
+        );
+        let mut imgs: Vec<Arc<Image>> = lock(&self.images).values().cloned().collect();
+        imgs.sort_by_key(|i| i.id);
+        let _ = writeln!(
+            out,
+            "\n{:<10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            "CLUSTER", "PAGES", "RESIDENT", "DIRTY", "PAGED-OUT", "MAPPERS"
+        );
+        for img in imgs {
+            let st = lock(&img.state);
+            let (dirty, paged) = st.dirty();
+            let _ = writeln!(
+                out,
+                "{:<10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+                img.id.to_string(),
+                st.pages.len(),
+                st.resident,
+                dirty,
+                paged,
+                st.mappers.len()
+            );
+        }
+        out
+    }
+}
+
+fn not_mapped(id: ClusterId) -> Refusal {
+    Refusal::new(
+        ErrorCode::NotFound,
+        format!("cluster {id} is not mapped by this process; map it first"),
+    )
+}
+
+fn dup(f: &File) -> Result<File, Refusal> {
+    f.try_clone()
+        .map_err(|e| Refusal::new(ErrorCode::Io, format!("dup of the memory object: {e}")))
+}

@@ -1,0 +1,173 @@
+//! A scripted client of the pager for the end-to-end tests: reads one command per line on
+//! stdin, runs it through the `client` API, and answers one line on stdout (`ok ...` or
+//! `err CODE message`). The tests drive several of these processes at once and kill them.
+//!
+//! Commands (ids as printed by `create`, in hex `vvvv:cccc`):
+//! `create PAGES [protected|shareable|temporary]`, `map ID [ro]`, `unmap ID`, `commit ID`,
+//! `abort ID`, `resize ID ADD`, `extend ID`, `fill ID SEED [FIRST N]`, `check ID SEED [FIRST N]`,
+//! `w ID OFFSET BYTE`, `r ID OFFSET`, `loop ID` (commit versions 1, 2, ... for ever, printing
+//! `acked V`), `outside` (a raw mapping whose pager-side region is one page short, then a read
+//! of the page the pager does not know), `exit`.
+
+use std::io::{BufRead, Write};
+
+use client::{api, ClusterId, ClusterKind, MapMode, PAGE_SIZE};
+use clu_tests::{check_pattern, fill_pattern};
+
+fn region_bytes(id: ClusterId) -> Result<Vec<(u64, *mut u8, usize)>, String> {
+    Ok(api::regions(id)
+        .map_err(|e| format!("{} {e}", e.code as i32))?
+        .iter()
+        .map(|r| (r.first_page, r.as_ptr(), r.len()))
+        .collect())
+}
+
+fn addr(id: ClusterId, offset: u64) -> Result<*mut u8, String> {
+    api::regions(id)
+        .map_err(|e| format!("{} {e}", e.code as i32))?
+        .iter()
+        .find_map(|r| r.addr_of(offset))
+        .map(|a| a as *mut u8)
+        .ok_or_else(|| format!("-22 offset {offset} is not mapped here"))
+}
+
+fn range(words: &[&str], total: u64) -> Result<(u64, u64), String> {
+    match words {
+        [] => Ok((0, total)),
+        [first, n] => Ok((num(first)?, num(n)?)),
+        _ => Err("-22 expected FIRST N".into()),
+    }
+}
+
+fn num(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|_| format!("-22 not a number: {s}"))
+}
+
+fn id(s: Option<&&str>) -> Result<ClusterId, String> {
+    s.ok_or("-22 missing cluster id")?
+        .parse()
+        .map_err(|e| format!("-22 {e}"))
+}
+
+fn pages_of(id: ClusterId) -> Result<u64, String> {
+    Ok(region_bytes(id)?.iter().map(|r| r.2 as u64).sum::<u64>() / PAGE_SIZE as u64)
+}
+
+/// Runs `f` on each mapped page of `first..first+n` (cluster page number, page pointer).
+fn pages(
+    id: ClusterId,
+    first: u64,
+    n: u64,
+    mut f: impl FnMut(u64, *mut u8) -> Result<(), String>,
+) -> Result<(), String> {
+    for (rfirst, ptr, len) in region_bytes(id)? {
+        let rn = len as u64 / PAGE_SIZE as u64;
+        for p in first.max(rfirst)..(first + n).min(rfirst + rn) {
+            // SAFETY: `p` is within this region, which stays mapped while no `unmap` runs (this
+            // tool is single-threaded).
+            let at = unsafe { ptr.add(((p - rfirst) as usize) * PAGE_SIZE) };
+            f(p, at)?;
+        }
+    }
+    Ok(())
+}
+
+fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let e = |e: client::CluError| format!("{} {}", e.code as i32, e.message);
+    match w.first().copied() {
+        Some("create") => {
+            let kind: ClusterKind = match w.get(2) {
+                Some(k) => k.parse().map_err(|e| format!("-22 {e}"))?,
+                None => ClusterKind::Shareable,
+            };
+            let (id, r) = api::create_map(1, num(w.get(1).ok_or("-22 PAGES")?)?, kind).map_err(e)?;
+            Ok(format!("{id} {}", r.npages))
+        }
+        Some("map") => {
+            let mode = if w.get(2) == Some(&"ro") {
+                MapMode::ReadOnly
+            } else {
+                MapMode::ReadWrite
+            };
+            let r = api::map(id(w.get(1))?, mode).map_err(e)?;
+            Ok(r.npages.to_string())
+        }
+        Some("unmap") => api::unmap(id(w.get(1))?).map(|()| String::new()).map_err(e),
+        Some("commit") => api::commit(id(w.get(1))?).map(|()| String::new()).map_err(e),
+        Some("abort") => api::abort(id(w.get(1))?).map(|()| String::new()).map_err(e),
+        Some("resize") => {
+            let r = api::resize(id(w.get(1))?, num(w.get(2).ok_or("-22 ADD")?)?).map_err(e)?;
+            Ok(format!("{} {}", r.first_page, r.npages))
+        }
+        Some("extend") => {
+            let r = api::extend(id(w.get(1))?).map_err(e)?;
+            Ok(r.map_or(0, |r| r.npages).to_string())
+        }
+        Some("fill") | Some("check") => {
+            let id = id(w.get(1))?;
+            let seed = num(w.get(2).ok_or("-22 SEED")?)?;
+            let (first, n) = range(&w[3..], pages_of(id)?)?;
+            let fill = w[0] == "fill";
+            pages(id, first, n, |p, at| {
+                // SAFETY: `at` is a mapped page of the cluster (see `pages`).
+                let page = unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) };
+                if fill {
+                    fill_pattern(page, seed, p);
+                    Ok(())
+                } else if check_pattern(page, seed, p) {
+                    Ok(())
+                } else {
+                    Err(format!("bad page {p}"))
+                }
+            })?;
+            Ok(String::new())
+        }
+        Some("w") => {
+            let a = addr(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
+            let v = num(w.get(3).ok_or("-22 BYTE")?)? as u8;
+            // SAFETY: `a` is a mapped byte of the cluster.
+            unsafe { std::ptr::write_volatile(a, v) };
+            Ok(String::new())
+        }
+        Some("r") => {
+            let a = addr(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
+            // SAFETY: `a` is a mapped byte of the cluster.
+            Ok(unsafe { std::ptr::read_volatile(a) }.to_string())
+        }
+        Some("loop") => {
+            let id = id(w.get(1))?;
+            let n = pages_of(id)?;
+            for v in 1u64.. {
+                pages(id, 0, n, |p, at| {
+                    // SAFETY: `at` is a mapped page of the cluster.
+                    fill_pattern(unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) }, v, p);
+                    Ok(())
+                })?;
+                api::commit(id).map_err(e)?;
+                let _ = writeln!(out, "acked {v}");
+                let _ = out.flush();
+            }
+            Ok(String::new())
+        }
+        Some("outside") => clu_tests::raw::outside(),
+        Some("exit") => std::process::exit(0),
+        Some(other) => Err(format!("-22 unknown command {other}")),
+        None => Ok(String::new()),
+    }
+}
+
+fn main() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let answer = match run(&line, &mut out) {
+            Ok(s) if s.is_empty() => "ok".to_string(),
+            Ok(s) => format!("ok {s}"),
+            Err(s) => format!("err {s}"),
+        };
+        let _ = writeln!(out, "{answer}");
+        let _ = out.flush();
+    }
+}

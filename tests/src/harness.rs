@@ -1,0 +1,203 @@
+//! Running the real pager and real clients as processes, and killing them.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The pager binary built with the tests (`target/<profile>/pager`).
+pub fn pager_bin() -> PathBuf {
+    bin("pager")
+}
+
+/// The scripted client.
+pub fn tool_bin() -> PathBuf {
+    bin("clu-tool")
+}
+
+fn bin(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps/<test>; binaries are in target/<profile>.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(name)
+}
+
+/// A running `pager serve`.
+pub struct Pager {
+    child: Child,
+    /// Its storage root.
+    pub root: PathBuf,
+    /// Its socket.
+    pub socket: PathBuf,
+    budget: u64,
+}
+
+impl Pager {
+    /// Starts a pager on `root` with a resident budget of `budget` pages and waits until it
+    /// answers on its socket.
+    pub fn start(root: &Path, budget: u64) -> Pager {
+        let socket = root.with_extension("sock");
+        Self::start_at(root, &socket, budget)
+    }
+
+    fn start_at(root: &Path, socket: &Path, budget: u64) -> Pager {
+        let child = Command::new(pager_bin())
+            .args(["serve", "--root"])
+            .arg(root)
+            .arg("--socket")
+            .arg(socket)
+            .args(["--resident-pages", &budget.to_string()])
+            .env("RUST_LOG", std::env::var("CLU_PAGER_LOG").unwrap_or("warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start pager");
+        let mut p = Pager {
+            child,
+            root: root.to_owned(),
+            socket: socket.to_owned(),
+            budget,
+        };
+        let t0 = Instant::now();
+        loop {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return p;
+            }
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("pager exited at start: {st}");
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "pager did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills it and starts a new one on the same root and socket.
+    pub fn restart(&mut self) {
+        self.kill();
+        *self = Self::start_at(&self.root.clone(), &self.socket.clone(), self.budget);
+    }
+
+    /// The output of `pager status`.
+    pub fn status(&self) -> String {
+        let out = Command::new(pager_bin())
+            .arg("status")
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("pager status");
+        assert!(out.status.success(), "pager status: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `clu-tool` process.
+pub struct Tool {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Tool {
+    /// Starts one talking to `pager`.
+    pub fn start(pager: &Pager) -> Tool {
+        let mut child = Command::new(tool_bin())
+            .env("CLU_PAGER_SOCKET", &pager.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start clu-tool");
+        let stdin = child.stdin.take();
+        let stdout: ChildStdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Tool {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Sends a command without waiting.
+    pub fn send(&mut self, cmd: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{cmd}").expect("write to clu-tool");
+        stdin.flush().expect("flush");
+    }
+
+    /// The next line, within `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Runs a command and returns its answer (panics if the tool died or took over 60 s).
+    pub fn cmd(&mut self, cmd: &str) -> String {
+        self.send(cmd);
+        self.line(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no answer to `{cmd}`; tool status {:?}", self.child.try_wait()))
+    }
+
+    /// Runs a command that must succeed; returns what follows `ok`.
+    pub fn ok(&mut self, cmd: &str) -> String {
+        let a = self.cmd(cmd);
+        match a.strip_prefix("ok") {
+            Some(rest) => rest.trim().to_string(),
+            None => panic!("`{cmd}` failed: {a}"),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to end.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The signal that ended a process, if any.
+pub fn signal_of(st: ExitStatus) -> Option<i32> {
+    st.signal()
+}

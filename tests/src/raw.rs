@@ -1,0 +1,60 @@
+//! Clients that speak the protocol by hand, to do what the shim never does.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+use client::channel::Channel;
+use client::proto::{Request, Response};
+use client::sys::{mem, uffd};
+use client::{ClusterKind, PAGE_SIZE};
+
+/// Creates a 2-page cluster, maps and registers both pages, but tells the pager about the first
+/// only, then reads the second: the pager finds no region for the fault and poisons the page,
+/// so this process dies of SIGBUS. Returns only on a setup failure.
+pub fn outside() -> Result<String, String> {
+    let path = client::socket_path();
+    let chan = Channel::new(UnixStream::connect(&path).map_err(|e| format!("-107 {e}"))?);
+    let call = |req: Request, fds: &[std::os::fd::BorrowedFd<'_>]| {
+        chan.send(&req.encode(), fds).map_err(|e| format!("-107 {e}"))?;
+        let (payload, fds) = chan.recv().map_err(|e| format!("-107 {e}"))?;
+        Ok::<_, String>((
+            Response::decode(&payload).map_err(|e| format!("-71 {e}"))?,
+            fds,
+        ))
+    };
+    let (resp, mut fds) = call(
+        Request::CreateMap {
+            vol: 1,
+            npages: 2,
+            kind: ClusterKind::Shareable,
+        },
+        &[],
+    )?;
+    let Response::Mapped { id, .. } = resp else {
+        return Err(format!("-71 {resp:?}"));
+    };
+    let memfd = fds.pop().ok_or("-71 no memfd")?;
+    let m = mem::map_shared(memfd.as_fd(), 0, 2, true).map_err(|e| format!("-5 {e}"))?;
+    let u = uffd::open(uffd::feature::CLUSTER, false).map_err(|e| format!("-5 {e}"))?;
+    let range = uffd::Range {
+        start: m.addr as u64,
+        len: m.len as u64,
+    };
+    uffd::register(&u, range, uffd::mode::MISSING | uffd::mode::MINOR | uffd::mode::WP)
+        .map_err(|e| format!("-5 {e}"))?;
+    let (resp, _) = call(
+        Request::Attach {
+            id,
+            first_page: 0,
+            base: m.addr as u64,
+            npages: 1,
+        },
+        &[u.as_fd()],
+    )?;
+    if resp != Response::Ok {
+        return Err(format!("-71 {resp:?}"));
+    }
+    // SAFETY: page 1 of the live 2-page mapping `m`.
+    let v = unsafe { std::ptr::read_volatile((m.addr + PAGE_SIZE) as *const u8) };
+    Err(format!("-5 read {v} outside the cluster's regions without SIGBUS"))
+}
