@@ -11,7 +11,7 @@
 //! mapped yet raises SIGBUS (see [`crate::watcher`]); the next call about another cluster opens
 //! a new connection, to a restarted pager.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::proto::MapMode;
@@ -78,8 +78,19 @@ impl Region {
 #[derive(Default)]
 struct Shim {
     session: Option<Session>,
-    /// Clusters mapped through a connection that was lost.
-    lost: HashSet<ClusterId>,
+    /// Clusters mapped through a connection that was lost, and their regions (still mapped:
+    /// pages this process had mapped stay readable; the others raise SIGBUS).
+    lost: HashMap<ClusterId, Vec<Region>>,
+}
+
+impl Shim {
+    /// Moves the clusters of a lost connection to `lost`.
+    fn reap(&mut self) {
+        if self.session.as_ref().is_some_and(Session::dead) {
+            let dead = self.session.take().map(|s| s.all_regions());
+            self.lost.extend(dead.unwrap_or_default());
+        }
+    }
 }
 
 static SHIM: Mutex<Option<Shim>> = Mutex::new(None);
@@ -101,12 +112,9 @@ fn with<T>(
 ) -> Result<T, CluError> {
     let mut guard = crate::lock(&SHIM);
     let shim = guard.get_or_insert_with(Shim::default);
-    if shim.session.as_ref().is_some_and(Session::dead) {
-        let dead = shim.session.take().map(|s| s.ids()).unwrap_or_default();
-        shim.lost.extend(dead);
-    }
+    shim.reap();
     if let Some(id) = about {
-        if shim.lost.contains(&id) {
+        if shim.lost.contains_key(&id) {
             return Err(gone(id));
         }
     }
@@ -163,8 +171,17 @@ pub fn abort(id: ClusterId) -> Result<(), CluError> {
     with(Some(id), |s| s.abort(id))
 }
 
-/// The regions of a cluster mapped here, in the order they were mapped.
+/// The regions of a cluster mapped here, in the order they were mapped (also when the pager
+/// was lost since: the memory stays mapped until the process ends).
 pub fn regions(id: ClusterId) -> Result<Vec<Region>, CluError> {
+    {
+        let mut guard = crate::lock(&SHIM);
+        let shim = guard.get_or_insert_with(Shim::default);
+        shim.reap();
+        if let Some(r) = shim.lost.get(&id) {
+            return Ok(r.clone());
+        }
+    }
     with(Some(id), |s| s.regions(id))
 }
 

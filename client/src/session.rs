@@ -1,7 +1,7 @@
 //! The shim's connection to the pager: one per process, opened on first use, serialising the
 //! calls; the clusters this process maps and their regions; the process's userfaultfd.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -95,9 +95,12 @@ impl Session {
         self.line.dead.load(Ordering::Acquire)
     }
 
-    /// The clusters mapped through this connection.
-    pub(crate) fn ids(&self) -> HashSet<ClusterId> {
-        self.mapped.keys().copied().collect()
+    /// The clusters mapped through this connection and their regions.
+    pub(crate) fn all_regions(&self) -> HashMap<ClusterId, Vec<Region>> {
+        self.mapped
+            .iter()
+            .map(|(id, m)| (*id, m.regions.iter().map(|(r, _)| *r).collect()))
+            .collect()
     }
 
     fn call(

@@ -47,12 +47,10 @@ fn watch(sock: UnixStream, line: Arc<Lifeline>) {
     loop {
         let mut fds = [PollFd::new(sock.as_fd(), rdhup)];
         match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {
-                let r = fds[0].revents().unwrap_or(PollFlags::empty());
-                if r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR) {
-                    break;
-                }
-            }
+            // Only hang-up, error or POLLRDHUP can be reported (nix's `revents` cannot name
+            // POLLRDHUP, so count instead of decoding).
+            Ok(n) if n > 0 => break,
+            Ok(_) => {}
             Err(nix::Error::EINTR) => {}
             Err(_) => break,
         }

@@ -117,9 +117,19 @@ pub fn check_pattern(page: &[u8], seed: u64, p: u64) -> bool {
         .all(|(k, w)| w == pattern_word(seed, p, k as u64).to_le_bytes())
 }
 
+const PATTERN_MARK: u64 = 0x5a5a_0000_0000_0000;
+
 fn pattern_word(seed: u64, p: u64, k: u64) -> u64 {
     if seed == 0 {
         return 0;
     }
-    seed << 40 ^ p << 12 ^ k ^ 0x5a5a_0000_0000_0000
+    (seed << 40) ^ (p << 12) ^ k ^ PATTERN_MARK
+}
+
+/// The seed that wrote `word`, the first word of page 0 (0 for a page never written).
+pub fn seed_of(word: u64) -> u64 {
+    if word == 0 {
+        return 0;
+    }
+    (word ^ PATTERN_MARK) >> 40
 }

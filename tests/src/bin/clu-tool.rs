@@ -5,8 +5,9 @@
 //! Commands (ids as printed by `create`, in hex `vvvv:cccc`):
 //! `create PAGES [protected|shareable|temporary]`, `map ID [ro]`, `unmap ID`, `commit ID`,
 //! `abort ID`, `resize ID ADD`, `extend ID`, `fill ID SEED [FIRST N]`, `check ID SEED [FIRST N]`,
-//! `w ID OFFSET BYTE`, `r ID OFFSET`, `loop ID` (commit versions 1, 2, ... for ever, printing
-//! `acked V`), `outside` (a raw mapping whose pager-side region is one page short, then a read
+//! `w ID OFFSET BYTE`, `r ID OFFSET`, `loop ID [START]` (fill and commit versions START,
+//! START+1, ... for ever, printing `acked V`), `which ID` (the version every page holds, or
+//! `err torn`), `outside` (a raw mapping whose pager-side region is one page short, then a read
 //! of the page the pager does not know), `exit`.
 
 use std::io::{BufRead, Write};
@@ -135,10 +136,29 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
             // SAFETY: `a` is a mapped byte of the cluster.
             Ok(unsafe { std::ptr::read_volatile(a) }.to_string())
         }
-        Some("loop") => {
+        Some("which") => {
             let id = id(w.get(1))?;
             let n = pages_of(id)?;
-            for v in 1u64.. {
+            let first = addr(id, 0)?;
+            // SAFETY: the first 8 bytes of the cluster's first page, mapped.
+            let word = unsafe { std::ptr::read_volatile(first as *const [u8; 8]) };
+            let seed = clu_tests::seed_of(u64::from_le_bytes(word));
+            pages(id, 0, n, |p, at| {
+                // SAFETY: `at` is a mapped page of the cluster.
+                let page = unsafe { std::slice::from_raw_parts(at, PAGE_SIZE) };
+                if check_pattern(page, seed, p) {
+                    Ok(())
+                } else {
+                    Err(format!("torn: page 0 has version {seed}, page {p} does not"))
+                }
+            })?;
+            Ok(seed.to_string())
+        }
+        Some("loop") => {
+            let id = id(w.get(1))?;
+            let start = w.get(2).map(|s| num(s)).transpose()?.unwrap_or(1);
+            let n = pages_of(id)?;
+            for v in start.. {
                 pages(id, 0, n, |p, at| {
                     // SAFETY: `at` is a mapped page of the cluster.
                     fill_pattern(unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) }, v, p);
