@@ -1,0 +1,195 @@
+//! The C ABI of the cluster calls (`client/include/clu.h`): thin wrappers over
+//! [`client::api`]. Every function returns 0 or a negative `CLU_E*` code; no panic crosses the
+//! boundary (one would be a bug, reported as `CLU_EIO`).
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use client::{api, ClusterId, ClusterKind, ErrorCode, MapMode, Region};
+
+/// `clu_id_t`.
+pub type CluIdT = u32;
+
+fn code(e: ErrorCode) -> c_int {
+    e as i32
+}
+
+fn guard(f: impl FnOnce() -> Result<(), ErrorCode>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => code(e),
+        Err(_) => code(ErrorCode::Io),
+    }
+}
+
+/// Stores `v` through `p` if `p` is not null.
+///
+/// # Safety
+/// `p` is null or valid for a write of `T`.
+unsafe fn put<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: the caller guarantees `p` is valid for writes when not null.
+        unsafe { p.write(v) };
+    }
+}
+
+fn ptr(r: &Region) -> *mut c_void {
+    r.as_ptr().cast()
+}
+
+/// `clu_CreateMap`.
+///
+/// # Safety
+/// `id` and `addr` are null or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn clu_CreateMap(
+    vol_id: u16,
+    npages: usize,
+    kind: c_int,
+    id: *mut CluIdT,
+    addr: *mut *mut c_void,
+) -> c_int {
+    guard(|| {
+        let kind = u32::try_from(kind)
+            .ok()
+            .and_then(ClusterKind::from_code)
+            .ok_or(ErrorCode::Invalid)?;
+        let (cid, region) = api::create_map(vol_id, npages as u64, kind).map_err(|e| e.code)?;
+        // SAFETY: the caller passes null or valid pointers.
+        unsafe {
+            put(id, cid.0);
+            put(addr, ptr(&region));
+        }
+        Ok(())
+    })
+}
+
+/// `clu_Map`.
+///
+/// # Safety
+/// `addr` and `npages` are null or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn clu_Map(
+    id: CluIdT,
+    mode: c_int,
+    addr: *mut *mut c_void,
+    npages: *mut usize,
+) -> c_int {
+    guard(|| {
+        let mode = match mode {
+            0 => MapMode::ReadWrite,
+            1 => MapMode::ReadOnly,
+            _ => return Err(ErrorCode::Invalid),
+        };
+        let region = api::map(ClusterId(id), mode).map_err(|e| e.code)?;
+        // SAFETY: the caller passes null or valid pointers.
+        unsafe {
+            put(addr, ptr(&region));
+            put(npages, region.npages as usize);
+        }
+        Ok(())
+    })
+}
+
+/// `clu_Unmap`.
+#[no_mangle]
+pub extern "C" fn clu_Unmap(id: CluIdT) -> c_int {
+    guard(|| api::unmap(ClusterId(id)).map_err(|e| e.code))
+}
+
+/// `clu_Resize`.
+///
+/// # Safety
+/// `region` is null or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn clu_Resize(id: CluIdT, add_npages: usize, region: *mut *mut c_void) -> c_int {
+    guard(|| {
+        let r = api::resize(ClusterId(id), add_npages as u64).map_err(|e| e.code)?;
+        // SAFETY: the caller passes null or a valid pointer.
+        unsafe { put(region, ptr(&r)) };
+        Ok(())
+    })
+}
+
+/// `clu_Extend`: `*npages = 0` when nothing is new.
+///
+/// # Safety
+/// `region` and `npages` are null or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn clu_Extend(
+    id: CluIdT,
+    region: *mut *mut c_void,
+    npages: *mut usize,
+) -> c_int {
+    guard(|| {
+        let r = api::extend(ClusterId(id)).map_err(|e| e.code)?;
+        // SAFETY: the caller passes null or valid pointers.
+        unsafe {
+            put(region, r.map_or(std::ptr::null_mut(), |r| ptr(&r)));
+            put(npages, r.map_or(0, |r| r.npages as usize));
+        }
+        Ok(())
+    })
+}
+
+/// `clu_Commit`.
+#[no_mangle]
+pub extern "C" fn clu_Commit(id: CluIdT) -> c_int {
+    guard(|| api::commit(ClusterId(id)).map_err(|e| e.code))
+}
+
+/// `clu_Abort`.
+#[no_mangle]
+pub extern "C" fn clu_Abort(id: CluIdT) -> c_int {
+    guard(|| api::abort(ClusterId(id)).map_err(|e| e.code))
+}
+
+fn describe(err: c_int) -> &'static CStr {
+    match ErrorCode::from_code(err) {
+        Some(ErrorCode::NotFound) => c"no such cluster or volume",
+        Some(ErrorCode::Io) => c"I/O error in the pager's storage",
+        Some(ErrorCode::AccessDenied) => c"access denied",
+        Some(ErrorCode::Busy) => c"busy: another operation on this cluster is in progress",
+        Some(ErrorCode::Invalid) => c"invalid argument",
+        Some(ErrorCode::NoSpace) => c"no space left in the volume or on the disk",
+        Some(ErrorCode::Protocol) => c"protocol error between client and pager",
+        Some(ErrorCode::Unavailable) => c"the pager is unavailable",
+        None if err == 0 => c"success",
+        None => c"unknown error",
+    }
+}
+
+/// `clu_strerror`: a static description of a code.
+#[no_mangle]
+pub extern "C" fn clu_strerror(err: c_int) -> *const c_char {
+    describe(err).as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_the_description_of_the_rust_api() {
+        for c in ErrorCode::ALL {
+            assert_eq!(describe(c as i32).to_str().unwrap(), c.describe());
+        }
+        assert_eq!(describe(0).to_str().unwrap(), "success");
+        assert_eq!(describe(-9999).to_str().unwrap(), "unknown error");
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_any_connection() {
+        // SAFETY: null out-pointers are allowed.
+        unsafe {
+            assert_eq!(
+                clu_CreateMap(1, 1, 7, std::ptr::null_mut(), std::ptr::null_mut()),
+                -22
+            );
+            assert_eq!(
+                clu_Map(1, 5, std::ptr::null_mut(), std::ptr::null_mut()),
+                -22
+            );
+        }
+    }
+}
