@@ -258,7 +258,11 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
                 s.vol_mount(entry.vol)?;
             }
             let mounted = if no_mount { "" } else { ", mounted" };
-            let _ = writeln!(out, "created volume {} ({}){mounted}", entry.name, entry.vol);
+            let _ = writeln!(
+                out,
+                "created volume {} ({}){mounted}",
+                entry.name, entry.vol
+            );
         }
         AdminCommand::Vol(VolCommand::Mount { vol }) => {
             let entry = s.find(&vol)?;
@@ -270,7 +274,10 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
             if m.volume_in_use(entry.vol) {
                 return Err(Refusal::new(
                     ErrorCode::Busy,
-                    format!("volume {} has mapped clusters; unmap them first", entry.name),
+                    format!(
+                        "volume {} has mapped clusters; unmap them first",
+                        entry.name
+                    ),
                 ));
             }
             s.vol_unmount(entry.vol)?;
@@ -303,7 +310,11 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
         }
         AdminCommand::Clu(CluCommand::List { vol }) => {
             let entry = s.find(&vol)?;
-            let _ = writeln!(out, "{:<10} {:>10} {:>8} {:<10}", "ID", "PAGES", "OWNER", "KIND");
+            let _ = writeln!(
+                out,
+                "{:<10} {:>10} {:>8} {:<10}",
+                "ID", "PAGES", "OWNER", "KIND"
+            );
             for d in s.volume(entry.vol)?.clu_list() {
                 let _ = writeln!(
                     out,

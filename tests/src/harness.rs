@@ -49,7 +49,10 @@ impl Pager {
             .arg("--socket")
             .arg(socket)
             .args(["--resident-pages", &budget.to_string()])
-            .env("RUST_LOG", std::env::var("CLU_PAGER_LOG").unwrap_or("warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CLU_PAGER_LOG").unwrap_or("warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("start pager");
@@ -67,7 +70,10 @@ impl Pager {
             if let Ok(Some(st)) = p.child.try_wait() {
                 panic!("pager exited at start: {st}");
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "pager did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "pager did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -157,8 +163,12 @@ impl Tool {
     /// Runs a command and returns its answer (panics if the tool died or took over 60 s).
     pub fn cmd(&mut self, cmd: &str) -> String {
         self.send(cmd);
-        self.line(Duration::from_secs(60))
-            .unwrap_or_else(|| panic!("no answer to `{cmd}`; tool status {:?}", self.child.try_wait()))
+        self.line(Duration::from_secs(60)).unwrap_or_else(|| {
+            panic!(
+                "no answer to `{cmd}`; tool status {:?}",
+                self.child.try_wait()
+            )
+        })
     }
 
     /// Runs a command that must succeed; returns what follows `ok`.

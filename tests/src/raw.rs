@@ -15,7 +15,8 @@ pub fn outside() -> Result<String, String> {
     let path = client::socket_path();
     let chan = Channel::new(UnixStream::connect(&path).map_err(|e| format!("-107 {e}"))?);
     let call = |req: Request, fds: &[std::os::fd::BorrowedFd<'_>]| {
-        chan.send(&req.encode(), fds).map_err(|e| format!("-107 {e}"))?;
+        chan.send(&req.encode(), fds)
+            .map_err(|e| format!("-107 {e}"))?;
         let (payload, fds) = chan.recv().map_err(|e| format!("-107 {e}"))?;
         Ok::<_, String>((
             Response::decode(&payload).map_err(|e| format!("-71 {e}"))?,
@@ -40,8 +41,12 @@ pub fn outside() -> Result<String, String> {
         start: m.addr as u64,
         len: m.len as u64,
     };
-    uffd::register(&u, range, uffd::mode::MISSING | uffd::mode::MINOR | uffd::mode::WP)
-        .map_err(|e| format!("-5 {e}"))?;
+    uffd::register(
+        &u,
+        range,
+        uffd::mode::MISSING | uffd::mode::MINOR | uffd::mode::WP,
+    )
+    .map_err(|e| format!("-5 {e}"))?;
     let (resp, _) = call(
         Request::Attach {
             id,
@@ -56,5 +61,7 @@ pub fn outside() -> Result<String, String> {
     }
     // SAFETY: page 1 of the live 2-page mapping `m`.
     let v = unsafe { std::ptr::read_volatile((m.addr + PAGE_SIZE) as *const u8) };
-    Err(format!("-5 read {v} outside the cluster's regions without SIGBUS"))
+    Err(format!(
+        "-5 read {v} outside the cluster's regions without SIGBUS"
+    ))
 }

@@ -8,7 +8,9 @@ use clu_tests::harness::Pager;
 
 #[test]
 fn the_c_example_compiles_links_and_runs() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo");
     let target = clu_tests::harness::pager_bin()
         .parent()
         .expect("target/<profile>")
@@ -16,7 +18,9 @@ fn the_c_example_compiles_links_and_runs() {
     let release = target.ends_with("release");
     // The static library is a build product of its own crate: make sure it is current.
     let mut cargo = Command::new(env!("CARGO"));
-    cargo.current_dir(repo).args(["build", "-q", "-p", "clu-capi"]);
+    cargo
+        .current_dir(repo)
+        .args(["build", "-q", "-p", "clu-capi"]);
     if release {
         cargo.arg("--release");
     }

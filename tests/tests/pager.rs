@@ -12,7 +12,11 @@ fn scratch() -> tempfile::TempDir {
 }
 
 fn id_of(created: &str) -> String {
-    created.split_whitespace().next().expect("an id").to_string()
+    created
+        .split_whitespace()
+        .next()
+        .expect("an id")
+        .to_string()
 }
 
 #[test]
@@ -33,7 +37,10 @@ fn committed_data_survives_a_killed_pager_and_uncommitted_data_does_not() {
 
     pager.restart();
     let err = a.cmd(&format!("commit {id2}"));
-    assert!(err.starts_with("err -107"), "a call after the pager died: {err}");
+    assert!(
+        err.starts_with("err -107"),
+        "a call after the pager died: {err}"
+    );
 
     let mut b = Tool::start(&pager);
     assert_eq!(b.ok(&format!("map {id}")), "32");
@@ -65,7 +72,11 @@ fn two_processes_share_one_image() {
     b.ok(&format!("unmap {id}"));
     let mut c = Tool::start(&pager);
     c.ok(&format!("map {id}"));
-    assert_eq!(c.ok(&format!("r {id} 101")), "9", "written back at the last unmap");
+    assert_eq!(
+        c.ok(&format!("r {id} 101")),
+        "9",
+        "written back at the last unmap"
+    );
     assert_eq!(c.ok(&format!("r {id} 20000")), "7");
 }
 
@@ -127,8 +138,14 @@ fn a_cluster_larger_than_the_resident_budget_round_trips() {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .expect("resident pages in status");
-    assert!(resident <= budget, "resident {resident} over budget {budget}\n{status}");
-    assert!(!status.contains(" 0 dirty (to the paging partition)"), "{status}");
+    assert!(
+        resident <= budget,
+        "resident {resident} over budget {budget}\n{status}"
+    );
+    assert!(
+        !status.contains(" 0 dirty (to the paging partition)"),
+        "{status}"
+    );
     a.ok(&format!("commit {id}"));
     a.ok(&format!("unmap {id}"));
     a.ok(&format!("map {id}"));
@@ -230,10 +247,7 @@ fn crash_rounds_never_show_a_torn_or_lost_commit() {
         drop(w);
         let mut r = Tool::start(&pager);
         r.ok(&format!("map {id}"));
-        let seen: u64 = r
-            .ok(&format!("which {id}"))
-            .parse()
-            .expect("a version");
+        let seen: u64 = r.ok(&format!("which {id}")).parse().expect("a version");
         assert!(
             seen == last_acked || seen == last_acked + 1,
             "round {round}: storage holds version {seen}, last acknowledged {last_acked}"

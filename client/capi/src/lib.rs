@@ -102,7 +102,11 @@ pub extern "C" fn clu_Unmap(id: CluIdT) -> c_int {
 /// # Safety
 /// `region` is null or valid for writes.
 #[no_mangle]
-pub unsafe extern "C" fn clu_Resize(id: CluIdT, add_npages: usize, region: *mut *mut c_void) -> c_int {
+pub unsafe extern "C" fn clu_Resize(
+    id: CluIdT,
+    add_npages: usize,
+    region: *mut *mut c_void,
+) -> c_int {
     guard(|| {
         let r = api::resize(ClusterId(id), add_npages as u64).map_err(|e| e.code)?;
         // SAFETY: the caller passes null or a valid pointer.

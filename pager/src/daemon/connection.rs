@@ -171,8 +171,9 @@ impl Connection {
                 .map(|npages| (Response::Size { npages }, None)),
             Request::Commit { id } => m.commit(self.conn, id).map(|_| (Response::Ok, None)),
             Request::Abort { id } => m.abort(self.conn, id).map(|_| (Response::Ok, None)),
-            Request::Admin { words } => crate::admin::execute(&m, self.uid, words)
-                .map(|text| (Response::Text(text), None)),
+            Request::Admin { words } => {
+                crate::admin::execute(&m, self.uid, words).map(|text| (Response::Text(text), None))
+            }
         };
         r.unwrap_or_else(|e| (error(e.code, e.message), None))
     }
@@ -238,8 +239,8 @@ impl Connection {
     }
 
     fn start_faults(&mut self, u: Arc<Uffd>) -> Result<(), Refusal> {
-        let (stop_read, stop_write) = nix::unistd::pipe()
-            .map_err(|e| Refusal::new(ErrorCode::Io, format!("pipe: {e}")))?;
+        let (stop_read, stop_write) =
+            nix::unistd::pipe().map_err(|e| Refusal::new(ErrorCode::Io, format!("pipe: {e}")))?;
         let (m, regions, conn, pid) = (self.m.clone(), self.regions.clone(), self.conn, self.pid);
         let h = std::thread::Builder::new()
             .name(format!("faults-{pid}"))
@@ -300,12 +301,16 @@ fn fault_loop(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions
             let addr = addr as u64 & !(PAGE - 1);
             let hit = read(regions).iter().find_map(|r| {
                 let off = addr.checked_sub(r.region.base)? / PAGE;
-                (off < r.region.npages).then(|| (r.image.clone(), r.region.first_page + off, r.writable))
+                (off < r.region.npages)
+                    .then(|| (r.image.clone(), r.region.first_page + off, r.writable))
             });
             let Some((image, page, writable)) = hit else {
                 warn!(conn, pid, "fault at {addr:#x}, outside every cluster region of the process; the access raises SIGBUS");
                 m.stats.poisoned.inc();
-                let range = Range { start: addr, len: PAGE };
+                let range = Range {
+                    start: addr,
+                    len: PAGE,
+                };
                 if uffd::poison(u, range).is_err() {
                     let _ = uffd::wake(u, range);
                 }

@@ -186,7 +186,9 @@ impl Image {
             .mappers
             .iter_mut()
             .find(|m| m.conn == conn)
-            .ok_or_else(|| Refusal::invalid(format!("cluster {} is not mapped by this process", self.id)))?;
+            .ok_or_else(|| {
+                Refusal::invalid(format!("cluster {} is not mapped by this process", self.id))
+            })?;
         m.uffd = Some(uffd);
         m.regions.push(region);
         Ok(m.writable)
@@ -195,7 +197,11 @@ impl Image {
     /// (whether `conn` maps the image, how many mappers there are)
     pub fn mapper_status(&self, conn: u64) -> (Option<bool>, usize) {
         let st = lock(&self.state);
-        let me = st.mappers.iter().find(|m| m.conn == conn).map(|m| m.writable);
+        let me = st
+            .mappers
+            .iter()
+            .find(|m| m.conn == conn)
+            .map(|m| m.writable);
         (me, st.mappers.len())
     }
 
@@ -447,12 +453,7 @@ impl Image {
         let (dirty, buf) = {
             let mut st = lock(&self.state);
             let dirty: Vec<u64> = (0..st.pages.len() as u64)
-                .filter(|&p| {
-                    matches!(
-                        st.pages[p as usize],
-                        PageState::KWrite | PageState::SWrite
-                    )
-                })
+                .filter(|&p| matches!(st.pages[p as usize], PageState::KWrite | PageState::SWrite))
                 .collect();
             if dirty.is_empty() {
                 return Ok(0);
@@ -474,7 +475,9 @@ impl Image {
                                 .map_err(|e| io("reading the cluster's memory object", e)),
                             Some(Action::CopyToJournal(Residence::Paging)) => {
                                 match st.slots.get(&p) {
-                                    Some(&slot) => m.paging.load(slot, chunk).map_err(Refusal::from),
+                                    Some(&slot) => {
+                                        m.paging.load(slot, chunk).map_err(Refusal::from)
+                                    }
                                     None => Err(io("paging partition", "a dirty page has no slot")),
                                 }
                             }

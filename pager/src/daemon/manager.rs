@@ -109,11 +109,7 @@ impl Manager {
     /// Evicts up to `want` pages from images other than `except`, without waiting for a lock.
     pub(crate) fn evict_elsewhere(&self, except: ClusterId, want: u64) {
         let others: Vec<Arc<Image>> = match self.images.try_lock() {
-            Ok(map) => map
-                .values()
-                .filter(|i| i.id != except)
-                .cloned()
-                .collect(),
+            Ok(map) => map.values().filter(|i| i.id != except).cloned().collect(),
             Err(_) => return,
         };
         let mut left = want;
@@ -128,7 +124,10 @@ impl Manager {
     }
 
     fn image(&self, id: ClusterId) -> Result<Arc<Image>, Refusal> {
-        lock(&self.images).get(&id).cloned().ok_or_else(|| not_mapped(id))
+        lock(&self.images)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| not_mapped(id))
     }
 
     /// The image, if `conn` maps it; and whether writable.

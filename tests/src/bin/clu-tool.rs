@@ -82,7 +82,8 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
                 Some(k) => k.parse().map_err(|e| format!("-22 {e}"))?,
                 None => ClusterKind::Shareable,
             };
-            let (id, r) = api::create_map(1, num(w.get(1).ok_or("-22 PAGES")?)?, kind).map_err(e)?;
+            let (id, r) =
+                api::create_map(1, num(w.get(1).ok_or("-22 PAGES")?)?, kind).map_err(e)?;
             Ok(format!("{id} {}", r.npages))
         }
         Some("map") => {
@@ -95,7 +96,9 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
             Ok(r.npages.to_string())
         }
         Some("unmap") => api::unmap(id(w.get(1))?).map(|()| String::new()).map_err(e),
-        Some("commit") => api::commit(id(w.get(1))?).map(|()| String::new()).map_err(e),
+        Some("commit") => api::commit(id(w.get(1))?)
+            .map(|()| String::new())
+            .map_err(e),
         Some("abort") => api::abort(id(w.get(1))?).map(|()| String::new()).map_err(e),
         Some("resize") => {
             let r = api::resize(id(w.get(1))?, num(w.get(2).ok_or("-22 ADD")?)?).map_err(e)?;
@@ -149,7 +152,9 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
                 if check_pattern(page, seed, p) {
                     Ok(())
                 } else {
-                    Err(format!("torn: page 0 has version {seed}, page {p} does not"))
+                    Err(format!(
+                        "torn: page 0 has version {seed}, page {p} does not"
+                    ))
                 }
             })?;
             Ok(seed.to_string())
@@ -161,7 +166,11 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
             for v in start.. {
                 pages(id, 0, n, |p, at| {
                     // SAFETY: `at` is a mapped page of the cluster.
-                    fill_pattern(unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) }, v, p);
+                    fill_pattern(
+                        unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) },
+                        v,
+                        p,
+                    );
                     Ok(())
                 })?;
                 api::commit(id).map_err(e)?;
