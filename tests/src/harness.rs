@@ -7,9 +7,23 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The pager binary built with the tests (`target/<profile>/pager`).
+/// The pager binary (`target/<profile>/pager`), built first if this test process has not yet
+/// done so: it belongs to another package, which `cargo test -p clu-tests` would not rebuild.
 pub fn pager_bin() -> PathBuf {
-    bin("pager")
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let path = bin("pager");
+    BUILT.call_once(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "-q", "-p", "pager", "--bin", "pager"]);
+        if path.parent().is_some_and(|d| d.ends_with("release")) {
+            cargo.arg("--release");
+        }
+        let st = cargo.status().expect("run cargo build -p pager");
+        assert!(st.success(), "building the pager failed");
+    });
+    path
 }
 
 /// The scripted client.

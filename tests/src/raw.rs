@@ -65,3 +65,31 @@ pub fn outside() -> Result<String, String> {
         "-5 read {v} outside the cluster's regions without SIGBUS"
     ))
 }
+
+/// A connection that speaks the protocol by hand.
+pub struct RawClient {
+    /// The framed socket.
+    pub chan: Channel,
+}
+
+impl RawClient {
+    /// Connects to the pager at `socket`.
+    pub fn connect(socket: &std::path::Path) -> RawClient {
+        RawClient {
+            chan: Channel::new(UnixStream::connect(socket).expect("connect to the pager")),
+        }
+    }
+
+    /// Sends raw bytes (a frame or garbage) and returns the decoded answer, or `None` if the
+    /// pager closed the connection.
+    pub fn bytes(&self, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Option<Response> {
+        self.chan.send(bytes, fds).ok()?;
+        let (payload, _) = self.chan.recv().ok()?;
+        Some(Response::decode(&payload).expect("the pager's answers decode"))
+    }
+
+    /// Sends a request.
+    pub fn call(&self, req: &Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Option<Response> {
+        self.bytes(&req.encode(), fds)
+    }
+}
