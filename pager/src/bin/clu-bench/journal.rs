@@ -1,44 +1,18 @@
-//! Benchmarks of the cluster machine. A program, not a test: it prints a table (median, min, max
-//! of repeated runs) and machine-readable `ratio NAME VALUE` lines, measuring ours and the
-//! reference side by side in the same run so that the machine's drift hits both alike.
-//!
-//! `clu-bench journal [--quick]` reproduces thesis figures 5.1 and 5.2.
+//! `clu-bench journal`: journaled write-back vs plain pwrite+fdatasync (thesis figures 5.1 and
+//! 5.2).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
 use client::{CluId, ClusterKind, PAGE_SIZE};
 use journal::{JournalConfig, PageRun};
 use pager::storage::{Storage, StorageConfig, Volume, VolumeParams};
 
-/// Benchmarks of the cluster machine (thesis chapter V), as ratios against a reference.
-#[derive(Parser)]
-#[command(name = "clu-bench", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Bench,
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Journaled write-back vs plain pwrite+fdatasync (thesis figures 5.1 and 5.2).
-    Journal {
-        /// Fewer runs (finishes within a minute).
-        #[arg(long)]
-        quick: bool,
-        /// Runs of each case (default 11, 5 with --quick).
-        #[arg(long)]
-        runs: Option<usize>,
-        /// Scratch directory on the disk to measure (wiped first).
-        #[arg(long, default_value = "target/bench-scratch")]
-        dir: PathBuf,
-    },
-}
+use crate::{machine_facts, median};
 
 const SIZES: [usize; 4] = [100, 200, 500, 1000];
 
@@ -227,38 +201,7 @@ fn write_once(t: &Targets, key: Key, data: &[u8]) -> Result<(), Box<dyn std::err
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-fn machine_facts() -> String {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mem = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "machine: {cores} cores, kernel {}, {mem} kB memory",
-        kernel.trim()
-    )
-}
-
-fn journal_bench(
-    quick: bool,
-    runs: Option<usize>,
-    dir: &Path,
-) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(quick: bool, runs: Option<usize>, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let runs = runs.unwrap_or(if quick { 5 } else { 11 }).max(1);
     let t = setup(dir)?;
     println!("{}", machine_facts());
@@ -349,18 +292,4 @@ fn journal_bench(
     drop(t);
     let _ = fs::remove_dir_all(dir);
     Ok(())
-}
-
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Bench::Journal { quick, runs, dir } => journal_bench(quick, runs, &dir),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("clu-bench: error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
 }

@@ -1,0 +1,645 @@
+//! `clu-bench faults`: the pager's fault paths against the Linux kernel's own file pager (`mmap`
+//! of the same file through the page cache), `msync`, and a bare userfaultfd resolver, measured
+//! side by side in one run (thesis chapter V; digest section 3).
+//!
+//! The program starts its own pager on a scratch root and is its client. Each run goes through
+//! every case, ours and the reference next to each other, once with the threads left to the
+//! scheduler and once with the pager and this process pinned to CPU 0. It prints a table
+//! (median, min, max over the runs), `ratio NAME VALUE` lines, and writes a CSV and an SVG plot.
+
+mod floor;
+mod report;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{api, ClusterId, ClusterKind, MapMode, Region, PAGE_SIZE};
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+
+use report::{Row, Samples};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Options of `clu-bench faults`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Smaller sizes and 5 runs (under two minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Runs of each case (default 7, 5 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Scratch directory for the pager's storage root (wiped first).
+    #[arg(long, default_value = "target/bench-scratch/faults")]
+    dir: PathBuf,
+    /// Where the CSV and the SVG plot go.
+    #[arg(long, default_value = "target/bench-results")]
+    results: PathBuf,
+}
+
+/// Options of the hidden child of the concurrency row.
+#[derive(clap::Args)]
+pub struct ChildArgs {
+    /// The cluster to read.
+    #[arg(long)]
+    id: ClusterId,
+}
+
+struct Sizes {
+    /// Pages of the per-fault cases.
+    fault: u64,
+    /// Pages of the sequential and random traversals.
+    scan: u64,
+    /// Pages each client reads in the concurrency row.
+    conc: u64,
+}
+
+const PINS: [(&str, Option<usize>); 2] = [("unpinned", None), ("pinned", Some(0))];
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Sets the CPU affinity of every thread of `pid` (threads created later inherit it).
+fn pin(pid: u32, cpu: Option<usize>) {
+    let mut set = CpuSet::new();
+    for c in 0..cpus() {
+        if cpu.map_or(true, |x| x == c) {
+            let _ = set.set(c);
+        }
+    }
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+                let _ = sched_setaffinity(Pid::from_raw(tid), &set);
+            }
+        }
+    }
+}
+
+/// Mean microseconds per page of touching each page of `r` in `order`.
+fn touch(r: &Region, order: &[u64], write: u8) -> f64 {
+    let base = r.as_ptr();
+    let t = Instant::now();
+    for &p in order {
+        // SAFETY: `p` < r.npages, a page of the live mapping `r`.
+        let at = unsafe { base.add(p as usize * PAGE_SIZE) };
+        if write == 0 {
+            // SAFETY: as above.
+            unsafe { std::ptr::read_volatile(at) };
+        } else {
+            // SAFETY: as above; the mapping is writable.
+            unsafe { std::ptr::write_volatile(at, write) };
+        }
+    }
+    t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64
+}
+
+/// The same over a mapping of a plain file by the kernel.
+fn touch_file(file: &File, order: &[u64], write: u8) -> Res<f64> {
+    let len = file.metadata()?.len() as usize;
+    if write == 0 {
+        // SAFETY: the file is this benchmark's scratch or a cluster file the pager only
+        // changes on commit, which does not run while this mapping lives.
+        let m = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+        let t = Instant::now();
+        for &p in order {
+            std::hint::black_box(m[p as usize * PAGE_SIZE]);
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64)
+    } else {
+        // SAFETY: the file is this benchmark's own scratch file.
+        let mut m = unsafe { memmap2::MmapOptions::new().len(len).map_mut(file)? };
+        let t = Instant::now();
+        for &p in order {
+            m[p as usize * PAGE_SIZE] = write;
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64)
+    }
+}
+
+/// Drops `file` from the page cache (after writing back what is dirty).
+fn drop_cache(file: &File) -> Res<()> {
+    file.sync_all()?;
+    posix_fadvise(
+        file.as_raw_fd(),
+        0,
+        0,
+        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )?;
+    Ok(())
+}
+
+fn permutation(n: u64, seed: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..n).collect();
+    let mut x = seed;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+fn cerr(e: client::CluError) -> Box<dyn std::error::Error> {
+    e.to_string().into()
+}
+
+struct Bench {
+    pager: Child,
+    root: PathBuf,
+    sizes: Sizes,
+    s: Samples,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.pager.kill();
+        let _ = self.pager.wait();
+    }
+}
+
+/// A committed cluster of `npages` pages, not mapped, and its storage file.
+fn prepared(root: &Path, npages: u64) -> Res<(ClusterId, File)> {
+    let (id, r) = api::create_map(1, npages, ClusterKind::Shareable).map_err(cerr)?;
+    touch(&r, &(0..npages).collect::<Vec<_>>(), 7);
+    api::commit(id).map_err(cerr)?;
+    api::unmap(id).map_err(cerr)?;
+    let path = root.join(format!("vol-{}/clusters/{:04x}.data", id.vol(), id.clu().0));
+    Ok((id, OpenOptions::new().read(true).write(true).open(path)?))
+}
+
+impl Bench {
+    fn key(pin: &str, who: &str, case: &str) -> String {
+        format!("{pin}/{who}/{case}")
+    }
+
+    fn fault_cases(
+        &mut self,
+        pin: &str,
+        a: ClusterId,
+        scan: &(ClusterId, File),
+        evict: &(ClusterId, File),
+        scratch: &Path,
+    ) -> Res<()> {
+        let n = self.sizes.fault;
+        let all: Vec<u64> = (0..n).collect();
+        let k = |who: &str, case: &str| Self::key(pin, who, case);
+
+        // The floor, then ours: a fault served from memory, a first write to a clean page.
+        let (floor_read, floor_write) = floor::measure(n)?;
+        self.s.add(&k("floor", "fault"), floor_read);
+        self.s.add(&k("floor", "first_write"), floor_write);
+        let r = api::map(a, MapMode::ReadWrite).map_err(cerr)?;
+        touch(&r, &all, 0);
+        for &p in &all {
+            client::sys::mem::drop_pte(r.addr + p as usize * PAGE_SIZE)?;
+        }
+        self.s.add(&k("pager", "fault"), touch(&r, &all, 0));
+        self.s.add(&k("pager", "first_write"), touch(&r, &all, 9));
+        api::abort(a).map_err(cerr)?;
+        api::unmap(a).map_err(cerr)?;
+
+        // page_init: first touch of a page of a new cluster vs of a new page of a file mapping.
+        let (id, r) = api::create_map(1, n, ClusterKind::Shareable).map_err(cerr)?;
+        self.s.add(&k("pager", "page_init"), touch(&r, &all, 1));
+        api::abort(id).map_err(cerr)?;
+        api::unmap(id).map_err(cerr)?;
+        let _ = api::admin(vec!["clu".into(), "destroy".into(), id.to_string()]);
+        let path = scratch.join("page_init");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        f.set_len(n * PAGE_SIZE as u64)?;
+        self.s
+            .add(&k("kernel", "page_init"), touch_file(&f, &all, 1)?);
+        drop(f);
+        fs::remove_file(&path)?;
+
+        // Traversals after eviction (the pager frees a cluster's memory at the last unmap), with
+        // the storage file in the page cache (warm) or dropped from it (cold).
+        let cases: [(&str, &(ClusterId, File), bool, bool); 6] = [
+            ("evicted_warm", evict, false, false),
+            ("evicted_cold", evict, false, true),
+            ("seq_warm", scan, false, false),
+            ("seq_cold", scan, false, true),
+            ("rand_warm", scan, true, false),
+            ("rand_cold", scan, true, true),
+        ];
+        for (case, (id, file), random, cold) in cases {
+            let npages = file.metadata()?.len() / PAGE_SIZE as u64;
+            let order = if random {
+                permutation(npages, 0x9e37_79b9)
+            } else {
+                (0..npages).collect()
+            };
+            if cold {
+                drop_cache(file)?;
+            }
+            let r = api::map(*id, MapMode::ReadOnly).map_err(cerr)?;
+            self.s.add(&k("pager", case), touch(&r, &order, 0));
+            api::unmap(*id).map_err(cerr)?;
+            if cold {
+                drop_cache(file)?;
+            }
+            self.s.add(&k("kernel", case), touch_file(file, &order, 0)?);
+        }
+        Ok(())
+    }
+
+    fn once_cases(
+        &mut self,
+        run: usize,
+        commit: ClusterId,
+        scratch: &Path,
+        conc: &[ClusterId],
+    ) -> Res<()> {
+        let k = |who: &str, case: &str| Self::key("unpinned", who, case);
+        // Thesis row 1: create, map, one fault from storage, of a 20-page cluster.
+        let t = Instant::now();
+        let (id, r) = api::create_map(1, 20, ClusterKind::Shareable).map_err(cerr)?;
+        self.s
+            .add(&k("pager", "create_ms"), t.elapsed().as_secs_f64() * 1e3);
+        touch(&r, &(0..20).collect::<Vec<_>>(), 3);
+        api::commit(id).map_err(cerr)?;
+        api::unmap(id).map_err(cerr)?;
+        let t = Instant::now();
+        let r = api::map(id, MapMode::ReadWrite).map_err(cerr)?;
+        self.s
+            .add(&k("pager", "map_ms"), t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        touch(&r, &[0], 0);
+        self.s
+            .add(&k("pager", "fault_ms"), t.elapsed().as_secs_f64() * 1e3);
+        api::unmap(id).map_err(cerr)?;
+        let _ = api::admin(vec!["clu".into(), "destroy".into(), id.to_string()]);
+
+        // Commit of 1, 100 and 1000 dirty pages vs msync(MS_SYNC) of the same pages.
+        let r = api::map(commit, MapMode::ReadWrite).map_err(cerr)?;
+        let path = scratch.join("msync");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        f.set_len(1000 * PAGE_SIZE as u64)?;
+        f.write_all_at_zero()?;
+        // SAFETY: the benchmark's own scratch file.
+        let mut m = unsafe { memmap2::MmapOptions::new().map_mut(&f)? };
+        for (i, n) in [1u64, 100, 1000].into_iter().enumerate() {
+            let v = (run * 3 + i) as u8 | 1;
+            touch(&r, &(0..n).collect::<Vec<_>>(), v);
+            let t = Instant::now();
+            api::commit(commit).map_err(cerr)?;
+            self.s.add(
+                &k("pager", &format!("commit_{n}")),
+                t.elapsed().as_secs_f64() * 1e3,
+            );
+            for p in 0..n as usize {
+                m[p * PAGE_SIZE] = v;
+            }
+            let t = Instant::now();
+            m.flush_range(0, n as usize * PAGE_SIZE)?;
+            self.s.add(
+                &k("kernel", &format!("commit_{n}")),
+                t.elapsed().as_secs_f64() * 1e3,
+            );
+        }
+        drop(m);
+        drop(f);
+        fs::remove_file(&path)?;
+        api::unmap(commit).map_err(cerr)?;
+
+        // Concurrency: 1, 2 and 4 client processes, each reading its own cluster.
+        let exe = std::env::current_exe()?;
+        for c in [1usize, 2, 4] {
+            let mut kids: Vec<Child> = conc[..c]
+                .iter()
+                .map(|id| {
+                    Command::new(&exe)
+                        .args(["faults-child", "--id", &id.to_string()])
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            let mut outs: Vec<BufReader<std::process::ChildStdout>> = Vec::new();
+            for kid in &mut kids {
+                let mut out = BufReader::new(kid.stdout.take().ok_or("child stdout")?);
+                let mut line = String::new();
+                out.read_line(&mut line)?;
+                if line.trim() != "ready" {
+                    return Err(format!("concurrency child: {line}").into());
+                }
+                outs.push(out);
+            }
+            let t = Instant::now();
+            for kid in &mut kids {
+                kid.stdin.take().ok_or("child stdin")?.write_all(b"go\n")?;
+            }
+            for out in &mut outs {
+                let mut line = String::new();
+                out.read_line(&mut line)?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            for mut kid in kids {
+                kid.wait()?;
+            }
+            self.s.add(
+                &k("pager", &format!("conc_{c}")),
+                (c as u64 * self.sizes.conc) as f64 / secs,
+            );
+        }
+        Ok(())
+    }
+}
+
+trait ZeroFill {
+    fn write_all_at_zero(&self) -> std::io::Result<()>;
+}
+impl ZeroFill for File {
+    fn write_all_at_zero(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len = self.metadata()?.len() as usize;
+        self.write_all_at(&vec![0u8; len], 0)?;
+        self.sync_all()
+    }
+}
+
+/// The hidden child of the concurrency row: maps, says `ready`, waits for a line, reads every
+/// page, says `done`.
+pub fn child(args: &ChildArgs) -> Res<()> {
+    let r = api::map(args.id, MapMode::ReadOnly).map_err(cerr)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    touch(&r, &(0..r.npages).collect::<Vec<_>>(), 0);
+    println!("done");
+    std::io::stdout().flush()?;
+    api::unmap(args.id).map_err(cerr)?;
+    Ok(())
+}
+
+fn start_pager(dir: &Path) -> Res<(Child, PathBuf, PathBuf)> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
+    let root = dir.join("root");
+    let socket = dir.join("pager.sock");
+    let exe = std::env::current_exe()?;
+    let pager_bin = exe.parent().ok_or("exe dir")?.join("pager");
+    let mut child = Command::new(&pager_bin)
+        .args(["serve", "--resident-pages", "262144", "--root"])
+        .arg(&root)
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", pager_bin.display()))?;
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if let Some(st) = child.try_wait()? {
+            return Err(format!("the pager exited: {st}").into());
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            return Err("the pager did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((child, root, socket))
+}
+
+/// `clu-bench faults`.
+pub fn run(args: &Args) -> Res<()> {
+    let runs = args.runs.unwrap_or(if args.quick { 5 } else { 7 }).max(1);
+    let sizes = if args.quick {
+        Sizes {
+            fault: 512,
+            scan: 8192,
+            conc: 4096,
+        }
+    } else {
+        Sizes {
+            fault: 2048,
+            scan: 65536,
+            conc: 16384,
+        }
+    };
+    let (pager, root, socket) = start_pager(&args.dir)?;
+    // SAFETY: single-threaded here: no other thread reads the environment yet.
+    std::env::set_var(client::SOCKET_ENV, &socket);
+    let scratch = args.dir.join("scratch");
+    fs::create_dir_all(&scratch)?;
+    let mut b = Bench {
+        pager,
+        root,
+        sizes,
+        s: Samples::default(),
+    };
+    println!("{}", crate::machine_facts());
+    println!(
+        "{} runs; per-fault cases {} pages, traversals {} MiB, concurrency {} pages per client",
+        runs,
+        b.sizes.fault,
+        b.sizes.scan * PAGE_SIZE as u64 >> 20,
+        b.sizes.conc
+    );
+    let a = prepared(&b.root, b.sizes.fault)?.0;
+    let scan = prepared(&b.root, b.sizes.scan)?;
+    let evict = prepared(&b.root, 100)?;
+    let commit = prepared(&b.root, 1000)?.0;
+    let conc: Vec<ClusterId> = (0..4)
+        .map(|_| prepared(&b.root, b.sizes.conc).map(|x| x.0))
+        .collect::<Res<_>>()?;
+    for run in 0..runs {
+        for (name, cpu) in PINS {
+            pin(b.pager.id(), cpu);
+            pin(std::process::id(), cpu);
+            b.fault_cases(name, a, &scan, &evict, &scratch)?;
+        }
+        pin(b.pager.id(), None);
+        pin(std::process::id(), None);
+        b.once_cases(run, commit, &scratch, &conc)?;
+        eprint!("run {}/{runs}\r", run + 1);
+    }
+    eprintln!();
+    report(&b.s, &args.results)
+}
+
+fn rows() -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (pin, _) in PINS {
+        let k = |who: &str, case: &str| format!("{pin}/{who}/{case}");
+        let l = |s: &str| format!("{s} [{pin}]");
+        rows.push(
+            Row::new(
+                l("fault served from memory"),
+                k("pager", "fault"),
+                "us/page",
+            )
+            .vs(k("floor", "fault"), "bare uffd"),
+        );
+        rows.push(
+            Row::new(
+                l("first write to a clean page"),
+                k("pager", "first_write"),
+                "us/page",
+            )
+            .vs(k("floor", "first_write"), "bare uffd"),
+        );
+        rows.push(
+            Row::new(
+                l("page_init: first touch, new page"),
+                k("pager", "page_init"),
+                "us/page",
+            )
+            .vs(k("kernel", "page_init"), "kernel mmap"),
+        );
+        for (case, label) in [
+            ("evicted_warm", "100 pages after eviction, warm"),
+            ("evicted_cold", "100 pages after eviction, cold"),
+            ("seq_warm", "sequential read, warm"),
+            ("seq_cold", "sequential read, cold"),
+            ("rand_warm", "random read, warm"),
+            ("rand_cold", "random read, cold"),
+        ] {
+            rows.push(
+                Row::new(l(label), k("pager", case), "us/page")
+                    .vs(k("kernel", case), "kernel mmap"),
+            );
+        }
+    }
+    let k = |who: &str, case: &str| format!("unpinned/{who}/{case}");
+    rows.push(Row::new(
+        "clu_CreateMap, 20 pages (thesis 186 ms)",
+        k("pager", "create_ms"),
+        "ms",
+    ));
+    rows.push(Row::new(
+        "clu_Map, 20 pages (thesis 8 ms)",
+        k("pager", "map_ms"),
+        "ms",
+    ));
+    rows.push(Row::new(
+        "one fault from storage (thesis 3.8 ms)",
+        k("pager", "fault_ms"),
+        "ms",
+    ));
+    for n in [1, 100, 1000] {
+        rows.push(
+            Row::new(
+                format!("commit of {n} dirty pages"),
+                k("pager", &format!("commit_{n}")),
+                "ms",
+            )
+            .vs(k("kernel", &format!("commit_{n}")), "msync(MS_SYNC)"),
+        );
+    }
+    for c in [1, 2, 4] {
+        rows.push(Row::new(
+            format!("{c} client process(es) reading, aggregate"),
+            k("pager", &format!("conc_{c}")),
+            "pages/s",
+        ));
+    }
+    rows
+}
+
+fn report(s: &Samples, results: &Path) -> Res<()> {
+    let rows = rows();
+    println!();
+    print!("{}", report::table(s, &rows));
+    println!();
+    for (pin, _) in PINS {
+        let k = |who: &str, case: &str| format!("{pin}/{who}/{case}");
+        if let Some((m, _, _)) = s.stats(&k("pager", "seq_cold")) {
+            let kern = s.stats(&k("kernel", "seq_cold")).map_or(0.0, |x| x.0);
+            println!(
+                "[{pin}] sequential cold: ours {:.0} MB/s, kernel {:.0} MB/s",
+                4.096 / m * 1e3,
+                4.096 / kern * 1e3
+            );
+        }
+    }
+    println!();
+    let mut ratios: Vec<(String, Option<f64>)> = Vec::new();
+    for (pin, _) in PINS {
+        let suffix = if pin == "pinned" { "_pinned" } else { "" };
+        let k = |who: &str, case: &str| format!("{pin}/{who}/{case}");
+        ratios.push((
+            format!("fault_vs_uffd_floor{suffix}"),
+            s.ratio(&k("pager", "fault"), &k("floor", "fault")),
+        ));
+        ratios.push((
+            format!("first_write_vs_uffd_floor{suffix}"),
+            s.ratio(&k("pager", "first_write"), &k("floor", "first_write")),
+        ));
+        ratios.push((
+            format!("page_init_vs_kernel{suffix}"),
+            s.ratio(&k("pager", "page_init"), &k("kernel", "page_init")),
+        ));
+        for case in [
+            "evicted_warm",
+            "evicted_cold",
+            "seq_cold",
+            "rand_cold",
+            "seq_warm",
+            "rand_warm",
+        ] {
+            ratios.push((
+                format!("{case}_vs_kernel{suffix}"),
+                s.ratio(&k("pager", case), &k("kernel", case)),
+            ));
+        }
+    }
+    let k = |who: &str, case: &str| format!("unpinned/{who}/{case}");
+    for n in [1, 100, 1000] {
+        ratios.push((
+            format!("commit_{n}_vs_msync"),
+            s.ratio(
+                &k("pager", &format!("commit_{n}")),
+                &k("kernel", &format!("commit_{n}")),
+            ),
+        ));
+    }
+    ratios.push((
+        "concurrency_2_vs_1".into(),
+        s.ratio(&k("pager", "conc_2"), &k("pager", "conc_1")),
+    ));
+    ratios.push((
+        "concurrency_4_vs_1".into(),
+        s.ratio(&k("pager", "conc_4"), &k("pager", "conc_1")),
+    ));
+    for (name, v) in &ratios {
+        match v {
+            Some(v) => println!("ratio {name} {v:.3}"),
+            None => println!("ratio {name} nan"),
+        }
+    }
+    fs::create_dir_all(results)?;
+    let csv = results.join("faults.csv");
+    let svg = results.join("faults.svg");
+    report::csv(s, &rows, &csv)?;
+    report::svg(
+        s,
+        &rows,
+        &format!(
+            "clu-bench faults: the pager vs the kernel ({})",
+            crate::machine_facts()
+        ),
+        &svg,
+    )?;
+    println!("\nwrote {} and {}", csv.display(), svg.display());
+    Ok(())
+}

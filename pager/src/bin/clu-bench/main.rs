@@ -1,0 +1,92 @@
+//! Benchmarks of the cluster machine. A program, not a test: it prints a table (median, min, max
+//! of repeated runs) and machine-readable `ratio NAME VALUE` lines, measuring ours and the
+//! reference side by side in the same run so that the machine's drift hits both alike.
+//!
+//! - `clu-bench journal [--quick]` reproduces thesis figures 5.1 and 5.2.
+//! - `clu-bench faults [--quick]` measures the pager's fault paths against the kernel's own file
+//!   pager and a bare userfaultfd resolver (thesis chapter V, section 3 of the digest).
+
+mod faults;
+mod journal;
+
+use std::fs;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks of the cluster machine (thesis chapter V), as ratios against a reference.
+#[derive(Parser)]
+#[command(name = "clu-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Journaled write-back vs plain pwrite+fdatasync (thesis figures 5.1 and 5.2).
+    Journal {
+        /// Fewer runs (finishes within a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Runs of each case (default 11, 5 with --quick).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Scratch directory on the disk to measure (wiped first).
+        #[arg(long, default_value = "target/bench-scratch")]
+        dir: PathBuf,
+    },
+    /// Fault latencies: the pager vs the kernel's file pager and a bare userfaultfd resolver.
+    Faults(faults::Args),
+    /// Internal: a client process of the concurrency row.
+    #[command(hide = true)]
+    FaultsChild(faults::ChildArgs),
+}
+
+/// The median (mean of the middle two for an even count).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Cores, kernel and memory of this machine, in one line.
+pub fn machine_facts() -> String {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "machine: {cores} cores, kernel {}, {mem} kB memory",
+        kernel.trim()
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Bench::Journal { quick, runs, dir } => journal::run(quick, runs, &dir),
+        Bench::Faults(args) => faults::run(&args),
+        Bench::FaultsChild(args) => faults::child(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clu-bench: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
