@@ -301,10 +301,12 @@ fn fault_loop(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions
             let addr = addr as u64 & !(PAGE - 1);
             let hit = read(regions).iter().find_map(|r| {
                 let off = addr.checked_sub(r.region.base)? / PAGE;
-                (off < r.region.npages)
-                    .then(|| (r.image.clone(), r.region.first_page + off, r.writable))
+                (off < r.region.npages).then(|| {
+                    let region = (r.region.first_page, r.region.npages);
+                    (r.image.clone(), r.region.first_page + off, region, r.writable)
+                })
             });
-            let Some((image, page, writable)) = hit else {
+            let Some((image, page, region, writable)) = hit else {
                 warn!(conn, pid, "fault at {addr:#x}, outside every cluster region of the process; the access raises SIGBUS");
                 m.stats.poisoned.inc();
                 let range = Range {
@@ -324,6 +326,7 @@ fn fault_loop(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions
                     writable,
                     addr,
                     page,
+                    region,
                     kind,
                     write: rw == ReadWrite::Write,
                 },

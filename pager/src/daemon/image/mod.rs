@@ -13,7 +13,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
+mod readahead;
 mod writeback;
+
+use readahead::Readahead;
 
 use client::uffd::{self, Range};
 use client::{ClusterId, ErrorCode, PAGE_SIZE};
@@ -69,6 +72,8 @@ pub(crate) struct Fault {
     /// The page's address in the faulting process.
     pub addr: u64,
     pub page: u64,
+    /// The faulting process's region holding the page: (first page, pages).
+    pub region: (u64, u64),
     pub kind: FaultKind,
     pub write: bool,
 }
@@ -80,6 +85,16 @@ impl Fault {
             len: PAGE,
         }
     }
+
+    /// The part of pages `lo..hi` mapped by the faulting region, as an address range.
+    fn span(&self, lo: u64, hi: u64) -> Option<Range> {
+        let lo = lo.max(self.region.0);
+        let hi = hi.min(self.region.0 + self.region.1);
+        (lo < hi).then(|| Range {
+            start: self.addr - (self.page - lo) * PAGE,
+            len: (hi - lo) * PAGE,
+        })
+    }
 }
 
 pub(crate) struct ImageState {
@@ -89,6 +104,7 @@ pub(crate) struct ImageState {
     deferred: Vec<Fault>,
     hand: u64,
     pub resident: u64,
+    readahead: Readahead,
 }
 
 impl ImageState {
@@ -143,6 +159,7 @@ impl Image {
                 deferred: Vec::new(),
                 hand: 0,
                 resident: 0,
+                readahead: Readahead::default(),
             }),
             commit_lock: Mutex::new(()),
         })
@@ -248,6 +265,13 @@ impl Image {
             st.deferred.push(f);
             return;
         }
+        if let [Action::Supply {
+            source: Source::Storage,
+            wp,
+        }] = *actions
+        {
+            return self.serve_from_storage(m, st, f, next, wp);
+        }
         let mut map_wp = None;
         for a in actions {
             match *a {
@@ -279,6 +303,72 @@ impl Image {
         }
     }
 
+    /// A fault on a page in storage only: reads a run of pages around it (see [`readahead`]),
+    /// fills them into the memfd at once, and maps in the faulting process those its region
+    /// holds. The faulting page becomes `next`; the others take the read-fault transition
+    /// (MapNone to Read: clean, write-protected).
+    fn serve_from_storage(
+        &self,
+        m: &Manager,
+        st: &mut ImageState,
+        f: Fault,
+        next: PageState,
+        wp: bool,
+    ) {
+        let n = st.pages.len() as u64;
+        let (lo, hi) = st.readahead.plan(f.page, (m.budget / 8).max(1));
+        let in_storage = |p: u64| st.pages[p as usize] == PageState::MapNone;
+        let mut first = f.page;
+        while first > lo && in_storage(first - 1) {
+            first -= 1;
+        }
+        let mut end = f.page + 1;
+        while end < hi.min(n) && in_storage(end) {
+            end += 1;
+        }
+        st.readahead.ran_to(end);
+        self.make_room(m, st, end - first);
+        let mut buf = vec![0u8; ((end - first) * PAGE) as usize];
+        let filled = self
+            .vol
+            .clu_read(self.id.clu(), first, &mut buf)
+            .map_err(Refusal::from)
+            .and_then(|()| {
+                self.memfd
+                    .write_all_at(&buf, first * PAGE)
+                    .map_err(|e| io("filling the cluster's memory object", e))
+            });
+        if let Err(e) = filled {
+            return self.refuse(m, &f, &e.message);
+        }
+        for p in first..end {
+            st.pages[p as usize] = if p == f.page {
+                next
+            } else {
+                match step(PageState::MapNone, Event::ReadFault) {
+                    Ok((s, _)) => s,
+                    Err(_) => PageState::MapNone,
+                }
+            };
+        }
+        st.resident += end - first;
+        m.add_resident(end - first);
+        m.stats.storage_reads.add(end - first);
+        // Neighbours first, write-protected (clean); the faulting page last, which wakes it.
+        let ro = f.writable;
+        for (a, b) in [(first, f.page), (f.page + 1, end)] {
+            if let Some(r) = f.span(a, b) {
+                if let Err(e) = uffd::continue_range(&f.uffd, r, ro) {
+                    debug!(cluster = %self.id, "continue (read-ahead): {e}");
+                }
+            }
+        }
+        if let Err(e) = uffd::continue_range(&f.uffd, f.range(), wp && f.writable) {
+            debug!(cluster = %self.id, page = f.page, "continue: {e}");
+            let _ = uffd::wake(&f.uffd, f.range());
+        }
+    }
+
     /// A fault that cannot be served with data: the access raises SIGBUS (`data_error`).
     fn refuse(&self, m: &Manager, f: &Fault, why: &str) {
         warn!(cluster = %self.id, page = f.page, "fault not served ({why}); the access raises SIGBUS");
@@ -296,7 +386,7 @@ impl Image {
         page: u64,
         source: Source,
     ) -> Result<(), Refusal> {
-        self.make_room(m, st);
+        self.make_room(m, st, 1);
         let mut buf = vec![0u8; PAGE_SIZE];
         match source {
             Source::Zero => m.stats.zero_fills.inc(),
@@ -331,14 +421,17 @@ impl Image {
 
     // ---- residency ----
 
-    /// Keeps the resident set within the budget: evicts from this image first, then others.
-    fn make_room(&self, m: &Manager, st: &mut ImageState) {
-        if m.resident() < m.budget {
+    /// Makes room for `need` more resident pages within the budget: evicts from this image
+    /// first, then from others.
+    fn make_room(&self, m: &Manager, st: &mut ImageState, need: u64) {
+        let resident = m.resident();
+        if resident + need <= m.budget {
             return;
         }
-        let freed = self.evict_some(m, st, EVICT_BATCH);
-        if freed < EVICT_BATCH {
-            m.evict_elsewhere(self.id, EVICT_BATCH - freed);
+        let want = (resident + need - m.budget).max(EVICT_BATCH);
+        let freed = self.evict_some(m, st, want);
+        if freed < want {
+            m.evict_elsewhere(self.id, want - freed);
         }
     }
 
