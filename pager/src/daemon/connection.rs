@@ -303,7 +303,12 @@ fn fault_loop(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions
                 let off = addr.checked_sub(r.region.base)? / PAGE;
                 (off < r.region.npages).then(|| {
                     let region = (r.region.first_page, r.region.npages);
-                    (r.image.clone(), r.region.first_page + off, region, r.writable)
+                    (
+                        r.image.clone(),
+                        r.region.first_page + off,
+                        region,
+                        r.writable,
+                    )
                 })
             });
             let Some((image, page, region, writable)) = hit else {

@@ -96,4 +96,7 @@ pub trait Volume: Send + Sync {
     fn clu_read(&self, clu: CluId, first_page: u64, buf: &mut [u8]) -> Result<()>;
     /// Writes runs of whole pages atomically: after a crash, either all or none are stored.
     fn clu_write(&self, clu: CluId, runs: &[PageRun<'_>]) -> Result<Lsn>;
+    /// Hints that pages `first_page..first_page+npages` will be read soon (a service may start
+    /// reading them in the background). The default does nothing.
+    fn clu_prefetch(&self, _clu: CluId, _first_page: u64, _npages: u64) {}
 }

@@ -105,6 +105,10 @@ pub(crate) struct ImageState {
     hand: u64,
     pub resident: u64,
     readahead: Readahead,
+    /// The buffer of read-ahead runs, kept between faults (allocated and zeroed once).
+    run_buf: Vec<u8>,
+    /// Blocks of [`readahead::AROUND`] pages already hinted to storage.
+    hinted: Vec<bool>,
 }
 
 impl ImageState {
@@ -160,6 +164,8 @@ impl Image {
                 hand: 0,
                 resident: 0,
                 readahead: Readahead::default(),
+                run_buf: Vec::new(),
+                hinted: Vec::new(),
             }),
             commit_lock: Mutex::new(()),
         })
@@ -327,15 +333,29 @@ impl Image {
             end += 1;
         }
         st.readahead.ran_to(end);
+        let block = (f.page / readahead::AROUND) as usize;
+        if st.readahead.started_over() && !st.hinted.get(block).copied().unwrap_or(false) {
+            if st.hinted.len() <= block {
+                st.hinted.resize(block + 1, false);
+            }
+            st.hinted[block] = true;
+            let lo = block as u64 * readahead::AROUND;
+            self.vol
+                .clu_prefetch(self.id.clu(), lo, readahead::AROUND.min(n - lo));
+        }
         self.make_room(m, st, end - first);
-        let mut buf = vec![0u8; ((end - first) * PAGE) as usize];
+        let len = ((end - first) * PAGE) as usize;
+        if st.run_buf.len() < len {
+            st.run_buf.resize(len, 0);
+        }
+        let buf = &mut st.run_buf[..len];
         let filled = self
             .vol
-            .clu_read(self.id.clu(), first, &mut buf)
+            .clu_read(self.id.clu(), first, buf)
             .map_err(Refusal::from)
             .and_then(|()| {
                 self.memfd
-                    .write_all_at(&buf, first * PAGE)
+                    .write_all_at(buf, first * PAGE)
                     .map_err(|e| io("filling the cluster's memory object", e))
             });
         if let Err(e) = filled {

@@ -8,6 +8,10 @@
 pub const MIN_WINDOW: u64 = 16;
 /// The largest run read for one fault (2 MiB).
 pub const MAX_WINDOW: u64 = 512;
+/// Around a fault that starts over, the storage service is asked to read this many pages into
+/// its cache in the background (`clu_prefetch`), as the kernel's read-around does for a file
+/// mapping: later faults nearby then copy from memory instead of waiting for the disk.
+pub const AROUND: u64 = 512;
 
 /// The read-ahead state of one image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +38,11 @@ impl Readahead {
             let lo = page / w * w;
             (lo, lo + w)
         }
+    }
+
+    /// Whether the last plan started over (a random fault).
+    pub fn started_over(&self) -> bool {
+        self.window == MIN_WINDOW
     }
 
     /// Records where the run actually ended.

@@ -157,6 +157,7 @@ impl Image {
             let _ = m.paging.free(slot);
         }
         st.deferred.clear();
+        st.hinted.clear();
         st.pages.iter_mut().for_each(|p| *p = PageState::MapNone);
     }
 }

@@ -373,6 +373,18 @@ impl Volume for LocalVolume {
             .map_err(|e| StorageError::io(&path, e))
     }
 
+    fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
+        if let Ok(c) = self.clusters.get(clu) {
+            // The kernel reads the range into the page cache in the background (no copy here).
+            let _ = nix::fcntl::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&c.file),
+                (first_page * PAGE) as i64,
+                (npages * PAGE) as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+            );
+        }
+    }
+
     fn clu_write(&self, clu: CluId, runs: &[PageRun<'_>]) -> Result<Lsn> {
         let c = self.clusters.get(clu)?;
         let desc = *lock(&c.desc);

@@ -452,7 +452,7 @@ pub fn run(args: &Args) -> Res<()> {
         "{} runs; per-fault cases {} pages, traversals {} MiB, concurrency {} pages per client",
         runs,
         b.sizes.fault,
-        b.sizes.scan * PAGE_SIZE as u64 >> 20,
+        (b.sizes.scan * PAGE_SIZE as u64) >> 20,
         b.sizes.conc
     );
     let a = prepared(&b.root, b.sizes.fault)?.0;
