@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use clu_tests::harness::Pager;
+use std::time::Duration;
+
+use clu_tests::harness::{output_within, Pager};
 
 #[test]
 fn the_c_example_compiles_links_and_runs() {
@@ -45,10 +47,10 @@ fn the_c_example_compiles_links_and_runs() {
     );
 
     let pager = Pager::start(&dir.path().join("root"), 1024);
-    let out = Command::new(&exe)
-        .env("CLU_PAGER_SOCKET", &pager.socket)
-        .output()
-        .expect("run the example");
+    let out = output_within(
+        Command::new(&exe).env("CLU_PAGER_SOCKET", &pager.socket),
+        Duration::from_secs(60),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.starts_with("clu_example: ok 0001:"),

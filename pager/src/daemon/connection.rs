@@ -20,7 +20,7 @@ use client::uffd::{self, Range};
 use client::{ClusterId, ErrorCode, VolId, PAGE_SIZE};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use userfaultfd::{Event, FaultKind, ReadWrite, Uffd};
 
 use super::error::Refusal;
@@ -323,19 +323,31 @@ fn fault_loop(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions
                 }
                 continue;
             };
-            image.fault(
-                m,
-                Fault {
-                    conn,
-                    uffd: u.clone(),
-                    writable,
-                    addr,
-                    page,
-                    region,
-                    kind,
-                    write: rw == ReadWrite::Write,
-                },
-            );
+            let fault = Fault {
+                conn,
+                uffd: u.clone(),
+                writable,
+                addr,
+                page,
+                region,
+                kind,
+                write: rw == ReadWrite::Write,
+            };
+            // A panic here is a bug; it must not leave the client blocked for ever on a fault
+            // nobody will answer: report it, and make the access raise SIGBUS.
+            let served =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| image.fault(m, fault)));
+            if served.is_err() {
+                error!(conn, pid, cluster = %image.id, page, "BUG: serving a fault panicked; the access raises SIGBUS");
+                m.stats.poisoned.inc();
+                let range = Range {
+                    start: addr,
+                    len: PAGE,
+                };
+                if uffd::poison(u, range).is_err() {
+                    let _ = uffd::wake(u, range);
+                }
+            }
         }
     }
 }

@@ -88,10 +88,12 @@ impl Fault {
 
     /// The part of pages `lo..hi` mapped by the faulting region, as an address range.
     fn span(&self, lo: u64, hi: u64) -> Option<Range> {
-        let lo = lo.max(self.region.0);
-        let hi = hi.min(self.region.0 + self.region.1);
+        let (first, npages) = self.region;
+        let lo = lo.max(first);
+        let hi = hi.min(first + npages);
+        let base = self.addr - (self.page - first) * PAGE;
         (lo < hi).then(|| Range {
-            start: self.addr - (self.page - lo) * PAGE,
+            start: base + (lo - first) * PAGE,
             len: (hi - lo) * PAGE,
         })
     }
