@@ -110,6 +110,15 @@ pub enum CluCommand {
         /// The cluster id.
         id: ClusterId,
     },
+    /// Shows a cluster's access history (the order its pages came in during its last use,
+    /// replayed as prefetch at the next map), or forgets it.
+    History {
+        /// The cluster id.
+        id: ClusterId,
+        /// Forget the history: the next map prefetches nothing.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 impl AdminCommand {
@@ -166,6 +175,12 @@ impl AdminCommand {
                         out.push(add.to_string());
                     }
                     CluCommand::Destroy { id } => out.extend(w(&["destroy", &id.to_string()])),
+                    CluCommand::History { id, clear } => {
+                        out.extend(w(&["history", &id.to_string()]));
+                        if *clear {
+                            out.push("--clear".into());
+                        }
+                    }
                 }
                 out
             }
@@ -342,6 +357,22 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
             }
             out = describe(&s.clu_resize(id, add)?);
         }
+        AdminCommand::Clu(CluCommand::History { id, clear }) => {
+            let d = s.clu_get_desc(id)?;
+            let v = s.volume(id.vol())?;
+            if clear {
+                if !owner_ok(&d) {
+                    return Err(denied("clearing another user's cluster history"));
+                }
+                v.clu_set_history(id.clu(), &[])?;
+                let _ = writeln!(out, "forgot the access history of cluster {id}");
+            } else {
+                let h = v.clu_history(id.clu());
+                let head: Vec<String> = h.iter().take(16).map(|p| p.to_string()).collect();
+                let more = if h.len() > 16 { " ..." } else { "" };
+                let _ = writeln!(out, "{} pages: {}{more}", h.len(), head.join(" "));
+            }
+        }
         AdminCommand::Clu(CluCommand::Destroy { id }) => {
             let d = s.clu_get_desc(id)?;
             if !owner_ok(&d) {
@@ -352,4 +383,50 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_travels_as_words_that_parse_back_to_it() {
+        let id = ClusterId(0x0001_0002);
+        let cap = |n| Capacity { capacity_pages: n };
+        let commands = vec![
+            AdminCommand::Status,
+            AdminCommand::Vol(VolCommand::Create {
+                name: "-dash".into(),
+                capacity: cap(7),
+                no_mount: true,
+            }),
+            AdminCommand::Vol(VolCommand::List),
+            AdminCommand::Vol(VolCommand::Mount { vol: "data".into() }),
+            AdminCommand::Vol(VolCommand::Unmount { vol: "0001".into() }),
+            AdminCommand::Vol(VolCommand::Resize {
+                vol: "data".into(),
+                capacity: cap(0),
+            }),
+            AdminCommand::Vol(VolCommand::Delete {
+                vol: "data".into(),
+                force: true,
+            }),
+            AdminCommand::Clu(CluCommand::Create {
+                vol: "data".into(),
+                pages: 20,
+                kind: ClusterKind::Temporary,
+            }),
+            AdminCommand::Clu(CluCommand::List { vol: "data".into() }),
+            AdminCommand::Clu(CluCommand::Info { id }),
+            AdminCommand::Clu(CluCommand::Resize { id, add: 3 }),
+            AdminCommand::Clu(CluCommand::Destroy { id }),
+            AdminCommand::Clu(CluCommand::History { id, clear: true }),
+            AdminCommand::Clu(CluCommand::History { id, clear: false }),
+        ];
+        for c in commands {
+            assert_eq!(parse(&c.words()), Ok(c.clone()), "{:?}", c.words());
+        }
+        assert!(parse(&["vol".into(), "explode".into()]).is_err());
+        assert!(parse(&[]).is_err());
+    }
 }

@@ -182,6 +182,13 @@ fn a_killed_pager_makes_faults_sigbus_not_zeros_and_not_hangs() {
     a.ok(&format!("fill {id} 3"));
     a.ok(&format!("commit {id}"));
     a.ok(&format!("unmap {id}"));
+    // No access-history prefetch: it would map every page ahead of the faults.
+    let out = std::process::Command::new(clu_tests::harness::pager_bin())
+        .args(["clu", "history", &id, "--clear", "--socket"])
+        .arg(&pager.socket)
+        .output()
+        .expect("pager clu history --clear");
+    assert!(out.status.success());
     a.ok(&format!("map {id}"));
     let first = a.ok(&format!("r {id} 0"));
     pager.kill();
@@ -263,4 +270,68 @@ fn crash_rounds_never_show_a_torn_or_lost_commit() {
         "{rounds} pager kills: {acked_total} acknowledged commits, none lost or torn; {unacked_seen} in-flight commits found validated"
     );
     assert!(acked_total > 0, "the loop committed nothing");
+}
+
+#[test]
+fn the_access_history_is_saved_at_unmap_and_replayed_at_the_next_map() {
+    let dir = scratch();
+    let pager = Pager::start(&dir.path().join("root"), 4096);
+    let history = |id: &str| {
+        let out = std::process::Command::new(clu_tests::harness::pager_bin())
+            .args(["clu", "history", id, "--socket"])
+            .arg(&pager.socket)
+            .output()
+            .expect("pager clu history");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let wait_prefetched = |n: u64| {
+        let t0 = Instant::now();
+        while !pager.status().contains(&format!(", {n} prefetched")) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{}", pager.status());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let clear = |id: &str| {
+        let out = std::process::Command::new(clu_tests::harness::pager_bin())
+            .args(["clu", "history", id, "--clear", "--socket"])
+            .arg(&pager.socket)
+            .output()
+            .expect("pager clu history --clear");
+        assert!(out.status.success());
+    };
+    let mut a = Tool::start(&pager);
+    let id = id_of(&a.ok("create 256"));
+    a.ok(&format!("fill {id} 4"));
+    a.ok(&format!("commit {id}"));
+    a.ok(&format!("unmap {id}"));
+    assert!(
+        history(&id).starts_with("256 pages: 0 1 2 3"),
+        "{}",
+        history(&id)
+    );
+    clear(&id);
+    assert_eq!(history(&id), "0 pages:");
+    // A use with nothing to replay that reads three scattered pages: each fault brings in its
+    // 16-page read-around block, recorded after the faulting page.
+    a.ok(&format!("map {id}"));
+    for page in [200u64, 3, 77] {
+        a.ok(&format!("r {id} {}", page * 4096));
+    }
+    a.ok(&format!("unmap {id}"));
+    assert!(
+        history(&id).starts_with("48 pages: 200 192 193"),
+        "{}",
+        history(&id)
+    );
+    // The next map replays those 48 pages in the background; the data is right; the history
+    // of this use is the replayed pages, then the pages that faulted.
+    a.ok(&format!("map {id}"));
+    wait_prefetched(48);
+    a.ok(&format!("check {id} 4"));
+    a.ok(&format!("unmap {id}"));
+    assert!(
+        history(&id).starts_with("256 pages: 200 192 193"),
+        "{}",
+        history(&id)
+    );
 }

@@ -54,6 +54,7 @@ pub(crate) struct Stats {
     pub committed_pages: Counter,
     pub aborts: Counter,
     pub connections: Counter,
+    pub prefetched: Counter,
 }
 
 /// The largest cluster a request may create or grow to, in pages (64 GiB).
@@ -171,7 +172,7 @@ impl Manager {
 
     /// `clu_Map`.
     pub(crate) fn map(
-        &self,
+        self: &Arc<Self>,
         conn: u64,
         uid: u32,
         id: ClusterId,
@@ -193,8 +194,12 @@ impl Manager {
             Some(img) => img.clone(),
             None => {
                 let volume = self.storage.volume(id.vol())?;
+                let history = volume.clu_history(id.clu());
                 let img = Arc::new(Image::new(id, volume, desc.npages, false)?);
                 images.insert(id, img.clone());
+                if !history.is_empty() {
+                    super::image::spawn_replay(self.clone(), &img, history);
+                }
                 img
             }
         };
@@ -323,10 +328,11 @@ impl Manager {
         );
         let _ = writeln!(
             out,
-            "supplies         {} zero, {} from storage, {} from the paging partition",
+            "supplies         {} zero, {} from storage, {} from the paging partition, {} prefetched from access histories",
             s.zero_fills.get(),
             s.storage_reads.get(),
-            s.paging_reads.get()
+            s.paging_reads.get(),
+            s.prefetched.get()
         );
         let _ = writeln!(
             out,

@@ -16,6 +16,7 @@ mod catalog;
 mod descriptor;
 mod error;
 mod fsutil;
+pub mod history;
 mod root;
 pub mod ssr;
 
@@ -99,4 +100,12 @@ pub trait Volume: Send + Sync {
     /// Hints that pages `first_page..first_page+npages` will be read soon (a service may start
     /// reading them in the background). The default does nothing.
     fn clu_prefetch(&self, _clu: CluId, _first_page: u64, _npages: u64) {}
+    /// The cluster's access history (see [`history`]); empty if there is none.
+    fn clu_history(&self, _clu: CluId) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Replaces the cluster's access history (an empty one removes it).
+    fn clu_set_history(&self, _clu: CluId, _pages: &[u32]) -> Result<()> {
+        Ok(())
+    }
 }

@@ -13,8 +13,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
+mod history;
 mod readahead;
 mod writeback;
+
+pub(crate) use history::spawn_replay;
 
 use readahead::Readahead;
 
@@ -111,6 +114,10 @@ pub(crate) struct ImageState {
     run_buf: Vec<u8>,
     /// Blocks of [`readahead::AROUND`] pages already hinted to storage.
     hinted: Vec<bool>,
+    /// The order in which pages came in during this use (saved at release).
+    history: history::Recorder,
+    /// Set by `release`: the image is done; background work stops.
+    closed: bool,
 }
 
 impl ImageState {
@@ -168,6 +175,8 @@ impl Image {
                 readahead: Readahead::default(),
                 run_buf: Vec::new(),
                 hinted: Vec::new(),
+                history: history::Recorder::default(),
+                closed: false,
             }),
             commit_lock: Mutex::new(()),
         })
@@ -273,6 +282,11 @@ impl Image {
             st.deferred.push(f);
             return;
         }
+        if event != Event::WpFault {
+            // The first fault on each page in this use, in order (prefetched pages come in
+            // unmapped, so their first access is a fault too).
+            st.history.record(f.page);
+        }
         if let [Action::Supply {
             source: Source::Storage,
             wp,
@@ -300,6 +314,9 @@ impl Image {
             }
         }
         st.pages[f.page as usize] = next;
+        if matches!(actions, [Action::MapResident { .. }]) {
+            self.map_around(m, st, &f);
+        }
         if let Some(wp) = map_wp {
             // A read-only mapping is not registered for write protection (and cannot write).
             let wp = wp && f.writable;
@@ -363,7 +380,9 @@ impl Image {
         if let Err(e) = filled {
             return self.refuse(m, &f, &e.message);
         }
+        st.history.record(f.page);
         for p in first..end {
+            st.history.record(p);
             st.pages[p as usize] = if p == f.page {
                 next
             } else {
@@ -388,6 +407,32 @@ impl Image {
         if let Err(e) = uffd::continue_range(&f.uffd, f.range(), wp && f.writable) {
             debug!(cluster = %self.id, page = f.page, "continue: {e}");
             let _ = uffd::wake(&f.uffd, f.range());
+        }
+    }
+
+    /// Fault-around for a page already resident: maps in the faulting process, write-protected,
+    /// the clean resident pages next to it (the read-ahead window, within its region), so that
+    /// pages another process or the history prefetch brought in cost one fault per run, not
+    /// one per page. Stops at the first page that is not clean and resident.
+    fn map_around(&self, m: &Manager, st: &mut ImageState, f: &Fault) {
+        let n = st.pages.len() as u64;
+        let (lo, hi) = st.readahead.plan(f.page, (m.budget / 8).max(1));
+        let (rlo, rhi) = (f.region.0, f.region.0 + f.region.1);
+        let clean = |p: u64| st.pages[p as usize] == PageState::Read;
+        let mut first = f.page;
+        while first > lo.max(rlo) && clean(first - 1) {
+            first -= 1;
+        }
+        let mut end = f.page + 1;
+        while end < hi.min(n).min(rhi) && clean(end) {
+            end += 1;
+        }
+        st.readahead.ran_to(end);
+        for (a, b) in [(first, f.page), (f.page + 1, end)] {
+            if let Some(r) = f.span(a, b) {
+                // EEXIST (a page this process mapped already) ends that run early: harmless.
+                let _ = uffd::continue_range(&f.uffd, r, f.writable);
+            }
         }
     }
 
@@ -542,6 +587,28 @@ impl Image {
             }
             self.punch(m, st, pages[i], (j - i) as u64);
             i = j;
+        }
+    }
+
+    /// Maps clean resident `pages` (sorted) in every process mapping the cluster, write-protected
+    /// where the mapping is writable, without waiting for a fault. A page already mapped there
+    /// ends its run early (EEXIST), which is harmless.
+    fn map_in_all(&self, st: &ImageState, pages: &[u64]) {
+        for mapper in &st.mappers {
+            let Some(u) = &mapper.uffd else { continue };
+            let mut i = 0;
+            while i < pages.len() {
+                let mut j = i + 1;
+                while j < pages.len() && pages[j] == pages[j - 1] + 1 {
+                    j += 1;
+                }
+                for r in &mapper.regions {
+                    if let Some(range) = r.range_of(pages[i], pages[j - 1] + 1 - pages[i]) {
+                        let _ = uffd::continue_range(u, range, mapper.writable);
+                    }
+                }
+                i = j;
+            }
         }
     }
 

@@ -158,6 +158,13 @@ impl Image {
         }
         st.deferred.clear();
         st.hinted.clear();
+        st.closed = true;
+        let history = st.history.take();
+        if !history.is_empty() {
+            if let Err(e) = self.vol.clu_set_history(self.id.clu(), &history) {
+                tracing::warn!(cluster = %self.id, "saving the access history: {e}");
+            }
+        }
         st.pages.iter_mut().for_each(|p| *p = PageState::MapNone);
     }
 }

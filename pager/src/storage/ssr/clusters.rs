@@ -44,6 +44,10 @@ impl ClusterTable {
         dir.join(format!("{:04x}.data", clu.0))
     }
 
+    pub(crate) fn history_path(dir: &Path, clu: CluId) -> PathBuf {
+        dir.join(format!("{:04x}.hist", clu.0))
+    }
+
     pub(crate) fn desc_path(dir: &Path, clu: CluId) -> PathBuf {
         dir.join(format!("{:04x}.desc", clu.0))
     }

@@ -339,6 +339,7 @@ impl Volume for LocalVolume {
         fs::remove_file(&desc).map_err(|e| StorageError::io(&desc, e))?;
         let data = ClusterTable::data_path(dir, clu);
         fs::remove_file(&data).map_err(|e| StorageError::io(&data, e))?;
+        let _ = fs::remove_file(ClusterTable::history_path(dir, clu));
         sync_dir(dir)?;
         self.clusters.remove(clu);
         Ok(())
@@ -383,6 +384,31 @@ impl Volume for LocalVolume {
                 nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
             );
         }
+    }
+
+    fn clu_history(&self, clu: CluId) -> Vec<u32> {
+        if self.clusters.get(clu).is_err() {
+            return Vec::new();
+        }
+        let path = ClusterTable::history_path(self.clusters.dir(), clu);
+        fs::read(&path)
+            .ok()
+            .and_then(|b| super::history::decode(&b))
+            .unwrap_or_default()
+    }
+
+    fn clu_set_history(&self, clu: CluId, pages: &[u32]) -> Result<()> {
+        self.clusters.get(clu)?;
+        let path = ClusterTable::history_path(self.clusters.dir(), clu);
+        if pages.is_empty() {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(StorageError::io(&path, e))
+                }
+                _ => Ok(()),
+            };
+        }
+        write_atomic(&path, &super::history::encode(pages))
     }
 
     fn clu_write(&self, clu: CluId, runs: &[PageRun<'_>]) -> Result<Lsn> {

@@ -193,7 +193,9 @@ impl Bench {
         let all: Vec<u64> = (0..n).collect();
         let k = |who: &str, case: &str| Self::key(pin, who, case);
 
-        // The floor, then ours: a fault served from memory, a first write to a clean page.
+        // The floor, then ours: a fault served from memory (one fault per read-around block:
+        // the touched pages are 16 apart, so each touch is one fault), a first write to a
+        // clean page.
         let (floor_read, floor_write) = floor::measure(n)?;
         self.s.add(&k("floor", "fault"), floor_read);
         self.s.add(&k("floor", "first_write"), floor_write);
@@ -202,7 +204,9 @@ impl Bench {
         for &p in &all {
             client::sys::mem::drop_pte(r.addr + p as usize * PAGE_SIZE)?;
         }
-        self.s.add(&k("pager", "fault"), touch(&r, &all, 0));
+        let strided: Vec<u64> = (0..n).step_by(16).collect();
+        self.s.add(&k("pager", "fault"), touch(&r, &strided, 0));
+        touch(&r, &all, 0);
         self.s.add(&k("pager", "first_write"), touch(&r, &all, 9));
         api::abort(a).map_err(cerr)?;
         api::unmap(a).map_err(cerr)?;
@@ -263,8 +267,29 @@ impl Bench {
         commit: ClusterId,
         scratch: &Path,
         conc: &[ClusterId],
+        hist: &[(ClusterId, File); 2],
     ) -> Res<()> {
         let k = |who: &str, case: &str| Self::key("unpinned", who, case);
+        // Thesis chapter VIII: a repeated random-order traversal, storage cold, with the access
+        // history of the previous use replayed as prefetch, and with it forgotten.
+        for (i, (id, file)) in hist.iter().enumerate() {
+            let npages = file.metadata()?.len() / PAGE_SIZE as u64;
+            let order = permutation(npages, 0x5eed_1234);
+            let case = if i == 0 { "history_on" } else { "history_off" };
+            if i == 1 {
+                api::admin(vec![
+                    "clu".into(),
+                    "history".into(),
+                    id.to_string(),
+                    "--clear".into(),
+                ])
+                .map_err(cerr)?;
+            }
+            drop_cache(file)?;
+            let r = api::map(*id, MapMode::ReadOnly).map_err(cerr)?;
+            self.s.add(&k("pager", case), touch(&r, &order, 0));
+            api::unmap(*id).map_err(cerr)?;
+        }
         // Thesis row 1: create, map, one fault from storage, of a 20-page cluster.
         let t = Instant::now();
         let (id, r) = api::create_map(1, 20, ClusterKind::Shareable).map_err(cerr)?;
@@ -459,6 +484,10 @@ pub fn run(args: &Args) -> Res<()> {
     let scan = prepared(&b.root, b.sizes.scan)?;
     let evict = prepared(&b.root, 100)?;
     let commit = prepared(&b.root, 1000)?.0;
+    let hist = [
+        prepared(&b.root, b.sizes.scan)?,
+        prepared(&b.root, b.sizes.scan)?,
+    ];
     let conc: Vec<ClusterId> = (0..4)
         .map(|_| prepared(&b.root, b.sizes.conc).map(|x| x.0))
         .collect::<Res<_>>()?;
@@ -470,7 +499,7 @@ pub fn run(args: &Args) -> Res<()> {
         }
         pin(b.pager.id(), None);
         pin(std::process::id(), None);
-        b.once_cases(run, commit, &scratch, &conc)?;
+        b.once_cases(run, commit, &scratch, &conc, &hist)?;
         eprint!("run {}/{runs}\r", run + 1);
     }
     eprintln!();
@@ -521,6 +550,14 @@ fn rows() -> Vec<Row> {
         }
     }
     let k = |who: &str, case: &str| format!("unpinned/{who}/{case}");
+    rows.push(
+        Row::new(
+            "random read, cold, 2nd use, history prefetch",
+            k("pager", "history_on"),
+            "us/page",
+        )
+        .vs(k("pager", "history_off"), "without history"),
+    );
     rows.push(Row::new(
         "clu_CreateMap, 20 pages (thesis 186 ms)",
         k("pager", "create_ms"),
@@ -613,6 +650,10 @@ fn report(s: &Samples, results: &Path) -> Res<()> {
             ),
         ));
     }
+    ratios.push((
+        "history_prefetch_vs_none".into(),
+        s.ratio(&k("pager", "history_on"), &k("pager", "history_off")),
+    ));
     ratios.push((
         "concurrency_2_vs_1".into(),
         s.ratio(&k("pager", "conc_2"), &k("pager", "conc_1")),
