@@ -20,7 +20,7 @@ pub use api::{CluError, Region};
 pub use error_code::ErrorCode;
 pub use ids::{CluId, ClusterId, ClusterKind, IdError, VolId, PAGE_SIZE};
 pub use proto::MapMode;
-pub use session::{socket_path, DEFAULT_SOCKET, SOCKET_ENV};
+pub use session::{socket_path, DEFAULT_SOCKET, SOCKET_ENV, WP_ASYNC_ENV};
 pub use sys::uffd;
 
 /// Locks `m`, ignoring poisoning: every structure the shim guards is updated by whole

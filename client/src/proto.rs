@@ -13,6 +13,10 @@ pub const VERSION: u8 = 1;
 /// The largest payload accepted.
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// `Attach` flag: the userfaultfd was opened with `UFFD_FEATURE_WP_ASYNC`; the caller's pagemap
+/// comes with it.
+pub const ATTACH_WP_ASYNC: u32 = 1;
+
 /// Mapping modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapMode {
@@ -45,12 +49,14 @@ pub enum Request {
     Abort { id: ClusterId },
     /// The caller mapped pages `first_page..first_page+npages` of `id` at address `base` and
     /// registered them with its userfaultfd, which is attached to the first such message of a
-    /// connection: the pager resolves the faults there.
+    /// connection (with, in write-protect-async mode, the caller's `/proc/self/pagemap`): the
+    /// pager resolves the faults there. `flags`: [`ATTACH_WP_ASYNC`].
     Attach {
         id: ClusterId,
         first_page: u64,
         base: u64,
         npages: u64,
+        flags: u32,
     },
     /// An administration command, as its words (`vol create data`), answered with text.
     Admin { words: Vec<String> },
@@ -222,11 +228,13 @@ impl Request {
                 first_page,
                 base,
                 npages,
+                flags,
             } => Writer::new(8)
                 .u32(id.0)
                 .u64(*first_page)
                 .u64(*base)
-                .u64(*npages),
+                .u64(*npages)
+                .u32(*flags),
             Request::Admin { words } => {
                 let n = words.len().min(255);
                 words[..n]
@@ -267,6 +275,10 @@ impl Request {
                 first_page: r.u64()?,
                 base: r.u64()?,
                 npages: r.u64()?,
+                flags: match r.u32()? {
+                    f if f & !ATTACH_WP_ASYNC == 0 => f,
+                    _ => return Err(ProtoError::Field("attach flags")),
+                },
             },
             9 => {
                 let n = r.u8()?;
@@ -361,6 +373,7 @@ mod tests {
                 first_page: 3,
                 base: 0x7f00_0000_0000,
                 npages: 256,
+                flags: ATTACH_WP_ASYNC,
             },
             Request::Admin {
                 words: vec!["vol".into(), "create".into(), "données".into()],

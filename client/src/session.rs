@@ -21,6 +21,15 @@ use crate::{CluError, ClusterId, ClusterKind, ErrorCode, Region};
 pub const DEFAULT_SOCKET: &str = "/run/clu-pager.sock";
 /// The environment variable naming the pager's socket.
 pub const SOCKET_ENV: &str = "CLU_PAGER_SOCKET";
+/// Set to `1` for write-protect-async mode: first writes to clean pages cost no round trip to
+/// the pager (the kernel resolves them; the pager collects written pages with `PAGEMAP_SCAN`
+/// at commit and eviction). The price: a commit is a point-in-time image only if no thread of
+/// the process writes to the cluster while it runs (see the README).
+pub const WP_ASYNC_ENV: &str = "CLU_WP_ASYNC";
+
+fn wp_async() -> bool {
+    std::env::var_os(WP_ASYNC_ENV).is_some_and(|v| v == "1")
+}
 
 /// The socket path the shim uses: `CLU_PAGER_SOCKET`, or [`DEFAULT_SOCKET`].
 pub fn socket_path() -> PathBuf {
@@ -46,6 +55,8 @@ pub(crate) struct Session {
     chan: Channel,
     line: Arc<Lifeline>,
     uffd_sent: bool,
+    /// `/proc/self/pagemap`, in write-protect-async mode (`CLU_WP_ASYNC=1`).
+    pagemap: Option<std::fs::File>,
     mapped: HashMap<ClusterId, Mapped>,
 }
 
@@ -87,6 +98,7 @@ impl Session {
             chan: Channel::new(stream),
             line,
             uffd_sent: false,
+            pagemap: None,
             mapped: HashMap::new(),
         })
     }
@@ -141,14 +153,21 @@ impl Session {
         }
     }
 
-    fn uffd(&self) -> Result<Arc<Uffd>, CluError> {
+    fn uffd(&mut self) -> Result<Arc<Uffd>, CluError> {
+        if wp_async() && self.pagemap.is_none() && self.line.uffd.get().is_none() {
+            self.pagemap = Some(
+                std::fs::File::open("/proc/self/pagemap")
+                    .map_err(|e| os("opening /proc/self/pagemap (CLU_WP_ASYNC=1)", e))?,
+            );
+        }
         if let Some(u) = self.line.uffd.get() {
             return Ok(u.clone());
         }
         // Trap kernel-mode faults too when allowed (a read(2) into a cluster page then works);
         // otherwise user-mode faults only, which unprivileged processes may always ask for.
-        let u = uffd::open(feature::CLUSTER, false)
-            .or_else(|_| uffd::open(feature::CLUSTER, true))
+        let features = feature::CLUSTER | if wp_async() { feature::WP_ASYNC } else { 0 };
+        let u = uffd::open(features, false)
+            .or_else(|_| uffd::open(features, true))
             .map_err(|e| os("creating this process's userfaultfd", e))?;
         Ok(self.line.uffd.get_or_init(|| Arc::new(u)).clone())
     }
@@ -179,16 +198,27 @@ impl Session {
             first_page: first,
             base: m.addr as u64,
             npages,
+            flags: if self.pagemap.is_some() {
+                crate::proto::ATTACH_WP_ASYNC
+            } else {
+                0
+            },
         };
         let result = if self.uffd_sent {
             self.simple(&req)
         } else {
-            let fd = u.as_fd();
-            match self.call(&req, &[fd]) {
+            let pagemap = self.pagemap.take();
+            let mut fds = vec![u.as_fd()];
+            if let Some(p) = &pagemap {
+                fds.push(p.as_fd());
+            }
+            let r = match self.call(&req, &fds) {
                 Ok((Response::Ok, _)) => Ok(()),
                 Ok((other, _)) => Err(protocol(format_args!("unexpected answer {other:?}"))),
                 Err(e) => Err(e),
-            }
+            };
+            self.pagemap = pagemap;
+            r
         };
         if let Err(e) = result {
             mem::unmap(m);

@@ -138,8 +138,14 @@ pub struct Tool {
 impl Tool {
     /// Starts one talking to `pager`.
     pub fn start(pager: &Pager) -> Tool {
+        Self::start_with(pager, &[])
+    }
+
+    /// Starts one talking to `pager`, with extra environment variables.
+    pub fn start_with(pager: &Pager, env: &[(&str, &str)]) -> Tool {
         let mut child = Command::new(tool_bin())
             .env("CLU_PAGER_SOCKET", &pager.socket)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -53,6 +53,7 @@ pub fn outside() -> Result<String, String> {
             first_page: 0,
             base: m.addr as u64,
             npages: 1,
+            flags: 0,
         },
         &[u.as_fd()],
     )?;

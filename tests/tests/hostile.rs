@@ -95,6 +95,7 @@ fn malformed_and_foreign_requests_get_errors_and_others_carry_on() {
         first_page,
         base: 0x1000_0000,
         npages,
+        flags: 0,
     };
     assert_eq!(
         code(c.call(&attach(0, 2), &[pipe_r.as_fd()])),

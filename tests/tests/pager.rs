@@ -335,3 +335,30 @@ fn the_access_history_is_saved_at_unmap_and_replayed_at_the_next_map() {
         history(&id)
     );
 }
+
+#[test]
+fn write_protect_async_mode_loses_no_write_to_commit_eviction_or_abort() {
+    let dir = scratch();
+    // A 64-page budget for a 256-page cluster: pages written without a fault are evicted.
+    let mut pager = Pager::start(&dir.path().join("root"), 64);
+    let mut a = Tool::start_with(&pager, &[("CLU_WP_ASYNC", "1")]);
+    let id = id_of(&a.ok("create 256"));
+    a.ok(&format!("fill {id} 1"));
+    a.ok(&format!("commit {id}"));
+    // Writes to clean resident pages take no fault in this mode; the pager must find them.
+    a.ok(&format!("fill {id} 2"));
+    a.ok(&format!("check {id} 2"));
+    a.ok(&format!("commit {id}"));
+    a.ok(&format!("fill {id} 3 0 40"));
+    a.ok(&format!("abort {id}"));
+    a.ok(&format!("check {id} 2"));
+    a.ok(&format!("w {id} 4096 77"));
+    a.ok(&format!("commit {id}"));
+    a.ok(&format!("unmap {id}"));
+    pager.restart();
+    let mut b = Tool::start(&pager);
+    b.ok(&format!("map {id}"));
+    assert_eq!(b.ok(&format!("r {id} 4096")), "77");
+    b.ok(&format!("w {id} 4096 2"));
+    b.ok(&format!("check {id} 2 2 254"));
+}

@@ -5,7 +5,9 @@
 //!   `WRITEPROTECT`, `POISON`, `WAKE`).
 //! - [`mem`]: mapping a cluster's memfd into this process and releasing it.
 //! - [`scm`]: sending and receiving file descriptors beside a message (`SCM_RIGHTS`).
+//! - [`pagemap`]: `PAGEMAP_SCAN`, the written pages of a client in write-protect-async mode.
 
 pub mod mem;
+pub mod pagemap;
 pub mod scm;
 pub mod uffd;

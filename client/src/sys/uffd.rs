@@ -27,6 +27,9 @@ pub mod feature {
     pub const WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
     /// `UFFDIO_POISON`.
     pub const POISON: u64 = 1 << 14;
+    /// The kernel resolves write-protect faults itself; written pages are found with
+    /// `PAGEMAP_SCAN` ([`crate::sys::pagemap`]).
+    pub const WP_ASYNC: u64 = 1 << 15;
     /// What the pager's design needs (docs/uffd-facts: the design that works across processes).
     pub const CLUSTER: u64 =
         PAGEFAULT_FLAG_WP | MISSING_SHMEM | MINOR_SHMEM | WP_HUGETLBFS_SHMEM | POISON | THREAD_ID;

@@ -8,14 +8,14 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use client::channel::{Channel, ChannelError};
-use client::proto::{Request, Response};
+use client::proto::{Request, Response, ATTACH_WP_ASYNC};
 use client::uffd::{self, Range};
 use client::{ClusterId, ErrorCode, VolId, PAGE_SIZE};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -45,6 +45,8 @@ struct Connection {
     uid: u32,
     pid: i32,
     uffd: Option<Arc<Uffd>>,
+    /// The client's `/proc/PID/pagemap`, in write-protect-async mode.
+    pagemap: Option<Arc<File>>,
     regions: Regions,
     clusters: HashSet<ClusterId>,
     faults: Option<(JoinHandle<()>, OwnedFd)>,
@@ -69,6 +71,7 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
         uid,
         pid,
         uffd: None,
+        pagemap: None,
         regions: Arc::new(RwLock::new(Vec::new())),
         clusters: HashSet::new(),
         faults: None,
@@ -157,7 +160,15 @@ impl Connection {
                 first_page,
                 base,
                 npages,
-            } => self.attach(id, first_page, base, npages, fds.pop(), fds.len()),
+                flags,
+            } => self.attach(
+                id,
+                first_page,
+                base,
+                npages,
+                flags,
+                std::mem::take(&mut fds),
+            ),
             Request::Unmap { id } => m.unmap(self.conn, id, true).map(|()| {
                 self.clusters.remove(&id);
                 write(&self.regions).retain(|r| r.image.id != id);
@@ -178,31 +189,44 @@ impl Connection {
         r.unwrap_or_else(|e| (error(e.code, e.message), None))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attach(
         &mut self,
         id: ClusterId,
         first_page: u64,
         base: u64,
         npages: u64,
-        fd: Option<OwnedFd>,
-        extra: usize,
+        flags: u32,
+        fds: Vec<OwnedFd>,
     ) -> Result<(Response, Option<File>), Refusal> {
-        if extra > 0 {
-            return Err(Refusal::new(
-                ErrorCode::Protocol,
-                "one userfaultfd per attach, not more",
-            ));
-        }
-        let u = match (fd, &self.uffd) {
+        let wp_async = flags & ATTACH_WP_ASYNC != 0;
+        let mut fds = fds.into_iter();
+        let u = match (fds.next(), &self.uffd) {
             (Some(fd), None) => {
+                let pagemap = match (wp_async, fds.next()) {
+                    (true, Some(p)) => Some(Arc::new(self.adopt_pagemap(p)?)),
+                    (false, None) => None,
+                    _ => {
+                        return Err(Refusal::new(
+                            ErrorCode::Protocol,
+                            "the first attach carries the userfaultfd, and the pagemap exactly in write-protect-async mode",
+                        ))
+                    }
+                };
                 let u = Arc::new(uffd::adopt(fd).map_err(|e| {
                     Refusal::invalid(format!("the descriptor sent is not usable: {e}"))
                 })?);
                 self.start_faults(u.clone())?;
                 self.uffd = Some(u.clone());
+                self.pagemap = pagemap;
                 u
             }
-            (None, Some(u)) => u.clone(),
+            (None, Some(u)) if wp_async == self.pagemap.is_some() => u.clone(),
+            (None, Some(_)) => {
+                return Err(Refusal::invalid(
+                    "this connection's write-protect mode cannot change",
+                ))
+            }
             (Some(_), Some(_)) => {
                 return Err(Refusal::invalid(
                     "this connection already gave its userfaultfd",
@@ -214,6 +238,9 @@ impl Connection {
                 ))
             }
         };
+        if fds.next().is_some() {
+            return Err(Refusal::new(ErrorCode::Protocol, "too many descriptors"));
+        }
         let region = Region {
             first_page,
             npages,
@@ -229,13 +256,28 @@ impl Connection {
                 "region at {base:#x} of {npages} pages overlaps another or wraps around"
             )));
         }
-        let (image, writable) = self.m.attach(self.conn, id, u, region)?;
+        let (image, writable) = self
+            .m
+            .attach(self.conn, id, u, self.pagemap.clone(), region)?;
         write(&self.regions).push(Mapped {
             image,
             writable,
             region,
         });
         Ok((Response::Ok, None))
+    }
+
+    /// Checks that `fd` is the client's own pagemap (`/proc/PID/pagemap` of the peer).
+    fn adopt_pagemap(&self, fd: OwnedFd) -> Result<File, Refusal> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| Refusal::invalid(format!("the pagemap sent is not usable: {e}")))?;
+        if link != std::path::Path::new(&format!("/proc/{}/pagemap", self.pid)) {
+            return Err(Refusal::invalid(format!(
+                "{} is not this process's pagemap",
+                link.display()
+            )));
+        }
+        Ok(File::from(fd))
     }
 
     fn start_faults(&mut self, u: Arc<Uffd>) -> Result<(), Refusal> {

@@ -218,10 +218,11 @@ impl Manager {
         conn: u64,
         id: ClusterId,
         uffd: Arc<userfaultfd::Uffd>,
+        pagemap: Option<Arc<File>>,
         region: Region,
     ) -> Result<(Arc<Image>, bool), Refusal> {
         let img = self.image(id)?;
-        let writable = img.attach(conn, uffd, region)?;
+        let writable = img.attach(conn, uffd, pagemap, region)?;
         Ok((img, writable))
     }
 

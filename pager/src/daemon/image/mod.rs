@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +63,8 @@ pub(crate) struct Mapper {
     pub conn: u64,
     pub writable: bool,
     pub uffd: Option<Arc<Uffd>>,
+    /// In write-protect-async mode, the process's pagemap, to collect written pages.
+    pub pagemap: Option<Arc<File>>,
     pub regions: Vec<Region>,
 }
 
@@ -201,13 +203,20 @@ impl Image {
             conn,
             writable,
             uffd: None,
+            pagemap: None,
             regions: Vec::new(),
         });
         Ok(())
     }
 
     /// Records a region a mapper registered with its uffd. Returns whether it is writable.
-    pub fn attach(&self, conn: u64, uffd: Arc<Uffd>, region: Region) -> Result<bool, Refusal> {
+    pub fn attach(
+        &self,
+        conn: u64,
+        uffd: Arc<Uffd>,
+        pagemap: Option<Arc<File>>,
+        region: Region,
+    ) -> Result<bool, Refusal> {
         let mut st = lock(&self.state);
         let npages = st.pages.len() as u64;
         let end = region.first_page.checked_add(region.npages);
@@ -225,6 +234,7 @@ impl Image {
                 Refusal::invalid(format!("cluster {} is not mapped by this process", self.id))
             })?;
         m.uffd = Some(uffd);
+        m.pagemap = pagemap;
         m.regions.push(region);
         Ok(m.writable)
     }
@@ -504,6 +514,7 @@ impl Image {
 
     /// Evicts up to `want` pages, in clock order. Returns how many.
     pub fn evict_some(&self, m: &Manager, st: &mut ImageState, want: u64) -> u64 {
+        self.harvest(st);
         let n = st.pages.len() as u64;
         let mut freed = 0;
         let mut seen = 0;
@@ -608,6 +619,41 @@ impl Image {
                     }
                 }
                 i = j;
+            }
+        }
+    }
+
+    /// Write-protect-async mappers write to clean pages without a fault (the kernel lifts the
+    /// protection itself): finds the pages they wrote since the last harvest with
+    /// `PAGEMAP_SCAN`, which write-protects them again in the same pass, and marks them dirty
+    /// (Read to KWrite, the transition a write-protect fault would have made). Runs before
+    /// every decision that relies on a page being clean: commit, abort, eviction.
+    fn harvest(&self, st: &mut ImageState) {
+        let mut written = Vec::new();
+        for mapper in st.mappers.iter().filter(|m| m.writable) {
+            let Some(pm) = &mapper.pagemap else { continue };
+            for r in &mapper.regions {
+                let end = r.base + r.npages * PAGE;
+                match client::sys::pagemap::take_written(pm.as_fd(), r.base, end) {
+                    Ok(ranges) => {
+                        for (a, b) in ranges {
+                            let (a, b) = (a.max(r.base), b.min(end));
+                            written.extend(
+                                (a..b)
+                                    .step_by(PAGE as usize)
+                                    .map(|x| r.first_page + (x - r.base) / PAGE),
+                            );
+                        }
+                    }
+                    Err(e) => debug!(cluster = %self.id, conn = mapper.conn, "PAGEMAP_SCAN: {e}"),
+                }
+            }
+        }
+        for p in written {
+            if st.pages.get(p as usize) == Some(&PageState::Read) {
+                if let Ok((next, _)) = step(PageState::Read, Event::WpFault) {
+                    st.pages[p as usize] = next;
+                }
             }
         }
     }

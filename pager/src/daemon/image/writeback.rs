@@ -21,6 +21,7 @@ impl Image {
         let _serial = lock(&self.commit_lock);
         let (dirty, buf) = {
             let mut st = lock(&self.state);
+            self.harvest(&mut st);
             let dirty: Vec<u64> = (0..st.pages.len() as u64)
                 .filter(|&p| matches!(st.pages[p as usize], PageState::KWrite | PageState::SWrite))
                 .collect();
@@ -112,6 +113,7 @@ impl Image {
     pub fn abort(&self, m: &Manager) -> u64 {
         let _serial = lock(&self.commit_lock);
         let mut st = lock(&self.state);
+        self.harvest(&mut st);
         let mut drop = Vec::new();
         let mut discarded = 0;
         for p in 0..st.pages.len() as u64 {

@@ -49,6 +49,10 @@ pub struct ChildArgs {
     /// The cluster to read.
     #[arg(long)]
     id: ClusterId,
+    /// Instead: load every page, then time a first write to each and a commit; print
+    /// `US_PER_PAGE COMMIT_MS`.
+    #[arg(long)]
+    first_write: bool,
 }
 
 struct Sizes {
@@ -268,6 +272,7 @@ impl Bench {
         scratch: &Path,
         conc: &[ClusterId],
         hist: &[(ClusterId, File); 2],
+        fw: ClusterId,
     ) -> Res<()> {
         let k = |who: &str, case: &str| Self::key("unpinned", who, case);
         // Thesis chapter VIII: a repeated random-order traversal, storage cold, with the access
@@ -346,8 +351,34 @@ impl Bench {
         fs::remove_file(&path)?;
         api::unmap(commit).map_err(cerr)?;
 
-        // Concurrency: 1, 2 and 4 client processes, each reading its own cluster.
+        // First writes to clean pages in write-protect-async mode, beside the default mode, in
+        // client processes of their own (the mode is chosen when a process's uffd is made).
         let exe = std::env::current_exe()?;
+        for (case, env) in [("sync", "0"), ("async", "1")] {
+            let out = Command::new(&exe)
+                .args(["faults-child", "--first-write", "--id", &fw.to_string()])
+                .env(client::WP_ASYNC_ENV, env)
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut v = text
+                .split_whitespace()
+                .filter_map(|x| x.parse::<f64>().ok());
+            match (v.next(), v.next()) {
+                (Some(us), Some(ms)) => {
+                    self.s.add(&k("pager", &format!("first_write_{case}")), us);
+                    self.s.add(&k("pager", &format!("commit_after_{case}")), ms);
+                }
+                _ => {
+                    return Err(format!(
+                        "first-write child ({case}): {text}{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                    .into())
+                }
+            }
+        }
+
+        // Concurrency: 1, 2 and 4 client processes, each reading its own cluster.
         for c in [1usize, 2, 4] {
             let mut kids: Vec<Child> = conc[..c]
                 .iter()
@@ -405,6 +436,17 @@ impl ZeroFill for File {
 /// The hidden child of the concurrency row: maps, says `ready`, waits for a line, reads every
 /// page, says `done`.
 pub fn child(args: &ChildArgs) -> Res<()> {
+    if args.first_write {
+        let r = api::map(args.id, MapMode::ReadWrite).map_err(cerr)?;
+        let all: Vec<u64> = (0..r.npages).collect();
+        touch(&r, &all, 0);
+        let us = touch(&r, &all, 0x33);
+        let t = Instant::now();
+        api::commit(args.id).map_err(cerr)?;
+        println!("{us} {}", t.elapsed().as_secs_f64() * 1e3);
+        api::unmap(args.id).map_err(cerr)?;
+        return Ok(());
+    }
     let r = api::map(args.id, MapMode::ReadOnly).map_err(cerr)?;
     println!("ready");
     std::io::stdout().flush()?;
@@ -488,6 +530,7 @@ pub fn run(args: &Args) -> Res<()> {
         prepared(&b.root, b.sizes.scan)?,
         prepared(&b.root, b.sizes.scan)?,
     ];
+    let fw = prepared(&b.root, b.sizes.fault)?.0;
     let conc: Vec<ClusterId> = (0..4)
         .map(|_| prepared(&b.root, b.sizes.conc).map(|x| x.0))
         .collect::<Res<_>>()?;
@@ -499,7 +542,7 @@ pub fn run(args: &Args) -> Res<()> {
         }
         pin(b.pager.id(), None);
         pin(std::process::id(), None);
-        b.once_cases(run, commit, &scratch, &conc, &hist)?;
+        b.once_cases(run, commit, &scratch, &conc, &hist, fw)?;
         eprint!("run {}/{runs}\r", run + 1);
     }
     eprintln!();
@@ -550,6 +593,22 @@ fn rows() -> Vec<Row> {
         }
     }
     let k = |who: &str, case: &str| format!("unpinned/{who}/{case}");
+    rows.push(
+        Row::new(
+            "first write to a clean page, WP_ASYNC mode",
+            k("pager", "first_write_async"),
+            "us/page",
+        )
+        .vs(k("pager", "first_write_sync"), "default (sync) mode"),
+    );
+    rows.push(
+        Row::new(
+            "then commit of all those pages, WP_ASYNC mode",
+            k("pager", "commit_after_async"),
+            "ms",
+        )
+        .vs(k("pager", "commit_after_sync"), "default (sync) mode"),
+    );
     rows.push(
         Row::new(
             "random read, cold, 2nd use, history prefetch",
@@ -650,6 +709,20 @@ fn report(s: &Samples, results: &Path) -> Res<()> {
             ),
         ));
     }
+    ratios.push((
+        "first_write_async_vs_sync".into(),
+        s.ratio(
+            &k("pager", "first_write_async"),
+            &k("pager", "first_write_sync"),
+        ),
+    ));
+    ratios.push((
+        "commit_after_async_vs_sync".into(),
+        s.ratio(
+            &k("pager", "commit_after_async"),
+            &k("pager", "commit_after_sync"),
+        ),
+    ));
     ratios.push((
         "history_prefetch_vs_none".into(),
         s.ratio(&k("pager", "history_on"), &k("pager", "history_off")),
