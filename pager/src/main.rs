@@ -40,6 +40,11 @@ enum Command {
         /// The paging partition's capacity, in pages.
         #[arg(long, default_value_t = 1 << 22)]
         paging_pages: u32,
+        /// Microseconds a fault thread keeps polling for the next fault before it sleeps
+        /// (yielding the CPU meanwhile); 0, the default, sleeps at once. An experiment: on the
+        /// project's 2-vCPU VM it did not beat sleeping (see BENCHMARKS.md).
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
     },
     /// Checks that this machine's userfaultfd offers what the pager needs.
     Check,
@@ -86,11 +91,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             root,
             resident_pages,
             paging_pages,
+            spin_us,
         } => daemon::serve(ServeConfig {
             root,
             socket: cli.socket,
             resident_pages,
             paging_pages,
+            spin: std::time::Duration::from_micros(spin_us),
         })?,
         Command::Check => {
             let probe = pager::uffd_probe::probe();

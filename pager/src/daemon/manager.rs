@@ -70,6 +70,8 @@ pub struct Manager {
     images: Mutex<HashMap<ClusterId, Arc<Image>>>,
     pub(crate) socket: PathBuf,
     pub(crate) live_connections: AtomicU64,
+    /// How long a fault thread keeps looking for the next fault before sleeping.
+    pub(crate) spin: std::time::Duration,
     started: Instant,
 }
 
@@ -79,6 +81,7 @@ impl Manager {
         paging: PagingPartition,
         budget: u64,
         socket: PathBuf,
+        spin: std::time::Duration,
     ) -> Manager {
         Manager {
             storage,
@@ -89,6 +92,7 @@ impl Manager {
             images: Mutex::new(HashMap::new()),
             socket,
             live_connections: AtomicU64::new(0),
+            spin,
             started: Instant::now(),
         }
     }

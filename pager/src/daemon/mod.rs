@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub resident_pages: u64,
     /// The paging partition's capacity, in pages.
     pub paging_pages: u32,
+    /// How long a fault thread keeps polling for the next fault before it sleeps.
+    pub spin: std::time::Duration,
 }
 
 /// Why the daemon could not start.
@@ -117,6 +119,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         paging,
         config.resident_pages,
         config.socket.clone(),
+        config.spin,
     ));
     {
         let (m, socket) = (manager.clone(), config.socket.clone());

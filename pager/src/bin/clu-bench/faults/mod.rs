@@ -41,6 +41,9 @@ pub struct Args {
     /// Where the CSV and the SVG plot go.
     #[arg(long, default_value = "target/bench-results")]
     results: PathBuf,
+    /// The pager's `--spin-us` (how long its fault threads poll before sleeping).
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
 }
 
 /// Options of the hidden child of the concurrency row.
@@ -66,8 +69,11 @@ struct Sizes {
 
 const PINS: [(&str, Option<usize>); 2] = [("unpinned", None), ("pinned", Some(0))];
 
+/// The CPUs this program may use, as found before it pins anything (afterwards
+/// `available_parallelism` reports the pinned set).
 fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Sets the CPU affinity of every thread of `pid` (threads created later inherit it).
@@ -459,7 +465,7 @@ pub fn child(args: &ChildArgs) -> Res<()> {
     Ok(())
 }
 
-fn start_pager(dir: &Path) -> Res<(Child, PathBuf, PathBuf)> {
+fn start_pager(dir: &Path, spin_us: u64) -> Res<(Child, PathBuf, PathBuf)> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir)?;
     let root = dir.join("root");
@@ -467,7 +473,9 @@ fn start_pager(dir: &Path) -> Res<(Child, PathBuf, PathBuf)> {
     let exe = std::env::current_exe()?;
     let pager_bin = exe.parent().ok_or("exe dir")?.join("pager");
     let mut child = Command::new(&pager_bin)
-        .args(["serve", "--resident-pages", "262144", "--root"])
+        .args(["serve", "--resident-pages", "262144", "--spin-us"])
+        .arg(spin_us.to_string())
+        .arg("--root")
         .arg(&root)
         .arg("--socket")
         .arg(&socket)
@@ -503,7 +511,8 @@ pub fn run(args: &Args) -> Res<()> {
             conc: 16384,
         }
     };
-    let (pager, root, socket) = start_pager(&args.dir)?;
+    let _ = cpus();
+    let (pager, root, socket) = start_pager(&args.dir, args.spin_us)?;
     // SAFETY: single-threaded here: no other thread reads the environment yet.
     std::env::set_var(client::SOCKET_ENV, &socket);
     let scratch = args.dir.join("scratch");
@@ -749,8 +758,11 @@ fn report(s: &Samples, results: &Path) -> Res<()> {
         s,
         &rows,
         &format!(
-            "clu-bench faults: the pager vs the kernel ({})",
-            crate::machine_facts()
+            "clu-bench faults: the pager vs the kernel ({} cores, kernel {})",
+            cpus(),
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
         ),
         &svg,
     )?;
