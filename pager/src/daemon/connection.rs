@@ -369,14 +369,7 @@ fn handle(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions, ev
     });
     let Some((image, page, region, writable)) = hit else {
         warn!(conn, pid, "fault at {addr:#x}, outside every cluster region of the process; the access raises SIGBUS");
-        m.stats.poisoned.inc();
-        let range = Range {
-            start: addr,
-            len: PAGE,
-        };
-        if uffd::poison(u, range).is_err() {
-            let _ = uffd::wake(u, range);
-        }
+        sigbus(m, u, addr);
         return;
     };
     let fault = Fault {
@@ -394,13 +387,18 @@ fn handle(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions, ev
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| image.fault(m, fault)));
     if served.is_err() {
         error!(conn, pid, cluster = %image.id, page, "BUG: serving a fault panicked; the access raises SIGBUS");
-        m.stats.poisoned.inc();
-        let range = Range {
-            start: addr,
-            len: PAGE,
-        };
-        if uffd::poison(u, range).is_err() {
-            let _ = uffd::wake(u, range);
-        }
+        sigbus(m, u, addr);
+    }
+}
+
+/// Makes the access at `addr` raise SIGBUS in the client (`UFFDIO_POISON`), or at least wakes it.
+fn sigbus(m: &Manager, u: &Uffd, addr: u64) {
+    m.stats.poisoned.inc();
+    let range = Range {
+        start: addr,
+        len: PAGE,
+    };
+    if uffd::poison(u, range).is_err() {
+        let _ = uffd::wake(u, range);
     }
 }

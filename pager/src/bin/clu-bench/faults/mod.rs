@@ -134,6 +134,16 @@ fn touch_file(file: &File, order: &[u64], write: u8) -> Res<f64> {
     }
 }
 
+/// A new, empty scratch file.
+fn scratch_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+}
+
 /// Drops `file` from the page cache (after writing back what is dirty).
 fn drop_cache(file: &File) -> Res<()> {
     file.sync_all()?;
@@ -228,12 +238,7 @@ impl Bench {
         api::unmap(id).map_err(cerr)?;
         let _ = api::admin(vec!["clu".into(), "destroy".into(), id.to_string()]);
         let path = scratch.join("page_init");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let f = scratch_file(&path)?;
         f.set_len(n * PAGE_SIZE as u64)?;
         self.s
             .add(&k("kernel", "page_init"), touch_file(&f, &all, 1)?);
@@ -323,12 +328,7 @@ impl Bench {
         // Commit of 1, 100 and 1000 dirty pages vs msync(MS_SYNC) of the same pages.
         let r = api::map(commit, MapMode::ReadWrite).map_err(cerr)?;
         let path = scratch.join("msync");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let f = scratch_file(&path)?;
         f.set_len(1000 * PAGE_SIZE as u64)?;
         f.write_all_at_zero()?;
         // SAFETY: the benchmark's own scratch file.
