@@ -666,14 +666,16 @@ fn report(s: &Samples, results: &Path) -> Res<()> {
     println!();
     print!("{}", report::table(s, &rows));
     println!();
+    // Throughput of the traversals (4 KiB per page; us per page to MB/s).
+    println!("traversal throughput, MB/s (median):");
     for (pin, _) in PINS {
         let k = |who: &str, case: &str| format!("{pin}/{who}/{case}");
-        if let Some((m, _, _)) = s.stats(&k("pager", "seq_cold")) {
-            let kern = s.stats(&k("kernel", "seq_cold")).map_or(0.0, |x| x.0);
+        let mbs = |key: String| s.stats(&key).map_or(0.0, |x| 4.096 / x.0 * 1e3);
+        for case in ["seq_warm", "seq_cold", "rand_warm", "rand_cold"] {
             println!(
-                "[{pin}] sequential cold: ours {:.0} MB/s, kernel {:.0} MB/s",
-                4.096 / m * 1e3,
-                4.096 / kern * 1e3
+                "  [{pin}] {case:<9} ours {:>7.0}  kernel {:>7.0}",
+                mbs(k("pager", case)),
+                mbs(k("kernel", case))
             );
         }
     }
