@@ -23,8 +23,9 @@ extern "C" {
 
 typedef uint32_t clu_id_t;              /* vol_id << 16 | clu_id */
 
-#define CLU_PROTECTED 0                 /* kinds: only the owner (or root) maps it */
-#define CLU_SHAREABLE 1                 /* anyone maps it */
+#define CLU_PROTECTED 0                 /* kinds: the owner, root and uids granted map it */
+#define CLU_SHAREABLE 1                 /* anyone maps it read-only; the owner read-write */
+#define CLU_TEMPORARY 2                 /* never stored (gone at pager restart) unless promoted */
 
 #define CLU_RDWR   0                    /* modes */
 #define CLU_RDONLY 1
@@ -54,6 +55,15 @@ int clu_Commit(clu_id_t id);
 int clu_Abort(clu_id_t id);
 /* A static description of a code. */
 const char *clu_strerror(int err);
+
+/* The owner (or root) lets uid map the cluster in mode (CLU_RDWR or CLU_RDONLY). */
+int clu_Grant(clu_id_t id, uint32_t uid, int mode);
+/* The owner (or root) withdraws uid's grant. */
+int clu_Revoke(clu_id_t id, uint32_t uid);
+/* A temporary cluster becomes persistent now; its current image is committed. */
+int clu_Promote(clu_id_t id);
+/* The uid owning the cluster (a map refused with CLU_EACCES: ask this uid for a grant). */
+int clu_Owner(clu_id_t id, uint32_t *uid);
 
 #ifdef __cplusplus
 }

@@ -60,6 +60,18 @@ pub enum Request {
     },
     /// An administration command, as its words (`vol create data`), answered with text.
     Admin { words: Vec<String> },
+    /// `clu_Grant`: the owner lets `uid` map the cluster in `mode`.
+    Grant {
+        id: ClusterId,
+        uid: u32,
+        mode: MapMode,
+    },
+    /// `clu_Revoke`: the owner withdraws `uid`'s grant.
+    Revoke { id: ClusterId, uid: u32 },
+    /// `clu_Promote`: a temporary cluster becomes persistent and its image is committed.
+    Promote { id: ClusterId },
+    /// `clu_Owner`: who owns the cluster (answered with [`Response::Owner`]).
+    Owner { id: ClusterId },
 }
 
 /// The pager's answer.
@@ -79,6 +91,8 @@ pub enum Response {
     Size { npages: u64 },
     /// The output of an administration command.
     Text(String),
+    /// The owner of a cluster.
+    Owner { uid: u32 },
 }
 
 /// Why bytes did not decode.
@@ -241,6 +255,12 @@ impl Request {
                     .iter()
                     .fold(Writer::new(9).u8(n as u8), |w, s| w.str(s))
             }
+            Request::Grant { id, uid, mode } => {
+                Writer::new(10).u32(id.0).u32(*uid).u32(*mode as u32)
+            }
+            Request::Revoke { id, uid } => Writer::new(11).u32(id.0).u32(*uid),
+            Request::Promote { id } => Writer::new(12).u32(id.0),
+            Request::Owner { id } => Writer::new(13).u32(id.0),
         }
         .frame()
     }
@@ -286,6 +306,17 @@ impl Request {
                     words: (0..n).map(|_| r.str()).collect::<Result<_, _>>()?,
                 }
             }
+            10 => Request::Grant {
+                id: id(&mut r)?,
+                uid: r.u32()?,
+                mode: mode(r.u32()?)?,
+            },
+            11 => Request::Revoke {
+                id: id(&mut r)?,
+                uid: r.u32()?,
+            },
+            12 => Request::Promote { id: id(&mut r)? },
+            13 => Request::Owner { id: id(&mut r)? },
             t => return Err(ProtoError::Tag(t)),
         };
         r.end()?;
@@ -309,6 +340,7 @@ impl Response {
                 .u8(u8::from(*writable)),
             Response::Size { npages } => Writer::new(0x83).u64(*npages),
             Response::Text(t) => Writer::new(0x84).str(t),
+            Response::Owner { uid } => Writer::new(0x85).u32(*uid),
         }
         .frame()
     }
@@ -333,6 +365,7 @@ impl Response {
             },
             0x83 => Response::Size { npages: r.u64()? },
             0x84 => Response::Text(r.str()?),
+            0x85 => Response::Owner { uid: r.u32()? },
             t => return Err(ProtoError::Tag(t)),
         };
         r.end()?;
@@ -378,6 +411,14 @@ mod tests {
             Request::Admin {
                 words: vec!["vol".into(), "create".into(), "données".into()],
             },
+            Request::Grant {
+                id,
+                uid: 1000,
+                mode: MapMode::ReadOnly,
+            },
+            Request::Revoke { id, uid: 65534 },
+            Request::Promote { id },
+            Request::Owner { id },
         ]
     }
 
@@ -409,6 +450,7 @@ mod tests {
             },
             Response::Size { npages: 9 },
             Response::Text("ID NAME\n".into()),
+            Response::Owner { uid: 1000 },
         ] {
             assert_eq!(Response::decode(payload(&resp.encode())), Ok(resp));
         }

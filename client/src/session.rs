@@ -374,6 +374,18 @@ impl Session {
         Ok(self.known(id)?.regions.iter().map(|(r, _)| *r).collect())
     }
 
+    /// A request about a cluster that needs no mapping here (grant, revoke, promote).
+    pub(crate) fn plain(&mut self, req: &Request) -> Result<(), CluError> {
+        self.simple(req)
+    }
+
+    pub(crate) fn owner(&mut self, id: ClusterId) -> Result<u32, CluError> {
+        match self.call(&Request::Owner { id }, &[])? {
+            (Response::Owner { uid }, _) => Ok(uid),
+            (other, _) => Err(protocol(format_args!("unexpected answer {other:?}"))),
+        }
+    }
+
     pub(crate) fn admin(&mut self, words: Vec<String>) -> Result<String, CluError> {
         match self.call(&Request::Admin { words }, &[])? {
             (Response::Text(t), _) => Ok(t),

@@ -6,6 +6,7 @@
 #include <clu.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CHECK(call)                                                                    \
     do {                                                                               \
@@ -22,7 +23,14 @@ int main(void) {
     size_t npages;
     const char *msg = "persistent hello from C";
 
+    uint32_t owner;
+
     CHECK(clu_CreateMap(1, 4, CLU_SHAREABLE, &id, &addr));
+    CHECK(clu_Owner(id, &owner));
+    if (owner != (uint32_t)getuid()) {
+        fprintf(stderr, "clu_example: owner %u, expected %u\n", owner, (unsigned)getuid());
+        return 1;
+    }
     strcpy((char *)addr, msg);
     CHECK(clu_Commit(id));
 

@@ -378,6 +378,7 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
             if !owner_ok(&d) {
                 return Err(denied("destroying another user's cluster"));
             }
+            m.forget(id);
             s.clu_destroy(id)?;
             let _ = writeln!(out, "destroyed cluster {id}");
         }

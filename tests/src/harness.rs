@@ -141,9 +141,24 @@ impl Tool {
         Self::start_with(pager, &[])
     }
 
+    /// Starts one talking to `pager` as user and group `uid` (with `setpriv`; the socket's
+    /// directory must let that user through).
+    pub fn start_as(pager: &Pager, uid: u32) -> Tool {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg(tool_bin());
+        Self::spawn(cmd, pager, &[])
+    }
+
     /// Starts one talking to `pager`, with extra environment variables.
     pub fn start_with(pager: &Pager, env: &[(&str, &str)]) -> Tool {
-        let mut child = Command::new(tool_bin())
+        Self::spawn(Command::new(tool_bin()), pager, env)
+    }
+
+    fn spawn(mut cmd: Command, pager: &Pager, env: &[(&str, &str)]) -> Tool {
+        let mut child = cmd
             .env("CLU_PAGER_SOCKET", &pager.socket)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())

@@ -76,11 +76,7 @@ pub unsafe extern "C" fn clu_Map(
     npages: *mut usize,
 ) -> c_int {
     guard(|| {
-        let mode = match mode {
-            0 => MapMode::ReadWrite,
-            1 => MapMode::ReadOnly,
-            _ => return Err(ErrorCode::Invalid),
-        };
+        let mode = mode_of(mode)?;
         let region = api::map(ClusterId(id), mode).map_err(|e| e.code)?;
         // SAFETY: the caller passes null or valid pointers.
         unsafe {
@@ -146,6 +142,46 @@ pub extern "C" fn clu_Commit(id: CluIdT) -> c_int {
 #[no_mangle]
 pub extern "C" fn clu_Abort(id: CluIdT) -> c_int {
     guard(|| api::abort(ClusterId(id)).map_err(|e| e.code))
+}
+
+fn mode_of(mode: c_int) -> Result<MapMode, ErrorCode> {
+    match mode {
+        0 => Ok(MapMode::ReadWrite),
+        1 => Ok(MapMode::ReadOnly),
+        _ => Err(ErrorCode::Invalid),
+    }
+}
+
+/// `clu_Grant`: the owner lets `uid` map the cluster in `mode` (`CLU_RDWR`, `CLU_RDONLY`).
+#[no_mangle]
+pub extern "C" fn clu_Grant(id: CluIdT, uid: u32, mode: c_int) -> c_int {
+    guard(|| api::grant(ClusterId(id), uid, mode_of(mode)?).map_err(|e| e.code))
+}
+
+/// `clu_Revoke`: the owner withdraws `uid`'s grant.
+#[no_mangle]
+pub extern "C" fn clu_Revoke(id: CluIdT, uid: u32) -> c_int {
+    guard(|| api::revoke(ClusterId(id), uid).map_err(|e| e.code))
+}
+
+/// `clu_Promote`: a temporary cluster becomes persistent; its image is committed.
+#[no_mangle]
+pub extern "C" fn clu_Promote(id: CluIdT) -> c_int {
+    guard(|| api::promote(ClusterId(id)).map_err(|e| e.code))
+}
+
+/// `clu_Owner`: the uid owning the cluster.
+///
+/// # Safety
+/// `uid` is null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn clu_Owner(id: CluIdT, uid: *mut u32) -> c_int {
+    guard(|| {
+        let owner = api::owner(ClusterId(id)).map_err(|e| e.code)?;
+        // SAFETY: the caller passes null or a valid pointer.
+        unsafe { put(uid, owner) };
+        Ok(())
+    })
 }
 
 fn describe(err: c_int) -> &'static CStr {

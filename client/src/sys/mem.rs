@@ -14,9 +14,13 @@ pub struct Mapping {
     pub len: usize,
 }
 
-/// Maps `npages` pages of `fd` from page `first_page`, shared, readable, and writable if
-/// `writable`. The mapping is marked `MADV_DONTFORK`: a child process would inherit it without
-/// the parent's userfaultfd registration and read the memfd behind the pager's back.
+/// Maps `npages` pages of `fd` from page `first_page`: shared and writable if `writable`;
+/// otherwise private and read-only. The read-only case gets a read-only descriptor from the
+/// pager, and a private mapping is the one such a descriptor allows userfaultfd to register
+/// (registration needs a mapping that may become writable). It still shows the shared pages as
+/// others change them, and if the process makes it writable, its writes go to private copies:
+/// the cluster never sees them. The mapping is marked `MADV_DONTFORK`: a child process would
+/// inherit it without the parent's userfaultfd registration.
 pub fn map_shared(
     fd: BorrowedFd<'_>,
     first_page: u64,
@@ -33,6 +37,11 @@ pub fn map_shared(
         .and_then(|o| libc::off_t::try_from(o).ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad mapping offset"))?;
     let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    let share = if writable {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
     // SAFETY: a new mapping at an address the kernel chooses: no existing memory of this process
     // is affected. `fd` is a live descriptor for the call's duration.
     let p = unsafe {
@@ -40,7 +49,7 @@ pub fn map_shared(
             std::ptr::null_mut(),
             len,
             prot,
-            libc::MAP_SHARED,
+            share,
             fd.as_raw_fd(),
             offset,
         )
@@ -94,6 +103,25 @@ pub fn sigbus_thread(tid: u32) -> io::Result<()> {
         )
     };
     if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes one page of a mapping writable (`mprotect`). Only the tests use it, to show that a
+/// client that forces its read-only mapping writable changes nothing in the cluster.
+pub fn force_writable(addr: usize) -> io::Result<()> {
+    let page = addr & !(PAGE_SIZE - 1);
+    // SAFETY: changes the protection of a page of a mapping this process made; no Rust object
+    // lives there, and making it writable invalidates no reference.
+    if unsafe {
+        libc::mprotect(
+            page as *mut libc::c_void,
+            PAGE_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())

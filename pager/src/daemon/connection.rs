@@ -185,6 +185,14 @@ impl Connection {
             Request::Admin { words } => {
                 crate::admin::execute(&m, self.uid, words).map(|text| (Response::Text(text), None))
             }
+            Request::Grant { id, uid, mode } => m
+                .set_grant(self.uid, id, uid, Some(mode))
+                .map(|()| (Response::Ok, None)),
+            Request::Revoke { id, uid } => m
+                .set_grant(self.uid, id, uid, None)
+                .map(|()| (Response::Ok, None)),
+            Request::Promote { id } => m.promote(self.uid, id).map(|()| (Response::Ok, None)),
+            Request::Owner { id } => m.owner(id).map(|uid| (Response::Owner { uid }, None)),
         };
         r.unwrap_or_else(|e| (error(e.code, e.message), None))
     }

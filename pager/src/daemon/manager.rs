@@ -167,6 +167,7 @@ impl Manager {
                 return Err(e);
             }
         };
+        img.set_temporary(kind == ClusterKind::Temporary);
         img.add_mapper(conn, true)?;
         let memfd = dup(img.memfd())?;
         lock(&self.images).insert(desc.id, Arc::new(img));
@@ -183,16 +184,8 @@ impl Manager {
         mode: MapMode,
     ) -> Result<(u64, bool, File), Refusal> {
         let desc = self.storage.clu_get_desc(id)?;
-        if desc.kind == ClusterKind::Protected && uid != 0 && uid != desc.owner {
-            return Err(Refusal::new(
-                ErrorCode::AccessDenied,
-                format!(
-                    "cluster {id} is protected and owned by uid {}; you are uid {uid}",
-                    desc.owner
-                ),
-            ));
-        }
         let writable = mode == MapMode::ReadWrite;
+        super::rights::may_map(&desc, uid, writable)?;
         let mut images = lock(&self.images);
         let img = match images.get(&id) {
             Some(img) => img.clone(),
@@ -200,6 +193,7 @@ impl Manager {
                 let volume = self.storage.volume(id.vol())?;
                 let history = volume.clu_history(id.clu());
                 let img = Arc::new(Image::new(id, volume, desc.npages, false)?);
+                img.set_temporary(desc.kind == ClusterKind::Temporary);
                 images.insert(id, img.clone());
                 if !history.is_empty() {
                     super::image::spawn_replay(self.clone(), &img, history);
@@ -213,7 +207,12 @@ impl Manager {
             }
             return Err(e);
         }
-        Ok((img.npages(), writable, dup(img.memfd())?))
+        let memfd = if writable {
+            dup(img.memfd())?
+        } else {
+            read_only(img.memfd())?
+        };
+        Ok((img.npages(), writable, memfd))
     }
 
     /// A region the client registered with its userfaultfd.
@@ -240,7 +239,11 @@ impl Manager {
         if me.is_none() {
             return Err(not_mapped(id));
         }
-        if mappers == 1 {
+        if mappers == 1 && img.is_temporary() {
+            // A temporary cluster lives in the pager's memory (and paging partition) until it
+            // is destroyed or the pager stops: the last unmap neither writes nor discards.
+            img.remove_mapper(conn);
+        } else if mappers == 1 {
             if write_back {
                 let n = img.commit(self)?;
                 info!(cluster = %id, pages = n, "last unmap: written back");
@@ -294,7 +297,93 @@ impl Manager {
 
     /// Whether any process maps the cluster.
     pub(crate) fn is_mapped(&self, id: ClusterId) -> bool {
-        lock(&self.images).contains_key(&id)
+        lock(&self.images)
+            .get(&id)
+            .is_some_and(|img| img.mapper_status(u64::MAX).1 > 0)
+    }
+
+    /// Drops the in-memory image of a cluster no process maps (a temporary cluster's, before
+    /// it is destroyed).
+    pub(crate) fn forget(&self, id: ClusterId) {
+        let mut images = lock(&self.images);
+        if let Some(img) = images.get(&id).cloned() {
+            if img.mapper_status(u64::MAX).1 == 0 {
+                img.release(self);
+                images.remove(&id);
+            }
+        }
+    }
+
+    /// `clu_Owner`: anyone may ask.
+    pub(crate) fn owner(&self, id: ClusterId) -> Result<u32, Refusal> {
+        Ok(self.storage.clu_get_desc(id)?.owner)
+    }
+
+    /// `clu_Grant` (`grant`) or `clu_Revoke`: the owner (or root) changes who may map it.
+    pub(crate) fn set_grant(
+        &self,
+        uid: u32,
+        id: ClusterId,
+        grantee: u32,
+        grant: Option<MapMode>,
+    ) -> Result<(), Refusal> {
+        let desc = self.storage.clu_get_desc(id)?;
+        super::rights::may_administer(&desc, uid)?;
+        let volume = self.storage.volume(id.vol())?;
+        let mut outcome = Ok(());
+        volume.clu_update(id.clu(), &mut |d| {
+            outcome = match grant {
+                Some(mode) => {
+                    let g = crate::storage::Grant {
+                        uid: grantee,
+                        read_only: mode == MapMode::ReadOnly,
+                    };
+                    if d.grants.set(g) {
+                        Ok(())
+                    } else {
+                        Err(Refusal::new(
+                            ErrorCode::NoSpace,
+                            format!(
+                                "cluster {id} has {} grants already; revoke one first",
+                                crate::storage::MAX_GRANTS
+                            ),
+                        ))
+                    }
+                }
+                None if d.grants.revoke(grantee) => Ok(()),
+                None => Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("uid {grantee} has no grant on cluster {id}"),
+                )),
+            };
+        })?;
+        outcome
+    }
+
+    /// `clu_Promote`: a temporary cluster becomes persistent (protected): its current image is
+    /// committed, then its descriptor says so. Its id was allocated in the volume at creation,
+    /// so nothing is renamed (G3).
+    pub(crate) fn promote(&self, uid: u32, id: ClusterId) -> Result<(), Refusal> {
+        let desc = self.storage.clu_get_desc(id)?;
+        super::rights::may_administer(&desc, uid)?;
+        if desc.kind != ClusterKind::Temporary {
+            return Err(Refusal::invalid(format!(
+                "cluster {id} is {}, not temporary",
+                desc.kind.name()
+            )));
+        }
+        if let Ok(img) = self.image(id) {
+            img.set_temporary(false);
+            if let Err(e) = img.commit(self) {
+                img.set_temporary(true);
+                return Err(e);
+            }
+        }
+        self.storage
+            .volume(id.vol())?
+            .clu_update(id.clu(), &mut |d| d.kind = ClusterKind::Protected)?;
+        info!(cluster = %id, "temporary cluster promoted to persistent");
+        Ok(())
     }
 
     /// Whether any process maps a cluster of the volume.
@@ -382,6 +471,18 @@ fn not_mapped(id: ClusterId) -> Refusal {
         ErrorCode::NotFound,
         format!("cluster {id} is not mapped by this process; map it first"),
     )
+}
+
+/// A new, read-only open of the memfd: a read-only mapper cannot map it writable or write to it
+/// (a `dup` would share the pager's read-write open).
+fn read_only(f: &File) -> Result<File, Refusal> {
+    use std::os::fd::AsRawFd;
+    File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|e| {
+        Refusal::new(
+            ErrorCode::Io,
+            format!("reopening the memory object read-only: {e}"),
+        )
+    })
 }
 
 fn dup(f: &File) -> Result<File, Refusal> {

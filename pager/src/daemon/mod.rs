@@ -15,6 +15,7 @@ mod connection;
 mod error;
 mod image;
 mod manager;
+mod rights;
 
 use std::fs;
 use std::io;
@@ -97,6 +98,26 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
+/// Temporary clusters do not outlive the pager that held them (thesis G1-G4): at start, every
+/// one left in a mounted volume is destroyed.
+fn purge_temporary(storage: &Storage) {
+    for v in storage.volumes() {
+        let Ok(vol) = storage.volume(v.entry.vol) else {
+            continue;
+        };
+        for d in vol.clu_list() {
+            if d.kind == client::ClusterKind::Temporary {
+                match vol.clu_destroy(d.id.clu()) {
+                    Ok(()) => {
+                        info!(cluster = %d.id, "temporary cluster of an earlier run destroyed")
+                    }
+                    Err(e) => warn!(cluster = %d.id, "destroying a temporary cluster: {e}"),
+                }
+            }
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Block the stop signals in every thread; one thread waits for them.
@@ -112,6 +133,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         storage.vol_mount(entry.vol)?;
         info!(vol = %entry.vol, "new storage root: created and mounted volume `{DEFAULT_VOLUME}`");
     }
+    purge_temporary(&storage);
     let paging = PagingPartition::create(&config.root.join("paging"), config.paging_pages)?;
     let listener = bind(&config.socket)?;
     let manager = Arc::new(Manager::new(

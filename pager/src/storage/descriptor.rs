@@ -31,6 +31,68 @@ pub struct ClusterStats {
 const STATS_WORDS: usize = 16; // room reserved in the layout; 9 used
 const _: () = assert!(9 <= STATS_WORDS && 40 + 8 * STATS_WORDS <= DESC_LEN - 4);
 
+/// The most uids a cluster's owner may grant access to.
+pub const MAX_GRANTS: usize = 16;
+
+/// A right the owner granted (thesis F7): uid `uid` may map the cluster, read-only if `read_only`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The grantee.
+    pub uid: u32,
+    /// Read-only (`CLU_RDONLY`) rather than read-write.
+    pub read_only: bool,
+}
+
+/// The grants of a cluster, at most [`MAX_GRANTS`], one per uid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    n: u8,
+    list: [Grant; MAX_GRANTS],
+}
+
+impl Grants {
+    /// The grants, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = &Grant> {
+        self.list[..self.n as usize].iter()
+    }
+
+    /// The grant of `uid`, if any.
+    pub fn get(&self, uid: u32) -> Option<Grant> {
+        self.iter().find(|g| g.uid == uid).copied()
+    }
+
+    /// Grants `uid` (replacing its earlier grant). `false` if the table is full.
+    pub fn set(&mut self, g: Grant) -> bool {
+        if let Some(e) = self.list[..self.n as usize]
+            .iter_mut()
+            .find(|e| e.uid == g.uid)
+        {
+            *e = g;
+            return true;
+        }
+        if self.n as usize == MAX_GRANTS {
+            return false;
+        }
+        self.list[self.n as usize] = g;
+        self.n += 1;
+        true
+    }
+
+    /// Revokes `uid`'s grant; `false` if it had none.
+    pub fn revoke(&mut self, uid: u32) -> bool {
+        let n = self.n as usize;
+        match self.list[..n].iter().position(|e| e.uid == uid) {
+            Some(i) => {
+                self.list.copy_within(i + 1..n, i);
+                self.list[n - 1] = Grant::default();
+                self.n -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The persistent descriptor of a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClusterDesc {
@@ -46,6 +108,8 @@ pub struct ClusterDesc {
     pub created: u64,
     /// Usage statistics.
     pub stats: ClusterStats,
+    /// The uids the owner granted access to.
+    pub grants: Grants,
 }
 
 fn put32(b: &mut [u8], at: usize, v: u32) {
@@ -84,7 +148,10 @@ fn check(b: &[u8], len: usize, magic: &[u8; 8]) -> Result<(), String> {
 }
 
 // Layout: magic[0..8] version[8..12] id[12..16] kind[16..20] owner[20..24] npages[24..32]
-//         created[32..40] stats[40..40+8*16] ... crc[508..512]
+//         created[32..40] stats[40..168] grants: count[168..172] (uid, flags)[172..300]
+//         ... crc[508..512]. Descriptors written before grants existed have zeros there: none.
+const GRANTS_AT: usize = 40 + 8 * STATS_WORDS;
+const _: () = assert!(GRANTS_AT + 4 + 8 * MAX_GRANTS <= DESC_LEN - 4);
 impl ClusterDesc {
     /// Encodes into a [`DESC_LEN`]-byte buffer.
     pub fn encode(&self) -> Vec<u8> {
@@ -107,6 +174,11 @@ impl ClusterDesc {
         for (i, w) in words.iter().chain(s.faults.iter()).enumerate() {
             put64(&mut b, 40 + 8 * i, *w);
         }
+        put32(&mut b, GRANTS_AT, u32::from(self.grants.n));
+        for (i, g) in self.grants.iter().enumerate() {
+            put32(&mut b, GRANTS_AT + 4 + 8 * i, g.uid);
+            put32(&mut b, GRANTS_AT + 8 + 8 * i, u32::from(g.read_only));
+        }
         seal(&mut b);
         b
     }
@@ -116,7 +188,28 @@ impl ClusterDesc {
         check(b, DESC_LEN, &DESC_MAGIC)?;
         let kind = ClusterKind::from_code(get32(b, 16)).ok_or("unknown cluster kind")?;
         let w = |i: usize| get64(b, 40 + 8 * i);
+        let n = get32(b, GRANTS_AT) as usize;
+        if n > MAX_GRANTS {
+            return Err(format!("{n} grants, at most {MAX_GRANTS}"));
+        }
+        let mut grants = Grants::default();
+        for i in 0..n {
+            let flags = get32(b, GRANTS_AT + 8 + 8 * i);
+            if flags > 1 {
+                return Err(format!("grant {i} has unknown flags {flags:#x}"));
+            }
+            if !grants.set(Grant {
+                uid: get32(b, GRANTS_AT + 4 + 8 * i),
+                read_only: flags == 1,
+            }) {
+                return Err("grant table overflow".into());
+            }
+        }
+        if grants.n as usize != n {
+            return Err("the same uid granted twice".into());
+        }
         Ok(ClusterDesc {
+            grants,
             id: ClusterId(get32(b, 12)),
             kind,
             owner: get32(b, 20),
@@ -200,7 +293,62 @@ mod tests {
                 paged_out: 5,
                 faults: [6, 7, 8, 9],
             },
+            grants: {
+                let mut g = Grants::default();
+                g.set(Grant {
+                    uid: 1001,
+                    read_only: true,
+                });
+                g.set(Grant {
+                    uid: 0,
+                    read_only: false,
+                });
+                g
+            },
         }
+    }
+
+    #[test]
+    fn grants_are_one_per_uid_bounded_and_revocable() {
+        let mut g = Grants::default();
+        for uid in 0..MAX_GRANTS as u32 {
+            assert!(g.set(Grant {
+                uid,
+                read_only: false
+            }));
+        }
+        assert!(
+            !g.set(Grant {
+                uid: 999,
+                read_only: false
+            }),
+            "full"
+        );
+        assert!(
+            g.set(Grant {
+                uid: 3,
+                read_only: true
+            }),
+            "a change, not a new entry"
+        );
+        assert_eq!(
+            g.get(3),
+            Some(Grant {
+                uid: 3,
+                read_only: true
+            })
+        );
+        assert!(g.revoke(3));
+        assert!(!g.revoke(3));
+        assert_eq!(g.get(3), None);
+        assert_eq!(g.iter().count(), MAX_GRANTS - 1);
+        assert!(g.set(Grant {
+            uid: 999,
+            read_only: false
+        }));
+        let mut d = desc();
+        d.grants = g;
+        assert_eq!(ClusterDesc::decode(&d.encode()), Ok(d));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use client::{CluId, ClusterKind, VolId};
 use journal::{Lsn, PageRun};
 
 pub use catalog::{Catalog, CatalogEntry};
-pub use descriptor::{ClusterDesc, ClusterStats, VolumeMeta};
+pub use descriptor::{ClusterDesc, ClusterStats, Grant, Grants, VolumeMeta, MAX_GRANTS};
 pub use error::{Result, StorageError};
 pub use root::{Storage, StorageConfig, VolumeStatus};
 
@@ -85,6 +85,9 @@ pub trait Volume: Send + Sync {
     fn clu_create(&self, npages: u64, owner: u32, kind: ClusterKind) -> Result<ClusterDesc>;
     /// The descriptor of a cluster.
     fn clu_get_desc(&self, clu: CluId) -> Result<ClusterDesc>;
+    /// Changes a cluster's descriptor with `f` (kind, owner, grants, statistics; the id and the
+    /// size are kept) and stores it. Returns the new descriptor.
+    fn clu_update(&self, clu: CluId, f: &mut dyn FnMut(&mut ClusterDesc)) -> Result<ClusterDesc>;
     /// Replaces the statistics in a cluster's descriptor.
     fn clu_set_stats(&self, clu: CluId, stats: ClusterStats) -> Result<()>;
     /// Every cluster's descriptor, by cluster number.

@@ -8,7 +8,8 @@
 //! `w ID OFFSET BYTE`, `r ID OFFSET`, `loop ID [START]` (fill and commit versions START,
 //! START+1, ... for ever, printing `acked V`), `which ID` (the version every page holds, or
 //! `err torn`), `outside` (a raw mapping whose pager-side region is one page short, then a read
-//! of the page the pager does not know), `exit`.
+//! of the page the pager does not know), `grant ID UID [ro]`, `revoke ID UID`, `promote ID`,
+//! `owner ID`, `force-w ID OFFSET BYTE` (mprotect the page writable, then write), `exit`.
 
 use std::io::{BufRead, Write};
 
@@ -134,6 +135,14 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
             unsafe { std::ptr::write_volatile(a, v) };
             Ok(String::new())
         }
+        Some("force-w") => {
+            let a = addr(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
+            let v = num(w.get(3).ok_or("-22 BYTE")?)? as u8;
+            client::sys::mem::force_writable(a as usize).map_err(|e| format!("-13 {e}"))?;
+            // SAFETY: `a` is a mapped byte of the cluster, now writable in this process.
+            unsafe { std::ptr::write_volatile(a, v) };
+            Ok(String::new())
+        }
         Some("r") => {
             let a = addr(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
             // SAFETY: `a` is a mapped byte of the cluster.
@@ -179,6 +188,27 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
             }
             Ok(String::new())
         }
+        Some("grant") => {
+            let mode = if w.get(3) == Some(&"ro") {
+                MapMode::ReadOnly
+            } else {
+                MapMode::ReadWrite
+            };
+            let uid = num(w.get(2).ok_or("-22 UID")?)? as u32;
+            api::grant(id(w.get(1))?, uid, mode)
+                .map(|()| String::new())
+                .map_err(e)
+        }
+        Some("revoke") => {
+            let uid = num(w.get(2).ok_or("-22 UID")?)? as u32;
+            api::revoke(id(w.get(1))?, uid)
+                .map(|()| String::new())
+                .map_err(e)
+        }
+        Some("promote") => api::promote(id(w.get(1))?)
+            .map(|()| String::new())
+            .map_err(e),
+        Some("owner") => api::owner(id(w.get(1))?).map(|u| u.to_string()).map_err(e),
         Some("outside") => clu_tests::raw::outside(),
         Some("exit") => std::process::exit(0),
         Some(other) => Err(format!("-22 unknown command {other}")),

@@ -134,6 +134,8 @@ pub(crate) struct Image {
     pub id: ClusterId,
     vol: Arc<dyn Volume>,
     memfd: File,
+    /// A temporary cluster: never written to storage (commit keeps its pages in memory).
+    temporary: std::sync::atomic::AtomicBool,
     pub state: Mutex<ImageState>,
     commit_lock: Mutex<()>,
 }
@@ -167,6 +169,7 @@ impl Image {
             id,
             vol,
             memfd,
+            temporary: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(ImageState {
                 pages: vec![initial; npages as usize],
                 slots: HashMap::new(),
@@ -182,6 +185,17 @@ impl Image {
             }),
             commit_lock: Mutex::new(()),
         })
+    }
+
+    /// Marks the image as a temporary cluster's, or not.
+    pub fn set_temporary(&self, t: bool) {
+        self.temporary
+            .store(t, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the image is a temporary cluster's.
+    pub fn is_temporary(&self) -> bool {
+        self.temporary.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The memory object, to hand to a new mapper.

@@ -19,6 +19,10 @@ impl Image {
     /// Returns the number of pages written.
     pub fn commit(&self, m: &Manager) -> Result<u64, Refusal> {
         let _serial = lock(&self.commit_lock);
+        if self.is_temporary() {
+            // Never written to storage unless promoted (thesis G4): the pages stay dirty.
+            return Ok(0);
+        }
         let (dirty, buf) = {
             let mut st = lock(&self.state);
             self.harvest(&mut st);

@@ -21,7 +21,7 @@ use journal::{Journal, JournalConfig, Lsn, PageRun};
 use self::clusters::{Cluster, ClusterTable};
 use super::fsutil::{preallocate, sync_dir, write_atomic};
 use super::{
-    ClusterDesc, ClusterStats, Result, StorageError, StorageService, Volume, VolumeInfo,
+    ClusterDesc, ClusterStats, Grants, Result, StorageError, StorageService, Volume, VolumeInfo,
     VolumeMeta, VolumeParams,
 };
 use crate::sync::{lock, read, write};
@@ -298,6 +298,7 @@ impl Volume for LocalVolume {
             kind,
             created: now(),
             stats: ClusterStats::default(),
+            grants: Grants::default(),
         };
         let cluster = Cluster {
             file,
@@ -315,6 +316,19 @@ impl Volume for LocalVolume {
 
     fn clu_get_desc(&self, clu: CluId) -> Result<ClusterDesc> {
         Ok(*lock(&self.clusters.get(clu)?.desc))
+    }
+
+    fn clu_update(&self, clu: CluId, f: &mut dyn FnMut(&mut ClusterDesc)) -> Result<ClusterDesc> {
+        let c = self.clusters.get(clu)?;
+        let _serial = lock(&c.commit);
+        let old = *lock(&c.desc);
+        let mut desc = old;
+        f(&mut desc);
+        // Only the owner's fields change here; identity and size have their own primitives.
+        desc.id = old.id;
+        desc.npages = old.npages;
+        self.clusters.store_desc(&c, desc)?;
+        Ok(desc)
     }
 
     fn clu_set_stats(&self, clu: CluId, stats: ClusterStats) -> Result<()> {
