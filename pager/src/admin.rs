@@ -15,6 +15,13 @@ use crate::storage::{ClusterDesc, VolumeParams};
 pub enum AdminCommand {
     /// Shows the pager's state: resident pages, paging partition, faults, mapped clusters.
     Status,
+    /// Shows every cluster's usage statistics (thesis J1-J6): uses, mean time mapped, sharing
+    /// rate, mean pages modified and paged out per use, faults by kind.
+    Stats {
+        /// As JSON (one object per cluster, in an array).
+        #[arg(long)]
+        json: bool,
+    },
     /// Volumes: create, list, mount, unmount, resize, delete.
     #[command(subcommand)]
     Vol(VolCommand),
@@ -92,10 +99,13 @@ pub enum CluCommand {
         /// The volume's name or id.
         vol: String,
     },
-    /// Shows a cluster's descriptor.
+    /// Shows a cluster's descriptor and statistics.
     Info {
         /// The cluster id: VOL:CLU in hex (0001:002a) or one number.
         id: ClusterId,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Adds zero pages at the end of a cluster that no process maps.
     Resize {
@@ -127,6 +137,13 @@ impl AdminCommand {
         let w = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         match self {
             AdminCommand::Status => w(&["status"]),
+            AdminCommand::Stats { json } => {
+                let mut out = w(&["stats"]);
+                if *json {
+                    out.push("--json".into());
+                }
+                out
+            }
             AdminCommand::Vol(v) => {
                 let mut out = w(&["vol"]);
                 match v {
@@ -169,7 +186,12 @@ impl AdminCommand {
                         out.extend(w(&["--kind", kind.name(), "--", vol]));
                     }
                     CluCommand::List { vol } => out.extend(w(&["list", "--", vol])),
-                    CluCommand::Info { id } => out.extend(w(&["info", &id.to_string()])),
+                    CluCommand::Info { id, json } => {
+                        out.extend(w(&["info", &id.to_string()]));
+                        if *json {
+                            out.push("--json".into());
+                        }
+                    }
                     CluCommand::Resize { id, add } => {
                         out.extend(w(&["resize", &id.to_string(), "--add"]));
                         out.push(add.to_string());
@@ -210,14 +232,59 @@ fn denied(what: &str) -> Refusal {
 }
 
 fn describe(d: &ClusterDesc) -> String {
+    let m = d.stats.means();
+    let s = &d.stats;
+    let grants: Vec<String> = d
+        .grants
+        .iter()
+        .map(|g| format!("{}{}", g.uid, if g.read_only { " (ro)" } else { "" }))
+        .collect();
     format!(
-        "id          {}\npages       {}\nowner       {}\nkind        {}\ncreated     {}\nuses        {}\n",
+        "id                 {}\npages              {}\nowner              {}\nkind               {}\ncreated            {}\ngrants             {}\nuses               {}\nmean time mapped   {:.1} ms\nsharing rate       {:.2} processes\nmodified per use   {:.1} pages\npaged out per use  {:.1} pages\nfaults             {} zero, {} storage, {} paging, {} write-protect\n",
         d.id,
         d.npages,
         d.owner,
         d.kind.name(),
         d.created,
-        d.stats.uses
+        if grants.is_empty() { "-".to_string() } else { grants.join(", ") },
+        s.uses,
+        m.mapped_ms,
+        m.sharing,
+        m.modified,
+        m.paged_out,
+        s.faults[0],
+        s.faults[1],
+        s.faults[2],
+        s.faults[3]
+    )
+}
+
+/// One cluster as a JSON object (numbers and fixed words only: nothing to escape).
+fn json(d: &ClusterDesc) -> String {
+    let m = d.stats.means();
+    let s = &d.stats;
+    let grants: Vec<String> = d
+        .grants
+        .iter()
+        .map(|g| format!("{{\"uid\":{},\"read_only\":{}}}", g.uid, g.read_only))
+        .collect();
+    format!(
+        "{{\"id\":\"{}\",\"pages\":{},\"owner\":{},\"kind\":\"{}\",\"created\":{},\"grants\":[{}],\"uses\":{},\"mean_mapped_ms\":{:.3},\"sharing_rate\":{:.3},\"modified_per_use\":{:.3},\"paged_out_per_use\":{:.3},\"faults\":{{\"zero\":{},\"storage\":{},\"paging\":{},\"write_protect\":{}}}}}",
+        d.id,
+        d.npages,
+        d.owner,
+        d.kind.name(),
+        d.created,
+        grants.join(","),
+        s.uses,
+        m.mapped_ms,
+        m.sharing,
+        m.modified,
+        m.paged_out,
+        s.faults[0],
+        s.faults[1],
+        s.faults[2],
+        s.faults[3]
     )
 }
 
@@ -341,7 +408,61 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
                 );
             }
         }
-        AdminCommand::Clu(CluCommand::Info { id }) => out = describe(&s.clu_get_desc(id)?),
+        AdminCommand::Clu(CluCommand::Info { id, json: false }) => {
+            out = describe(&s.clu_get_desc(id)?)
+        }
+        AdminCommand::Clu(CluCommand::Info { id, json: true }) => {
+            out = json(&s.clu_get_desc(id)?) + "\n"
+        }
+        AdminCommand::Stats { json: as_json } => {
+            let mut all: Vec<ClusterDesc> = s
+                .volumes()
+                .iter()
+                .filter_map(|v| s.volume(v.entry.vol).ok())
+                .flat_map(|v| v.clu_list())
+                .collect();
+            all.sort_by_key(|d| d.id);
+            if as_json {
+                let items: Vec<String> = all.iter().map(json).collect();
+                out = format!("[{}]\n", items.join(",\n"));
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<10} {:>6} {:>12} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                    "ID",
+                    "KIND",
+                    "USES",
+                    "MAPPED_MS",
+                    "SHARING",
+                    "MODIFIED",
+                    "PAGED_OUT",
+                    "F_ZERO",
+                    "F_STORE",
+                    "F_PAGING",
+                    "F_WP"
+                );
+                for d in &all {
+                    let m = d.stats.means();
+                    let f = d.stats.faults;
+                    let _ = writeln!(
+                        out,
+                        "{:<10} {:<10} {:>6} {:>12.1} {:>8.2} {:>10.1} {:>10.1} {:>9} {:>9} {:>9} {:>9}",
+                        d.id.to_string(),
+                        d.kind.name(),
+                        d.stats.uses,
+                        m.mapped_ms,
+                        m.sharing,
+                        m.modified,
+                        m.paged_out,
+                        f[0],
+                        f[1],
+                        f[2],
+                        f[3]
+                    );
+                }
+                let _ = writeln!(out, "(means per use; faults are totals)");
+            }
+        }
         AdminCommand::Clu(CluCommand::Resize { id, .. } | CluCommand::Destroy { id })
             if m.is_mapped(id) =>
         {
@@ -418,7 +539,10 @@ mod tests {
                 kind: ClusterKind::Temporary,
             }),
             AdminCommand::Clu(CluCommand::List { vol: "data".into() }),
-            AdminCommand::Clu(CluCommand::Info { id }),
+            AdminCommand::Clu(CluCommand::Info { id, json: false }),
+            AdminCommand::Clu(CluCommand::Info { id, json: true }),
+            AdminCommand::Stats { json: true },
+            AdminCommand::Stats { json: false },
             AdminCommand::Clu(CluCommand::Resize { id, add: 3 }),
             AdminCommand::Clu(CluCommand::Destroy { id }),
             AdminCommand::Clu(CluCommand::History { id, clear: true }),

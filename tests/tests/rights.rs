@@ -124,3 +124,63 @@ fn temporary_clusters_are_shared_never_stored_and_promotion_keeps_them() {
     c.ok(&format!("map {kept}"));
     c.ok(&format!("check {kept} 8"));
 }
+
+#[test]
+fn usage_statistics_follow_a_scripted_use_and_persist() {
+    let (_dir, mut pager) = pager(1024);
+    let info = |p: &Pager, id: &str| {
+        let out = std::process::Command::new(clu_tests::harness::pager_bin())
+            .args(["clu", "info", id, "--json", "--socket"])
+            .arg(&p.socket)
+            .output()
+            .expect("pager clu info");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut a = Tool::start(&pager);
+    let id = id_of(&a.ok("create 16"));
+    let mut b = Tool::start(&pager);
+    b.ok(&format!("map {id}"));
+    for page in [0u64, 3, 5, 9, 12] {
+        a.ok(&format!("w {id} {} 1", page * 4096));
+    }
+    a.ok(&format!("commit {id}"));
+    b.ok(&format!("unmap {id}"));
+    a.ok(&format!("unmap {id}"));
+    let j = info(&pager, &id);
+    assert!(j.contains("\"uses\":1,"), "{j}");
+    assert!(j.contains("\"modified_per_use\":5.000"), "{j}");
+    assert!(j.contains("\"zero\":5,"), "{j}");
+    // Two processes mapped it for part of the use: the sharing rate is between 1 and 2.
+    let rate: f64 = j
+        .split("\"sharing_rate\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|r| r.parse().ok())
+        .expect("sharing_rate");
+    assert!((1.0..=2.0).contains(&rate), "{j}");
+    // A second use modifies five other pages; the statistics survive a restart.
+    a.ok(&format!("map {id}"));
+    for page in [1u64, 2, 4, 6, 7] {
+        a.ok(&format!("w {id} {} 2", page * 4096));
+    }
+    a.ok(&format!("commit {id}"));
+    a.ok(&format!("unmap {id}"));
+    drop((a, b));
+    pager.restart();
+    let j = info(&pager, &id);
+    assert!(j.contains("\"uses\":2,"), "{j}");
+    assert!(j.contains("\"modified_per_use\":5.000"), "{j}");
+    let out = std::process::Command::new(clu_tests::harness::pager_bin())
+        .args(["stats", "--socket"])
+        .arg(&pager.socket)
+        .output()
+        .expect("pager stats");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains(" 2 ")),
+        "{table}"
+    );
+}

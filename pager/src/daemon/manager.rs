@@ -243,6 +243,7 @@ impl Manager {
             // A temporary cluster lives in the pager's memory (and paging partition) until it
             // is destroyed or the pager stops: the last unmap neither writes nor discards.
             img.remove_mapper(conn);
+            img.end_use();
         } else if mappers == 1 {
             if write_back {
                 let n = img.commit(self)?;
@@ -254,6 +255,7 @@ impl Manager {
                 }
             }
             img.remove_mapper(conn);
+            img.end_use();
             img.release(self);
             images.remove(&id);
         } else {

@@ -28,6 +28,43 @@ pub struct ClusterStats {
     pub faults: [u64; 4],
 }
 
+/// Per-use means of a descriptor's statistics, for people and for `--json`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Means {
+    /// Mean time mapped per use, milliseconds (J1).
+    pub mapped_ms: f64,
+    /// Mean number of processes mapping it while mapped (J2).
+    pub sharing: f64,
+    /// Mean pages modified per use (J3).
+    pub modified: f64,
+    /// Mean pages copied to the paging partition per use (J4).
+    pub paged_out: f64,
+}
+
+impl ClusterStats {
+    /// The per-use means (zeros before the first use).
+    pub fn means(&self) -> Means {
+        let s = self;
+        let per = |x: u64| {
+            if s.uses == 0 {
+                0.0
+            } else {
+                x as f64 / s.uses as f64
+            }
+        };
+        Means {
+            mapped_ms: per(s.mapped_ms),
+            sharing: if s.mapped_ms == 0 {
+                0.0
+            } else {
+                s.sharers_sum as f64 / s.mapped_ms as f64
+            },
+            modified: per(s.modified_pages),
+            paged_out: per(s.paged_out),
+        }
+    }
+}
+
 const STATS_WORDS: usize = 16; // room reserved in the layout; 9 used
 const _: () = assert!(9 <= STATS_WORDS && 40 + 8 * STATS_WORDS <= DESC_LEN - 4);
 

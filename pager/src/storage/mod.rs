@@ -26,7 +26,7 @@ use client::{CluId, ClusterKind, VolId};
 use journal::{Lsn, PageRun};
 
 pub use catalog::{Catalog, CatalogEntry};
-pub use descriptor::{ClusterDesc, ClusterStats, Grant, Grants, VolumeMeta, MAX_GRANTS};
+pub use descriptor::{ClusterDesc, ClusterStats, Grant, Grants, Means, VolumeMeta, MAX_GRANTS};
 pub use error::{Result, StorageError};
 pub use root::{Storage, StorageConfig, VolumeStatus};
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 mod history;
 mod readahead;
+pub(crate) mod usage;
 mod writeback;
 
 pub(crate) use history::spawn_replay;
@@ -120,6 +121,8 @@ pub(crate) struct ImageState {
     history: history::Recorder,
     /// Set by `release`: the image is done; background work stops.
     closed: bool,
+    /// The figures of the use in progress (J1-J6).
+    usage: usage::Usage,
 }
 
 impl ImageState {
@@ -182,6 +185,7 @@ impl Image {
                 hinted: Vec::new(),
                 history: history::Recorder::default(),
                 closed: false,
+                usage: usage::Usage::default(),
             }),
             commit_lock: Mutex::new(()),
         })
@@ -220,6 +224,8 @@ impl Image {
             pagemap: None,
             regions: Vec::new(),
         });
+        let n = st.mappers.len() as u64;
+        st.usage.mappers(n);
         Ok(())
     }
 
@@ -268,6 +274,25 @@ impl Image {
         let mut st = lock(&self.state);
         st.mappers.retain(|m| m.conn != conn);
         st.deferred.retain(|f| f.conn != conn);
+        let n = st.mappers.len() as u64;
+        st.usage.mappers(n);
+    }
+
+    /// Ends the current use, once no process maps the image: adds its figures to the
+    /// statistics in the descriptor (J5).
+    pub fn end_use(&self) {
+        let mut st = lock(&self.state);
+        if !st.mappers.is_empty() {
+            return;
+        }
+        let usage = &mut st.usage;
+        if let Err(e) = self.vol.clu_update(self.id.clu(), &mut |d| {
+            if let Some(stats) = usage.end(&d.stats) {
+                d.stats = stats;
+            }
+        }) {
+            warn!(cluster = %self.id, "saving the statistics of a use: {e}");
+        }
     }
 
     pub fn npages(&self) -> u64 {
@@ -310,6 +335,11 @@ impl Image {
             // The first fault on each page in this use, in order (prefetched pages come in
             // unmapped, so their first access is a fault too).
             st.history.record(f.page);
+        } else {
+            st.usage.fault(usage::FaultKind::WriteProtect);
+        }
+        if next == PageState::KWrite && state != PageState::KWrite {
+            st.usage.modified(f.page);
         }
         if let [Action::Supply {
             source: Source::Storage,
@@ -419,6 +449,7 @@ impl Image {
         st.resident += end - first;
         m.add_resident(end - first);
         m.stats.storage_reads.add(end - first);
+        st.usage.fault(usage::FaultKind::Storage);
         // Neighbours first, write-protected (clean); the faulting page last, which wakes it.
         let ro = f.writable;
         for (a, b) in [(first, f.page), (f.page + 1, end)] {
@@ -479,6 +510,11 @@ impl Image {
     ) -> Result<(), Refusal> {
         self.make_room(m, st, 1);
         let mut buf = vec![0u8; PAGE_SIZE];
+        st.usage.fault(match source {
+            Source::Zero => usage::FaultKind::Zero,
+            Source::Storage => usage::FaultKind::Storage,
+            Source::Paging => usage::FaultKind::Paging,
+        });
         match source {
             Source::Zero => m.stats.zero_fills.inc(),
             Source::Storage => {
@@ -565,6 +601,7 @@ impl Image {
                     let done = match stored {
                         Ok(slot) => {
                             st.slots.insert(page, slot);
+                            st.usage.paged_out();
                             Event::FlushDone
                         }
                         Err(e) => {
@@ -667,6 +704,7 @@ impl Image {
             if st.pages.get(p as usize) == Some(&PageState::Read) {
                 if let Ok((next, _)) = step(PageState::Read, Event::WpFault) {
                     st.pages[p as usize] = next;
+                    st.usage.modified(p);
                 }
             }
         }
