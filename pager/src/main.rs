@@ -45,11 +45,36 @@ enum Command {
         /// project's 2-vCPU VM it did not beat sleeping (see BENCHMARKS.md).
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// The socket's permission bits, in octal: who may connect at all. 666 lets every
+        /// local user in (each request is checked against the caller's uid); 660 with
+        /// --socket-group limits clients to a group.
+        #[arg(long, default_value = "666", value_parser = octal)]
+        socket_mode: u32,
+        /// The socket's group (a name or a gid).
+        #[arg(long, value_parser = group)]
+        socket_group: Option<nix::unistd::Gid>,
     },
     /// Checks that this machine's userfaultfd offers what the pager needs.
     Check,
     #[command(flatten)]
     Admin(AdminCommand),
+}
+
+fn octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not permission bits in octal, like 660"))
+}
+
+fn group(s: &str) -> Result<nix::unistd::Gid, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => Err(format!("no group `{s}` on this machine")),
+    }
 }
 
 fn init_logging(verbose: u8, serving: bool) {
@@ -92,12 +117,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             resident_pages,
             paging_pages,
             spin_us,
+            socket_mode,
+            socket_group,
         } => daemon::serve(ServeConfig {
             root,
             socket: cli.socket,
             resident_pages,
             paging_pages,
             spin: std::time::Duration::from_micros(spin_us),
+            socket_mode,
+            socket_group,
         })?,
         Command::Check => {
             let probe = pager::uffd_probe::probe();

@@ -52,17 +52,23 @@ impl Pager {
     /// Starts a pager on `root` with a resident budget of `budget` pages and waits until it
     /// answers on its socket.
     pub fn start(root: &Path, budget: u64) -> Pager {
-        let socket = root.with_extension("sock");
-        Self::start_at(root, &socket, budget)
+        Self::start_with(root, budget, &[])
     }
 
-    fn start_at(root: &Path, socket: &Path, budget: u64) -> Pager {
+    /// The same, with more `pager serve` options.
+    pub fn start_with(root: &Path, budget: u64, extra: &[&str]) -> Pager {
+        let socket = root.with_extension("sock");
+        Self::start_at(root, &socket, budget, extra)
+    }
+
+    fn start_at(root: &Path, socket: &Path, budget: u64, extra: &[&str]) -> Pager {
         let child = Command::new(pager_bin())
             .args(["serve", "--root"])
             .arg(root)
             .arg("--socket")
             .arg(socket)
             .args(["--resident-pages", &budget.to_string()])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("CLU_PAGER_LOG").unwrap_or("warn".into()),
@@ -101,7 +107,7 @@ impl Pager {
     /// Kills it and starts a new one on the same root and socket.
     pub fn restart(&mut self) {
         self.kill();
-        *self = Self::start_at(&self.root.clone(), &self.socket.clone(), self.budget);
+        *self = Self::start_at(&self.root.clone(), &self.socket.clone(), self.budget, &[]);
     }
 
     /// The output of `pager status`.

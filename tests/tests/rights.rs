@@ -184,3 +184,21 @@ fn usage_statistics_follow_a_scripted_use_and_persist() {
         "{table}"
     );
 }
+
+#[test]
+fn the_socket_mode_decides_who_may_connect_at_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pager = Pager::start_with(&dir.path().join("root"), 256, &["--socket-mode", "600"]);
+    let mode = std::fs::metadata(&pager.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut other = Tool::start_as(&pager, NOBODY);
+    let refused = other.cmd("create 1");
+    assert!(refused.starts_with("err -107"), "{refused}");
+    let mut root = Tool::start(&pager);
+    root.ok("create 1");
+}

@@ -46,6 +46,10 @@ pub struct ServeConfig {
     pub paging_pages: u32,
     /// How long a fault thread keeps polling for the next fault before it sleeps.
     pub spin: std::time::Duration,
+    /// The socket's permission bits: who may connect at all (rights are checked per request).
+    pub socket_mode: u32,
+    /// The socket's group, if not the pager's.
+    pub socket_group: Option<nix::unistd::Gid>,
 }
 
 /// Why the daemon could not start.
@@ -77,7 +81,11 @@ pub enum ServeError {
 /// The volume a new root gets, so that `clu_CreateMap(1, ...)` works at once.
 pub const DEFAULT_VOLUME: &str = "default";
 
-fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+fn bind(
+    path: &Path,
+    mode: u32,
+    group: Option<nix::unistd::Gid>,
+) -> Result<UnixListener, ServeError> {
     let err = |source| ServeError::Socket {
         path: path.to_owned(),
         source,
@@ -93,8 +101,12 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         fs::create_dir_all(dir).map_err(err)?;
     }
     let listener = UnixListener::bind(path).map_err(err)?;
-    // Anyone may connect: rights are checked per request against the peer's uid (SO_PEERCRED).
-    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).map_err(err)?;
+    // Who may connect at all; each request is then checked against the peer's uid (SO_PEERCRED).
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| err(io::Error::from_raw_os_error(e as i32)))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777)).map_err(err)?;
     Ok(listener)
 }
 
@@ -135,7 +147,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
     purge_temporary(&storage);
     let paging = PagingPartition::create(&config.root.join("paging"), config.paging_pages)?;
-    let listener = bind(&config.socket)?;
+    let listener = bind(&config.socket, config.socket_mode, config.socket_group)?;
     let manager = Arc::new(Manager::new(
         storage,
         paging,
