@@ -110,16 +110,22 @@ impl Pager {
         *self = Self::start_at(&self.root.clone(), &self.socket.clone(), self.budget, &[]);
     }
 
-    /// The output of `pager status`.
-    pub fn status(&self) -> String {
+    /// Runs an administration command (`pager ARGS... --socket SOCKET`) that must succeed;
+    /// returns its output, trimmed.
+    pub fn admin(&self, args: &[&str]) -> String {
         let out = Command::new(pager_bin())
-            .arg("status")
+            .args(args)
             .arg("--socket")
             .arg(&self.socket)
             .output()
-            .expect("pager status");
-        assert!(out.status.success(), "pager status: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .expect("run pager");
+        assert!(out.status.success(), "pager {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The output of `pager status`.
+    pub fn status(&self) -> String {
+        self.admin(&["status"])
     }
 
     /// Whether the process is still running.

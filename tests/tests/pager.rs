@@ -183,12 +183,7 @@ fn a_killed_pager_makes_faults_sigbus_not_zeros_and_not_hangs() {
     a.ok(&format!("commit {id}"));
     a.ok(&format!("unmap {id}"));
     // No access-history prefetch: it would map every page ahead of the faults.
-    let out = std::process::Command::new(clu_tests::harness::pager_bin())
-        .args(["clu", "history", &id, "--clear", "--socket"])
-        .arg(&pager.socket)
-        .output()
-        .expect("pager clu history --clear");
-    assert!(out.status.success());
+    pager.admin(&["clu", "history", &id, "--clear"]);
     a.ok(&format!("map {id}"));
     let first = a.ok(&format!("r {id} 0"));
     pager.kill();
@@ -276,14 +271,7 @@ fn crash_rounds_never_show_a_torn_or_lost_commit() {
 fn the_access_history_is_saved_at_unmap_and_replayed_at_the_next_map() {
     let dir = scratch();
     let pager = Pager::start(&dir.path().join("root"), 4096);
-    let history = |id: &str| {
-        let out = std::process::Command::new(clu_tests::harness::pager_bin())
-            .args(["clu", "history", id, "--socket"])
-            .arg(&pager.socket)
-            .output()
-            .expect("pager clu history");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let history = |id: &str| pager.admin(&["clu", "history", id]);
     let wait_prefetched = |n: u64| {
         let t0 = Instant::now();
         while !pager.status().contains(&format!(", {n} prefetched")) {
@@ -291,14 +279,7 @@ fn the_access_history_is_saved_at_unmap_and_replayed_at_the_next_map() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let clear = |id: &str| {
-        let out = std::process::Command::new(clu_tests::harness::pager_bin())
-            .args(["clu", "history", id, "--clear", "--socket"])
-            .arg(&pager.socket)
-            .output()
-            .expect("pager clu history --clear");
-        assert!(out.status.success());
-    };
+    let clear = |id: &str| pager.admin(&["clu", "history", id, "--clear"]);
     let mut a = Tool::start(&pager);
     let id = id_of(&a.ok("create 256"));
     a.ok(&format!("fill {id} 4"));

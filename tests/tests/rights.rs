@@ -128,15 +128,7 @@ fn temporary_clusters_are_shared_never_stored_and_promotion_keeps_them() {
 #[test]
 fn usage_statistics_follow_a_scripted_use_and_persist() {
     let (_dir, mut pager) = pager(1024);
-    let info = |p: &Pager, id: &str| {
-        let out = std::process::Command::new(clu_tests::harness::pager_bin())
-            .args(["clu", "info", id, "--json", "--socket"])
-            .arg(&p.socket)
-            .output()
-            .expect("pager clu info");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let info = |p: &Pager, id: &str| p.admin(&["clu", "info", id, "--json"]);
     let mut a = Tool::start(&pager);
     let id = id_of(&a.ok("create 16"));
     let mut b = Tool::start(&pager);
@@ -171,12 +163,7 @@ fn usage_statistics_follow_a_scripted_use_and_persist() {
     let j = info(&pager, &id);
     assert!(j.contains("\"uses\":2,"), "{j}");
     assert!(j.contains("\"modified_per_use\":5.000"), "{j}");
-    let out = std::process::Command::new(clu_tests::harness::pager_bin())
-        .args(["stats", "--socket"])
-        .arg(&pager.socket)
-        .output()
-        .expect("pager stats");
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = pager.admin(&["stats"]);
     assert!(
         table
             .lines()
