@@ -137,3 +137,68 @@ fn malformed_and_foreign_requests_get_errors_and_others_carry_on() {
     assert!(pager.alive());
     assert!(pager.status().contains("connections"));
 }
+
+#[test]
+fn clients_that_come_and_go_leave_no_descriptor_or_memory_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let pager = Pager::start(&dir.path().join("root"), 256);
+    let first = |answer: String| answer.split_whitespace().next().unwrap().to_string();
+    // Warm up: what the pager keeps for good (journal files, and a descriptor on each cluster
+    // file, opened when the cluster is created).
+    let mut t = Tool::start(&pager);
+    let shared = first(t.ok("create 64"));
+    t.ok(&format!("commit {shared}"));
+    t.ok(&format!("unmap {shared}"));
+    let own: Vec<String> = (0..20)
+        .map(|_| {
+            let c = first(t.ok("create 8"));
+            t.ok(&format!("unmap {c}"));
+            c
+        })
+        .collect();
+    drop(t);
+    // The status request itself is the one live connection once the others are gone.
+    let settle = |p: &Pager| {
+        let t0 = std::time::Instant::now();
+        while !p.status().contains("connections      1 live") {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "{}",
+                p.status()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        p.open_fds()
+    };
+    let before = settle(&pager);
+    for (round, own) in own.iter().enumerate() {
+        let mut t = Tool::start(&pager);
+        t.ok(&format!("map {shared}"));
+        t.ok(&format!("fill {shared} {}", round + 1));
+        t.ok(&format!("map {own}"));
+        t.ok(&format!("fill {own} 3"));
+        if round % 2 == 0 {
+            t.ok(&format!("commit {shared}"));
+            t.ok(&format!("unmap {shared}"));
+            t.ok(&format!("unmap {own}"));
+        } else {
+            t.kill(); // dies with both clusters mapped
+        }
+    }
+    let after = settle(&pager);
+    let listing: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", pager.pid()))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        before, after,
+        "open descriptors before and after 20 clients: {listing:?}"
+    );
+    let status = pager.status();
+    assert!(status.contains("resident pages   0 of"), "{status}");
+    assert!(status.contains("paging slots     0 in use"), "{status}");
+}

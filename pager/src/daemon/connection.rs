@@ -29,6 +29,10 @@ use super::manager::Manager;
 use crate::sync::{read, write};
 
 const PAGE: u64 = PAGE_SIZE as u64;
+/// The most clusters one process may map at once.
+pub const MAX_CLUSTERS: usize = 1024;
+/// The most regions one process may attach (mappings and their resizes).
+pub const MAX_REGIONS: usize = 4096;
 
 /// A region of this process, for finding the cluster page of a fault address.
 struct Mapped {
@@ -127,6 +131,30 @@ impl Connection {
             );
         }
         let m = self.m.clone();
+        if matches!(req, Request::CreateMap { .. } | Request::Map { .. })
+            && self.clusters.len() >= MAX_CLUSTERS
+        {
+            warn!(conn = self.conn, pid = self.pid, "mapping limit reached");
+            return (
+                error(
+                    ErrorCode::NoSpace,
+                    format!("this process maps {MAX_CLUSTERS} clusters already; unmap some first"),
+                ),
+                None,
+            );
+        }
+        if attach && read(&self.regions).len() >= MAX_REGIONS {
+            warn!(conn = self.conn, pid = self.pid, "region limit reached");
+            return (
+                error(
+                    ErrorCode::NoSpace,
+                    format!(
+                        "this process has {MAX_REGIONS} cluster regions already; unmap some first"
+                    ),
+                ),
+                None,
+            );
+        }
         let r: Result<(Response, Option<File>), Refusal> = match req {
             Request::CreateMap { vol, npages, kind } => m
                 .create_map(self.conn, self.uid, VolId(vol), npages, kind)
