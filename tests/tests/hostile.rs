@@ -202,3 +202,84 @@ fn clients_that_come_and_go_leave_no_descriptor_or_memory_behind() {
     assert!(status.contains("resident pages   0 of"), "{status}");
     assert!(status.contains("paging slots     0 in use"), "{status}");
 }
+
+fn median_ms(t: &mut Tool, cmd: &str, n: usize) -> f64 {
+    let mut v: Vec<f64> = (0..n)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            t.ok(cmd);
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[n / 2]
+}
+
+#[test]
+fn a_flooding_client_and_a_client_that_never_reads_do_not_slow_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pager = Pager::start(&dir.path().join("root"), 1024);
+    let mut good = Tool::start(&pager);
+    let id = good
+        .ok("create 16")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    good.ok(&format!("fill {id} 1"));
+    let cmd = format!("commit {id}");
+    let normal = median_ms(&mut good, &cmd, 200);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A client that floods the pager with malformed and foreign requests, reading the errors.
+    let flood = {
+        let (socket, stop) = (pager.socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c = RawClient::connect(&socket);
+            let bad = Request::Commit {
+                id: ClusterId(0x0001_7777),
+            };
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = if n % 2 == 0 {
+                    c.call(&bad, &[])
+                } else {
+                    c.bytes(&[3, 0, 0, 0, VERSION, 250, 0], &[])
+                };
+                assert!(matches!(r, Some(Response::Error { .. })), "{r:?}");
+                n += 1;
+            }
+            n
+        })
+    };
+    // A client that sends requests and never reads the answers.
+    let deaf = RawClient::connect(&pager.socket);
+    let req = Request::Owner {
+        id: ClusterId(0x0001_0000),
+    }
+    .encode();
+    let mut sent = 0;
+    let _ = deaf.chan.stream().set_nonblocking(true);
+    while sent < 100_000 {
+        if deaf.chan.send(&req, &[]).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let t0 = std::time::Instant::now();
+    let loaded = median_ms(&mut good, &cmd, 200);
+    let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flooded = flood.join().expect("flood thread");
+    eprintln!(
+        "median request latency {normal:.3} ms alone, {loaded:.3} ms beside a client sending {:.0} bad requests/s and one that stopped reading after {sent} requests",
+        flooded as f64 / secs
+    );
+    assert!(flooded as f64 / secs > 1000.0, "the flood was a flood");
+    assert!(
+        loaded <= 2.0 * normal,
+        "{loaded:.3} ms against {normal:.3} ms"
+    );
+    good.ok(&format!("check {id} 1"));
+    assert!(pager.alive());
+}

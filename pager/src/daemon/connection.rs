@@ -29,6 +29,8 @@ use super::manager::Manager;
 use crate::sync::{read, write};
 
 const PAGE: u64 = PAGE_SIZE as u64;
+/// How long an answer may wait for the client to read it.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most clusters one process may map at once.
 pub const MAX_CLUSTERS: usize = 1024;
 /// The most regions one process may attach (mappings and their resizes).
@@ -65,6 +67,8 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
             return;
         }
     };
+    // A client that stops reading its answers must not hold a thread for ever.
+    let _ = stream.set_write_timeout(Some(SEND_TIMEOUT));
     m.stats.connections.inc();
     m.live_connections.fetch_add(1, Ordering::Relaxed);
     debug!(conn, uid, pid, "connected");
@@ -103,7 +107,15 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
             }
         };
         let fds: Vec<_> = memfd.iter().map(|f| f.as_fd()).collect();
-        if chan.send(&resp.encode(), &fds).is_err() {
+        if let Err(e) = chan.send(&resp.encode(), &fds) {
+            if let ChannelError::Io(io) = &e {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    warn!(conn, pid, "the client has not read its answers for {SEND_TIMEOUT:?}; closing its connection");
+                }
+            }
             break;
         }
     }
