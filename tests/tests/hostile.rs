@@ -140,6 +140,7 @@ fn malformed_and_foreign_requests_get_errors_and_others_carry_on() {
 
 #[test]
 fn clients_that_come_and_go_leave_no_descriptor_or_memory_behind() {
+    let _one_at_a_time = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let pager = Pager::start(&dir.path().join("root"), 256);
     let first = |answer: String| answer.split_whitespace().next().unwrap().to_string();
@@ -168,6 +169,8 @@ fn clients_that_come_and_go_leave_no_descriptor_or_memory_behind() {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // The status connection closes just after its answer: let it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
         p.open_fds()
     };
     let before = settle(&pager);
@@ -203,6 +206,11 @@ fn clients_that_come_and_go_leave_no_descriptor_or_memory_behind() {
     assert!(status.contains("paging slots     0 in use"), "{status}");
 }
 
+/// The tests of this file that load the machine run one at a time, so that the latency test
+/// measures the pager, not its neighbours.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The median latency of `n` runs of `cmd`, in milliseconds.
 fn median_ms(t: &mut Tool, cmd: &str, n: usize) -> f64 {
     let mut v: Vec<f64> = (0..n)
         .map(|_| {
@@ -217,6 +225,7 @@ fn median_ms(t: &mut Tool, cmd: &str, n: usize) -> f64 {
 
 #[test]
 fn a_flooding_client_and_a_client_that_never_reads_do_not_slow_the_others() {
+    let _one_at_a_time = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut pager = Pager::start(&dir.path().join("root"), 1024);
     let mut good = Tool::start(&pager);
@@ -267,15 +276,26 @@ fn a_flooding_client_and_a_client_that_never_reads_do_not_slow_the_others() {
         sent += 1;
     }
     let t0 = std::time::Instant::now();
-    let loaded = median_ms(&mut good, &cmd, 200);
+    let mut samples = Vec::new();
+    while t0.elapsed() < std::time::Duration::from_millis(1500) {
+        let t = std::time::Instant::now();
+        good.ok(&cmd);
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    let loaded = samples[samples.len() / 2];
     let secs = t0.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flooded = flood.join().expect("flood thread");
     eprintln!(
-        "median request latency {normal:.3} ms alone, {loaded:.3} ms beside a client sending {:.0} bad requests/s and one that stopped reading after {sent} requests",
-        flooded as f64 / secs
+        "median request latency {normal:.3} ms alone, {loaded:.3} ms beside a client flooding bad requests ({flooded} answered in {secs:.2} s) and one that stopped reading after {sent} requests"
     );
-    assert!(flooded as f64 / secs > 1000.0, "the flood was a flood");
+    // The pager slows the flooder down to a few dozen requests a second after its first 200.
+    assert!(flooded > 200, "the flood was a flood: {flooded}");
+    assert!(
+        flooded as f64 / secs < 1000.0,
+        "the flooder was slowed down: {flooded} in {secs:.2} s"
+    );
     assert!(
         loaded <= 2.0 * normal,
         "{loaded:.3} ms against {normal:.3} ms"

@@ -73,6 +73,7 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
     m.live_connections.fetch_add(1, Ordering::Relaxed);
     debug!(conn, uid, pid, "connected");
     let chan = Channel::new(stream);
+    let mut throttle = Throttle::default();
     let mut c = Connection {
         m: m.clone(),
         conn,
@@ -102,10 +103,13 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
         let (resp, memfd) = match Request::decode(&payload) {
             Ok(req) => c.handle(req, fds),
             Err(e) => {
-                warn!(conn, pid, "malformed request: {e}");
+                debug!(conn, pid, "malformed request: {e}");
                 (error(ErrorCode::Protocol, e.to_string()), None)
             }
         };
+        if matches!(resp, Response::Error { .. }) {
+            throttle.refused(conn, pid);
+        }
         let fds: Vec<_> = memfd.iter().map(|f| f.as_fd()).collect();
         if let Err(e) = chan.send(&resp.encode(), &fds) {
             if let ChannelError::Io(io) = &e {
@@ -121,6 +125,60 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
     }
     c.close();
     m.live_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Refused requests a connection may make per second before each further one is delayed.
+const REFUSALS_PER_SECOND: u32 = 200;
+/// The delay of a refusal over that rate.
+const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Slows down a client whose requests keep being refused (malformed, foreign ids, ...), so that
+/// a flood of bad requests costs the machine little and other clients keep their latency.
+#[derive(Default)]
+struct Throttle {
+    second: Option<std::time::Instant>,
+    count: u32,
+    logged: bool,
+}
+
+impl Throttle {
+    fn refused(&mut self, conn: u64, pid: i32) {
+        let now = std::time::Instant::now();
+        if self.second.is_none_or_elapsed(now) {
+            if self.count > REFUSALS_PER_SECOND {
+                warn!(
+                    conn,
+                    pid,
+                    refused = self.count,
+                    "client sent {} refused requests in a second; its requests are slowed down",
+                    self.count
+                );
+            }
+            self.second = Some(now);
+            self.count = 0;
+            self.logged = false;
+        }
+        self.count += 1;
+        if self.count > REFUSALS_PER_SECOND {
+            if !self.logged {
+                warn!(conn, pid, "over {REFUSALS_PER_SECOND} refused requests in a second: slowing this client down");
+                self.logged = true;
+            }
+            std::thread::sleep(REFUSAL_DELAY);
+        }
+    }
+}
+
+trait Window {
+    fn is_none_or_elapsed(&self, now: std::time::Instant) -> bool;
+}
+
+impl Window for Option<std::time::Instant> {
+    fn is_none_or_elapsed(&self, now: std::time::Instant) -> bool {
+        self.map_or(true, |t| {
+            now.duration_since(t) >= std::time::Duration::from_secs(1)
+        })
+    }
 }
 
 fn error(code: ErrorCode, message: String) -> Response {
