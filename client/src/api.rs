@@ -188,20 +188,20 @@ pub fn regions(id: ClusterId) -> Result<Vec<Region>, CluError> {
 /// `clu_Grant`: the owner lets `uid` map the cluster, read-write or read-only.
 pub fn grant(id: ClusterId, uid: u32, mode: MapMode) -> Result<(), CluError> {
     with(None, |s| {
-        s.plain(&crate::proto::Request::Grant { id, uid, mode })
+        s.simple(&crate::proto::Request::Grant { id, uid, mode })
     })
 }
 
 /// `clu_Revoke`: the owner withdraws `uid`'s grant.
 pub fn revoke(id: ClusterId, uid: u32) -> Result<(), CluError> {
     with(None, |s| {
-        s.plain(&crate::proto::Request::Revoke { id, uid })
+        s.simple(&crate::proto::Request::Revoke { id, uid })
     })
 }
 
 /// `clu_Promote`: makes a temporary cluster persistent now and commits its current image.
 pub fn promote(id: ClusterId) -> Result<(), CluError> {
-    with(None, |s| s.plain(&crate::proto::Request::Promote { id }))
+    with(None, |s| s.simple(&crate::proto::Request::Promote { id }))
 }
 
 /// `clu_Owner`: the uid that owns the cluster (where to ask for a grant after a refusal).

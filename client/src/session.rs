@@ -146,7 +146,8 @@ impl Session {
         }
     }
 
-    fn simple(&mut self, req: &Request) -> Result<(), CluError> {
+    /// A request answered with `Ok` (also grant, revoke, promote: no mapping needed here).
+    pub(crate) fn simple(&mut self, req: &Request) -> Result<(), CluError> {
         match self.call(req, &[])? {
             (Response::Ok, _) => Ok(()),
             (other, _) => Err(protocol(format_args!("unexpected answer {other:?}"))),
@@ -372,11 +373,6 @@ impl Session {
 
     pub(crate) fn regions(&self, id: ClusterId) -> Result<Vec<Region>, CluError> {
         Ok(self.known(id)?.regions.iter().map(|(r, _)| *r).collect())
-    }
-
-    /// A request about a cluster that needs no mapping here (grant, revoke, promote).
-    pub(crate) fn plain(&mut self, req: &Request) -> Result<(), CluError> {
-        self.simple(req)
     }
 
     pub(crate) fn owner(&mut self, id: ClusterId) -> Result<u32, CluError> {

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use client::channel::{Channel, ChannelError};
 use client::proto::{Request, Response, ATTACH_WP_ASYNC};
-use client::uffd::{self, Range};
+use client::uffd;
 use client::{ClusterId, ErrorCode, VolId, PAGE_SIZE};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use userfaultfd::{Event, FaultKind, ReadWrite, Uffd};
 
 use super::error::Refusal;
-use super::image::{Fault, Image, Region};
+use super::image::{sigbus, Fault, Image, Region};
 use super::manager::Manager;
 use crate::sync::{read, write};
 
@@ -144,7 +144,10 @@ struct Throttle {
 impl Throttle {
     fn refused(&mut self, conn: u64, pid: i32) {
         let now = std::time::Instant::now();
-        if self.second.is_none_or_elapsed(now) {
+        let new_second = self.second.map_or(true, |t| {
+            now.duration_since(t) >= std::time::Duration::from_secs(1)
+        });
+        if new_second {
             if self.count > REFUSALS_PER_SECOND {
                 warn!(
                     conn,
@@ -166,18 +169,6 @@ impl Throttle {
             }
             std::thread::sleep(REFUSAL_DELAY);
         }
-    }
-}
-
-trait Window {
-    fn is_none_or_elapsed(&self, now: std::time::Instant) -> bool;
-}
-
-impl Window for Option<std::time::Instant> {
-    fn is_none_or_elapsed(&self, now: std::time::Instant) -> bool {
-        self.map_or(true, |t| {
-            now.duration_since(t) >= std::time::Duration::from_secs(1)
-        })
     }
 }
 
@@ -494,17 +485,5 @@ fn handle(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions, ev
     if served.is_err() {
         error!(conn, pid, cluster = %image.id, page, "BUG: serving a fault panicked; the access raises SIGBUS");
         sigbus(m, u, addr);
-    }
-}
-
-/// Makes the access at `addr` raise SIGBUS in the client (`UFFDIO_POISON`), or at least wakes it.
-fn sigbus(m: &Manager, u: &Uffd, addr: u64) {
-    m.stats.poisoned.inc();
-    let range = Range {
-        start: addr,
-        len: PAGE,
-    };
-    if uffd::poison(u, range).is_err() {
-        let _ = uffd::wake(u, range);
     }
 }

@@ -301,7 +301,7 @@ impl Manager {
     pub(crate) fn is_mapped(&self, id: ClusterId) -> bool {
         lock(&self.images)
             .get(&id)
-            .is_some_and(|img| img.mapper_status(u64::MAX).1 > 0)
+            .is_some_and(|img| img.mappers() > 0)
     }
 
     /// Drops the in-memory image of a cluster no process maps (a temporary cluster's, before
@@ -309,7 +309,7 @@ impl Manager {
     pub(crate) fn forget(&self, id: ClusterId) {
         let mut images = lock(&self.images);
         if let Some(img) = images.get(&id).cloned() {
-            if img.mapper_status(u64::MAX).1 == 0 {
+            if img.mappers() == 0 {
                 img.release(self);
                 images.remove(&id);
             }

@@ -88,8 +88,6 @@ pub trait Volume: Send + Sync {
     /// Changes a cluster's descriptor with `f` (kind, owner, grants, statistics; the id and the
     /// size are kept) and stores it. Returns the new descriptor.
     fn clu_update(&self, clu: CluId, f: &mut dyn FnMut(&mut ClusterDesc)) -> Result<ClusterDesc>;
-    /// Replaces the statistics in a cluster's descriptor.
-    fn clu_set_stats(&self, clu: CluId, stats: ClusterStats) -> Result<()>;
     /// Every cluster's descriptor, by cluster number.
     fn clu_list(&self) -> Vec<ClusterDesc>;
     /// Destroys a cluster and its storage.

@@ -77,6 +77,7 @@ fn replay(m: &Manager, img: &Weak<Image>, pages: &[u32]) {
         }
     }
     let mut done = 0u64;
+    let clean = step(PageState::MapNone, Event::ReadFault).map_or(PageState::MapNone, |(s, _)| s);
     // Runs of consecutive pages in history order (a sequential use replays in big reads).
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for &p in pages {
@@ -122,9 +123,7 @@ fn replay(m: &Manager, img: &Weak<Image>, pages: &[u32]) {
             {
                 return;
             }
-            if let Ok((next, _)) = step(PageState::MapNone, Event::ReadFault) {
-                st.pages[p as usize] = next;
-            }
+            st.pages[p as usize] = clean;
             st.resident += 1;
             m.add_resident(1);
             m.stats.prefetched.inc();

@@ -83,7 +83,47 @@ pub(crate) struct Fault {
     pub write: bool,
 }
 
+/// Makes the access to the page at `addr` raise SIGBUS in the process of `uffd`
+/// (`UFFDIO_POISON`), or at least wakes its thread, and counts it.
+pub(crate) fn sigbus(m: &Manager, uffd: &Uffd, addr: u64) {
+    m.stats.poisoned.inc();
+    let range = Range {
+        start: addr,
+        len: PAGE,
+    };
+    if uffd::poison(uffd, range).is_err() {
+        let _ = uffd::wake(uffd, range);
+    }
+}
+
+/// The pages around `page` within `lo..hi` that satisfy `keep`, contiguous with it:
+/// `(first, end)`, `page` included whatever it is.
+fn run_around(page: u64, lo: u64, hi: u64, keep: impl Fn(u64) -> bool) -> (u64, u64) {
+    let mut first = page;
+    while first > lo && keep(first - 1) {
+        first -= 1;
+    }
+    let mut end = page + 1;
+    while end < hi && keep(end) {
+        end += 1;
+    }
+    (first, end)
+}
+
 impl Fault {
+    /// Maps in the faulting process, with write protection `wp`, the pages of `first..end`
+    /// other than the faulting one (read-ahead and fault-around). A page the process already
+    /// maps ends its run early (EEXIST), which is harmless.
+    fn map_neighbours(&self, first: u64, end: u64, wp: bool) {
+        for (a, b) in [(first, self.page), (self.page + 1, end)] {
+            if let Some(r) = self.span(a, b) {
+                if let Err(e) = uffd::continue_range(&self.uffd, r, wp) {
+                    debug!(page = self.page, "continue (neighbours): {e}");
+                }
+            }
+        }
+    }
+
     fn range(&self) -> Range {
         Range {
             start: self.addr,
@@ -269,6 +309,11 @@ impl Image {
         (me, st.mappers.len())
     }
 
+    /// How many processes map the image.
+    pub fn mappers(&self) -> usize {
+        lock(&self.state).mappers.len()
+    }
+
     pub fn remove_mapper(&self, conn: u64) {
         let mut st = lock(&self.state);
         st.mappers.retain(|m| m.conn != conn);
@@ -395,15 +440,9 @@ impl Image {
     ) {
         let n = st.pages.len() as u64;
         let (lo, hi) = st.readahead.plan(f.page, (m.budget / 8).max(1));
-        let in_storage = |p: u64| st.pages[p as usize] == PageState::MapNone;
-        let mut first = f.page;
-        while first > lo && in_storage(first - 1) {
-            first -= 1;
-        }
-        let mut end = f.page + 1;
-        while end < hi.min(n) && in_storage(end) {
-            end += 1;
-        }
+        let (first, end) = run_around(f.page, lo, hi.min(n), |p| {
+            st.pages[p as usize] == PageState::MapNone
+        });
         st.readahead.ran_to(end);
         let block = (f.page / readahead::AROUND) as usize;
         if st.readahead.started_over() && !st.hinted.get(block).copied().unwrap_or(false) {
@@ -433,31 +472,21 @@ impl Image {
         if let Err(e) = filled {
             return self.refuse(m, &f, &e.message);
         }
+        // The neighbours take the read-fault transition (MapNone to Read).
+        let neighbour =
+            step(PageState::MapNone, Event::ReadFault).map_or(PageState::MapNone, |(s, _)| s);
         st.history.record(f.page);
         for p in first..end {
             st.history.record(p);
-            st.pages[p as usize] = if p == f.page {
-                next
-            } else {
-                match step(PageState::MapNone, Event::ReadFault) {
-                    Ok((s, _)) => s,
-                    Err(_) => PageState::MapNone,
-                }
-            };
+            st.pages[p as usize] = if p == f.page { next } else { neighbour };
         }
         st.resident += end - first;
         m.add_resident(end - first);
         m.stats.storage_reads.add(end - first);
         st.usage.fault(usage::FaultKind::Storage);
-        // Neighbours first, write-protected (clean); the faulting page last, which wakes it.
-        let ro = f.writable;
-        for (a, b) in [(first, f.page), (f.page + 1, end)] {
-            if let Some(r) = f.span(a, b) {
-                if let Err(e) = uffd::continue_range(&f.uffd, r, ro) {
-                    debug!(cluster = %self.id, "continue (read-ahead): {e}");
-                }
-            }
-        }
+        // Neighbours first, write-protected (clean; a read-only mapping has no write
+        // protection); the faulting page last, which wakes it.
+        f.map_neighbours(first, end, f.writable);
         if let Err(e) = uffd::continue_range(&f.uffd, f.range(), wp && f.writable) {
             debug!(cluster = %self.id, page = f.page, "continue: {e}");
             let _ = uffd::wake(&f.uffd, f.range());
@@ -472,31 +501,17 @@ impl Image {
         let n = st.pages.len() as u64;
         let (lo, hi) = st.readahead.plan(f.page, (m.budget / 8).max(1));
         let (rlo, rhi) = (f.region.0, f.region.0 + f.region.1);
-        let clean = |p: u64| st.pages[p as usize] == PageState::Read;
-        let mut first = f.page;
-        while first > lo.max(rlo) && clean(first - 1) {
-            first -= 1;
-        }
-        let mut end = f.page + 1;
-        while end < hi.min(n).min(rhi) && clean(end) {
-            end += 1;
-        }
+        let (first, end) = run_around(f.page, lo.max(rlo), hi.min(n).min(rhi), |p| {
+            st.pages[p as usize] == PageState::Read
+        });
         st.readahead.ran_to(end);
-        for (a, b) in [(first, f.page), (f.page + 1, end)] {
-            if let Some(r) = f.span(a, b) {
-                // EEXIST (a page this process mapped already) ends that run early: harmless.
-                let _ = uffd::continue_range(&f.uffd, r, f.writable);
-            }
-        }
+        f.map_neighbours(first, end, f.writable);
     }
 
     /// A fault that cannot be served with data: the access raises SIGBUS (`data_error`).
     fn refuse(&self, m: &Manager, f: &Fault, why: &str) {
         warn!(cluster = %self.id, page = f.page, "fault not served ({why}); the access raises SIGBUS");
-        m.stats.poisoned.inc();
-        if uffd::poison(&f.uffd, f.range()).is_err() {
-            let _ = uffd::wake(&f.uffd, f.range());
-        }
+        sigbus(m, &f.uffd, f.addr);
     }
 
     /// Fills the memfd page from `source` (`memory_object_data_supply`).
@@ -508,16 +523,39 @@ impl Image {
         source: Source,
     ) -> Result<(), Refusal> {
         self.make_room(m, st, 1);
-        let mut buf = vec![0u8; PAGE_SIZE];
+        // The read-ahead buffer, kept between faults: no allocation per fault.
+        let mut buf = std::mem::take(&mut st.run_buf);
+        if buf.len() < PAGE_SIZE {
+            buf.resize(PAGE_SIZE, 0);
+        }
+        let filled = self.fill_page(m, st, page, source, &mut buf[..PAGE_SIZE]);
+        st.run_buf = buf;
+        filled?;
+        st.resident += 1;
+        m.add_resident(1);
+        Ok(())
+    }
+
+    fn fill_page(
+        &self,
+        m: &Manager,
+        st: &mut ImageState,
+        page: u64,
+        source: Source,
+        buf: &mut [u8],
+    ) -> Result<(), Refusal> {
         st.usage.fault(match source {
             Source::Zero => usage::FaultKind::Zero,
             Source::Storage => usage::FaultKind::Storage,
             Source::Paging => usage::FaultKind::Paging,
         });
         match source {
-            Source::Zero => m.stats.zero_fills.inc(),
+            Source::Zero => {
+                buf.fill(0);
+                m.stats.zero_fills.inc();
+            }
             Source::Storage => {
-                self.vol.clu_read(self.id.clu(), page, &mut buf)?;
+                self.vol.clu_read(self.id.clu(), page, buf)?;
                 m.stats.storage_reads.inc();
             }
             Source::Paging => {
@@ -525,16 +563,13 @@ impl Image {
                     .slots
                     .get(&page)
                     .ok_or_else(|| io("paging partition", "the page has no slot"))?;
-                m.paging.load(slot, &mut buf)?;
+                m.paging.load(slot, buf)?;
                 m.stats.paging_reads.inc();
             }
         }
         self.memfd
-            .write_all_at(&buf, page * PAGE)
-            .map_err(|e| io("filling the cluster's memory object", e))?;
-        st.resident += 1;
-        m.add_resident(1);
-        Ok(())
+            .write_all_at(buf, page * PAGE)
+            .map_err(|e| io("filling the cluster's memory object", e))
     }
 
     fn free_slot(&self, m: &Manager, st: &mut ImageState, page: u64) {

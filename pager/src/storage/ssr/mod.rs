@@ -331,14 +331,6 @@ impl Volume for LocalVolume {
         Ok(desc)
     }
 
-    fn clu_set_stats(&self, clu: CluId, stats: ClusterStats) -> Result<()> {
-        let c = self.clusters.get(clu)?;
-        let _serial = lock(&c.commit);
-        let mut desc = *lock(&c.desc);
-        desc.stats = stats;
-        self.clusters.store_desc(&c, desc)
-    }
-
     fn clu_list(&self) -> Vec<ClusterDesc> {
         self.clusters.descs()
     }
