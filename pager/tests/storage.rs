@@ -240,8 +240,11 @@ fn damaged_catalog_and_descriptors_are_named_not_trusted() {
     // Debris of an interrupted creation (a data file with no descriptor) is cleared at mount.
     let orphan = dir.path().join("vol-0001/clusters/0001.data");
     fs::write(&orphan, page(1)).unwrap();
+    let orphan_sums = dir.path().join("vol-0001/clusters/0001.sums");
+    fs::write(&orphan_sums, [0u8; 4]).unwrap();
     drop(open(dir.path()));
     assert!(!orphan.exists());
+    assert!(!orphan_sums.exists());
     fs::write(
         dir.path().join("catalog"),
         "0001 data ssr vol-0001\n0002 ../../etc ssr x\n",
@@ -251,4 +254,60 @@ fn damaged_catalog_and_descriptors_are_named_not_trusted() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("line 2: bad volume name"), "{err}");
+}
+
+#[test]
+fn a_flipped_bit_in_a_stored_page_is_reported_not_served() {
+    let dir = tmp();
+    let s = open(dir.path());
+    let v = s.vol_create("data", &VolumeParams::default()).unwrap().vol;
+    s.vol_mount(v).unwrap();
+    let d = s.clu_create(v, 8, 0, ClusterKind::Protected).unwrap();
+    let pages = [page(1), page(2), page(3)].concat();
+    s.clu_write(
+        d.id,
+        &[PageRun {
+            first_page: 2,
+            pages: &pages,
+        }],
+    )
+    .unwrap();
+    s.close().unwrap();
+
+    // One bit of page 3 flips on the disk.
+    let data = dir.path().join("vol-0001/clusters/0000.data");
+    let mut bytes = fs::read(&data).unwrap();
+    bytes[3 * P + 1234] ^= 0x04;
+    fs::write(&data, &bytes).unwrap();
+
+    let s = open(dir.path());
+    let mut buf = page(0);
+    s.clu_read(d.id, 2, &mut buf).unwrap();
+    assert_eq!(buf, page(1), "an intact page still reads");
+    let mut run = vec![0u8; 3 * P];
+    let err = s.clu_read(d.id, 1, &mut run).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("page 3 of cluster 0001:0000 fails its checksum"),
+        "{err}"
+    );
+    // Rewriting the page through the journal repairs it.
+    s.clu_write(
+        d.id,
+        &[PageRun {
+            first_page: 3,
+            pages: &page(4),
+        }],
+    )
+    .unwrap();
+    s.clu_read(d.id, 1, &mut run).unwrap();
+    assert_eq!(run, [page(0), page(1), page(4)].concat());
+    // Resized pages get sums too.
+    s.clu_resize(d.id, 2).unwrap();
+    let mut tail = vec![1u8; 2 * P];
+    s.clu_read(d.id, 8, &mut tail).unwrap();
+    assert!(tail.iter().all(|&b| b == 0));
+    s.clu_destroy(d.id).unwrap();
+    assert!(!dir.path().join("vol-0001/clusters/0000.sums").exists());
 }

@@ -440,7 +440,7 @@ impl Image {
     ) {
         let n = st.pages.len() as u64;
         let (lo, hi) = st.readahead.plan(f.page, (m.budget / 8).max(1));
-        let (first, end) = run_around(f.page, lo, hi.min(n), |p| {
+        let (mut first, mut end) = run_around(f.page, lo, hi.min(n), |p| {
             st.pages[p as usize] == PageState::MapNone
         });
         st.readahead.ran_to(end);
@@ -455,20 +455,13 @@ impl Image {
                 .clu_prefetch(self.id.clu(), lo, readahead::AROUND.min(n - lo));
         }
         self.make_room(m, st, end - first);
-        let len = ((end - first) * PAGE) as usize;
-        if st.run_buf.len() < len {
-            st.run_buf.resize(len, 0);
+        let mut filled = self.fill_run(st, first, end);
+        if filled.is_err() && end - first > 1 {
+            // One unreadable or damaged page must not fail its neighbours: the faulting page
+            // alone is tried again, and only its own failure raises SIGBUS.
+            (first, end) = (f.page, f.page + 1);
+            filled = self.fill_run(st, first, end);
         }
-        let buf = &mut st.run_buf[..len];
-        let filled = self
-            .vol
-            .clu_read(self.id.clu(), first, buf)
-            .map_err(Refusal::from)
-            .and_then(|()| {
-                self.memfd
-                    .write_all_at(buf, first * PAGE)
-                    .map_err(|e| io("filling the cluster's memory object", e))
-            });
         if let Err(e) = filled {
             return self.refuse(m, &f, &e.message);
         }
@@ -491,6 +484,19 @@ impl Image {
             debug!(cluster = %self.id, page = f.page, "continue: {e}");
             let _ = uffd::wake(&f.uffd, f.range());
         }
+    }
+
+    /// Reads pages `first..end` from storage into the memfd.
+    fn fill_run(&self, st: &mut ImageState, first: u64, end: u64) -> Result<(), Refusal> {
+        let len = ((end - first) * PAGE) as usize;
+        if st.run_buf.len() < len {
+            st.run_buf.resize(len, 0);
+        }
+        let buf = &mut st.run_buf[..len];
+        self.vol.clu_read(self.id.clu(), first, buf)?;
+        self.memfd
+            .write_all_at(buf, first * PAGE)
+            .map_err(|e| io("filling the cluster's memory object", e))
     }
 
     /// Fault-around for a page already resident: maps in the faulting process, write-protected,

@@ -1,8 +1,9 @@
 //! The cluster files of one local volume, and the journal's apply target.
 //!
 //! `clusters/<clu as 4 hex digits>.data` holds the pages, preallocated (no holes);
+//! `clusters/<clu>.sums` the pages' checksums ([`PageSums`]);
 //! `clusters/<clu>.desc` the descriptor, replaced atomically. The descriptor is the commit point
-//! of creation: a data file without one is debris from a crash and is removed at mount.
+//! of creation: a data or sums file without one is debris from a crash and is removed at mount.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use client::{CluId, ClusterId, VolId, PAGE_SIZE};
 use journal::ApplyTarget;
 
+use super::sums::PageSums;
 use crate::storage::descriptor::ClusterDesc;
 use crate::storage::fsutil::{sync_dir, write_atomic};
 use crate::storage::{Result, StorageError};
@@ -21,9 +23,12 @@ use crate::sync::{lock, read, write};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
-/// One cluster: its open data file and its descriptor.
+/// One cluster: its open data file, its pages' checksums and its descriptor.
 pub(crate) struct Cluster {
     pub(crate) file: File,
+    /// Written with the pages they check (held for writing across both), read-locked across a
+    /// read and its check, so a read never sees a page and a sum of different generations.
+    pub(crate) sums: RwLock<PageSums>,
     pub(crate) desc: Mutex<ClusterDesc>,
     /// Serialises write-back of this cluster (commits of one cluster go through the journal in
     /// order; different clusters commit concurrently and share syncs).
@@ -46,6 +51,10 @@ impl ClusterTable {
 
     pub(crate) fn history_path(dir: &Path, clu: CluId) -> PathBuf {
         dir.join(format!("{:04x}.hist", clu.0))
+    }
+
+    pub(crate) fn sums_path(dir: &Path, clu: CluId) -> PathBuf {
+        dir.join(format!("{:04x}.sums", clu.0))
     }
 
     pub(crate) fn desc_path(dir: &Path, clu: CluId) -> PathBuf {
@@ -75,7 +84,7 @@ impl ClusterTable {
                 continue;
             }
             match ext {
-                "data" => data.push(num),
+                "data" | "sums" => data.push(num),
                 "desc" => {
                     let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
                     let desc =
@@ -102,10 +111,14 @@ impl ClusterTable {
                             format!("{len} bytes for {} pages", desc.npages),
                         ));
                     }
+                    let spath = Self::sums_path(dir, CluId(num));
+                    let sums = PageSums::load(&spath, desc.npages, &file)
+                        .map_err(|e| StorageError::io(&spath, e))?;
                     map.insert(
                         num,
                         Arc::new(Cluster {
                             file,
+                            sums: RwLock::new(sums),
                             desc: Mutex::new(desc),
                             commit: Mutex::new(()),
                         }),
@@ -116,10 +129,19 @@ impl ClusterTable {
         }
         let mut removed = false;
         for num in data.into_iter().filter(|n| !map.contains_key(n)) {
-            let path = Self::data_path(dir, CluId(num));
-            tracing::info!(path = %path.display(), "removing the data file of an interrupted cluster creation");
-            fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
-            removed = true;
+            for path in [
+                Self::data_path(dir, CluId(num)),
+                Self::sums_path(dir, CluId(num)),
+            ] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed a file of an interrupted cluster creation");
+                        removed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io(&path, e)),
+                }
+            }
         }
         if removed {
             sync_dir(dir)?;
@@ -189,7 +211,9 @@ impl ApplyTarget for ClusterTable {
                 "pages {first_page}..{end} beyond the {npages} pages of cluster {id}"
             )));
         }
+        let mut sums = write(&c.sums);
         c.file.write_all_at(pages, first_page * PAGE)?;
+        sums.update(first_page, pages)?;
         lock(&self.dirty).insert(id.clu().0);
         Ok(())
     }
@@ -198,7 +222,7 @@ impl ApplyTarget for ClusterTable {
         let dirty: Vec<u16> = lock(&self.dirty).drain().collect();
         for clu in &dirty {
             if let Ok(c) = self.get(CluId(*clu)) {
-                if let Err(e) = c.file.sync_data() {
+                if let Err(e) = c.file.sync_data().and_then(|()| read(&c.sums).sync()) {
                     lock(&self.dirty).extend(dirty.iter().copied());
                     return Err(e);
                 }

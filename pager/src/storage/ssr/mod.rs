@@ -4,10 +4,12 @@
 //! <location>/volume.meta          the volume header (id, capacity, cluster number high-water)
 //! <location>/journal/             the volume's write-ahead journal (crate `journal`)
 //! <location>/clusters/XXXX.data   a cluster's pages, preallocated
+//! <location>/clusters/XXXX.sums   their checksums, one CRC-32C per page (see [`sums`])
 //! <location>/clusters/XXXX.desc   its descriptor
 //! ```
 
 mod clusters;
+mod sums;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -19,6 +21,7 @@ use client::{CluId, ClusterId, ClusterKind, VolId, PAGE_SIZE};
 use journal::{Journal, JournalConfig, Lsn, PageRun};
 
 use self::clusters::{Cluster, ClusterTable};
+use self::sums::PageSums;
 use super::fsutil::{preallocate, sync_dir, write_atomic};
 use super::{
     ClusterDesc, ClusterStats, Grants, Result, StorageError, StorageService, Volume, VolumeInfo,
@@ -291,6 +294,15 @@ impl Volume for LocalVolume {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
+        let spath = ClusterTable::sums_path(dir, clu);
+        let sums = match PageSums::create(&spath, npages) {
+            Ok(sums) => sums,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                let _ = fs::remove_file(&spath);
+                return Err(StorageError::io(&spath, e));
+            }
+        };
         let desc = ClusterDesc {
             id: ClusterId::new(self.vol, clu),
             npages,
@@ -302,12 +314,14 @@ impl Volume for LocalVolume {
         };
         let cluster = Cluster {
             file,
+            sums: RwLock::new(sums),
             desc: Mutex::new(desc),
             commit: Mutex::new(()),
         };
         // The descriptor is the commit point of creation.
         if let Err(e) = write_atomic(&ClusterTable::desc_path(dir, clu), &desc.encode()) {
             let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(&spath);
             return Err(e);
         }
         self.clusters.insert(clu, cluster);
@@ -345,6 +359,8 @@ impl Volume for LocalVolume {
         fs::remove_file(&desc).map_err(|e| StorageError::io(&desc, e))?;
         let data = ClusterTable::data_path(dir, clu);
         fs::remove_file(&data).map_err(|e| StorageError::io(&data, e))?;
+        let sums = ClusterTable::sums_path(dir, clu);
+        fs::remove_file(&sums).map_err(|e| StorageError::io(&sums, e))?;
         let _ = fs::remove_file(ClusterTable::history_path(dir, clu));
         sync_dir(dir)?;
         self.clusters.remove(clu);
@@ -365,6 +381,10 @@ impl Volume for LocalVolume {
         // descriptor, which makes the new pages part of the cluster.
         let path = ClusterTable::data_path(self.clusters.dir(), clu);
         preallocate(&c.file, &path, desc.npages * PAGE, npages * PAGE)?;
+        let spath = ClusterTable::sums_path(self.clusters.dir(), clu);
+        write(&c.sums)
+            .grow(npages)
+            .map_err(|e| StorageError::io(&spath, e))?;
         desc.npages = npages;
         self.clusters.store_desc(&c, desc)?;
         Ok(desc)
@@ -375,9 +395,21 @@ impl Volume for LocalVolume {
         let desc = *lock(&c.desc);
         self.range(&desc, first_page, buf.len())?;
         let path = ClusterTable::data_path(self.clusters.dir(), clu);
+        let sums = read(&c.sums);
         c.file
             .read_exact_at(buf, first_page * PAGE)
-            .map_err(|e| StorageError::io(&path, e))
+            .map_err(|e| StorageError::io(&path, e))?;
+        sums.verify(first_page, buf).map_err(|m| {
+            tracing::error!(cluster = %desc.id, page = m.page, path = %path.display(),
+                "a stored page fails its checksum; it is not served");
+            StorageError::corrupt(
+                &path,
+                format!(
+                    "page {} of cluster {} fails its checksum (recorded {:08x}, read {:08x})",
+                    m.page, desc.id, m.stored, m.read
+                ),
+            )
+        })
     }
 
     fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
