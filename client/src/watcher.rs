@@ -6,7 +6,8 @@
 //! it never reads the socket or the uffd, which belong to the calls and to the pager). Then:
 //! 1. it marks the session dead, so the `clu_*` calls return "pager unavailable";
 //! 2. it poisons every page of every registered range that this process has not mapped, and
-//!    wakes the threads blocked on a fault the dead pager had read but not answered;
+//!    wakes every thread blocked on a fault the dead pager had read but not answered (also on
+//!    pages that cannot be poisoned: each faults again and is answered below);
 //! 3. it serves the uffd for the rest of the process's life: a missing or minor fault is
 //!    poisoned (SIGBUS at the faulting address); a write to a write-protected page, which cannot
 //!    be poisoned, gets SIGBUS sent to the faulting thread.
@@ -62,6 +63,10 @@ fn watch(sock: UnixStream, line: Arc<Lifeline>) {
     let ranges = crate::lock(&line.ranges).clone();
     for r in ranges {
         uffd::poison_unmapped(&u, r);
+        // A thread may be blocked on a page that cannot be poisoned (a write-protect marker
+        // left where the pager evicted a page is not an empty entry): wake every waiter of the
+        // range. Each retries its access, faults again, and `serve_poison` answers it.
+        let _ = uffd::wake(&u, r);
     }
     serve_poison(&u);
 }

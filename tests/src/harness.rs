@@ -258,6 +258,11 @@ impl Tool {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Tool {

@@ -50,6 +50,7 @@ const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 const COPY_MODE_WP: u64 = 1 << 1;
 const CONTINUE_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+const WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
 
 #[repr(C)]
 #[derive(Default)]
@@ -266,15 +267,33 @@ pub fn writeprotect(uffd: &Uffd, range: Range, protect: bool) -> io::Result<()> 
 }
 
 /// Makes the next access to `range` raise SIGBUS (the Mach `data_error`), waking the waiters.
+///
+/// A page whose entry holds a write-protect marker (a page the pager evicted while it was
+/// write-protected) cannot be poisoned as it is: the marker is cleared first, then the page is
+/// poisoned. Fails with `EEXIST` if a page is mapped (no fault can be pending on it; the caller
+/// wakes the waiter, whose retry then succeeds).
 pub fn poison(uffd: &Uffd, range: Range) -> io::Result<()> {
-    let mut p = UffdioPoison {
-        range: range.into(),
-        mode: 0,
-        updated: 0,
+    let attempt = || {
+        let mut p = UffdioPoison {
+            range: range.into(),
+            mode: 0,
+            updated: 0,
+        };
+        // SAFETY: `p` is a valid uffdio_poison; the range is checked by the kernel.
+        unsafe { ioctl::poison(uffd.as_raw_fd(), &mut p) }
     };
-    // SAFETY: `p` is a valid uffdio_poison; the range is checked by the kernel.
-    match unsafe { ioctl::poison(uffd.as_raw_fd(), &mut p) } {
-        Ok(_) | Err(nix::Error::EEXIST) => Ok(()),
+    match attempt() {
+        Ok(_) => Ok(()),
+        Err(nix::Error::EEXIST) => {
+            let mut w = UffdioWriteprotect {
+                range: range.into(),
+                mode: WRITEPROTECT_MODE_DONTWAKE,
+            };
+            // SAFETY: `w` is a valid uffdio_writeprotect; the range is checked by the kernel.
+            // Removing the protection turns a marker-only entry back into an empty one.
+            unsafe { ioctl::writeprotect(uffd.as_raw_fd(), &mut w) }.map_err(errno)?;
+            attempt().map(drop).map_err(errno)
+        }
         Err(e) => Err(errno(e)),
     }
 }

@@ -25,7 +25,7 @@ use std::path::Path;
 use client::{CluId, ClusterKind, VolId};
 use journal::{Lsn, PageRun};
 
-pub use catalog::{Catalog, CatalogEntry};
+pub use catalog::{parse_mounts, Catalog, CatalogEntry};
 pub use descriptor::{ClusterDesc, ClusterStats, Grant, Grants, Means, VolumeMeta, MAX_GRANTS};
 pub use error::{Result, StorageError};
 pub use root::{Storage, StorageConfig, VolumeStatus};

@@ -5,8 +5,9 @@
 //! Commands (ids as printed by `create`, in hex `vvvv:cccc`):
 //! `create PAGES [protected|shareable|temporary]`, `map ID [ro]`, `unmap ID`, `commit ID`,
 //! `abort ID`, `resize ID ADD`, `extend ID`, `fill ID SEED [FIRST N]`, `check ID SEED [FIRST N]`,
-//! `w ID OFFSET BYTE`, `r ID OFFSET`, `loop ID [START]` (fill and commit versions START,
-//! START+1, ... for ever, printing `acked V`), `which ID` (the version every page holds, or
+//! `w ID OFFSET BYTE`, `r ID OFFSET`, `loop ID [START [FIRST N [LOCKFILE]]]` (fill pages
+//! FIRST..FIRST+N and commit versions START, START+1, ... for ever, printing `acked V`; with
+//! LOCKFILE, under an exclusive flock), `which ID [FIRST N]` (the version every page holds, or
 //! `err torn`), `outside` (a raw mapping whose pager-side region is one page short, then a read
 //! of the page the pager does not know), `grant ID UID [ro]`, `revoke ID UID`, `promote ID`,
 //! `owner ID`, `force-w ID OFFSET BYTE` (mprotect the page writable, then write), `exit`.
@@ -150,19 +151,19 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
         }
         Some("which") => {
             let id = id(w.get(1))?;
-            let n = pages_of(id)?;
-            let first = addr(id, 0)?;
-            // SAFETY: the first 8 bytes of the cluster's first page, mapped.
-            let word = unsafe { std::ptr::read_volatile(first as *const [u8; 8]) };
+            let (first, n) = range(w.get(2..4).unwrap_or(&[]), pages_of(id)?)?;
+            let at = addr(id, first * PAGE_SIZE as u64)?;
+            // SAFETY: the first 8 bytes of the range's first page, mapped.
+            let word = unsafe { std::ptr::read_volatile(at as *const [u8; 8]) };
             let seed = clu_tests::seed_of(u64::from_le_bytes(word));
-            pages(id, 0, n, |p, at| {
+            pages(id, first, n, |p, at| {
                 // SAFETY: `at` is a mapped page of the cluster.
                 let page = unsafe { std::slice::from_raw_parts(at, PAGE_SIZE) };
                 if check_pattern(page, seed, p) {
                     Ok(())
                 } else {
                     Err(format!(
-                        "torn: page 0 has version {seed}, page {p} does not"
+                        "torn: page {first} has version {seed}, page {p} does not"
                     ))
                 }
             })?;
@@ -171,9 +172,32 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
         Some("loop") => {
             let id = id(w.get(1))?;
             let start = w.get(2).map(|s| num(s)).transpose()?.unwrap_or(1);
-            let n = pages_of(id)?;
+            let (first, n) = range(w.get(3..5).unwrap_or(&[]), pages_of(id)?)?;
+            // Writers sharing a cluster take this lock around fill + commit, so that every
+            // commit captures whole versions of every writer's pages.
+            let lock = w
+                .get(5)
+                .map(|path| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(path)
+                        .map_err(|err| format!("-5 {path}: {err}"))
+                })
+                .transpose()?;
             for v in start.. {
-                pages(id, 0, n, |p, at| {
+                let held = match &lock {
+                    Some(f) => {
+                        let f = f.try_clone().map_err(|err| format!("-5 dup: {err}"))?;
+                        Some(
+                            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                                .map_err(|(_, err)| format!("-5 flock: {err}"))?,
+                        )
+                    }
+                    None => None,
+                };
+                pages(id, first, n, |p, at| {
                     // SAFETY: `at` is a mapped page of the cluster.
                     fill_pattern(
                         unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) },
@@ -183,6 +207,7 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
                     Ok(())
                 })?;
                 api::commit(id).map_err(e)?;
+                drop(held);
                 let _ = writeln!(out, "acked {v}");
                 let _ = out.flush();
             }
