@@ -10,10 +10,14 @@ fuzz_target!(|data: &[u8]| {
     if let Some(header) = data.get(..4) {
         let _ = frame_len([header[0], header[1], header[2], header[3]]);
     }
+    // `encode` makes a whole frame: its payload follows the 4-byte header.
     if let Ok(req) = Request::decode(data) {
-        assert_eq!(Request::decode(&req.encode()).as_ref(), Ok(&req));
+        let frame = req.encode();
+        assert_eq!(frame_len([frame[0], frame[1], frame[2], frame[3]]), Ok(frame.len() - 4));
+        assert_eq!(Request::decode(&frame[4..]).as_ref(), Ok(&req));
     }
     if let Ok(resp) = Response::decode(data) {
-        assert_eq!(Response::decode(&resp.encode()).as_ref(), Ok(&resp));
+        let frame = resp.encode();
+        assert_eq!(Response::decode(&frame[4..]).as_ref(), Ok(&resp));
     }
 });

@@ -259,6 +259,14 @@ impl Tool {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGKILL without reaping (to kill several processes at once).
+    pub fn signal_kill(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

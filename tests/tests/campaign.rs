@@ -255,10 +255,15 @@ fn clients_killed_at_random_moments_while_others_commit() {
         let units: Vec<usize> = (0..3)
             .filter(|u| (((rng >> 8) % 7 + 1) & (1 << u)) != 0)
             .collect();
+        // Every writer of a unit gets SIGKILL before any is reaped: a survivor on S would
+        // otherwise take the lock and commit the dead one's half-written pages, which is what
+        // a shared image holds (the application's business, not a storage fault).
         for w in writers.iter_mut().filter(|w| units.contains(&w.unit)) {
-            if let Some(t) = w.tool.as_mut() {
-                t.kill();
+            if let Some(t) = w.tool.as_ref() {
+                t.signal_kill();
             }
+        }
+        for w in writers.iter_mut().filter(|w| units.contains(&w.unit)) {
             drain(w, &mut tally, Duration::from_secs(10));
             w.tool = None;
         }
@@ -275,10 +280,12 @@ fn clients_killed_at_random_moments_while_others_commit() {
         }
         tally.rounds += 1;
     }
-    for w in writers.iter_mut() {
-        if let Some(t) = w.tool.as_mut() {
-            t.kill();
+    for w in writers.iter() {
+        if let Some(t) = w.tool.as_ref() {
+            t.signal_kill();
         }
+    }
+    for w in writers.iter_mut() {
         drain(w, &mut tally, Duration::from_secs(10));
         w.tool = None;
     }
