@@ -409,7 +409,8 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
             }
         }
         AdminCommand::Clu(CluCommand::Info { id, json: false }) => {
-            out = describe(&s.clu_get_desc(id)?)
+            out = describe(&s.clu_get_desc(id)?);
+            out += &format!("mapped now by      {} processes\n", m.mappers(id));
         }
         AdminCommand::Clu(CluCommand::Info { id, json: true }) => {
             out = json(&s.clu_get_desc(id)?) + "\n"

@@ -299,9 +299,12 @@ impl Manager {
 
     /// Whether any process maps the cluster.
     pub(crate) fn is_mapped(&self, id: ClusterId) -> bool {
-        lock(&self.images)
-            .get(&id)
-            .is_some_and(|img| img.mappers() > 0)
+        self.mappers(id) > 0
+    }
+
+    /// How many processes map the cluster.
+    pub(crate) fn mappers(&self, id: ClusterId) -> usize {
+        lock(&self.images).get(&id).map_or(0, |img| img.mappers())
     }
 
     /// Drops the in-memory image of a cluster no process maps (a temporary cluster's, before
