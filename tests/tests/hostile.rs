@@ -111,6 +111,21 @@ fn malformed_and_foreign_requests_get_errors_and_others_carry_on() {
         code(c.call(&Request::Commit { id: mine }, &[pipe_r.as_fd()])),
         protocol
     );
+    // Requests after its own unmap: the cluster is no longer this process's to commit,
+    // abort, extend or unmap.
+    assert!(matches!(
+        c.call(&Request::Unmap { id: mine }, &[]),
+        Some(Response::Ok)
+    ));
+    for req in [
+        Request::Commit { id: mine },
+        Request::Abort { id: mine },
+        Request::Unmap { id: mine },
+        Request::Extend { id: mine, known: 2 },
+    ] {
+        let e = code(c.call(&req, &[]));
+        assert_eq!(e, ErrorCode::NotFound as i32, "{req:?} after unmap");
+    }
     // An admin command with garbage words, and one reserved to root from... root is allowed,
     // so only the grammar is checked here.
     assert_eq!(
