@@ -33,7 +33,8 @@ pub enum AdminCommand {
 /// Volume administration.
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum VolCommand {
-    /// Creates a volume (fast local service) and mounts it, now and at every start.
+    /// Creates a volume and mounts it, now and at every start: the fast local service, or with
+    /// `--backup` a reliable volume whose commits are propagated to backup servers.
     Create {
         /// Its name: letters, digits, `-`, `_`, `.`, starting with a letter.
         name: String,
@@ -42,6 +43,12 @@ pub enum VolCommand {
         /// Create it without mounting it.
         #[arg(long)]
         no_mount: bool,
+        /// A backup server (`pager backup-server`) as HOST:PORT; repeat for 2 or 3 backups.
+        #[arg(long = "backup", value_name = "HOST:PORT")]
+        backups: Vec<String>,
+        /// Commits wait for K backup acknowledgements (default 0: asynchronous).
+        #[arg(long, value_name = "K", default_value_t = 0)]
+        sync: u32,
     },
     /// Lists the volumes of the catalog.
     List,
@@ -151,12 +158,20 @@ impl AdminCommand {
                         name,
                         capacity,
                         no_mount,
+                        backups,
+                        sync,
                     } => {
                         out.extend(w(&["create", "--capacity-pages"]));
                         out.push(capacity.capacity_pages.to_string());
                         if *no_mount {
                             out.push("--no-mount".into());
                         }
+                        for b in backups {
+                            out.push("--backup".into());
+                            out.push(b.clone());
+                        }
+                        out.push("--sync".into());
+                        out.push(sync.to_string());
                         out.extend(w(&["--", name]));
                     }
                     VolCommand::List => out.push("list".into()),
@@ -331,9 +346,13 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
             name,
             capacity,
             no_mount,
+            backups,
+            sync,
         }) => {
             let params = VolumeParams {
                 capacity_pages: capacity.capacity_pages,
+                backups,
+                sync,
             };
             let entry = s.vol_create(&name, &params)?;
             if !no_mount {
@@ -522,6 +541,15 @@ mod tests {
                 name: "-dash".into(),
                 capacity: cap(7),
                 no_mount: true,
+                backups: vec![],
+                sync: 0,
+            }),
+            AdminCommand::Vol(VolCommand::Create {
+                name: "rel".into(),
+                capacity: cap(0),
+                no_mount: false,
+                backups: vec!["127.0.0.1:7701".into(), "[::1]:7702".into()],
+                sync: 1,
             }),
             AdminCommand::Vol(VolCommand::List),
             AdminCommand::Vol(VolCommand::Mount { vol: "data".into() }),

@@ -54,6 +54,16 @@ enum Command {
         #[arg(long, value_parser = group)]
         socket_group: Option<nix::unistd::Gid>,
     },
+    /// Runs a backup server: keeps images of the reliable volumes of other pagers, kept up to
+    /// date by their propagation (thesis VII.3), until killed.
+    BackupServer {
+        /// Where the images live (one directory per volume, each with its own journal).
+        #[arg(long)]
+        root: PathBuf,
+        /// The address to listen on, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: String,
+    },
     /// Checks that this machine's userfaultfd offers what the pager needs.
     Check,
     #[command(flatten)]
@@ -128,6 +138,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             socket_mode,
             socket_group,
         })?,
+        Command::BackupServer { root, listen } => {
+            let server = pager::goofy::backup::BackupServer::open(&root)?;
+            let listener = std::net::TcpListener::bind(&listen)
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            tracing::info!(root = %root.display(), listen = %listener.local_addr()?, "backup server ready");
+            std::sync::Arc::new(server).serve(listener)?;
+        }
         Command::Check => {
             let probe = pager::uffd_probe::probe();
             println!("{probe}");
@@ -142,7 +159,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, matches!(cli.command, Command::Serve { .. }));
+    init_logging(
+        cli.verbose,
+        matches!(
+            cli.command,
+            Command::Serve { .. } | Command::BackupServer { .. }
+        ),
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

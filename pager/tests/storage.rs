@@ -148,7 +148,13 @@ fn resize_destroy_and_quota() {
     let dir = tmp();
     let s = open(dir.path());
     let v = s
-        .vol_create("small", &VolumeParams { capacity_pages: 10 })
+        .vol_create(
+            "small",
+            &VolumeParams {
+                capacity_pages: 10,
+                ..VolumeParams::default()
+            },
+        )
         .unwrap()
         .vol;
     s.vol_mount(v).unwrap();

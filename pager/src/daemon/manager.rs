@@ -446,6 +446,19 @@ impl Manager {
             s.committed_pages.get(),
             s.aborts.get()
         );
+        for v in self.storage.volumes() {
+            let Some(info) = &v.mounted else { continue };
+            let Ok(volume) = self.storage.volume(info.vol) else {
+                continue;
+            };
+            let lines = volume.replication();
+            if !lines.is_empty() {
+                let _ = writeln!(out, "reliable volume  {} ({})", v.entry.name, info.vol);
+                for l in lines {
+                    let _ = writeln!(out, "  {l}");
+                }
+            }
+        }
         let mut imgs: Vec<Arc<Image>> = lock(&self.images).values().cloned().collect();
         imgs.sort_by_key(|i| i.id);
         let _ = writeln!(

@@ -15,7 +15,7 @@
 mod catalog;
 mod descriptor;
 mod error;
-mod fsutil;
+pub(crate) mod fsutil;
 pub mod history;
 mod root;
 pub mod ssr;
@@ -35,6 +35,10 @@ pub use root::{Storage, StorageConfig, VolumeStatus};
 pub struct VolumeParams {
     /// Capacity in pages; 0 means no limit beyond the disk's.
     pub capacity_pages: u64,
+    /// Backup servers (`HOST:PORT`): a reliable volume if any.
+    pub backups: Vec<String>,
+    /// Acknowledgements a commit of a reliable volume waits for.
+    pub sync: u32,
 }
 
 /// What a mounted volume reports about itself.
@@ -108,5 +112,9 @@ pub trait Volume: Send + Sync {
     /// Replaces the cluster's access history (an empty one removes it).
     fn clu_set_history(&self, _clu: CluId, _pages: &[u32]) -> Result<()> {
         Ok(())
+    }
+    /// For a reliable volume, a line per backup: its state and lag. Empty otherwise.
+    fn replication(&self) -> Vec<String> {
+        Vec::new()
     }
 }

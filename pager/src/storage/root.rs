@@ -76,9 +76,16 @@ impl Storage {
         };
         let storage = Storage {
             root: root.to_owned(),
-            services: vec![Box::new(Ssr {
-                journal: config.journal,
-            })],
+            services: vec![
+                Box::new(Ssr {
+                    journal: config.journal.clone(),
+                }),
+                Box::new(crate::goofy::primary::Ssf {
+                    local: Ssr {
+                        journal: config.journal,
+                    },
+                }),
+            ],
             catalog: Mutex::new(catalog),
             mounted: RwLock::new(HashMap::new()),
             _lock: lock,
@@ -151,7 +158,12 @@ impl Storage {
         let entry = CatalogEntry {
             vol,
             name: name.to_owned(),
-            service: "ssr".to_owned(),
+            service: if params.backups.is_empty() {
+                "ssr"
+            } else {
+                "ssf"
+            }
+            .to_owned(),
             location: format!("vol-{vol}"),
         };
         let location = self.root.join(&entry.location);

@@ -3,7 +3,7 @@
 //! `err CODE message`). The tests drive several of these processes at once and kill them.
 //!
 //! Commands (ids as printed by `create`, in hex `vvvv:cccc`):
-//! `create PAGES [protected|shareable|temporary]`, `map ID [ro]`, `unmap ID`, `commit ID`,
+//! `create PAGES [protected|shareable|temporary [VOL]]`, `map ID [ro]`, `unmap ID`, `commit ID`,
 //! `abort ID`, `resize ID ADD`, `extend ID`, `fill ID SEED [FIRST N]`, `check ID SEED [FIRST N]`,
 //! `w ID OFFSET BYTE`, `r ID OFFSET`, `loop ID [START [FIRST N [LOCKFILE]]]` (fill pages
 //! FIRST..FIRST+N and commit versions START, START+1, ... for ever, printing `acked V`; with
@@ -84,8 +84,9 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
                 Some(k) => k.parse().map_err(|e| format!("-22 {e}"))?,
                 None => ClusterKind::Shareable,
             };
+            let vol = w.get(3).map(|v| num(v)).transpose()?.unwrap_or(1) as u16;
             let (id, r) =
-                api::create_map(1, num(w.get(1).ok_or("-22 PAGES")?)?, kind).map_err(e)?;
+                api::create_map(vol, num(w.get(1).ok_or("-22 PAGES")?)?, kind).map_err(e)?;
             Ok(format!("{id} {}", r.npages))
         }
         Some("map") => {

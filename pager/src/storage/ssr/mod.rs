@@ -221,6 +221,84 @@ impl LocalVolume {
             }
         }
     }
+
+    /// Creates cluster number `clu` (its number already reserved).
+    fn create_numbered(
+        &self,
+        clu: CluId,
+        npages: u64,
+        owner: u32,
+        kind: ClusterKind,
+    ) -> Result<ClusterDesc> {
+        let dir = self.clusters.dir();
+        let path = ClusterTable::data_path(dir, clu);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(&path, e))?;
+        if let Err(e) = preallocate(&file, &path, 0, npages * PAGE) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        let spath = ClusterTable::sums_path(dir, clu);
+        let sums = match PageSums::create(&spath, npages) {
+            Ok(sums) => sums,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                let _ = fs::remove_file(&spath);
+                return Err(StorageError::io(&spath, e));
+            }
+        };
+        let desc = ClusterDesc {
+            id: ClusterId::new(self.vol, clu),
+            npages,
+            owner,
+            kind,
+            created: now(),
+            stats: ClusterStats::default(),
+            grants: Grants::default(),
+        };
+        let cluster = Cluster {
+            file,
+            sums: RwLock::new(sums),
+            desc: Mutex::new(desc),
+            commit: Mutex::new(()),
+        };
+        // The descriptor is the commit point of creation.
+        if let Err(e) = write_atomic(&ClusterTable::desc_path(dir, clu), &desc.encode()) {
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(&spath);
+            return Err(e);
+        }
+        self.clusters.insert(clu, cluster);
+        Ok(desc)
+    }
+
+    /// A backup's copy of cluster `clu` (numbered as on the primary): created with zero pages if
+    /// it does not exist, grown if it has fewer than `npages` pages.
+    pub fn clu_ensure(&self, clu: CluId, npages: u64) -> Result<ClusterDesc> {
+        match self.clusters.get(clu) {
+            Ok(c) => {
+                let have = lock(&c.desc).npages;
+                if have < npages {
+                    self.clu_resize(clu, npages - have)
+                } else {
+                    Ok(*lock(&c.desc))
+                }
+            }
+            Err(_) => {
+                if npages == 0 || npages > u64::MAX / PAGE {
+                    return Err(StorageError::Invalid(format!(
+                        "a cluster needs 1 or more pages, not {npages}"
+                    )));
+                }
+                self.create_numbered(clu, npages, 0, ClusterKind::Protected)
+            }
+        }
+    }
 }
 
 impl Volume for LocalVolume {
@@ -281,51 +359,8 @@ impl Volume for LocalVolume {
         // The high-water mark is durable before the number is used: no number is handed out twice.
         write_atomic(&self.location.join(META), &new_meta.encode())?;
         *meta = new_meta;
-        let dir = self.clusters.dir();
-        let path = ClusterTable::data_path(dir, clu);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| StorageError::io(&path, e))?;
-        if let Err(e) = preallocate(&file, &path, 0, npages * PAGE) {
-            let _ = fs::remove_file(&path);
-            return Err(e);
-        }
-        let spath = ClusterTable::sums_path(dir, clu);
-        let sums = match PageSums::create(&spath, npages) {
-            Ok(sums) => sums,
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                let _ = fs::remove_file(&spath);
-                return Err(StorageError::io(&spath, e));
-            }
-        };
-        let desc = ClusterDesc {
-            id: ClusterId::new(self.vol, clu),
-            npages,
-            owner,
-            kind,
-            created: now(),
-            stats: ClusterStats::default(),
-            grants: Grants::default(),
-        };
-        let cluster = Cluster {
-            file,
-            sums: RwLock::new(sums),
-            desc: Mutex::new(desc),
-            commit: Mutex::new(()),
-        };
-        // The descriptor is the commit point of creation.
-        if let Err(e) = write_atomic(&ClusterTable::desc_path(dir, clu), &desc.encode()) {
-            let _ = fs::remove_file(&path);
-            let _ = fs::remove_file(&spath);
-            return Err(e);
-        }
-        self.clusters.insert(clu, cluster);
-        Ok(desc)
+        drop(meta);
+        self.create_numbered(clu, npages, owner, kind)
     }
 
     fn clu_get_desc(&self, clu: CluId) -> Result<ClusterDesc> {
