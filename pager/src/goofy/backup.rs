@@ -14,7 +14,7 @@
 //! recorded is refused: it was replaced by a restoration (fencing).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufReader, BufWriter};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex};
 
 use client::{CluId, VolId};
 use journal::{Lsn, PageRun};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use tracing::{info, warn};
 
 use super::wire::{self, Msg, WireError};
-use crate::storage::fsutil::write_atomic;
+use crate::storage::fsutil::{lock_root, write_atomic};
 use crate::storage::ssr::{LocalVolume, Ssr};
 use crate::storage::{StorageError, StorageService, Volume, VolumeParams};
 use crate::sync::lock;
@@ -111,16 +111,7 @@ pub enum BackupError {
 impl BackupServer {
     /// Opens (creating if needed) a backup root.
     pub fn open(root: &Path) -> Result<BackupServer, StorageError> {
-        fs::create_dir_all(root).map_err(|e| StorageError::io(root, e))?;
-        let lock_path = root.join("lock");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| StorageError::io(&lock_path, e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| StorageError::RootBusy(root.to_owned()))?;
+        let lock = lock_root(root)?;
         Ok(BackupServer {
             root: root.to_owned(),
             images: Mutex::new(HashMap::new()),

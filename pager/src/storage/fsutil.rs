@@ -5,9 +5,24 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use nix::fcntl::{fallocate, FallocateFlags};
+use nix::fcntl::{fallocate, FallocateFlags, Flock, FlockArg};
 
 use super::{Result, StorageError};
+
+/// Creates `root` if needed and takes the exclusive lock on `<root>/lock`, held as long as the
+/// returned guard lives: one process per root (one manager per volume, C8).
+pub fn lock_root(root: &Path) -> Result<Flock<File>> {
+    fs::create_dir_all(root).map_err(|e| StorageError::io(root, e))?;
+    let path = root.join("lock");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| StorageError::RootBusy(root.to_owned()))
+}
 
 /// Makes `dir`'s entries durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {

@@ -2,23 +2,22 @@
 //! the driver table of services, and dispatch of cluster primitives by volume id.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use client::{ClusterId, ClusterKind, VolId};
 use journal::{JournalConfig, Lsn, PageRun};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 use super::catalog::{format_mounts, parse_mounts, valid_name, Catalog, CatalogEntry};
-use super::fsutil::{sync_dir, write_atomic};
+use super::fsutil::{lock_root, sync_dir, write_atomic};
 use super::ssr::Ssr;
 use super::{ClusterDesc, Result, StorageError, StorageService, Volume, VolumeInfo, VolumeParams};
 use crate::sync::{lock, read, write};
 
 const CATALOG: &str = "catalog";
 const MOUNTS: &str = "mounts";
-const LOCK: &str = "lock";
 
 /// Settings of a storage root.
 #[derive(Clone, Debug, Default)]
@@ -57,16 +56,7 @@ fn read_text(path: &Path) -> Result<Option<String>> {
 impl Storage {
     /// Opens (creating if needed) the storage root and mounts every volume of the mount table.
     pub fn open(root: &Path, config: StorageConfig) -> Result<Storage> {
-        fs::create_dir_all(root).map_err(|e| StorageError::io(root, e))?;
-        let lock_path = root.join(LOCK);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| StorageError::io(&lock_path, e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| StorageError::RootBusy(root.to_owned()))?;
+        let lock = lock_root(root)?;
         let catalog_path = root.join(CATALOG);
         let catalog = match read_text(&catalog_path)? {
             Some(text) => Catalog::parse(&text).map_err(|(line, why)| {
