@@ -46,11 +46,15 @@ pub enum LinkState {
 
 struct LinkInner {
     state: LinkState,
-    queue: VecDeque<Arc<Msg>>,
+    /// Operations not yet acknowledged, with when each was queued.
+    queue: VecDeque<(Arc<Msg>, Instant)>,
     acked: Lsn,
-    /// When the oldest unacknowledged operation was queued.
-    oldest: Option<Instant>,
+    /// Propagation lags (queued to acknowledged) of the latest operations, in seconds.
+    lags: VecDeque<f64>,
 }
+
+/// How many recent lags a link keeps for its median.
+const LAGS: usize = 1024;
 
 struct Link {
     addr: String,
@@ -80,7 +84,7 @@ impl Propagator {
                         state: LinkState::Unreachable("not connected yet".into()),
                         queue: VecDeque::new(),
                         acked: Lsn::default(),
-                        oldest: None,
+                        lags: VecDeque::new(),
                     }),
                     cv: Condvar::new(),
                 })
@@ -128,8 +132,7 @@ impl Propagator {
                 l.queue.clear();
                 continue;
             }
-            l.queue.push_back(op.clone());
-            l.oldest.get_or_insert_with(Instant::now);
+            l.queue.push_back((op.clone(), Instant::now()));
             link.cv.notify_all();
         }
         let want = self.conf.sync as usize;
@@ -171,9 +174,14 @@ impl Propagator {
                     (LinkState::Stale, _) => "stale (needs a full copy)".to_string(),
                     (LinkState::Unreachable(why), _) => format!("unreachable ({why})"),
                 };
-                let lag = l.oldest.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                let behind = l.queue.front().map_or(0.0, |(_, t)| t.elapsed().as_secs_f64());
+                let mut lags: Vec<f64> = l.lags.iter().copied().collect();
+                lags.sort_by(f64::total_cmp);
+                let median = lags.get(lags.len() / 2).map_or(String::new(), |m| {
+                    format!("; propagation lag median {:.1} ms over the last {} operations", m * 1e3, lags.len())
+                });
                 format!(
-                    "backup {}: {state}; acknowledged {}, {} operations and {lag:.1} s behind (log at {log_lsn})",
+                    "backup {}: {state}; acknowledged {}, {} operations and {behind:.1} s behind (log at {log_lsn}){median}",
                     link.addr,
                     l.acked,
                     l.queue.len()
@@ -241,7 +249,7 @@ fn serve_link(
         while l
             .queue
             .front()
-            .is_some_and(|m| matches!(&**m, Msg::Op { lsn, .. } if *lsn <= applied))
+            .is_some_and(|(m, _)| matches!(&**m, Msg::Op { lsn, .. } if *lsn <= applied))
         {
             l.queue.pop_front();
         }
@@ -257,7 +265,7 @@ fn serve_link(
                 if stop.load(Ordering::Acquire) {
                     return Ok(());
                 }
-                if let Some(op) = l.queue.front() {
+                if let Some((op, _)) = l.queue.front() {
                     break op.clone();
                 }
                 l = link.cv.wait(l).unwrap_or_else(|e| e.into_inner());
@@ -270,15 +278,15 @@ fn serve_link(
                 l.acked = l.acked.max(lsn);
                 if l.queue
                     .front()
-                    .is_some_and(|m| matches!(&**m, Msg::Op { lsn: q, .. } if *q == lsn))
+                    .is_some_and(|(m, _)| matches!(&**m, Msg::Op { lsn: q, .. } if *q == lsn))
                 {
-                    l.queue.pop_front();
+                    if let Some((_, queued)) = l.queue.pop_front() {
+                        if l.lags.len() == LAGS {
+                            l.lags.pop_front();
+                        }
+                        l.lags.push_back(queued.elapsed().as_secs_f64());
+                    }
                 }
-                l.oldest = if l.queue.is_empty() {
-                    None
-                } else {
-                    Some(Instant::now())
-                };
                 link.cv.notify_all();
             }
             Msg::Refused { why } => return Err(format!("refused: {why}")),

@@ -3,10 +3,12 @@
 //! reference side by side in the same run so that the machine's drift hits both alike.
 //!
 //! - `clu-bench journal [--quick]` reproduces thesis figures 5.1 and 5.2.
+//! - `clu-bench goofy [--quick]` measures reliable volumes against local ones (thesis fig. 7.5).
 //! - `clu-bench faults [--quick]` measures the pager's fault paths against the kernel's own file
 //!   pager and a bare userfaultfd resolver (thesis chapter V, section 3 of the digest).
 
 mod faults;
+mod goofy;
 mod journal;
 
 use std::fs;
@@ -38,6 +40,23 @@ enum Bench {
     },
     /// Fault latencies: the pager vs the kernel's file pager and a bare userfaultfd resolver.
     Faults(faults::Args),
+    /// Goofy (thesis fig. 7.5): a 200-page commit on a local volume, a reliable one with two
+    /// backups (asynchronous) and one waiting for both; the propagation lag under load.
+    Goofy {
+        /// Fewer runs (finishes within half a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Runs of each case (default 11, 5 with --quick).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Scratch directory (wiped first).
+        #[arg(long, default_value = "target/bench-scratch/goofy")]
+        dir: PathBuf,
+        /// Where the backup servers keep their images (default: under --dir, on the same disk
+        /// as the primary; another file system stands in for the backups' own machines).
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+    },
     /// Internal: a client process of the concurrency row.
     #[command(hide = true)]
     FaultsChild(faults::ChildArgs),
@@ -80,6 +99,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Bench::Journal { quick, runs, dir } => journal::run(quick, runs, &dir),
         Bench::Faults(args) => faults::run(&args),
+        Bench::Goofy {
+            quick,
+            runs,
+            dir,
+            backup_dir,
+        } => goofy::run(quick, runs, &dir, backup_dir.as_deref()),
         Bench::FaultsChild(args) => faults::child(&args),
     };
     match result {

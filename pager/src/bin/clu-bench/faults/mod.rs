@@ -466,7 +466,7 @@ pub fn child(args: &ChildArgs) -> Res<()> {
     Ok(())
 }
 
-fn start_pager(dir: &Path, spin_us: u64) -> Res<(Child, PathBuf, PathBuf)> {
+pub(crate) fn start_pager(dir: &Path, spin_us: u64) -> Res<(Child, PathBuf, PathBuf)> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir)?;
     let root = dir.join("root");

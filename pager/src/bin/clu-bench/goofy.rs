@@ -1,0 +1,208 @@
+//! `clu-bench goofy`: the thesis's Goofy experiment (fig. 7.5: one 200-page cluster stored on the
+//! primary and two backups synchronously, 29.4 s, against the local service alone, 5.4 s) on
+//! loopback, in one run: the commit of a 200-page cluster on a local volume, on a reliable volume
+//! with two backups and asynchronous propagation, and on one that waits for both
+//! acknowledgements; then the propagation lag under a steady commit load.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{api, ClusterKind, PAGE_SIZE};
+
+use crate::{machine_facts, median};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Kills its processes when dropped.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_addr() -> Res<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string())
+}
+
+fn admin(pager: &Path, socket: &Path, args: &[&str]) -> Res<String> {
+    let out = Command::new(pager)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "pager {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `clu-bench goofy [--quick]`.
+pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Path>) -> Res<()> {
+    let runs = runs.unwrap_or(if quick { 5 } else { 11 }).max(1);
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let exe = std::env::current_exe()?;
+    let pager_bin: PathBuf = exe.parent().ok_or("exe dir")?.join("pager");
+    let mut procs = Procs(Vec::new());
+    let mut backups = Vec::new();
+    let bdir = backup_dir.unwrap_or(dir);
+    for name in ["backup-a", "backup-b"] {
+        let addr = free_addr()?;
+        let _ = std::fs::remove_dir_all(bdir.join(name));
+        procs.0.push(
+            Command::new(&pager_bin)
+                .args(["backup-server", "--root"])
+                .arg(bdir.join(name))
+                .args(["--listen", &addr])
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let t = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if t.elapsed() > Duration::from_secs(20) {
+                return Err("a backup server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        backups.push(addr);
+    }
+    let (pager, _root, socket) = crate::faults::start_pager(&dir.join("primary"), 0)?;
+    procs.0.push(pager);
+    // SAFETY: single-threaded here: no other thread reads the environment yet.
+    std::env::set_var(client::SOCKET_ENV, &socket);
+    let (a, b) = (backups[0].as_str(), backups[1].as_str());
+    admin(
+        &pager_bin,
+        &socket,
+        &["vol", "create", "async", "--backup", a, "--backup", b],
+    )?;
+    admin(
+        &pager_bin,
+        &socket,
+        &[
+            "vol", "create", "sync", "--backup", a, "--backup", b, "--sync", "2",
+        ],
+    )?;
+
+    const PAGES: u64 = 200;
+    let cases = [
+        ("local", 1u16),
+        ("async, 2 backups", 2),
+        ("sync, 2 backups", 3),
+    ];
+    let mut clusters = Vec::new();
+    for (_, vol) in cases {
+        let (id, region) = api::create_map(vol, PAGES, ClusterKind::Protected)
+            .map_err(|e| format!("create on volume {vol}: {e}"))?;
+        clusters.push((id, region));
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for run in 0..runs {
+        for (k, (id, region)) in clusters.iter().enumerate() {
+            // SAFETY: the region is the cluster's mapping of PAGES pages, writable.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), region.len()) };
+            bytes.fill((run as u8).wrapping_add(k as u8).wrapping_add(1));
+            let t = Instant::now();
+            api::commit(*id).map_err(|e| format!("commit: {e}"))?;
+            times[k].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    // Steady load on the asynchronous volume: 16 pages every 10 ms.
+    let (id, region) = clusters[1];
+    let load = Duration::from_secs(if quick { 2 } else { 5 });
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < load {
+        n += 1;
+        let first = (n * 16) % (PAGES - 16);
+        // SAFETY: pages first..first+16 of the writable mapping.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                region.as_ptr().add(first as usize * PAGE_SIZE),
+                16 * PAGE_SIZE,
+            )
+        };
+        bytes.fill(n as u8);
+        api::commit(id).map_err(|e| format!("commit: {e}"))?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let the last operations arrive, then read the links' lags.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = admin(&pager_bin, &socket, &["status"])?;
+    let lags: Vec<f64> = status
+        .lines()
+        .skip_while(|l| !l.starts_with("reliable volume  async"))
+        .skip(1)
+        .take(2)
+        .filter_map(|l| {
+            l.split("propagation lag median ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+
+    println!("{}", machine_facts());
+    println!(
+        "backup roots under {} ({})",
+        bdir.display(),
+        if backup_dir.is_some() {
+            "their own file system"
+        } else {
+            "the primary's disk"
+        }
+    );
+    println!(
+        "commit of a {PAGES}-page cluster ({} KiB), every page modified; {runs} runs, milliseconds",
+        PAGES * 4
+    );
+    println!(
+        "{:<24} {:>10} {:>10} {:>10}",
+        "volume", "median", "min", "max"
+    );
+    let mut medians = Vec::new();
+    for (k, (name, _)) in cases.iter().enumerate() {
+        let v = &mut times[k];
+        let (min, max) = (
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+        );
+        let m = median(v);
+        medians.push(m);
+        println!("{name:<24} {m:>10.2} {min:>10.2} {max:>10.2}");
+    }
+    println!(
+        "thesis (1994, 200 pages): local 5.4 s, synchronous with 2 backups 29.4 s (x5.4); asynchronous projected x1.2 to x5"
+    );
+    println!(
+        "propagation lag under {n} commits of 16 pages every 10 ms, median per backup: {}",
+        lags.iter()
+            .map(|l| format!("{l:.1} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("ratio goofy_async_vs_local {:.2}", medians[1] / medians[0]);
+    println!("ratio goofy_sync_vs_local {:.2}", medians[2] / medians[0]);
+    if let Some(worst) = lags.iter().copied().reduce(f64::max) {
+        println!("value goofy_propagation_lag_median_ms {worst:.1}");
+    }
+    for (id, _) in clusters {
+        let _ = api::unmap(id);
+    }
+    Ok(())
+}
