@@ -21,11 +21,6 @@ fn malformed_and_foreign_requests_get_errors_and_others_carry_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut pager = Pager::start(&dir.path().join("root"), 1024);
     let mut good = Tool::start(&pager);
-    // The pager and the measured client share one CPU: on this VM a request whose two ends sit
-    // on different vCPUs costs 2-10x more, by where the scheduler puts them, not by the load
-    // (README). The flooders run wherever they like, and the pager serves them on that CPU.
-    pin(pager.pid(), 0);
-    pin(good.pid(), 0);
     let id = good
         .ok("create 4")
         .split_whitespace()

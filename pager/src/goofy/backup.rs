@@ -80,6 +80,16 @@ struct Image {
     state: State,
 }
 
+impl Image {
+    /// Replaces `goofy.state` with the state held, durably.
+    fn save_state(&self) -> Result<(), StorageError> {
+        write_atomic(
+            &self.dir.join("goofy.state"),
+            self.state.format().as_bytes(),
+        )
+    }
+}
+
 /// The backup server.
 pub struct BackupServer {
     root: PathBuf,
@@ -178,11 +188,11 @@ impl BackupServer {
         conn.set_nodelay(true)?;
         let mut rd = BufReader::new(conn.try_clone()?);
         let mut wr = BufWriter::new(conn);
-        let (uid, epoch) = match wire::recv(&mut rd)? {
+        let (img, epoch) = match wire::recv(&mut rd)? {
             Msg::Hello { uid, epoch, name } => match self.hello(uid, &name, epoch) {
-                Ok(applied) => {
+                Ok((img, applied)) => {
                     wire::send(&mut wr, &Msg::Welcome { applied })?;
-                    (uid, epoch)
+                    (img, epoch)
                 }
                 Err(e) => {
                     warn!(%name, "refused: {e}");
@@ -215,7 +225,7 @@ impl BackupServer {
                     clu,
                     npages,
                     runs,
-                } => match self.apply(uid, epoch, e, lsn, clu, npages, &runs) {
+                } => match apply(&img, epoch, e, lsn, clu, npages, &runs) {
                     Ok(()) => Msg::Ack { lsn },
                     Err(err) => {
                         warn!("refused an operation: {err}");
@@ -236,10 +246,15 @@ impl BackupServer {
         }
     }
 
-    /// A primary introduces itself: returns the LSN applied here.
-    fn hello(&self, uid: u64, name: &str, epoch: u64) -> Result<Lsn, BackupError> {
-        let img = self.image(uid, name, epoch)?;
-        let mut img = lock(&img);
+    /// A primary introduces itself: returns the volume's image and the LSN applied there.
+    fn hello(
+        &self,
+        uid: u64,
+        name: &str,
+        epoch: u64,
+    ) -> Result<(Arc<Mutex<Image>>, Lsn), BackupError> {
+        let arc = self.image(uid, name, epoch)?;
+        let mut img = lock(&arc);
         if epoch < img.state.epoch {
             return Err(BackupError::Stale {
                 name: img.state.name.clone(),
@@ -249,51 +264,49 @@ impl BackupServer {
         }
         if epoch > img.state.epoch {
             img.state.epoch = epoch;
-            let path = img.dir.join("goofy.state");
-            write_atomic(&path, img.state.format().as_bytes())?;
+            img.save_state()?;
         }
-        Ok(img.state.applied)
+        let applied = img.state.applied;
+        drop(img);
+        Ok((arc, applied))
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn apply(
-        &self,
-        uid: u64,
-        session_epoch: u64,
-        epoch: u64,
-        lsn: Lsn,
-        clu: u16,
-        npages: u64,
-        runs: &[wire::Run],
-    ) -> Result<(), BackupError> {
-        let img = self.image(uid, "", session_epoch)?;
-        let mut img = lock(&img);
-        if epoch != session_epoch || epoch < img.state.epoch {
-            return Err(BackupError::Stale {
-                name: img.state.name.clone(),
-                have: img.state.epoch,
-                got: epoch,
-            });
-        }
-        if lsn <= img.state.applied {
-            // Already applied (sent again after a reconnection).
-            return Ok(());
-        }
-        let id = CluId(clu);
-        img.volume.clu_ensure(id, npages)?;
-        let runs: Vec<PageRun<'_>> = runs
-            .iter()
-            .map(|r| PageRun {
-                first_page: r.first_page,
-                pages: &r.pages,
-            })
-            .collect();
-        img.volume.clu_write(id, &runs)?;
-        img.state.applied = lsn;
-        let path = img.dir.join("goofy.state");
-        write_atomic(&path, img.state.format().as_bytes())?;
-        Ok(())
+/// Applies an operation of the connection's volume (introduced at `session_epoch`).
+fn apply(
+    img: &Mutex<Image>,
+    session_epoch: u64,
+    epoch: u64,
+    lsn: Lsn,
+    clu: u16,
+    npages: u64,
+    runs: &[wire::Run],
+) -> Result<(), BackupError> {
+    let mut img = lock(img);
+    if epoch != session_epoch || epoch < img.state.epoch {
+        return Err(BackupError::Stale {
+            name: img.state.name.clone(),
+            have: img.state.epoch,
+            got: epoch,
+        });
     }
+    if lsn <= img.state.applied {
+        // Already applied (sent again after a reconnection).
+        return Ok(());
+    }
+    let id = CluId(clu);
+    img.volume.clu_ensure(id, npages)?;
+    let runs: Vec<PageRun<'_>> = runs
+        .iter()
+        .map(|r| PageRun {
+            first_page: r.first_page,
+            pages: &r.pages,
+        })
+        .collect();
+    img.volume.clu_write(id, &runs)?;
+    img.state.applied = lsn;
+    img.save_state()?;
+    Ok(())
 }
 
 fn kind(m: &Msg) -> &'static str {

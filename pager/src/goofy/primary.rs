@@ -59,7 +59,11 @@ const LAGS: usize = 1024;
 struct Link {
     addr: String,
     inner: Mutex<LinkInner>,
+    /// Wakes the link's thread when an operation is queued.
     cv: Condvar,
+    /// Shared by the volume's links: notified (under its lock) at every acknowledgement, for
+    /// the commits that wait for some (`sync K`).
+    acks: Arc<(Mutex<()>, Condvar)>,
 }
 
 /// The propagation of one reliable volume to its backups.
@@ -67,6 +71,7 @@ pub struct Propagator {
     name: String,
     conf: Conf,
     links: Vec<Arc<Link>>,
+    acks: Arc<(Mutex<()>, Condvar)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -74,6 +79,7 @@ impl Propagator {
     /// Starts a link thread per backup.
     pub fn start(name: &str, conf: Conf) -> Propagator {
         let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new((Mutex::new(()), Condvar::new()));
         let links: Vec<Arc<Link>> = conf
             .backups
             .iter()
@@ -87,6 +93,7 @@ impl Propagator {
                         lags: VecDeque::new(),
                     }),
                     cv: Condvar::new(),
+                    acks: acks.clone(),
                 })
             })
             .collect();
@@ -102,6 +109,7 @@ impl Propagator {
             name: name.to_string(),
             conf,
             links,
+            acks,
             stop,
         }
     }
@@ -140,6 +148,8 @@ impl Propagator {
             return Ok(());
         }
         let deadline = Instant::now() + SYNC_TIMEOUT;
+        let (m, cv) = &*self.acks;
+        let mut g = lock(m);
         loop {
             let have = self
                 .links
@@ -149,16 +159,17 @@ impl Propagator {
             if have >= want {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(StorageError::Invalid(format!(
                     "commit {lsn} is stored here but only {have} of the {want} backup acknowledgements it waits for came within {}s; see `pager status`",
                     SYNC_TIMEOUT.as_secs()
                 )));
             }
-            // Acks notify each link's condvar; poll them briefly.
-            let l = &self.links[0];
-            let g = lock(&l.inner);
-            let _ = l.cv.wait_timeout(g, Duration::from_millis(2));
+            g = cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -287,7 +298,9 @@ fn serve_link(
                         l.lags.push_back(queued.elapsed().as_secs_f64());
                     }
                 }
-                link.cv.notify_all();
+                drop(l);
+                let _g = lock(&link.acks.0);
+                link.acks.1.notify_all();
             }
             Msg::Refused { why } => return Err(format!("refused: {why}")),
             other => return Err(format!("unexpected answer {other:?}")),

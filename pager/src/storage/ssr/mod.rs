@@ -38,6 +38,16 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A cluster's size must be at least a page and fit in a file.
+fn check_size(npages: u64) -> Result<()> {
+    if npages == 0 || npages > u64::MAX / PAGE {
+        return Err(StorageError::Invalid(format!(
+            "a cluster needs 1 or more pages, not {npages}"
+        )));
+    }
+    Ok(())
+}
+
 fn read_meta(location: &Path) -> Result<VolumeMeta> {
     let path = location.join(META);
     let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
@@ -290,11 +300,7 @@ impl LocalVolume {
                 }
             }
             Err(_) => {
-                if npages == 0 || npages > u64::MAX / PAGE {
-                    return Err(StorageError::Invalid(format!(
-                        "a cluster needs 1 or more pages, not {npages}"
-                    )));
-                }
+                check_size(npages)?;
                 self.create_numbered(clu, npages, 0, ClusterKind::Protected)
             }
         }
@@ -347,11 +353,7 @@ impl Volume for LocalVolume {
 
     fn clu_create(&self, npages: u64, owner: u32, kind: ClusterKind) -> Result<ClusterDesc> {
         self.with_journal(|_| Ok(()))?;
-        if npages == 0 || npages > u64::MAX / PAGE {
-            return Err(StorageError::Invalid(format!(
-                "a cluster needs 1 or more pages, not {npages}"
-            )));
-        }
+        check_size(npages)?;
         let mut meta = lock(&self.meta);
         self.check_quota(&meta, npages)?;
         let mut new_meta = meta.clone();
