@@ -74,6 +74,14 @@ pub enum JournalError {
         /// The oldest file still on disk.
         oldest: u64,
     },
+    /// Reading the log back (replication) found something it cannot use.
+    #[error("the log cannot be read back at {at}: {why}; the consumer needs a full copy")]
+    Unreadable {
+        /// Where.
+        at: Lsn,
+        /// What was found.
+        why: String,
+    },
     /// An earlier failure put the journal out of service.
     #[error("the journal stopped after an earlier failure ({0}); unmount and remount the volume so that recovery replays the log")]
     Stopped(String),

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use crate::anchor::Anchor;
 use crate::encode::{op_headers, op_span, seal_page, PageRun};
 use crate::format::{decode_file_header, FileId, PAGE_SIZE};
+use crate::reader::LogReader;
 use crate::recovery::{self, LogImage};
 use crate::{files, JournalError, Lsn};
 
@@ -108,8 +109,8 @@ struct Checkpoint {
     oldest_file: u64,
 }
 
-struct Inner {
-    dir: PathBuf,
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
     config: JournalConfig,
     target: Arc<dyn ApplyTarget>,
     writer: Mutex<Writer>,
@@ -187,13 +188,25 @@ fn pwritev_all(file: &File, mut bufs: Vec<&[u8]>, mut offset: u64) -> io::Result
 impl Journal {
     /// Creates an empty journal in `dir` (created if missing). Fails if one exists there.
     pub fn create(dir: &Path, config: &JournalConfig) -> Result<(), JournalError> {
+        Self::create_at(dir, config, 1)
+    }
+
+    /// Creates an empty journal whose first log file is `first_file`, so that its LSNs all come
+    /// after those of another journal (a volume restored from a backup continues the history of
+    /// the primary it replaces: its LSNs must stay comparable with the backups').
+    pub fn create_at(
+        dir: &Path,
+        config: &JournalConfig,
+        first_file: u64,
+    ) -> Result<(), JournalError> {
         fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
         let anchor = dir.join(ANCHOR);
         if anchor.exists() {
             return Err(JournalError::AlreadyExists(dir.to_owned()));
         }
-        files::create(dir, 1, config.rotate_bytes.max(4 * PAGE), true)?;
-        Anchor::create(&anchor, Lsn::new(1, PAGE))?;
+        let first_file = first_file.max(1);
+        files::create(dir, first_file, config.rotate_bytes.max(4 * PAGE), true)?;
+        Anchor::create(&anchor, Lsn::new(first_file, PAGE))?;
         files::sync_dir(dir)?;
         if let Some(parent) = dir.parent() {
             files::sync_dir(parent)?;
@@ -428,6 +441,20 @@ impl Journal {
         lock(&self.inner.sync).synced
     }
 
+    /// Every operation before this LSN is validated *and* applied to the cluster files (an
+    /// operation still being applied holds it back). A copy of the cluster files taken after
+    /// reading it, plus the operations from it on, gives the state of the log's end.
+    pub fn applied_lsn(&self) -> Lsn {
+        let pending = lock(&self.inner.pending);
+        let synced = lock(&self.inner.sync).synced;
+        pending.first().map_or(synced, |&p| p.min(synced))
+    }
+
+    /// A reader of the validated operations in the log (see [`LogReader`]).
+    pub fn reader(&self) -> LogReader {
+        LogReader::new(self.inner.clone())
+    }
+
     /// `durableLSN` as last written to the anchor.
     pub fn durable_lsn(&self) -> Lsn {
         lock(&self.inner.checkpoint).anchor.current().durable_lsn
@@ -506,6 +533,14 @@ impl Drop for Retention {
 }
 
 impl Inner {
+    pub(crate) fn log_lsn(&self) -> Lsn {
+        lock(&self.sync).synced
+    }
+
+    pub(crate) fn oldest_file(&self) -> u64 {
+        lock(&self.checkpoint).oldest_file
+    }
+
     fn check_running(&self) -> Result<(), JournalError> {
         match &*lock(&self.stopped) {
             Some(reason) => Err(JournalError::Stopped(reason.clone())),

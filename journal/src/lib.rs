@@ -67,6 +67,7 @@ mod files;
 pub mod format;
 mod journal;
 mod lsn;
+mod reader;
 pub mod recovery;
 
 pub use encode::{op_bytes, PageRun};
@@ -74,3 +75,4 @@ pub use error::JournalError;
 pub use format::{FORMAT_VERSION, PAGE_SIZE};
 pub use journal::{ApplyTarget, Journal, JournalConfig, JournalStats, RecoveryReport, Retention};
 pub use lsn::Lsn;
+pub use reader::{LogReader, LoggedOp};
