@@ -43,7 +43,7 @@ impl LogReader {
     }
 
     fn file(&mut self, seq: u64) -> Result<(&File, FileId), JournalError> {
-        if self.open.as_ref().is_none_or(|(_, id)| id.seq != seq) {
+        if !matches!(&self.open, Some((_, id)) if id.seq == seq) {
             let path = files::log_path(&self.inner.dir, seq);
             let file = File::open(&path).map_err(|e| {
                 if e.kind() == io::ErrorKind::NotFound {

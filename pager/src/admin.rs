@@ -13,8 +13,13 @@ use crate::storage::{ClusterDesc, VolumeParams};
 /// An administration command.
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum AdminCommand {
-    /// Shows the pager's state: resident pages, paging partition, faults, mapped clusters.
-    Status,
+    /// Shows the pager's state: resident pages, paging partition, faults, each reliable
+    /// volume's backups (state, lag), mapped clusters.
+    Status {
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Shows every cluster's usage statistics (thesis J1-J6): uses, mean time mapped, sharing
     /// rate, mean pages modified and paged out per use, faults by kind.
     Stats {
@@ -49,6 +54,16 @@ pub enum VolCommand {
         /// Commits wait for K backup acknowledgements (default 0: asynchronous).
         #[arg(long, value_name = "K", default_value_t = 0)]
         sync: u32,
+    },
+    /// Rebuilds a reliable volume from its freshest backup and mounts it here, as its new
+    /// primary: raises its epoch on every backup reached first (the old primary is fenced), and
+    /// reports the LSN restored to.
+    Restore {
+        /// The volume's name (as on the primary that failed).
+        name: String,
+        /// One of its backup servers, as HOST:PORT; the others are found through it.
+        #[arg(long, value_name = "HOST:PORT")]
+        from: String,
     },
     /// Lists the volumes of the catalog.
     List,
@@ -143,7 +158,13 @@ impl AdminCommand {
     pub fn words(&self) -> Vec<String> {
         let w = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         match self {
-            AdminCommand::Status => w(&["status"]),
+            AdminCommand::Status { json } => {
+                let mut out = w(&["status"]);
+                if *json {
+                    out.push("--json".into());
+                }
+                out
+            }
             AdminCommand::Stats { json } => {
                 let mut out = w(&["stats"]);
                 if *json {
@@ -173,6 +194,9 @@ impl AdminCommand {
                         out.push("--sync".into());
                         out.push(sync.to_string());
                         out.extend(w(&["--", name]));
+                    }
+                    VolCommand::Restore { name, from } => {
+                        out.extend(w(&["restore", "--from", from, "--", name]))
                     }
                     VolCommand::List => out.push("list".into()),
                     VolCommand::Mount { vol } => out.extend(w(&["mount", "--", vol])),
@@ -303,6 +327,46 @@ fn json(d: &ClusterDesc) -> String {
     )
 }
 
+/// `pager vol restore`: fence, fetch, mount, report.
+fn restore(m: &Manager, name: &str, from: &str, out: &mut String) -> Result<(), Refusal> {
+    let s = &m.storage;
+    let plan = crate::goofy::restore::prepare(name, from)?;
+    let params = VolumeParams {
+        backups: plan.backups.clone(),
+        sync: plan.sync,
+        restore: Some(plan.clone()),
+        ..VolumeParams::default()
+    };
+    let entry = s.vol_create(name, &params)?;
+    let volume = s.vol_mount(entry.vol)?;
+    let info = volume.info();
+    let (epoch, lsn) = plan.origin;
+    let _ = writeln!(
+        out,
+        "restored volume {} ({}) from {} to LSN {lsn} of epoch {epoch}: every commit that backup acknowledged is in, later ones are lost",
+        entry.name, entry.vol, plan.source
+    );
+    let _ = writeln!(
+        out,
+        "  {} clusters, {} pages; mounted here as the primary at epoch {}",
+        info.clusters, info.used_pages, plan.epoch
+    );
+    for (addr, p) in &plan.fenced {
+        let _ = writeln!(
+            out,
+            "  fenced {addr} at epoch {} (its image was at LSN {} of epoch {})",
+            plan.epoch, p.lsn, p.epoch
+        );
+    }
+    for (addr, why) in &plan.unreachable {
+        let _ = writeln!(
+            out,
+            "  NOT fenced {addr} ({why}): keep the old primary down until it is"
+        );
+    }
+    Ok(())
+}
+
 /// Runs an administration command for a client of uid `uid`.
 pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<String, Refusal> {
     let cmd = parse(&words).map_err(Refusal::invalid)?;
@@ -311,7 +375,7 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
     let owner_ok = |d: &ClusterDesc| admin || d.owner == uid;
     let mut out = String::new();
     match cmd {
-        AdminCommand::Status => out = m.status(),
+        AdminCommand::Status { json } => out = m.status(json),
         AdminCommand::Vol(VolCommand::List) => {
             let _ = writeln!(
                 out,
@@ -353,6 +417,7 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
                 capacity_pages: capacity.capacity_pages,
                 backups,
                 sync,
+                ..VolumeParams::default()
             };
             let entry = s.vol_create(&name, &params)?;
             if !no_mount {
@@ -364,6 +429,9 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
                 "created volume {} ({}){mounted}",
                 entry.name, entry.vol
             );
+        }
+        AdminCommand::Vol(VolCommand::Restore { name, from }) => {
+            restore(m, &name, &from, &mut out)?
         }
         AdminCommand::Vol(VolCommand::Mount { vol }) => {
             let entry = s.find(&vol)?;
@@ -536,7 +604,12 @@ mod tests {
         let id = ClusterId(0x0001_0002);
         let cap = |n| Capacity { capacity_pages: n };
         let commands = vec![
-            AdminCommand::Status,
+            AdminCommand::Status { json: false },
+            AdminCommand::Status { json: true },
+            AdminCommand::Vol(VolCommand::Restore {
+                name: "rel".into(),
+                from: "127.0.0.1:7701".into(),
+            }),
             AdminCommand::Vol(VolCommand::Create {
                 name: "-dash".into(),
                 capacity: cap(7),

@@ -46,6 +46,7 @@ pub struct Pager {
     /// Its socket.
     pub socket: PathBuf,
     budget: u64,
+    env: Vec<(String, String)>,
 }
 
 impl Pager {
@@ -58,11 +59,28 @@ impl Pager {
     /// The same, with more `pager serve` options.
     pub fn start_with(root: &Path, budget: u64, extra: &[&str]) -> Pager {
         let socket = root.with_extension("sock");
-        Self::start_at(root, &socket, budget, extra)
+        Self::start_at(root, &socket, budget, extra, &[])
     }
 
-    fn start_at(root: &Path, socket: &Path, budget: u64, extra: &[&str]) -> Pager {
+    /// The same, with environment variables (kept across [`Pager::restart`]).
+    pub fn start_env(root: &Path, budget: u64, env: &[(&str, &str)]) -> Pager {
+        let socket = root.with_extension("sock");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_at(root, &socket, budget, &[], &env)
+    }
+
+    fn start_at(
+        root: &Path,
+        socket: &Path,
+        budget: u64,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Pager {
         let child = Command::new(pager_bin())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--root"])
             .arg(root)
             .arg("--socket")
@@ -81,6 +99,7 @@ impl Pager {
             root: root.to_owned(),
             socket: socket.to_owned(),
             budget,
+            env: env.to_vec(),
         };
         let t0 = Instant::now();
         loop {
@@ -107,7 +126,14 @@ impl Pager {
     /// Kills it and starts a new one on the same root and socket.
     pub fn restart(&mut self) {
         self.kill();
-        *self = Self::start_at(&self.root.clone(), &self.socket.clone(), self.budget, &[]);
+        let env = std::mem::take(&mut self.env);
+        *self = Self::start_at(
+            &self.root.clone(),
+            &self.socket.clone(),
+            self.budget,
+            &[],
+            &env,
+        );
     }
 
     /// Runs an administration command (`pager ARGS... --socket SOCKET`) that must succeed;

@@ -1,16 +1,23 @@
-//! Goofy end to end, on loopback: a pager with a reliable volume and two real backup servers.
-//! Backups byte-equal to the primary after a burst of commits; a backup killed during commits,
-//! restarted and caught up (from the primary's queue); garbage and a stale epoch refused.
+//! Goofy end to end, on loopback: pagers with a reliable volume and real backup servers.
+//! - backups byte-equal to the primary after a burst of commits; a backup killed during
+//!   commits, restarted and caught up from the primary's journal (its image files are the same
+//!   files: no full copy); garbage and a stale epoch refused;
+//! - a backup down long enough to go stale, then a full copy;
+//! - the primary killed during synchronous commits, the volume restored on another manager from
+//!   the freshest backup with every acknowledged commit; the old primary restarted is fenced;
+//! - a restoration while the old primary still commits: it is fenced before the image is
+//!   fetched, so its next commit fails.
 
 use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clu_tests::harness::{pager_bin, Pager, Tool};
+use pager::goofy::backup::BackupServer;
 use pager::goofy::wire::{self, Msg};
-
 struct Backup {
     child: Child,
     root: PathBuf,
@@ -63,19 +70,35 @@ fn uid_of(vol_dir: &Path) -> u64 {
     u64::from_str_radix(line, 16).unwrap()
 }
 
-/// Waits until every backup of the status is in sync with nothing queued.
+/// Waits until `n` backups of the status are in sync with nothing left to send.
 fn wait_in_sync(pager: &Pager, n: usize) {
     let t0 = Instant::now();
     loop {
         let status = pager.status();
         let synced = status
             .lines()
-            .filter(|l| l.contains(": in sync;") && l.contains(" 0 operations"))
+            .filter(|l| l.contains(": in sync;") && l.contains(", 0 bytes and"))
             .count();
         if synced == n {
             return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "{status}");
+        assert!(t0.elapsed() < Duration::from_secs(30), "{status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the status has a line with `what`.
+fn wait_status(pager: &Pager, what: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let status = pager.status();
+        if status.contains(what) {
+            return status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no `{what}` in {status}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -89,6 +112,38 @@ fn assert_equal(primary: &Path, backup: &Path, what: &str) {
     {
         panic!("{what}: page {p} differs");
     }
+}
+
+/// Every cluster file of the volume at `vol_dir` equals the backup's image of it.
+fn assert_volume_equal(vol_dir: &Path, bk: &Backup, uid: u64, what: &str) {
+    let image = BackupServer::image_dir(&bk.root, uid).join("clusters");
+    let mut n = 0;
+    for e in std::fs::read_dir(vol_dir.join("clusters")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".data") {
+            assert_equal(
+                &vol_dir.join("clusters").join(&name),
+                &image.join(&name),
+                &format!("{what}: {name}"),
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 0, "{what}: no cluster compared");
+}
+
+/// A file's identity: inode and birth time (an inode number alone can be reused).
+fn inode(p: &Path) -> (u64, std::time::SystemTime) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.ino(), m.created().unwrap())
+}
+
+fn create_cluster(t: &mut Tool, pages: u64) -> String {
+    t.ok(&format!("create {pages} shareable 2"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -106,26 +161,20 @@ fn backups_follow_the_primary_and_refuse_garbage_and_stale_epochs() {
     let uid = uid_of(&vol_dir);
 
     let mut t = Tool::start(&pager);
-    let id = t
-        .ok("create 64 shareable 2")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let id = create_cluster(&mut t, 64);
     for v in 1..=20 {
         t.ok(&format!("fill {id} {v} {} 16", (v * 7) % 48));
         t.ok(&format!("commit {id}"));
     }
     wait_in_sync(&pager, 2);
     let data = vol_dir.join("clusters/0000.data");
-    let image = |bk: &Backup| {
-        pager::goofy::backup::BackupServer::image_dir(&bk.root, uid).join("clusters/0000.data")
-    };
+    let image = |bk: &Backup| BackupServer::image_dir(&bk.root, uid).join("clusters/0000.data");
     assert_equal(&data, &image(&a), "backup a after 20 commits");
     assert_equal(&data, &image(&b), "backup b after 20 commits");
 
-    // Backup b dies during commits; the primary keeps its operations and sends them when it
-    // comes back.
+    // Backup b dies during commits; the primary's journal keeps what it misses, and sends it
+    // when it comes back: the same image files, brought up to date (no full copy).
+    let b_inode = inode(&image(&b));
     t.send(&format!("loop {id} 100"));
     std::thread::sleep(Duration::from_millis(200));
     b.kill();
@@ -140,6 +189,11 @@ fn backups_follow_the_primary_and_refuse_garbage_and_stale_epochs() {
     wait_in_sync(&pager, 2);
     assert_equal(&data, &image(&a), "backup a after the loop");
     assert_equal(&data, &image(&b), "backup b, restarted and caught up");
+    assert_eq!(
+        inode(&image(&b)),
+        b_inode,
+        "caught up from the log, not copied"
+    );
 
     // Garbage is refused, the backup goes on serving.
     let mut junk = TcpStream::connect(&a_addr).unwrap();
@@ -154,11 +208,13 @@ fn backups_follow_the_primary_and_refuse_garbage_and_stale_epochs() {
             uid,
             epoch: 0,
             name: "rel".into(),
+            backups: vec![],
+            sync: 0,
         },
     )
     .unwrap();
     match wire::recv(&mut BufReader::new(&old)) {
-        Ok(Msg::Refused { why }) => assert!(why.contains("fenced"), "{why}"),
+        Ok(Msg::Fenced { why }) => assert!(why.contains("fenced"), "{why}"),
         other => panic!("a stale epoch was not refused: {other:?}"),
     }
     let mut t = Tool::start(&pager);
@@ -168,4 +224,193 @@ fn backups_follow_the_primary_and_refuse_garbage_and_stale_epochs() {
     wait_in_sync(&pager, 2);
     assert_equal(&data, &image(&a), "backup a after garbage");
     assert_equal(&data, &image(&b), "backup b at the end");
+}
+
+#[test]
+fn a_backup_too_far_behind_goes_stale_and_gets_a_full_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = Backup::start(&dir.path().join("backup-a"), &a_addr);
+    let mut b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    // A retention bound of 1 MiB of log.
+    let pager = Pager::start_env(
+        &dir.path().join("root"),
+        4096,
+        &[("CLU_GOOFY_RETAIN_MB", "1")],
+    );
+    pager.admin(&[
+        "vol", "create", "rel", "--backup", &a_addr, "--backup", &b_addr,
+    ]);
+    let vol_dir = dir.path().join("root/vol-0002");
+    let uid = uid_of(&vol_dir);
+    let mut t = Tool::start(&pager);
+    let x = create_cluster(&mut t, 128);
+    let y = create_cluster(&mut t, 16);
+    t.ok(&format!("fill {x} 1"));
+    t.ok(&format!("commit {x}"));
+    t.ok(&format!("fill {y} 2"));
+    t.ok(&format!("commit {y}"));
+    wait_in_sync(&pager, 2);
+    let image = BackupServer::image_dir(&b.root, uid).join("clusters/0000.data");
+    let b_inode = inode(&image);
+
+    b.kill();
+    // Damage the image of y, which no later commit touches: only a full copy repairs it.
+    let y_image = BackupServer::image_dir(&b.root, uid).join("clusters/0001.data");
+    let mut bytes = std::fs::read(&y_image).unwrap();
+    bytes[5000] ^= 0x5a;
+    std::fs::write(&y_image, bytes).unwrap();
+    // 10 commits of 128 pages: 5 MiB of log, past the bound.
+    for v in 3..13 {
+        t.ok(&format!("fill {x} {v}"));
+        t.ok(&format!("commit {x}"));
+    }
+    wait_status(&pager, &format!("backup {b_addr}: stale"));
+    let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    // Commits go on during the copy.
+    for v in 13..16 {
+        t.ok(&format!("fill {x} {v}"));
+        t.ok(&format!("commit {x}"));
+    }
+    wait_in_sync(&pager, 2);
+    assert_volume_equal(&vol_dir, &a, uid, "backup a");
+    assert_volume_equal(&vol_dir, &b, uid, "backup b after its full copy");
+    assert_ne!(inode(&image), b_inode, "a full copy rebuilt the image");
+}
+
+#[test]
+fn a_restored_volume_has_every_acknowledged_commit_and_the_old_primary_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = Backup::start(&dir.path().join("backup-a"), &a_addr);
+    let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    let mut old = Pager::start(&dir.path().join("root-1"), 4096);
+    // Commits wait for one acknowledgement: each one the writer saw return is on a backup.
+    old.admin(&[
+        "vol", "create", "rel", "--backup", &a_addr, "--backup", &b_addr, "--sync", "1",
+    ]);
+    let uid = uid_of(&dir.path().join("root-1/vol-0002"));
+    let mut t = Tool::start(&old);
+    let id = create_cluster(&mut t, 32);
+    t.send(&format!("loop {id} 1"));
+    let mut acked = 0u64;
+    let t0 = Instant::now();
+    while acked < 30 {
+        let line = t.line(Duration::from_secs(10)).expect("the writer commits");
+        acked = line.strip_prefix("acked ").unwrap().parse().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(60));
+    }
+    old.kill();
+    while let Some(line) = t.line(Duration::from_secs(2)) {
+        if let Some(v) = line.strip_prefix("acked ") {
+            acked = v.parse().unwrap();
+        }
+    }
+    drop(t);
+
+    // Restored on another manager, from backup b (which finds a through its state).
+    let new = Pager::start(&dir.path().join("root-2"), 4096);
+    let report = new.admin(&["vol", "restore", "rel", "--from", &b_addr]);
+    assert!(report.contains("restored volume rel"), "{report}");
+    assert!(report.contains("to LSN "), "{report}");
+    assert!(
+        report.contains(&format!("fenced {a_addr} at epoch 2")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("fenced {b_addr} at epoch 2")),
+        "{report}"
+    );
+    let mut t = Tool::start(&new);
+    t.ok(&format!("map {id}"));
+    let seed: u64 = t.ok(&format!("which {id}")).parse().unwrap();
+    assert!(
+        seed == acked || seed == acked + 1,
+        "restored version {seed}, last acknowledged {acked}"
+    );
+    // The new primary keeps the volume's backups: they follow it.
+    t.ok(&format!("fill {id} 1000"));
+    t.ok(&format!("commit {id}"));
+    wait_in_sync(&new, 2);
+    let vol_dir = dir.path().join("root-2/vol-0002");
+    assert_volume_equal(&vol_dir, &a, uid, "backup a after the restoration");
+    assert_volume_equal(&vol_dir, &b, uid, "backup b after the restoration");
+    let json = new.admin(&["status", "--json"]);
+    assert!(json.contains("\"epoch\":2"), "{json}");
+    assert!(json.contains("\"state\":\"in sync\""), "{json}");
+
+    // The old primary restarts: it learns it was replaced, and refuses the volume.
+    old.restart();
+    let status = old.status();
+    assert!(status.contains("FENCED"), "{status}");
+    let mut t = Tool::start(&old);
+    let refused = t.cmd(&format!("map {id}"));
+    assert!(refused.contains("fenced"), "{refused}");
+    // And the backups still follow the new primary only.
+    let mut t = Tool::start(&new);
+    t.ok(&format!("map {id}"));
+    t.ok(&format!("fill {id} 1001"));
+    t.ok(&format!("commit {id}"));
+    wait_in_sync(&new, 2);
+    assert_volume_equal(&vol_dir, &a, uid, "backup a at the end");
+}
+
+#[test]
+fn a_restoration_fences_a_primary_that_still_runs_before_it_fetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = Backup::start(&dir.path().join("backup-a"), &a_addr);
+    let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    let mut old = Pager::start(&dir.path().join("root-1"), 4096);
+    // Commits wait for one acknowledgement: each one the writer saw return is on a backup.
+    old.admin(&[
+        "vol", "create", "rel", "--backup", &a_addr, "--backup", &b_addr, "--sync", "1",
+    ]);
+    let uid = uid_of(&dir.path().join("root-1/vol-0002"));
+    let mut t = Tool::start(&old);
+    let id = create_cluster(&mut t, 32);
+    t.send(&format!("loop {id} 1"));
+    let mut acked = 0u64;
+    let t0 = Instant::now();
+    while acked < 30 {
+        let line = t.line(Duration::from_secs(10)).expect("the writer commits");
+        acked = line.strip_prefix("acked ").unwrap().parse().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(60));
+    }
+    // The old primary is still running (a manager cut off, say) when the volume is restored
+    // elsewhere: the restoration fences the backups first, so its next commit fails.
+    // Restored on another manager, from backup b (which finds a through its state).
+    let new = Pager::start(&dir.path().join("root-2"), 4096);
+    let report = new.admin(&["vol", "restore", "rel", "--from", &b_addr]);
+    let refusal = loop {
+        let line = t
+            .line(Duration::from_secs(40))
+            .expect("the old writer ends");
+        match line.strip_prefix("acked ") {
+            Some(v) => acked = v.parse().unwrap(),
+            None => break line,
+        }
+    };
+    assert!(refusal.contains("fenced"), "{refusal}");
+    drop(t);
+    assert!(report.contains("restored volume rel"), "{report}");
+    assert!(report.contains("to LSN "), "{report}");
+    assert!(
+        report.contains(&format!("fenced {a_addr} at epoch 2")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("fenced {b_addr} at epoch 2")),
+        "{report}"
+    );
+    let mut t = Tool::start(&new);
+    t.ok(&format!("map {id}"));
+    let seed: u64 = t.ok(&format!("which {id}")).parse().unwrap();
+    assert!(
+        seed == acked || seed == acked + 1,
+        "restored version {seed}, last acknowledged {acked}"
+    );
+    // The old primary, restarted, stays fenced.
+    old.restart();
+    assert!(old.status().contains("FENCED"));
 }

@@ -47,7 +47,8 @@ impl From<StorageError> for Refusal {
             | S::VolumeNotEmpty { .. }
             | S::NameTaken(_)
             | S::RootBusy(_) => ErrorCode::Busy,
-            S::Io { .. } | S::Journal(_) | S::Corrupt { .. } => ErrorCode::Io,
+            S::Io { .. } | S::Journal(_) | S::Corrupt { .. } | S::Restore(_) => ErrorCode::Io,
+            S::Fenced { .. } => ErrorCode::Unavailable,
         };
         Refusal::new(code, e.to_string())
     }

@@ -6,7 +6,6 @@
 //! holds an image's `state` and needs room in another image only ever *tries* the other locks.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +14,8 @@ use std::time::Instant;
 
 use client::{ClusterId, ClusterKind, ErrorCode, MapMode, VolId};
 use tracing::{info, warn};
+
+mod status;
 
 use super::error::Refusal;
 use super::image::{Image, Region};
@@ -394,93 +395,6 @@ impl Manager {
     /// Whether any process maps a cluster of the volume.
     pub(crate) fn volume_in_use(&self, vol: VolId) -> bool {
         lock(&self.images).keys().any(|id| id.vol() == vol)
-    }
-
-    /// The text of `pager status`.
-    pub(crate) fn status(&self) -> String {
-        let s = &self.stats;
-        let mut out = String::new();
-        let _ = writeln!(out, "pid              {}", std::process::id());
-        let _ = writeln!(out, "uptime           {:.0?}", self.started.elapsed());
-        let _ = writeln!(out, "root             {}", self.storage.root().display());
-        let _ = writeln!(out, "socket           {}", self.socket.display());
-        let _ = writeln!(
-            out,
-            "connections      {} live, {} since start",
-            self.live_connections.load(Ordering::Relaxed),
-            s.connections.get()
-        );
-        let _ = writeln!(
-            out,
-            "resident pages   {} of a budget of {}",
-            self.resident(),
-            self.budget
-        );
-        let _ = writeln!(out, "paging slots     {} in use", self.paging.in_use());
-        let _ = writeln!(
-            out,
-            "faults           {} missing, {} minor, {} write-protect, {} refused (SIGBUS)",
-            s.missing_faults.get(),
-            s.minor_faults.get(),
-            s.wp_faults.get(),
-            s.poisoned.get()
-        );
-        let _ = writeln!(
-            out,
-            "supplies         {} zero, {} from storage, {} from the paging partition, {} prefetched from access histories",
-            s.zero_fills.get(),
-            s.storage_reads.get(),
-            s.paging_reads.get(),
-            s.prefetched.get()
-        );
-        let _ = writeln!(
-            out,
-            "evictions        {} clean, {} dirty (to the paging partition)",
-            s.evicted_clean.get(),
-            s.evicted_dirty.get()
-        );
-        let _ = writeln!(
-            out,
-            "commits          {} ({} pages), {} aborts",
-            s.commits.get(),
-            s.committed_pages.get(),
-            s.aborts.get()
-        );
-        for v in self.storage.volumes() {
-            let Some(info) = &v.mounted else { continue };
-            let Ok(volume) = self.storage.volume(info.vol) else {
-                continue;
-            };
-            let lines = volume.replication();
-            if !lines.is_empty() {
-                let _ = writeln!(out, "reliable volume  {} ({})", v.entry.name, info.vol);
-                for l in lines {
-                    let _ = writeln!(out, "  {l}");
-                }
-            }
-        }
-        let mut imgs: Vec<Arc<Image>> = lock(&self.images).values().cloned().collect();
-        imgs.sort_by_key(|i| i.id);
-        let _ = writeln!(
-            out,
-            "\n{:<10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            "CLUSTER", "PAGES", "RESIDENT", "DIRTY", "PAGED-OUT", "MAPPERS"
-        );
-        for img in imgs {
-            let st = lock(&img.state);
-            let (dirty, paged) = st.dirty();
-            let _ = writeln!(
-                out,
-                "{:<10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-                img.id.to_string(),
-                st.pages.len(),
-                st.resident,
-                dirty,
-                paged,
-                st.mappers.len()
-            );
-        }
-        out
     }
 }
 

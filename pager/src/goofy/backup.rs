@@ -5,73 +5,36 @@
 //! ```text
 //! <root>/lock                          one server per root
 //! <root>/v-<uid>/volume.meta, ...      the volume's image: an SSR volume (journal, clusters)
-//! <root>/v-<uid>/goofy.state           name, epoch, and the primary's LSN last applied
+//! <root>/v-<uid>/goofy.state           identity, epoch, position, the volume's settings
 //! ```
 //!
 //! An operation is applied through the local journal (atomic, durable), then `goofy.state`
-//! records its LSN, then it is acknowledged. A crash in between makes the primary send it again,
-//! and applying whole pages twice is harmless. A primary whose epoch is older than the one
-//! recorded is refused: it was replaced by a restoration (fencing).
+//! records its position, then it is acknowledged. A crash in between makes the primary send it
+//! again, and applying whole pages twice is harmless. A full copy first marks the image
+//! incomplete (a crash during it leaves an image that asks for another copy). A primary or a
+//! restorer whose epoch is older than the one recorded is refused (fencing).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use client::{CluId, VolId};
+use client::{CluId, ClusterKind, VolId};
 use journal::{Lsn, PageRun};
 use nix::fcntl::Flock;
 use tracing::{info, warn};
 
-use super::wire::{self, Msg, WireError};
+use super::state::State;
+use super::wire::{self, CluInfo, ImageInfo, Msg, Position, Run, WireError};
 use crate::storage::fsutil::{lock_root, write_atomic};
 use crate::storage::ssr::{LocalVolume, Ssr};
 use crate::storage::{StorageError, StorageService, Volume, VolumeParams};
 use crate::sync::lock;
 
-/// What a backup records of a volume besides its pages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct State {
-    /// The volume's name on its primary.
-    pub name: String,
-    /// The newest epoch seen.
-    pub epoch: u64,
-    /// The primary's LSN of the last operation applied.
-    pub applied: Lsn,
-}
-
-impl State {
-    fn format(&self) -> String {
-        format!(
-            "name {}\nepoch {}\napplied {} {}\n",
-            self.name, self.epoch, self.applied.file, self.applied.offset
-        )
-    }
-
-    fn parse(text: &str) -> Option<State> {
-        let mut name = None;
-        let mut epoch = None;
-        let mut applied = None;
-        for line in text.lines() {
-            match line.split_once(' ')? {
-                ("name", v) => name = Some(v.to_string()),
-                ("epoch", v) => epoch = Some(v.parse().ok()?),
-                ("applied", v) => {
-                    let (f, o) = v.split_once(' ')?;
-                    applied = Some(Lsn::new(f.parse().ok()?, o.parse().ok()?));
-                }
-                _ => return None,
-            }
-        }
-        Some(State {
-            name: name?,
-            epoch: epoch?,
-            applied: applied?,
-        })
-    }
-}
+/// Pages per message of a full copy.
+pub const COPY_CHUNK_PAGES: u64 = 256;
 
 /// One volume's image on this backup.
 struct Image {
@@ -83,12 +46,44 @@ struct Image {
 impl Image {
     /// Replaces `goofy.state` with the state held, durably.
     fn save_state(&self) -> Result<(), StorageError> {
-        write_atomic(
-            &self.dir.join("goofy.state"),
-            self.state.format().as_bytes(),
-        )
+        write_atomic(&self.dir.join(STATE), self.state.format().as_bytes())
+    }
+
+    fn info(&self) -> ImageInfo {
+        ImageInfo {
+            uid: self.state.uid,
+            name: self.state.name.clone(),
+            epoch: self.state.epoch,
+            position: self.state.position,
+            backups: self.state.backups.clone(),
+            sync: self.state.sync,
+        }
+    }
+
+    /// Refuses a request of an epoch older than the newest seen.
+    fn check_epoch(&self, epoch: u64) -> Result<(), BackupError> {
+        if epoch < self.state.epoch {
+            return Err(BackupError::Stale {
+                name: self.state.name.clone(),
+                have: self.state.epoch,
+                got: epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records `epoch` as the newest if it is.
+    fn raise_epoch(&mut self, epoch: u64) -> Result<(), BackupError> {
+        self.check_epoch(epoch)?;
+        if epoch > self.state.epoch {
+            self.state.epoch = epoch;
+            self.save_state()?;
+        }
+        Ok(())
     }
 }
+
+const STATE: &str = "goofy.state";
 
 /// The backup server.
 pub struct BackupServer {
@@ -113,6 +108,9 @@ pub enum BackupError {
         /// The epoch of the request.
         got: u64,
     },
+    /// This server holds no image of the volume.
+    #[error("this backup server holds no image of volume {0}")]
+    Unknown(String),
     /// A request out of order.
     #[error("{0}")]
     Protocol(String),
@@ -134,33 +132,70 @@ impl BackupServer {
         root.join(format!("v-{uid:016x}"))
     }
 
-    fn image(&self, uid: u64, name: &str, epoch: u64) -> Result<Arc<Mutex<Image>>, BackupError> {
+    /// The image of `uid`; created empty from `hello` (uid, name) if there is none and it is given.
+    fn image(&self, uid: u64, hello: Option<&str>) -> Result<Arc<Mutex<Image>>, BackupError> {
         let mut images = lock(&self.images);
         if let Some(img) = images.get(&uid) {
             return Ok(img.clone());
         }
         let dir = Self::image_dir(&self.root, uid);
-        let ssr = Ssr::default();
-        let state_path = dir.join("goofy.state");
-        if !dir.join("volume.meta").exists() {
-            // A new volume: its image starts empty (a full copy follows from the primary).
+        let state_path = dir.join(STATE);
+        if !dir.join("volume.meta").exists() || !state_path.exists() {
+            let Some(name) = hello else {
+                return Err(BackupError::Unknown(format!("{uid:016x}")));
+            };
+            // A new volume: its image starts empty (at position 0 of epoch 0).
             let _ = fs::remove_dir_all(&dir);
-            ssr.vol_create(VolId(1), &dir, &VolumeParams::default())?;
+            Ssr::default().vol_create(VolId(1), &dir, &VolumeParams::default())?;
             let state = State {
+                uid,
                 name: name.to_string(),
-                epoch,
-                applied: Lsn::default(),
+                epoch: 0,
+                position: Position {
+                    complete: true,
+                    ..Position::default()
+                },
+                backups: Vec::new(),
+                sync: 0,
             };
             write_atomic(&state_path, state.format().as_bytes())?;
         }
         let text = fs::read_to_string(&state_path).map_err(|e| StorageError::io(&state_path, e))?;
         let state = State::parse(&text)
             .ok_or_else(|| StorageError::corrupt(&state_path, "not a backup state"))?;
+        if state.uid != uid {
+            return Err(StorageError::corrupt(
+                &state_path,
+                format!("names volume {:016x}", state.uid),
+            )
+            .into());
+        }
         let volume = LocalVolume::mount(VolId(1), &dir, Default::default())?;
-        info!(uid = format_args!("{uid:016x}"), name = %state.name, applied = %state.applied, "backup image mounted");
+        info!(uid = format_args!("{uid:016x}"), name = %state.name, position = ?state.position, "backup image mounted");
         let img = Arc::new(Mutex::new(Image { dir, volume, state }));
         images.insert(uid, img.clone());
         Ok(img)
+    }
+
+    /// The image of the volume called `name` (a restorer knows the name, not the uid).
+    fn image_named(&self, name: &str) -> Result<Arc<Mutex<Image>>, BackupError> {
+        let entries = fs::read_dir(&self.root).map_err(|e| StorageError::io(&self.root, e))?;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(hex) = file_name.to_str().and_then(|n| n.strip_prefix("v-")) else {
+                continue;
+            };
+            let Ok(uid) = u64::from_str_radix(hex, 16) else {
+                continue;
+            };
+            let Ok(img) = self.image(uid, None) else {
+                continue;
+            };
+            if lock(&img).state.name == name {
+                return Ok(img);
+            }
+        }
+        Err(BackupError::Unknown(name.to_string()))
     }
 
     /// Serves `listener` for ever, a thread per connection.
@@ -188,149 +223,285 @@ impl BackupServer {
         conn.set_nodelay(true)?;
         let mut rd = BufReader::new(conn.try_clone()?);
         let mut wr = BufWriter::new(conn);
-        let (img, epoch) = match wire::recv(&mut rd)? {
-            Msg::Hello { uid, epoch, name } => match self.hello(uid, &name, epoch) {
-                Ok((img, applied)) => {
-                    wire::send(&mut wr, &Msg::Welcome { applied })?;
-                    (img, epoch)
+        let first = wire::recv(&mut rd)?;
+        let refuse = |wr: &mut BufWriter<TcpStream>, e: BackupError| {
+            warn!("refused a {}: {e}", first.kind());
+            wire::send(wr, &refusal(&e))
+        };
+        match &first {
+            Msg::Hello {
+                uid,
+                epoch,
+                name,
+                backups,
+                sync,
+            } => match self.hello(*uid, name, *epoch, backups, *sync) {
+                Ok((img, position)) => {
+                    wire::send(&mut wr, &Msg::Welcome { position })?;
+                    self.session(&img, *epoch, &mut rd, &mut wr)
                 }
-                Err(e) => {
-                    warn!(%name, "refused: {e}");
-                    wire::send(&mut wr, &Msg::Refused { why: e.to_string() })?;
-                    return Ok(());
+                Err(e) => Ok(refuse(&mut wr, e)?),
+            },
+            Msg::Inquire { name } => {
+                match self.image_named(name).map(|img| lock(&img).info()) {
+                    Ok(info) => wire::send(&mut wr, &Msg::Image(info))?,
+                    Err(e) => refuse(&mut wr, e)?,
                 }
+                Ok(())
+            }
+            Msg::Fence { uid, epoch } => {
+                let fenced = self.image(*uid, None).and_then(|img| {
+                    let mut img = lock(&img);
+                    img.raise_epoch(*epoch)?;
+                    info!(name = %img.state.name, epoch, "fenced: older primaries are refused from now on");
+                    Ok(img.info())
+                });
+                match fenced {
+                    Ok(info) => wire::send(&mut wr, &Msg::Image(info))?,
+                    Err(e) => refuse(&mut wr, e)?,
+                }
+                Ok(())
+            }
+            Msg::Fetch { uid, epoch } => match self.image(*uid, None) {
+                Ok(img) => {
+                    let img = lock(&img);
+                    if let Err(e) = img.check_epoch(*epoch) {
+                        return Ok(refuse(&mut wr, e)?);
+                    }
+                    info!(name = %img.state.name, "sending the image to a restorer");
+                    send_image(&img, &mut wr)
+                }
+                Err(e) => Ok(refuse(&mut wr, e)?),
             },
             other => {
-                let why = format!("expected Hello, got {}", kind(&other));
-                wire::send(&mut wr, &Msg::Refused { why: why.clone() })?;
-                return Err(WireError::Malformed("no Hello"));
+                let why = format!(
+                    "expected Hello, Inquire, Fence or Fetch, got {}",
+                    other.kind()
+                );
+                wire::send(&mut wr, &Msg::Refused { why })?;
+                Err(WireError::Malformed("a session must start with Hello"))
             }
-        };
+        }
+    }
+
+    /// A primary's session: operations and full copies, each answered.
+    fn session(
+        &self,
+        img: &Mutex<Image>,
+        session_epoch: u64,
+        rd: &mut BufReader<TcpStream>,
+        wr: &mut BufWriter<TcpStream>,
+    ) -> Result<(), WireError> {
         loop {
-            let msg = match wire::recv(&mut rd) {
+            let msg = match wire::recv(rd) {
                 Ok(m) => m,
                 Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Ok(())
                 }
                 Err(e) => {
                     warn!("refusing a damaged message: {e}");
-                    let _ = wire::send(&mut wr, &Msg::Refused { why: e.to_string() });
+                    let _ = wire::send(wr, &Msg::Refused { why: e.to_string() });
                     return Err(e);
                 }
             };
-            let answer = match msg {
-                Msg::Op {
-                    epoch: e,
-                    lsn,
-                    clu,
-                    npages,
-                    runs,
-                } => match apply(&img, epoch, e, lsn, clu, npages, &runs) {
-                    Ok(()) => Msg::Ack { lsn },
-                    Err(err) => {
-                        warn!("refused an operation: {err}");
-                        Msg::Refused {
-                            why: err.to_string(),
-                        }
-                    }
-                },
-                other => Msg::Refused {
-                    why: format!("unexpected {}", kind(&other)),
-                },
+            let kind = msg.kind();
+            let answer = match handle(img, session_epoch, msg) {
+                Ok(lsn) => Msg::Ack { lsn },
+                Err(err) => {
+                    warn!("refused a {kind}: {err}");
+                    refusal(&err)
+                }
             };
-            let refused = matches!(answer, Msg::Refused { .. });
-            wire::send(&mut wr, &answer)?;
+            let refused = !matches!(answer, Msg::Ack { .. });
+            wire::send(wr, &answer)?;
             if refused {
                 return Ok(());
             }
         }
     }
 
-    /// A primary introduces itself: returns the volume's image and the LSN applied there.
+    /// A primary introduces itself: returns the volume's image and where it stands.
     fn hello(
         &self,
         uid: u64,
         name: &str,
         epoch: u64,
-    ) -> Result<(Arc<Mutex<Image>>, Lsn), BackupError> {
-        let arc = self.image(uid, name, epoch)?;
+        backups: &[String],
+        sync: u32,
+    ) -> Result<(Arc<Mutex<Image>>, Position), BackupError> {
+        let arc = self.image(uid, Some(name))?;
         let mut img = lock(&arc);
-        if epoch < img.state.epoch {
-            return Err(BackupError::Stale {
-                name: img.state.name.clone(),
-                have: img.state.epoch,
-                got: epoch,
-            });
-        }
-        if epoch > img.state.epoch {
+        img.check_epoch(epoch)?;
+        if epoch > img.state.epoch || img.state.backups != backups || img.state.sync != sync {
             img.state.epoch = epoch;
+            img.state.backups = backups.to_vec();
+            img.state.sync = sync;
             img.save_state()?;
         }
-        let applied = img.state.applied;
+        let position = img.state.position;
         drop(img);
-        Ok((arc, applied))
+        Ok((arc, position))
     }
 }
 
-/// Applies an operation of the connection's volume (introduced at `session_epoch`).
-fn apply(
-    img: &Mutex<Image>,
-    session_epoch: u64,
-    epoch: u64,
-    lsn: Lsn,
-    clu: u16,
-    npages: u64,
-    runs: &[wire::Run],
-) -> Result<(), BackupError> {
-    let mut img = lock(img);
-    if epoch != session_epoch || epoch < img.state.epoch {
-        return Err(BackupError::Stale {
-            name: img.state.name.clone(),
-            have: img.state.epoch,
-            got: epoch,
-        });
+/// The answer refusing a request for `e`.
+fn refusal(e: &BackupError) -> Msg {
+    match e {
+        BackupError::Stale { .. } => Msg::Fenced { why: e.to_string() },
+        _ => Msg::Refused { why: e.to_string() },
     }
-    if lsn <= img.state.applied {
-        // Already applied (sent again after a reconnection).
-        return Ok(());
-    }
-    let id = CluId(clu);
-    img.volume.clu_ensure(id, npages)?;
-    let runs: Vec<PageRun<'_>> = runs
-        .iter()
+}
+
+fn kind_of(code: u8) -> Result<ClusterKind, BackupError> {
+    ClusterKind::from_code(u32::from(code))
+        .ok_or_else(|| BackupError::Protocol(format!("unknown cluster kind {code}")))
+}
+
+fn page_runs(runs: &[Run]) -> Vec<PageRun<'_>> {
+    runs.iter()
         .map(|r| PageRun {
             first_page: r.first_page,
             pages: &r.pages,
         })
+        .collect()
+}
+
+/// Applies one message of a primary's session (introduced at `session_epoch`); returns the
+/// position to acknowledge.
+fn handle(img: &Mutex<Image>, session_epoch: u64, msg: Msg) -> Result<Lsn, BackupError> {
+    let mut img = lock(img);
+    let epoch = match &msg {
+        Msg::Op { epoch, .. }
+        | Msg::CopyBegin { epoch, .. }
+        | Msg::CopyPages { epoch, .. }
+        | Msg::CopyEnd { epoch, .. } => *epoch,
+        other => {
+            return Err(BackupError::Protocol(format!(
+                "unexpected {} in a primary's session",
+                other.kind()
+            )))
+        }
+    };
+    // A fence raised during the session (a restoration elsewhere) refuses the rest of it.
+    if epoch != session_epoch || epoch < img.state.epoch {
+        return Err(BackupError::Stale {
+            name: img.state.name.clone(),
+            have: img.state.epoch.max(session_epoch),
+            got: epoch,
+        });
+    }
+    match msg {
+        Msg::Op {
+            lsn,
+            end,
+            clu,
+            runs,
+            ..
+        } => {
+            let at = img.state.position;
+            if !at.complete {
+                return Err(BackupError::Protocol(
+                    "the image is incomplete: a full copy must come first".into(),
+                ));
+            }
+            if at.epoch == epoch && end <= at.lsn {
+                return Ok(at.lsn); // sent again after a reconnection
+            }
+            if at.epoch == epoch && lsn < at.lsn {
+                return Err(BackupError::Protocol(format!(
+                    "operation {lsn}..{end} overlaps position {}",
+                    at.lsn
+                )));
+            }
+            let id = CluId(clu.clu);
+            img.volume
+                .clu_ensure(id, clu.npages, clu.owner, kind_of(clu.kind)?)?;
+            img.volume.clu_write(id, &page_runs(&runs))?;
+            img.state.position = Position {
+                epoch,
+                lsn: end,
+                complete: true,
+            };
+            img.save_state()?;
+            Ok(end)
+        }
+        Msg::CopyBegin { clusters, .. } => {
+            img.state.position.complete = false;
+            img.save_state()?;
+            for desc in img.volume.clu_list() {
+                img.volume.clu_destroy(desc.id.clu())?;
+            }
+            for c in clusters {
+                img.volume
+                    .clu_ensure(CluId(c.clu), c.npages, c.owner, kind_of(c.kind)?)?;
+            }
+            Ok(Lsn::default())
+        }
+        Msg::CopyPages { clu, runs, .. } => {
+            if img.state.position.complete {
+                return Err(BackupError::Protocol(
+                    "pages of a copy that was not begun".into(),
+                ));
+            }
+            img.volume.clu_write(CluId(clu), &page_runs(&runs))?;
+            Ok(Lsn::default())
+        }
+        Msg::CopyEnd { position, .. } => {
+            if img.state.position.complete {
+                return Err(BackupError::Protocol(
+                    "the end of a copy that was not begun".into(),
+                ));
+            }
+            img.volume.checkpoint()?;
+            img.state.position = Position {
+                complete: true,
+                ..position
+            };
+            img.save_state()?;
+            info!(name = %img.state.name, position = ?img.state.position, "full copy received");
+            Ok(position.lsn)
+        }
+        _ => unreachable!("filtered above"),
+    }
+}
+
+/// Streams the image to a restorer: `CopyBegin`, `CopyPages`..., `CopyEnd`.
+fn send_image(img: &Image, wr: &mut impl Write) -> Result<(), WireError> {
+    let epoch = img.state.epoch;
+    let descs = img.volume.clu_list();
+    let clusters = descs
+        .iter()
+        .map(|d| CluInfo {
+            clu: d.id.clu().0,
+            npages: d.npages,
+            owner: d.owner,
+            kind: d.kind as u8,
+        })
         .collect();
-    img.volume.clu_write(id, &runs)?;
-    img.state.applied = lsn;
-    img.save_state()?;
+    wire::send(wr, &Msg::CopyBegin { epoch, clusters })?;
+    for d in &descs {
+        let mut first = 0;
+        while first < d.npages {
+            let n = COPY_CHUNK_PAGES.min(d.npages - first);
+            let mut pages = vec![0u8; (n as usize) * client::PAGE_SIZE];
+            if let Err(e) = img.volume.clu_read(d.id.clu(), first, &mut pages) {
+                let why = format!("reading cluster {} here failed: {e}", d.id);
+                wire::send(wr, &Msg::Refused { why })?;
+                return Ok(());
+            }
+            // The restorer's clusters start zero-filled: zero pages need not travel.
+            if pages.iter().any(|&b| b != 0) {
+                let runs = vec![Run {
+                    first_page: first,
+                    pages,
+                }];
+                let clu = d.id.clu().0;
+                wire::send(wr, &Msg::CopyPages { epoch, clu, runs })?;
+            }
+            first += n;
+        }
+    }
+    let position = img.state.position;
+    wire::send(wr, &Msg::CopyEnd { epoch, position })?;
     Ok(())
-}
-
-fn kind(m: &Msg) -> &'static str {
-    match m {
-        Msg::Hello { .. } => "Hello",
-        Msg::Welcome { .. } => "Welcome",
-        Msg::Op { .. } => "Op",
-        Msg::Ack { .. } => "Ack",
-        Msg::Refused { .. } => "Refused",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_round_trips() {
-        let s = State {
-            name: "rel".into(),
-            epoch: 4,
-            applied: Lsn::new(2, 8192),
-        };
-        assert_eq!(State::parse(&s.format()), Some(s));
-        assert_eq!(State::parse("name x\nepoch z\napplied 1 2\n"), None);
-    }
 }

@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! uid 9f3c2a7b11d04e55        the volume's identity on every backup (random, fixed at creation)
+//! name rel                    its name in the catalog
 //! epoch 1                     raised at each restoration; backups refuse older epochs
 //! sync 0                      commits wait for this many backup acknowledgements
+//! origin 0 0 0                the history this journal continues: epoch, LSN (file offset)
 //! backup 127.0.0.1:7701       one line per backup server
 //! ```
 
 use std::path::Path;
+
+use journal::Lsn;
 
 use crate::storage::fsutil::write_atomic;
 use crate::storage::{Result, StorageError};
@@ -20,20 +24,32 @@ pub const FILE: &str = "goofy.conf";
 pub struct Conf {
     /// Identity of the volume on the backups.
     pub uid: u64,
+    /// Its name (as in the catalog; backups and restorers know it by this name).
+    pub name: String,
     /// Fencing epoch.
     pub epoch: u64,
     /// Acknowledgements a commit waits for (0: asynchronous).
     pub sync: u32,
     /// The backup servers, `HOST:PORT`.
     pub backups: Vec<String>,
+    /// Where this volume's journal takes over: the epoch and LSN of the image it was restored
+    /// from (epoch 0, LSN 0 for a volume created empty). Its journal starts at file
+    /// `origin.file + 1`.
+    pub origin: (u64, Lsn),
 }
 
 impl Conf {
     /// The text form.
     pub fn format(&self) -> String {
         let mut s = format!(
-            "uid {:016x}\nepoch {}\nsync {}\n",
-            self.uid, self.epoch, self.sync
+            "uid {:016x}\nname {}\nepoch {}\nsync {}\norigin {} {} {}\n",
+            self.uid,
+            self.name,
+            self.epoch,
+            self.sync,
+            self.origin.0,
+            self.origin.1.file,
+            self.origin.1.offset
         );
         for b in &self.backups {
             s.push_str(&format!("backup {b}\n"));
@@ -44,24 +60,40 @@ impl Conf {
     /// Parses the text form.
     pub fn parse(text: &str) -> std::result::Result<Conf, String> {
         let (mut uid, mut epoch, mut sync, mut backups) = (None, None, 0, Vec::new());
+        let mut origin = (0, Lsn::default());
+        let mut name = String::new();
         for (i, line) in text.lines().enumerate() {
             let bad = |what: &str| format!("line {}: {what}", i + 1);
             match line.split_once(' ') {
                 Some(("uid", v)) => {
                     uid = Some(u64::from_str_radix(v, 16).map_err(|_| bad("bad uid"))?)
                 }
+                Some(("name", v)) => name = v.to_string(),
                 Some(("epoch", v)) => epoch = Some(v.parse().map_err(|_| bad("bad epoch"))?),
                 Some(("sync", v)) => sync = v.parse().map_err(|_| bad("bad sync"))?,
                 Some(("backup", v)) if !v.is_empty() => backups.push(v.to_string()),
+                Some(("origin", v)) => {
+                    let n: Vec<u64> = v
+                        .split(' ')
+                        .map(str::parse)
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|_| bad("bad origin"))?;
+                    let [e, f, o] = n[..] else {
+                        return Err(bad("origin needs an epoch, a file and an offset"));
+                    };
+                    origin = (e, Lsn::new(f, o));
+                }
                 _ if line.trim().is_empty() => {}
                 _ => return Err(bad("unknown setting")),
             }
         }
         Ok(Conf {
             uid: uid.ok_or("no uid")?,
+            name,
             epoch: epoch.ok_or("no epoch")?,
             sync,
             backups,
+            origin,
         })
     }
 
@@ -86,13 +118,20 @@ mod tests {
     fn round_trip_and_damage() {
         let c = Conf {
             uid: 0x9f3c,
+            name: "rel".into(),
             epoch: 3,
             sync: 1,
             backups: vec!["127.0.0.1:1".into(), "[::1]:2".into()],
+            origin: (2, Lsn::new(9, 8192)),
         };
         assert_eq!(Conf::parse(&c.format()), Ok(c));
         assert!(Conf::parse("uid zz\nepoch 1\n").is_err());
         assert!(Conf::parse("epoch 1\n").is_err());
         assert!(Conf::parse("uid 1\nepoch 1\nflavour x\n").is_err());
+        assert!(Conf::parse("uid 1\nepoch 1\norigin 1 2\n").is_err());
+        assert_eq!(
+            Conf::parse("uid 1\nepoch 1\n").unwrap().origin,
+            (0, Lsn::default())
+        );
     }
 }

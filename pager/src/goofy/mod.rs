@@ -2,15 +2,20 @@
 //! manager, which holds its primary copy; backup servers keep images of it, kept up to date by
 //! asynchronous propagation of the modified whole pages of each commit.
 //!
-//! - [`wire`]: the messages between a primary and its backups.
-//! - [`primary`]: the reliable service in the driver table (`ssf`) and its propagation.
-//! - [`backup`]: `pager backup-server`.
+//! - [`wire`]: the messages between a primary, its backups and a restorer.
+//! - [`primary`]: the reliable service in the driver table (`ssf`); each backup is fed by a
+//!   [`link`] that ships the primary's journal, after a full copy when it must.
+//! - [`resume`]: where a backup resumes (from the journal or a full copy), a pure decision.
+//! - [`backup`]: `pager backup-server`, and its [`state`] file.
+//! - [`restore`]: `pager vol restore`: rebuild a volume from its freshest backup, fencing the
+//!   primary it replaces.
 //! - [`conf`]: `goofy.conf`, what makes a volume reliable.
-//!
-//! Status (see the README): propagation, acknowledgements, fencing by epoch and `sync K` work;
-//! catch-up from the journal after a backup's outage, full copies, and `vol restore` do not yet.
 
 pub mod backup;
 pub mod conf;
+pub mod link;
 pub mod primary;
+pub mod restore;
+pub mod resume;
+pub mod state;
 pub mod wire;

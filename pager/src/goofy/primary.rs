@@ -1,16 +1,16 @@
 //! The primary side of a reliable volume: the reliable storage service (SSF, thesis H4) in the
 //! driver table. A reliable volume is a local volume plus `goofy.conf`; after each validated
-//! commit its modified whole pages go to every backup in parallel (thesis M5, M9, M11), and
-//! `clu_Commit` does not wait unless the volume asks for `sync K` acknowledgements.
+//! commit its modified whole pages go to every backup in parallel (thesis M5, M9, M11) through
+//! the backup's [`link`](super::link), and `clu_Commit` does not wait unless the volume asks for
+//! `sync K` acknowledgements.
 //!
-//! Each backup has a link: a thread that connects, introduces the volume (`Hello` with its uid
-//! and epoch), then sends the queued operations in order and reads their acknowledgements. A link
-//! that loses its backup reconnects with a growing delay; operations queue meanwhile, up to a
-//! bound past which the backup is marked stale.
+//! Fencing: at mount, the volume waits (a few seconds at most) for each backup's first answer.
+//! A backup that knows a newer epoch means this primary was replaced by `pager vol restore`
+//! elsewhere: the volume stays mounted, so that `pager status` shows why, but every mapping,
+//! read and commit on it fails with an error saying so. The same happens if a backup says so
+//! later.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, BufWriter};
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,300 +18,120 @@ use std::time::{Duration, Instant};
 
 use client::{CluId, ClusterKind, VolId};
 use journal::{Lsn, PageRun};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::conf::Conf;
-use super::wire::{self, Msg, Run};
+use super::link::{self, Link, LinkState, Shared};
+use super::restore;
 use crate::storage::ssr::{LocalVolume, Ssr};
 use crate::storage::{
-    ClusterDesc, Result, StorageError, StorageService, Volume, VolumeInfo, VolumeParams,
+    BackupStatus, ClusterDesc, Replication, Result, StorageError, StorageService, Volume,
+    VolumeInfo, VolumeParams,
 };
 use crate::sync::lock;
 
-/// Operations a link keeps for a backup that does not answer; past it the backup is stale.
-const MAX_QUEUED: usize = 4096;
 /// How long a synchronous commit waits for its acknowledgements.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long mounting waits for the backups' first answers (the fencing check).
+const FIRST_CONTACT: Duration = Duration::from_secs(3);
+/// The default retention bound: a backup further behind is marked stale.
+const RETAIN_MB: u64 = 256;
 
-/// What a primary knows of one backup.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkState {
-    /// Connecting or reconnecting.
-    Unreachable(String),
-    /// Connected; operations flow.
-    Connected,
-    /// Missed operations no longer queued: needs a full copy.
-    Stale,
-}
-
-struct LinkInner {
-    state: LinkState,
-    /// Operations not yet acknowledged, with when each was queued.
-    queue: VecDeque<(Arc<Msg>, Instant)>,
-    acked: Lsn,
-    /// Propagation lags (queued to acknowledged) of the latest operations, in seconds.
-    lags: VecDeque<f64>,
-}
-
-/// How many recent lags a link keeps for its median.
-const LAGS: usize = 1024;
-
-struct Link {
-    addr: String,
-    inner: Mutex<LinkInner>,
-    /// Wakes the link's thread when an operation is queued.
-    cv: Condvar,
-    /// Shared by the volume's links: notified (under its lock) at every acknowledgement, for
-    /// the commits that wait for some (`sync K`).
-    acks: Arc<(Mutex<()>, Condvar)>,
-}
-
-/// The propagation of one reliable volume to its backups.
-pub struct Propagator {
-    name: String,
-    conf: Conf,
+/// A mounted reliable volume: a local volume whose commits are propagated.
+pub struct ReliableVolume {
+    inner: Arc<LocalVolume>,
+    shared: Arc<Shared>,
     links: Vec<Arc<Link>>,
-    acks: Arc<(Mutex<()>, Condvar)>,
-    stop: Arc<AtomicBool>,
 }
 
-impl Propagator {
-    /// Starts a link thread per backup.
-    pub fn start(name: &str, conf: Conf) -> Propagator {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acks = Arc::new((Mutex::new(()), Condvar::new()));
+impl ReliableVolume {
+    fn start(name: &str, conf: Conf, inner: LocalVolume, rotate_bytes: u64) -> ReliableVolume {
+        let inner = Arc::new(inner);
+        let retain_mb = std::env::var("CLU_GOOFY_RETAIN_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RETAIN_MB);
         let links: Vec<Arc<Link>> = conf
             .backups
             .iter()
-            .map(|addr| {
-                Arc::new(Link {
-                    addr: addr.clone(),
-                    inner: Mutex::new(LinkInner {
-                        state: LinkState::Unreachable("not connected yet".into()),
-                        queue: VecDeque::new(),
-                        acked: Lsn::default(),
-                        lags: VecDeque::new(),
-                    }),
-                    cv: Condvar::new(),
-                    acks: acks.clone(),
-                })
-            })
+            .map(|a| Arc::new(Link::new(a)))
             .collect();
-        for link in &links {
-            let (link, stop) = (link.clone(), stop.clone());
-            let (uid, epoch, name) = (conf.uid, conf.epoch, name.to_string());
-            std::thread::Builder::new()
-                .name(format!("goofy-{}", link.addr))
-                .spawn(move || run_link(&link, uid, epoch, &name, &stop))
-                .expect("spawn a propagation thread");
-        }
-        Propagator {
+        let shared = Arc::new(Shared {
             name: name.to_string(),
             conf,
+            volume: inner.clone(),
+            stop: AtomicBool::new(false),
+            fenced: Mutex::new(None),
+            progress: (Mutex::new(0), Condvar::new()),
+            times: Mutex::new(VecDeque::new()),
+            retain_bytes: retain_mb << 20,
+            rotate_bytes,
+        });
+        for l in &links {
+            link::start(shared.clone(), l.clone());
+        }
+        let v = ReliableVolume {
+            inner,
+            shared,
             links,
-            acks,
-            stop,
+        };
+        // The fencing check: hear from every backup (or fail to reach it) before serving.
+        let deadline = Instant::now() + FIRST_CONTACT;
+        while Instant::now() < deadline
+            && lock(&v.shared.fenced).is_none()
+            && v.links.iter().any(|l| !lock(&l.inner).tried)
+        {
+            v.shared.wait(Duration::from_millis(50));
+        }
+        if let Some(why) = &*lock(&v.shared.fenced) {
+            warn!(volume = %name, "mounted but fenced: {why}");
+        }
+        v
+    }
+
+    fn check(&self) -> Result<()> {
+        match &*lock(&self.shared.fenced) {
+            Some(why) => Err(StorageError::Fenced {
+                vol: self.inner.id(),
+                why: why.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
-    /// Queues a committed operation for every backup; waits for `sync` acknowledgements.
-    pub fn propagate(&self, lsn: Lsn, clu: CluId, npages: u64, runs: &[PageRun<'_>]) -> Result<()> {
-        let op = Arc::new(Msg::Op {
-            epoch: self.conf.epoch,
-            lsn,
-            clu: clu.0,
-            npages,
-            runs: runs
-                .iter()
-                .map(|r| Run {
-                    first_page: r.first_page,
-                    pages: r.pages.to_vec(),
-                })
-                .collect(),
-        });
-        for link in &self.links {
-            let mut l = lock(&link.inner);
-            if l.state == LinkState::Stale {
-                continue;
-            }
-            if l.queue.len() >= MAX_QUEUED {
-                warn!(volume = %self.name, backup = %link.addr, "backup too far behind: marked stale (needs a full copy)");
-                l.state = LinkState::Stale;
-                l.queue.clear();
-                continue;
-            }
-            l.queue.push_back((op.clone(), Instant::now()));
-            link.cv.notify_all();
-        }
-        let want = self.conf.sync as usize;
-        if want == 0 {
-            return Ok(());
-        }
+    /// Waits until `want` backups acknowledged the operation at `lsn`.
+    fn wait_acks(&self, lsn: Lsn, want: usize) -> Result<()> {
         let deadline = Instant::now() + SYNC_TIMEOUT;
-        let (m, cv) = &*self.acks;
-        let mut g = lock(m);
         loop {
+            self.check()?;
             let have = self
                 .links
                 .iter()
-                .filter(|l| lock(&l.inner).acked >= lsn)
+                .filter(|l| lock(&l.inner).acked > lsn)
                 .count();
             if have >= want {
                 return Ok(());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if Instant::now() >= deadline {
                 return Err(StorageError::Invalid(format!(
                     "commit {lsn} is stored here but only {have} of the {want} backup acknowledgements it waits for came within {}s; see `pager status`",
                     SYNC_TIMEOUT.as_secs()
                 )));
             }
-            g = cv
-                .wait_timeout(g, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            self.shared.wait(Duration::from_millis(100));
         }
     }
 
-    /// One line per backup: its state, lag in LSN and seconds.
-    pub fn report(&self, log_lsn: Lsn) -> Vec<String> {
-        self.links
-            .iter()
-            .map(|link| {
-                let l = lock(&link.inner);
-                let state = match (&l.state, l.queue.is_empty()) {
-                    (LinkState::Connected, true) => "in sync".to_string(),
-                    (LinkState::Connected, false) => "catching up".to_string(),
-                    (LinkState::Stale, _) => "stale (needs a full copy)".to_string(),
-                    (LinkState::Unreachable(why), _) => format!("unreachable ({why})"),
-                };
-                let behind = l.queue.front().map_or(0.0, |(_, t)| t.elapsed().as_secs_f64());
-                let mut lags: Vec<f64> = l.lags.iter().copied().collect();
-                lags.sort_by(f64::total_cmp);
-                let median = lags.get(lags.len() / 2).map_or(String::new(), |m| {
-                    format!("; propagation lag median {:.1} ms over the last {} operations", m * 1e3, lags.len())
-                });
-                format!(
-                    "backup {}: {state}; acknowledged {}, {} operations and {behind:.1} s behind (log at {log_lsn}){median}",
-                    link.addr,
-                    l.acked,
-                    l.queue.len()
-                )
-            })
-            .collect()
+    fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.notify();
     }
 }
 
-impl Drop for Propagator {
+impl Drop for ReliableVolume {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for l in &self.links {
-            l.cv.notify_all();
-        }
+        self.stop();
     }
-}
-
-fn run_link(link: &Link, uid: u64, epoch: u64, name: &str, stop: &AtomicBool) {
-    let mut delay = Duration::from_millis(50);
-    while !stop.load(Ordering::Acquire) {
-        match serve_link(link, uid, epoch, name, stop) {
-            Ok(()) => return,
-            Err(why) => {
-                let mut l = lock(&link.inner);
-                if l.state != LinkState::Stale {
-                    l.state = LinkState::Unreachable(why.clone());
-                }
-                drop(l);
-                info!(volume = %name, backup = %link.addr, "backup link: {why}; retrying in {delay:?}");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// One connection's life: `Ok` when stopped, `Err` with why it broke.
-fn serve_link(
-    link: &Link,
-    uid: u64,
-    epoch: u64,
-    name: &str,
-    stop: &AtomicBool,
-) -> std::result::Result<(), String> {
-    let conn = TcpStream::connect(&link.addr).map_err(|e| e.to_string())?;
-    conn.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut rd = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
-    let mut wr = BufWriter::new(conn);
-    let hello = Msg::Hello {
-        uid,
-        epoch,
-        name: name.to_string(),
-    };
-    wire::send(&mut wr, &hello).map_err(|e| e.to_string())?;
-    let applied = match wire::recv(&mut rd).map_err(|e| e.to_string())? {
-        Msg::Welcome { applied } => applied,
-        Msg::Refused { why } => return Err(format!("refused: {why}")),
-        other => return Err(format!("unexpected answer {other:?}")),
-    };
-    {
-        let mut l = lock(&link.inner);
-        l.acked = l.acked.max(applied);
-        // Drop what the backup already has.
-        while l
-            .queue
-            .front()
-            .is_some_and(|(m, _)| matches!(&**m, Msg::Op { lsn, .. } if *lsn <= applied))
-        {
-            l.queue.pop_front();
-        }
-        if l.state != LinkState::Stale {
-            l.state = LinkState::Connected;
-        }
-        info!(volume = %name, backup = %link.addr, %applied, queued = l.queue.len(), "backup connected");
-    }
-    loop {
-        let op = {
-            let mut l = lock(&link.inner);
-            loop {
-                if stop.load(Ordering::Acquire) {
-                    return Ok(());
-                }
-                if let Some((op, _)) = l.queue.front() {
-                    break op.clone();
-                }
-                l = link.cv.wait(l).unwrap_or_else(|e| e.into_inner());
-            }
-        };
-        wire::send(&mut wr, &op).map_err(|e| e.to_string())?;
-        match wire::recv(&mut rd).map_err(|e| e.to_string())? {
-            Msg::Ack { lsn } => {
-                let mut l = lock(&link.inner);
-                l.acked = l.acked.max(lsn);
-                if l.queue
-                    .front()
-                    .is_some_and(|(m, _)| matches!(&**m, Msg::Op { lsn: q, .. } if *q == lsn))
-                {
-                    if let Some((_, queued)) = l.queue.pop_front() {
-                        if l.lags.len() == LAGS {
-                            l.lags.pop_front();
-                        }
-                        l.lags.push_back(queued.elapsed().as_secs_f64());
-                    }
-                }
-                drop(l);
-                let _g = lock(&link.acks.0);
-                link.acks.1.notify_all();
-            }
-            Msg::Refused { why } => return Err(format!("refused: {why}")),
-            other => return Err(format!("unexpected answer {other:?}")),
-        }
-    }
-}
-
-/// A mounted reliable volume: a local volume whose commits are propagated.
-pub struct ReliableVolume {
-    inner: LocalVolume,
-    propagator: Propagator,
 }
 
 impl Volume for ReliableVolume {
@@ -328,34 +148,45 @@ impl Volume for ReliableVolume {
         self.inner.checkpoint()
     }
     fn unmount(&self) -> Result<()> {
+        self.stop();
         self.inner.unmount()
     }
     fn clu_create(&self, npages: u64, owner: u32, kind: ClusterKind) -> Result<ClusterDesc> {
+        self.check()?;
         self.inner.clu_create(npages, owner, kind)
     }
     fn clu_get_desc(&self, clu: CluId) -> Result<ClusterDesc> {
+        self.check()?;
         self.inner.clu_get_desc(clu)
     }
     fn clu_update(&self, clu: CluId, f: &mut dyn FnMut(&mut ClusterDesc)) -> Result<ClusterDesc> {
+        self.check()?;
         self.inner.clu_update(clu, f)
     }
     fn clu_list(&self) -> Vec<ClusterDesc> {
         self.inner.clu_list()
     }
     fn clu_destroy(&self, clu: CluId) -> Result<()> {
+        self.check()?;
         self.inner.clu_destroy(clu)
     }
     fn clu_resize(&self, clu: CluId, add_pages: u64) -> Result<ClusterDesc> {
+        self.check()?;
         self.inner.clu_resize(clu, add_pages)
     }
     fn clu_read(&self, clu: CluId, first_page: u64, buf: &mut [u8]) -> Result<()> {
+        self.check()?;
         self.inner.clu_read(clu, first_page, buf)
     }
     fn clu_write(&self, clu: CluId, runs: &[PageRun<'_>]) -> Result<Lsn> {
+        self.check()?;
         let lsn = self.inner.clu_write(clu, runs)?;
-        let npages = self.inner.clu_get_desc(clu)?.npages;
-        self.propagator.propagate(lsn, clu, npages, runs)?;
-        Ok(lsn)
+        self.shared.committed(lsn);
+        self.shared.notify();
+        match self.shared.conf.sync {
+            0 => Ok(lsn),
+            k => self.wait_acks(lsn, k as usize).map(|()| lsn),
+        }
     }
     fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
         self.inner.clu_prefetch(clu, first_page, npages)
@@ -366,8 +197,41 @@ impl Volume for ReliableVolume {
     fn clu_set_history(&self, clu: CluId, pages: &[u32]) -> Result<()> {
         self.inner.clu_set_history(clu, pages)
     }
-    fn replication(&self) -> Vec<String> {
-        self.propagator.report(self.inner.info().log_lsn)
+    fn replication(&self) -> Option<Replication> {
+        let log_lsn = self.inner.info().log_lsn;
+        let times: Vec<(Lsn, Instant)> = lock(&self.shared.times).iter().copied().collect();
+        let backups = self
+            .links
+            .iter()
+            .map(|link| {
+                let l = lock(&link.inner);
+                let mut lags: Vec<f64> = l.lags.iter().copied().collect();
+                lags.sort_by(f64::total_cmp);
+                let behind_secs = times
+                    .iter()
+                    .find(|(lsn, _)| *lsn >= l.acked)
+                    .map_or(0.0, |(_, t)| t.elapsed().as_secs_f64());
+                BackupStatus {
+                    addr: link.addr.clone(),
+                    state: l.state.word(),
+                    detail: match &l.state {
+                        LinkState::Unreachable(why) | LinkState::Fenced(why) => Some(why.clone()),
+                        _ => None,
+                    },
+                    acked: l.acked,
+                    behind_bytes: self.shared.distance(l.acked, log_lsn),
+                    behind_secs,
+                    lag_median_ms: lags.get(lags.len() / 2).map(|m| (m * 1e3, lags.len())),
+                    copy: l.copy,
+                }
+            })
+            .collect();
+        Some(Replication {
+            epoch: self.shared.conf.epoch,
+            fenced: lock(&self.shared.fenced).clone(),
+            log_lsn,
+            backups,
+        })
     }
 }
 
@@ -392,31 +256,72 @@ fn random_uid() -> u64 {
     u64::from_le_bytes(b)
 }
 
+impl Ssf {
+    /// Creates the volume's local part and fills it from the plan's backup.
+    fn restore_into(
+        &self,
+        vol: VolId,
+        location: &Path,
+        params: &VolumeParams,
+        plan: &restore::Plan,
+    ) -> Result<Conf> {
+        let params = VolumeParams {
+            first_log_file: plan.origin.1.file + 1,
+            ..params.clone()
+        };
+        self.local.vol_create(vol, location, &params)?;
+        let volume = LocalVolume::mount(vol, location, self.local.journal.clone())?;
+        restore::fetch(plan, &volume)?;
+        volume.unmount()?;
+        Ok(Conf {
+            uid: plan.uid,
+            name: plan.name.clone(),
+            epoch: plan.epoch,
+            sync: plan.sync,
+            backups: plan.backups.clone(),
+            origin: plan.origin,
+        })
+    }
+}
+
 impl StorageService for Ssf {
     fn name(&self) -> &'static str {
         "ssf"
     }
     fn vol_create(&self, vol: VolId, location: &Path, params: &VolumeParams) -> Result<()> {
-        if params.backups.is_empty() {
-            return Err(StorageError::Invalid(
-                "a reliable volume needs at least one --backup HOST:PORT".into(),
-            ));
-        }
-        if params.sync as usize > params.backups.len() {
-            return Err(StorageError::Invalid(format!(
-                "--sync {} waits for more acknowledgements than the {} backups can give",
-                params.sync,
-                params.backups.len()
-            )));
-        }
-        self.local.vol_create(vol, location, params)?;
-        Conf {
-            uid: random_uid(),
-            epoch: 1,
-            sync: params.sync,
-            backups: params.backups.clone(),
-        }
-        .store(location)
+        let conf = if let Some(plan) = &params.restore {
+            match self.restore_into(vol, location, params, plan) {
+                Ok(conf) => conf,
+                Err(e) => {
+                    // Not a volume: nothing may mount what a failed restoration left.
+                    let _ = std::fs::remove_dir_all(location);
+                    return Err(e);
+                }
+            }
+        } else {
+            if params.backups.is_empty() {
+                return Err(StorageError::Invalid(
+                    "a reliable volume needs at least one --backup HOST:PORT".into(),
+                ));
+            }
+            if params.sync as usize > params.backups.len() {
+                return Err(StorageError::Invalid(format!(
+                    "--sync {} waits for more acknowledgements than the {} backups can give",
+                    params.sync,
+                    params.backups.len()
+                )));
+            }
+            self.local.vol_create(vol, location, params)?;
+            Conf {
+                uid: random_uid(),
+                name: params.name.clone(),
+                epoch: 1,
+                sync: params.sync,
+                backups: params.backups.clone(),
+                origin: (0, Lsn::default()),
+            }
+        };
+        conf.store(location)
     }
     fn vol_resize(&self, location: &Path, capacity_pages: u64) -> Result<()> {
         self.local.vol_resize(location, capacity_pages)
@@ -425,15 +330,20 @@ impl StorageService for Ssf {
         self.local.vol_delete(vol, location, force)
     }
     fn vol_mount(&self, vol: VolId, location: &Path) -> Result<Box<dyn Volume>> {
-        let conf = Conf::load(location)?;
+        let mut conf = Conf::load(location)?;
+        if conf.name.is_empty() {
+            conf.name = location
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
         let inner = LocalVolume::mount(vol, location, self.local.journal.clone())?;
-        let name = location
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok(Box::new(ReliableVolume {
+        let name = conf.name.clone();
+        Ok(Box::new(ReliableVolume::start(
+            &name,
+            conf,
             inner,
-            propagator: Propagator::start(&name, conf),
-        }))
+            self.local.journal.rotate_bytes,
+        )))
     }
 }

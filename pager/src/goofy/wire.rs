@@ -4,15 +4,18 @@
 //! little-endian. A payload starts with a version byte and a kind byte. Every decode failure is
 //! a typed [`WireError`]: a backup refuses garbage, it never applies it.
 //!
-//! LSNs: an operation carries the **primary's** LSN of its commit, which the backup records as
-//! the last one it applied (its own journal has its own LSNs). A restarted backup reports that
-//! LSN, so both sides speak of the primary's journal positions.
+//! LSNs: an operation carries the **primary's** LSNs (`lsn..end` in its journal); the backup
+//! records the `end` of the last one it applied, with the epoch of the primary that sent it, as
+//! its [`Position`] (its own journal has its own LSNs). A reconnecting backup reports that
+//! position, so both sides speak of the primary's journal. A volume restored from a backup
+//! starts its journal after the LSN it was restored to, and its `goofy.conf` records that
+//! origin: LSNs stay comparable across restorations, and the epoch tells histories apart.
 
 use std::io::{self, Read, Write};
 
 use journal::Lsn;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// The largest payload: one operation of 16 MiB of pages, with room for its headers.
 pub const MAX_FRAME: usize = (16 << 20) + 4096;
 
@@ -45,26 +48,118 @@ pub struct Run {
     pub pages: Vec<u8>,
 }
 
+/// Where a backup's image stands in a primary's history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The epoch whose primary wrote the operations applied (0: none yet).
+    pub epoch: u64,
+    /// Every operation of that primary's journal before this LSN is applied (an operation's
+    /// `end`, or where a full copy was taken).
+    pub lsn: Lsn,
+    /// False while a full copy is under way: the image is then unusable.
+    pub complete: bool,
+}
+
+/// A cluster of a full copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CluInfo {
+    /// Its number in the volume.
+    pub clu: u16,
+    /// Its size in pages.
+    pub npages: u64,
+    /// Its owner's uid.
+    pub owner: u32,
+    /// Its kind (`ClusterKind` code).
+    pub kind: u8,
+}
+
+/// What a backup holds of a volume (the answer to `Inquire` and `Fence`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The volume's identity.
+    pub uid: u64,
+    /// Its name on the primary.
+    pub name: String,
+    /// The newest epoch this backup has seen (fencing).
+    pub epoch: u64,
+    /// Where the image stands.
+    pub position: Position,
+    /// The volume's backup servers, as the primary last listed them.
+    pub backups: Vec<String>,
+    /// Its `sync` setting.
+    pub sync: u32,
+}
+
 /// A message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
-    /// Primary to backup: "I am the primary of volume `uid` at `epoch`".
-    Hello { uid: u64, epoch: u64, name: String },
-    /// Backup to primary: the last operation of the volume it applied (the primary's LSN).
-    Welcome { applied: Lsn },
+    /// Primary to backup: "I am the primary of volume `uid` at `epoch`", with the settings a
+    /// restorer will need (the other backups, `sync`).
+    Hello {
+        uid: u64,
+        epoch: u64,
+        name: String,
+        backups: Vec<String>,
+        sync: u32,
+    },
+    /// Backup to primary: where its image stands.
+    Welcome { position: Position },
     /// Primary to backup: the new images of some pages of a cluster of `npages` pages,
-    /// committed at `lsn` on the primary.
+    /// validated at `lsn..end` in the primary's journal.
     Op {
         epoch: u64,
         lsn: Lsn,
-        clu: u16,
-        npages: u64,
+        end: Lsn,
+        clu: CluInfo,
         runs: Vec<Run>,
     },
-    /// Backup to primary: every operation up to `lsn` is durable here.
+    /// Backup to primary: every operation before `lsn` is durable here (also answers the
+    /// messages of a copy, with the position reached).
     Ack { lsn: Lsn },
-    /// Either way: the request is refused, and why (a stale epoch, a damaged message).
+    /// Either way: the request is refused, and why (a damaged message, a failure).
     Refused { why: String },
+    /// Backup to primary or restorer: a newer epoch is recorded here; the sender was replaced.
+    Fenced { why: String },
+    /// Start of a full copy: the image is emptied and gets these clusters (zero-filled).
+    CopyBegin { epoch: u64, clusters: Vec<CluInfo> },
+    /// Pages of a full copy.
+    CopyPages {
+        epoch: u64,
+        clu: u16,
+        runs: Vec<Run>,
+    },
+    /// End of a full copy: the image now stands at `position`.
+    CopyEnd { epoch: u64, position: Position },
+    /// Restorer to backup: what do you hold of the volume called `name`?
+    Inquire { name: String },
+    /// Backup to restorer: this.
+    Image(ImageInfo),
+    /// Restorer to backup: refuse every primary older than `epoch` from now on.
+    Fence { uid: u64, epoch: u64 },
+    /// Restorer to backup: send your image of `uid` (a `CopyBegin`, `CopyPages`, `CopyEnd`
+    /// stream); the restorer's `epoch` must be the newest.
+    Fetch { uid: u64, epoch: u64 },
+}
+
+impl Msg {
+    /// The message's kind, for logs and refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "Hello",
+            Msg::Welcome { .. } => "Welcome",
+            Msg::Op { .. } => "Op",
+            Msg::Ack { .. } => "Ack",
+            Msg::Refused { .. } => "Refused",
+            Msg::Fenced { .. } => "Fenced",
+            Msg::CopyBegin { .. } => "CopyBegin",
+            Msg::CopyPages { .. } => "CopyPages",
+            Msg::CopyEnd { .. } => "CopyEnd",
+            Msg::Inquire { .. } => "Inquire",
+            Msg::Image(_) => "Image",
+            Msg::Fence { .. } => "Fence",
+            Msg::Fetch { .. } => "Fetch",
+        }
+    }
 }
 
 struct W(Vec<u8>);
@@ -96,6 +191,21 @@ impl W {
         self = self.u32(b.len() as u32);
         self.0.extend_from_slice(b);
         self
+    }
+    fn texts(self, v: &[String]) -> W {
+        let n = v.len() as u32;
+        v.iter().fold(self.u32(n), |w, t| w.bytes(t.as_bytes()))
+    }
+    fn position(self, p: Position) -> W {
+        self.u64(p.epoch).lsn(p.lsn).u8(u8::from(p.complete))
+    }
+    fn clu(self, c: CluInfo) -> W {
+        self.u16(c.clu).u64(c.npages).u32(c.owner).u8(c.kind)
+    }
+    fn runs(self, runs: &[Run]) -> W {
+        let n = runs.len() as u32;
+        runs.iter()
+            .fold(self.u32(n), |w, r| w.u64(r.first_page).bytes(&r.pages))
     }
 }
 
@@ -133,33 +243,122 @@ impl<'a> R<'a> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+    fn text(&mut self) -> Result<String, WireError> {
+        String::from_utf8(self.bytes()?.to_vec())
+            .map_err(|_| WireError::Malformed("text is not UTF-8"))
+    }
+    /// A count of items of at least `min_size` bytes each, checked against what is left.
+    fn count(&mut self, min_size: usize) -> Result<usize, WireError> {
+        let n = self.u32()? as usize;
+        if n > self.0.len() / min_size {
+            return Err(WireError::Malformed("a count larger than the message"));
+        }
+        Ok(n)
+    }
+    fn texts(&mut self) -> Result<Vec<String>, WireError> {
+        let n = self.count(4)?;
+        (0..n).map(|_| self.text()).collect()
+    }
+    fn position(&mut self) -> Result<Position, WireError> {
+        let (epoch, lsn) = (self.u64()?, self.lsn()?);
+        let complete = match self.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(WireError::Malformed("a flag that is neither 0 nor 1")),
+        };
+        Ok(Position {
+            epoch,
+            lsn,
+            complete,
+        })
+    }
+    fn clu(&mut self) -> Result<CluInfo, WireError> {
+        let c = CluInfo {
+            clu: self.u16()?,
+            npages: self.u64()?,
+            owner: self.u32()?,
+            kind: self.u8()?,
+        };
+        if client::ClusterKind::from_code(u32::from(c.kind)).is_none() {
+            return Err(WireError::Malformed("unknown cluster kind"));
+        }
+        Ok(c)
+    }
+    /// Runs of whole pages, all below page `npages`.
+    fn runs(&mut self, npages: u64) -> Result<Vec<Run>, WireError> {
+        let n = self.count(12)?;
+        let mut runs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let first_page = self.u64()?;
+            let pages = self.bytes()?;
+            if pages.is_empty() || pages.len() % client::PAGE_SIZE != 0 {
+                return Err(WireError::Malformed("a run is not whole pages"));
+            }
+            let end = first_page
+                .checked_add((pages.len() / client::PAGE_SIZE) as u64)
+                .ok_or(WireError::Malformed("a run past the end"))?;
+            if end > npages {
+                return Err(WireError::Malformed("a run past the cluster's end"));
+            }
+            runs.push(Run {
+                first_page,
+                pages: pages.to_vec(),
+            });
+        }
+        Ok(runs)
+    }
 }
 
 impl Msg {
     /// The payload (without the frame header).
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Msg::Hello { uid, epoch, name } => {
-                W::new(1).u64(*uid).u64(*epoch).bytes(name.as_bytes())
-            }
-            Msg::Welcome { applied } => W::new(2).lsn(*applied),
+            Msg::Hello {
+                uid,
+                epoch,
+                name,
+                backups,
+                sync,
+            } => W::new(1)
+                .u64(*uid)
+                .u64(*epoch)
+                .bytes(name.as_bytes())
+                .texts(backups)
+                .u32(*sync),
+            Msg::Welcome { position } => W::new(2).position(*position),
             Msg::Op {
                 epoch,
                 lsn,
+                end,
                 clu,
-                npages,
                 runs,
-            } => runs.iter().fold(
-                W::new(3)
-                    .u64(*epoch)
-                    .lsn(*lsn)
-                    .u16(*clu)
-                    .u64(*npages)
-                    .u32(runs.len() as u32),
-                |w, r| w.u64(r.first_page).bytes(&r.pages),
-            ),
+            } => W::new(3)
+                .u64(*epoch)
+                .lsn(*lsn)
+                .lsn(*end)
+                .clu(*clu)
+                .runs(runs),
             Msg::Ack { lsn } => W::new(4).lsn(*lsn),
             Msg::Refused { why } => W::new(5).bytes(why.as_bytes()),
+            Msg::CopyBegin { epoch, clusters } => {
+                let n = clusters.len() as u32;
+                clusters
+                    .iter()
+                    .fold(W::new(6).u64(*epoch).u32(n), |w, c| w.clu(*c))
+            }
+            Msg::CopyPages { epoch, clu, runs } => W::new(7).u64(*epoch).u16(*clu).runs(runs),
+            Msg::CopyEnd { epoch, position } => W::new(8).u64(*epoch).position(*position),
+            Msg::Inquire { name } => W::new(9).bytes(name.as_bytes()),
+            Msg::Image(i) => W::new(10)
+                .u64(i.uid)
+                .bytes(i.name.as_bytes())
+                .u64(i.epoch)
+                .position(i.position)
+                .texts(&i.backups)
+                .u32(i.sync),
+            Msg::Fence { uid, epoch } => W::new(11).u64(*uid).u64(*epoch),
+            Msg::Fetch { uid, epoch } => W::new(12).u64(*uid).u64(*epoch),
+            Msg::Fenced { why } => W::new(13).bytes(why.as_bytes()),
         }
         .u8(0xee)
         .0
@@ -172,52 +371,67 @@ impl Msg {
         if v != VERSION {
             return Err(WireError::Version(v));
         }
-        let text = |b: &[u8]| {
-            String::from_utf8(b.to_vec()).map_err(|_| WireError::Malformed("text is not UTF-8"))
-        };
         let msg = match r.u8()? {
             1 => Msg::Hello {
                 uid: r.u64()?,
                 epoch: r.u64()?,
-                name: text(r.bytes()?)?,
+                name: r.text()?,
+                backups: r.texts()?,
+                sync: r.u32()?,
             },
-            2 => Msg::Welcome { applied: r.lsn()? },
+            2 => Msg::Welcome {
+                position: r.position()?,
+            },
             3 => {
-                let (epoch, lsn, clu, npages) = (r.u64()?, r.lsn()?, r.u16()?, r.u64()?);
-                let n = r.u32()? as usize;
-                if n > payload.len() / 12 {
-                    return Err(WireError::Malformed("more runs than bytes"));
-                }
-                let mut runs = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let first_page = r.u64()?;
-                    let pages = r.bytes()?;
-                    if pages.is_empty() || pages.len() % client::PAGE_SIZE != 0 {
-                        return Err(WireError::Malformed("a run is not whole pages"));
-                    }
-                    let end = first_page
-                        .checked_add((pages.len() / client::PAGE_SIZE) as u64)
-                        .ok_or(WireError::Malformed("a run past the end"))?;
-                    if end > npages {
-                        return Err(WireError::Malformed("a run past the cluster's end"));
-                    }
-                    runs.push(Run {
-                        first_page,
-                        pages: pages.to_vec(),
-                    });
+                let (epoch, lsn, end, clu) = (r.u64()?, r.lsn()?, r.lsn()?, r.clu()?);
+                if end <= lsn {
+                    return Err(WireError::Malformed(
+                        "an operation that ends before it starts",
+                    ));
                 }
                 Msg::Op {
                     epoch,
                     lsn,
+                    end,
                     clu,
-                    npages,
-                    runs,
+                    runs: r.runs(clu.npages)?,
                 }
             }
             4 => Msg::Ack { lsn: r.lsn()? },
-            5 => Msg::Refused {
-                why: text(r.bytes()?)?,
+            5 => Msg::Refused { why: r.text()? },
+            6 => {
+                let epoch = r.u64()?;
+                let n = r.count(15)?;
+                let clusters = (0..n).map(|_| r.clu()).collect::<Result<_, _>>()?;
+                Msg::CopyBegin { epoch, clusters }
+            }
+            7 => Msg::CopyPages {
+                epoch: r.u64()?,
+                clu: r.u16()?,
+                runs: r.runs(u64::MAX)?,
             },
+            8 => Msg::CopyEnd {
+                epoch: r.u64()?,
+                position: r.position()?,
+            },
+            9 => Msg::Inquire { name: r.text()? },
+            10 => Msg::Image(ImageInfo {
+                uid: r.u64()?,
+                name: r.text()?,
+                epoch: r.u64()?,
+                position: r.position()?,
+                backups: r.texts()?,
+                sync: r.u32()?,
+            }),
+            11 => Msg::Fence {
+                uid: r.u64()?,
+                epoch: r.u64()?,
+            },
+            12 => Msg::Fetch {
+                uid: r.u64()?,
+                epoch: r.u64()?,
+            },
+            13 => Msg::Fenced { why: r.text()? },
             _ => return Err(WireError::Malformed("unknown kind")),
         };
         if r.u8()? != 0xee || !r.0.is_empty() {
@@ -261,30 +475,66 @@ mod tests {
     use proptest::prelude::*;
 
     fn samples() -> Vec<Msg> {
+        let clu = CluInfo {
+            clu: 5,
+            npages: 10,
+            owner: 1000,
+            kind: 1,
+        };
+        let runs = vec![Run {
+            first_page: 8,
+            pages: vec![9u8; 2 * client::PAGE_SIZE],
+        }];
+        let position = Position {
+            epoch: 2,
+            lsn: Lsn::new(3, 8192),
+            complete: true,
+        };
         vec![
             Msg::Hello {
                 uid: 7,
                 epoch: 2,
                 name: "rel".into(),
+                backups: vec!["127.0.0.1:1".into(), "[::1]:2".into()],
+                sync: 1,
             },
-            Msg::Welcome {
-                applied: Lsn::new(3, 8192),
-            },
+            Msg::Welcome { position },
             Msg::Op {
                 epoch: 2,
                 lsn: Lsn::new(1, 4096),
-                clu: 5,
-                npages: 10,
-                runs: vec![Run {
-                    first_page: 8,
-                    pages: vec![9u8; 2 * client::PAGE_SIZE],
-                }],
+                end: Lsn::new(1, 16384),
+                clu,
+                runs: runs.clone(),
             },
             Msg::Ack {
                 lsn: Lsn::new(1, 4096),
             },
             Msg::Refused {
                 why: "stale".into(),
+            },
+            Msg::CopyBegin {
+                epoch: 3,
+                clusters: vec![clu, clu],
+            },
+            Msg::CopyPages {
+                epoch: 3,
+                clu: 5,
+                runs,
+            },
+            Msg::CopyEnd { epoch: 3, position },
+            Msg::Inquire { name: "rel".into() },
+            Msg::Image(ImageInfo {
+                uid: 7,
+                name: "rel".into(),
+                epoch: 4,
+                position,
+                backups: vec!["b:1".into()],
+                sync: 0,
+            }),
+            Msg::Fence { uid: 7, epoch: 5 },
+            Msg::Fetch { uid: 7, epoch: 5 },
+            Msg::Fenced {
+                why: "epoch 3 here".into(),
             },
         ]
     }
@@ -310,8 +560,13 @@ mod tests {
         let op = Msg::Op {
             epoch: 1,
             lsn: Lsn::default(),
-            clu: 0,
-            npages: 1,
+            end: Lsn::new(0, 1),
+            clu: CluInfo {
+                clu: 0,
+                npages: 1,
+                owner: 0,
+                kind: 0,
+            },
             runs: vec![Run {
                 first_page: 1,
                 pages: vec![0; client::PAGE_SIZE],

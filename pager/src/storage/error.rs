@@ -95,6 +95,17 @@ pub enum StorageError {
     /// A buffer that is not whole pages, or a size of zero.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A reliable volume whose primary copy here was replaced by a restoration elsewhere.
+    #[error("volume {vol} is fenced: {why}. It was restored on another manager, which is its primary now; this copy must not be used: unmount it here (`pager vol unmount`)")]
+    Fenced {
+        /// The volume.
+        vol: VolId,
+        /// What the backup said.
+        why: String,
+    },
+    /// `pager vol restore` could not proceed.
+    #[error("restoration failed: {0}")]
+    Restore(String),
     /// A persistent structure failed its checks.
     #[error("{path} is damaged ({reason}); restore the volume from a backup")]
     Corrupt {

@@ -33,12 +33,54 @@ pub use root::{Storage, StorageConfig, VolumeStatus};
 /// Parameters of a new volume.
 #[derive(Clone, Debug, Default)]
 pub struct VolumeParams {
+    /// Its name in the catalog (set by [`Storage::vol_create`]).
+    pub name: String,
     /// Capacity in pages; 0 means no limit beyond the disk's.
     pub capacity_pages: u64,
     /// Backup servers (`HOST:PORT`): a reliable volume if any.
     pub backups: Vec<String>,
     /// Acknowledgements a commit of a reliable volume waits for.
     pub sync: u32,
+    /// The journal's first log file (0 or 1 for a new volume; past the LSN a restored volume
+    /// was restored to, so that its LSNs follow those of the history it continues).
+    pub first_log_file: u64,
+    /// A reliable volume rebuilt from a backup (`pager vol restore`) rather than created empty.
+    pub restore: Option<crate::goofy::restore::Plan>,
+}
+
+/// A reliable volume's replication, for `pager status`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Replication {
+    /// The volume's epoch.
+    pub epoch: u64,
+    /// Why it is fenced (a backup knows a newer epoch), if it is.
+    pub fenced: Option<String>,
+    /// The end of its log.
+    pub log_lsn: Lsn,
+    /// Its backups.
+    pub backups: Vec<BackupStatus>,
+}
+
+/// One backup of a reliable volume, as its primary sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackupStatus {
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// In sync, catching up, copying, stale, unreachable, fenced.
+    pub state: &'static str,
+    /// Why it is unreachable or fenced.
+    pub detail: Option<String>,
+    /// Every operation before this LSN is acknowledged.
+    pub acked: Lsn,
+    /// Bytes of log not acknowledged yet.
+    pub behind_bytes: u64,
+    /// Age of the oldest commit not acknowledged yet, in seconds.
+    pub behind_secs: f64,
+    /// Median propagation lag (commit to acknowledgement) of the latest operations, and how
+    /// many operations it covers.
+    pub lag_median_ms: Option<(f64, usize)>,
+    /// A full copy's progress: pages sent, pages in all.
+    pub copy: Option<(u64, u64)>,
 }
 
 /// What a mounted volume reports about itself.
@@ -113,8 +155,8 @@ pub trait Volume: Send + Sync {
     fn clu_set_history(&self, _clu: CluId, _pages: &[u32]) -> Result<()> {
         Ok(())
     }
-    /// For a reliable volume, a line per backup: its state and lag. Empty otherwise.
-    fn replication(&self) -> Vec<String> {
-        Vec::new()
+    /// For a reliable volume, its replication: epoch, fencing, each backup's state and lag.
+    fn replication(&self) -> Option<Replication> {
+        None
     }
 }

@@ -148,7 +148,7 @@ impl Storage {
         let entry = CatalogEntry {
             vol,
             name: name.to_owned(),
-            service: if params.backups.is_empty() {
+            service: if params.backups.is_empty() && params.restore.is_none() {
                 "ssr"
             } else {
                 "ssf"
@@ -161,7 +161,11 @@ impl Storage {
         if location.exists() && !location.join("volume.meta").exists() {
             fs::remove_dir_all(&location).map_err(|e| StorageError::io(&location, e))?;
         }
-        self.service(&entry)?.vol_create(vol, &location, params)?;
+        let params = VolumeParams {
+            name: name.to_owned(),
+            ..params.clone()
+        };
+        self.service(&entry)?.vol_create(vol, &location, &params)?;
         let mut next = catalog.clone();
         next.volumes.insert(vol, entry.clone());
         write_atomic(&self.root.join(CATALOG), next.format().as_bytes())?;

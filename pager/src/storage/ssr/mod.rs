@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use client::{CluId, ClusterId, ClusterKind, VolId, PAGE_SIZE};
-use journal::{Journal, JournalConfig, Lsn, PageRun};
+use journal::{Journal, JournalConfig, LogReader, Lsn, PageRun, Retention};
 
 use self::clusters::{Cluster, ClusterTable};
 use self::sums::PageSums;
@@ -74,7 +74,11 @@ impl StorageService for Ssr {
             ));
         }
         fs::create_dir_all(location.join("clusters")).map_err(|e| StorageError::io(location, e))?;
-        Journal::create(&location.join("journal"), &self.journal)?;
+        Journal::create_at(
+            &location.join("journal"),
+            &self.journal,
+            params.first_log_file.max(1),
+        )?;
         let meta = VolumeMeta {
             vol,
             capacity_pages: params.capacity_pages,
@@ -172,6 +176,21 @@ impl LocalVolume {
             Some(j) => f(j),
             None => Err(StorageError::NotMounted(self.vol)),
         }
+    }
+
+    /// A reader of the journal's validated operations (replication).
+    pub fn log_reader(&self) -> Result<LogReader> {
+        self.with_journal(|j| Ok(j.reader()))
+    }
+
+    /// Every operation before this LSN is applied to the cluster files.
+    pub fn applied_lsn(&self) -> Result<Lsn> {
+        self.with_journal(|j| Ok(j.applied_lsn()))
+    }
+
+    /// Keeps the log files from `from` on until the hold advances or is dropped.
+    pub fn retain_from(&self, from: Lsn) -> Result<Retention> {
+        self.with_journal(|j| Ok(j.retain_from(from)?))
     }
 
     fn used_pages(&self) -> u64 {
@@ -287,9 +306,15 @@ impl LocalVolume {
         Ok(desc)
     }
 
-    /// A backup's copy of cluster `clu` (numbered as on the primary): created with zero pages if
-    /// it does not exist, grown if it has fewer than `npages` pages.
-    pub fn clu_ensure(&self, clu: CluId, npages: u64) -> Result<ClusterDesc> {
+    /// A backup's copy of cluster `clu` (numbered as on the primary): created with zero pages
+    /// (owned by `owner`, of `kind`) if it does not exist, grown if it has fewer than `npages`.
+    pub fn clu_ensure(
+        &self,
+        clu: CluId,
+        npages: u64,
+        owner: u32,
+        kind: ClusterKind,
+    ) -> Result<ClusterDesc> {
         match self.clusters.get(clu) {
             Ok(c) => {
                 let have = lock(&c.desc).npages;
@@ -301,7 +326,7 @@ impl LocalVolume {
             }
             Err(_) => {
                 check_size(npages)?;
-                self.create_numbered(clu, npages, 0, ClusterKind::Protected)
+                self.create_numbered(clu, npages, owner, kind)
             }
         }
     }

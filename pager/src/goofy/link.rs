@@ -1,0 +1,513 @@
+//! A link from a primary to one backup server: a thread that connects, introduces the volume,
+//! decides where the backup resumes ([`super::resume`]), sends a full copy if it must, then
+//! ships the primary's journal operation by operation and reads the acknowledgements.
+//!
+//! The journal is the queue (thesis VII.3.4, done better): a link holds a [`Retention`] at the
+//! position its backup acknowledged, so the log files it still needs stay on disk, and it reads
+//! the operations back from them. A backup that comes back after an outage is caught up from
+//! the log while commits go on; nothing blocks the volume, not even for a last stretch, since
+//! the link reads up to the log's end and then simply follows it. A backup further behind than
+//! the retention bound is marked stale: its hold is released, and it gets a full copy when it
+//! returns.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, BufWriter};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use client::ClusterId;
+use journal::{Lsn, Retention};
+use tracing::{info, warn};
+
+use super::backup::COPY_CHUNK_PAGES;
+use super::conf::Conf;
+use super::resume::{resume, History, Resume};
+use super::wire::{self, CluInfo, Msg, Position, Run};
+use crate::storage::ssr::LocalVolume;
+use crate::storage::Volume;
+use crate::sync::lock;
+
+/// How many recent lags a link keeps for its median.
+const LAGS: usize = 1024;
+/// How many recent commit times a volume keeps (to measure lags).
+const TIMES: usize = 8192;
+/// How long connecting to a backup may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a link is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected yet, or reconnecting after this.
+    Unreachable(String),
+    /// Sending a full copy.
+    Copying,
+    /// Sending operations the backup missed.
+    CatchingUp,
+    /// The backup has every operation of the log.
+    InSync,
+    /// Fell further behind than the retention bound: needs a full copy when it returns.
+    Stale,
+    /// The backup knows a newer epoch: this primary was replaced.
+    Fenced(String),
+}
+
+impl LinkState {
+    /// The word `pager status` shows.
+    pub fn word(&self) -> &'static str {
+        match self {
+            LinkState::Unreachable(_) => "unreachable",
+            LinkState::Copying => "copying",
+            LinkState::CatchingUp => "catching up",
+            LinkState::InSync => "in sync",
+            LinkState::Stale => "stale",
+            LinkState::Fenced(_) => "fenced",
+        }
+    }
+}
+
+/// What one reliable volume's links share.
+pub struct Shared {
+    /// The volume's name.
+    pub name: String,
+    /// Its replication settings.
+    pub conf: Conf,
+    /// Its primary copy.
+    pub volume: Arc<LocalVolume>,
+    /// Set at unmount: links end.
+    pub stop: AtomicBool,
+    /// Why the volume is fenced, once a backup said so.
+    pub fenced: Mutex<Option<String>>,
+    /// Bumped, and its condvar notified, at each commit and each acknowledgement.
+    pub progress: (Mutex<u64>, Condvar),
+    /// When the latest commits were made, by LSN (for lags).
+    pub times: Mutex<VecDeque<(Lsn, Instant)>>,
+    /// How far (bytes of log) a backup may fall behind before it is marked stale.
+    pub retain_bytes: u64,
+    /// The journal's file size, to turn LSN distances into bytes.
+    pub rotate_bytes: u64,
+}
+
+impl Shared {
+    /// Wakes the links and the commits that wait for acknowledgements.
+    pub fn notify(&self) {
+        let (m, cv) = &self.progress;
+        *lock(m) += 1;
+        cv.notify_all();
+    }
+
+    /// Waits for the next notification, at most `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        let (m, cv) = &self.progress;
+        let g = lock(m);
+        let seen = *g;
+        let _ = cv
+            .wait_timeout_while(g, timeout, |n| {
+                *n == seen && !self.stop.load(Ordering::Acquire)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Records a commit's time.
+    pub fn committed(&self, lsn: Lsn) {
+        let mut t = lock(&self.times);
+        if t.len() == TIMES {
+            t.pop_front();
+        }
+        t.push_back((lsn, Instant::now()));
+    }
+
+    /// Bytes of log from `from` to `to` (whole files counted at their size).
+    pub fn distance(&self, from: Lsn, to: Lsn) -> u64 {
+        if to <= from {
+            0
+        } else if to.file == from.file {
+            to.offset - from.offset
+        } else {
+            (to.file - from.file) * self.rotate_bytes + to.offset - from.offset.min(to.offset)
+        }
+    }
+
+    fn history(&self) -> History {
+        History {
+            epoch: self.conf.epoch,
+            origin: self.conf.origin,
+            log_end: self.volume.info().log_lsn,
+        }
+    }
+}
+
+/// One backup's link.
+pub struct Link {
+    /// The backup server, `HOST:PORT`.
+    pub addr: String,
+    /// What it knows.
+    pub inner: Mutex<LinkInner>,
+}
+
+/// The mutable part of a link.
+pub struct LinkInner {
+    /// What it is doing.
+    pub state: LinkState,
+    /// Every operation before this LSN is acknowledged (in this primary's history).
+    pub acked: Lsn,
+    /// Whether the first connection attempt finished (either way).
+    pub tried: bool,
+    /// Whether the next connection must start with a full copy.
+    pub stale: bool,
+    /// A full copy's progress: pages sent, pages in all.
+    pub copy: Option<(u64, u64)>,
+    /// Propagation lags (commit to acknowledgement) of the latest operations, in seconds.
+    pub lags: VecDeque<f64>,
+    hold: Option<Retention>,
+}
+
+impl Link {
+    /// A link not started yet.
+    pub fn new(addr: &str) -> Link {
+        Link {
+            addr: addr.to_string(),
+            inner: Mutex::new(LinkInner {
+                state: LinkState::Unreachable("not connected yet".into()),
+                acked: Lsn::default(),
+                tried: false,
+                stale: false,
+                copy: None,
+                lags: VecDeque::new(),
+                hold: None,
+            }),
+        }
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    Stopped,
+    Fenced(String),
+    Broken(String),
+}
+
+impl<E: std::fmt::Display> From<E> for End {
+    fn from(e: E) -> End {
+        End::Broken(e.to_string())
+    }
+}
+
+/// The link's thread: connects, serves, reconnects with a growing delay, until stopped or
+/// fenced.
+pub fn run(shared: &Shared, link: &Link) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let end = serve(shared, link);
+        let mut l = lock(&link.inner);
+        l.tried = true;
+        match end {
+            End::Stopped => return,
+            End::Fenced(why) => {
+                warn!(volume = %shared.name, backup = %link.addr, "{why}: this primary was replaced; the volume is fenced here");
+                l.state = LinkState::Fenced(why.clone());
+                drop(l);
+                lock(&shared.fenced).get_or_insert(why);
+                shared.notify();
+                return;
+            }
+            End::Broken(why) => {
+                if l.state == LinkState::InSync || l.state == LinkState::CatchingUp {
+                    delay = Duration::from_millis(50);
+                }
+                l.copy = None;
+                l.state = if l.stale {
+                    LinkState::Stale
+                } else {
+                    LinkState::Unreachable(why.clone())
+                };
+                drop(l);
+                info!(volume = %shared.name, backup = %link.addr, "backup link: {why}; retrying in {delay:?}");
+            }
+        }
+        shared.notify();
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            if shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            check_bound(shared, link);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Marks the backup stale, releasing its hold on the log, once it is too far behind.
+fn check_bound(shared: &Shared, link: &Link) {
+    let log_end = shared.volume.info().log_lsn;
+    let mut l = lock(&link.inner);
+    if !l.stale && l.hold.is_some() && shared.distance(l.acked, log_end) > shared.retain_bytes {
+        warn!(volume = %shared.name, backup = %link.addr, acked = %l.acked, %log_end, "backup further behind than the retention bound: marked stale (it gets a full copy when it returns)");
+        l.stale = true;
+        l.hold = None;
+        if !matches!(l.state, LinkState::InSync | LinkState::CatchingUp) {
+            l.state = LinkState::Stale;
+        }
+    }
+}
+
+fn connect(addr: &str) -> Result<TcpStream, String> {
+    let mut last = format!("{addr} resolves to no address");
+    for a in addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))? {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+/// Sends `msg` and reads the answer: `Ok(lsn)` for an acknowledgement.
+fn call(
+    rd: &mut BufReader<TcpStream>,
+    wr: &mut BufWriter<TcpStream>,
+    msg: &Msg,
+) -> Result<Lsn, End> {
+    wire::send(wr, msg)?;
+    match wire::recv(rd)? {
+        Msg::Ack { lsn } => Ok(lsn),
+        Msg::Fenced { why } => Err(End::Fenced(why)),
+        Msg::Refused { why } => Err(End::Broken(format!("refused: {why}"))),
+        other => Err(End::Broken(format!("unexpected answer {}", other.kind()))),
+    }
+}
+
+fn set_state(link: &Link, state: LinkState) {
+    lock(&link.inner).state = state;
+}
+
+/// One connection's life.
+fn serve(shared: &Shared, link: &Link) -> End {
+    let conn = match connect(&link.addr) {
+        Ok(c) => c,
+        Err(e) => return End::Broken(e),
+    };
+    match serve_conn(shared, link, conn) {
+        Ok(never) => match never {},
+        Err(end) => end,
+    }
+}
+
+enum Never {}
+
+fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Never, End> {
+    conn.set_nodelay(true)?;
+    let mut rd = BufReader::new(conn.try_clone()?);
+    let mut wr = BufWriter::new(conn);
+    let conf = &shared.conf;
+    let hello = Msg::Hello {
+        uid: conf.uid,
+        epoch: conf.epoch,
+        name: shared.name.clone(),
+        backups: conf.backups.clone(),
+        sync: conf.sync,
+    };
+    wire::send(&mut wr, &hello)?;
+    let position = match wire::recv(&mut rd)? {
+        Msg::Welcome { position } => position,
+        Msg::Fenced { why } => return Err(End::Fenced(why)),
+        Msg::Refused { why } => return Err(End::Broken(format!("refused: {why}"))),
+        other => return Err(End::Broken(format!("unexpected answer {}", other.kind()))),
+    };
+    let stale = {
+        let mut l = lock(&link.inner);
+        l.tried = true;
+        l.stale
+    };
+    shared.notify();
+    let decision = if stale {
+        Resume::FullCopy("it was marked stale")
+    } else {
+        resume(position, shared.history())
+    };
+    let mut pos = match decision {
+        Resume::FromLog(at) => match shared.volume.retain_from(at) {
+            Ok(hold) => {
+                let mut l = lock(&link.inner);
+                l.hold = Some(hold);
+                l.acked = at;
+                info!(volume = %shared.name, backup = %link.addr, from = %at, "backup connected: catching up from the log");
+                at
+            }
+            Err(e) => {
+                info!(volume = %shared.name, backup = %link.addr, "the log no longer holds what the backup misses ({e}): full copy");
+                full_copy(shared, link, &mut rd, &mut wr)?
+            }
+        },
+        Resume::FullCopy(why) => {
+            info!(volume = %shared.name, backup = %link.addr, ?position, "full copy: {why}");
+            full_copy(shared, link, &mut rd, &mut wr)?
+        }
+    };
+    let mut reader = shared.volume.log_reader()?;
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            return Err(End::Stopped);
+        }
+        let Some(op) = reader.next(pos)? else {
+            set_state(link, LinkState::InSync);
+            shared.wait(Duration::from_millis(200));
+            check_bound(shared, link);
+            continue;
+        };
+        if lock(&link.inner).state != LinkState::InSync {
+            set_state(link, LinkState::CatchingUp);
+        }
+        let id = ClusterId(op.cluster);
+        let end = op.end;
+        // A cluster destroyed since has nothing left to send.
+        if let Ok(desc) = shared.volume.clu_get_desc(id.clu()) {
+            {
+                let extent = op
+                    .runs
+                    .iter()
+                    .map(|(first, pages)| first + (pages.len() / client::PAGE_SIZE) as u64)
+                    .max()
+                    .unwrap_or(0);
+                let msg = Msg::Op {
+                    epoch: conf.epoch,
+                    lsn: op.lsn,
+                    end,
+                    clu: CluInfo {
+                        clu: id.clu().0,
+                        npages: desc.npages.max(extent),
+                        owner: desc.owner,
+                        kind: desc.kind as u8,
+                    },
+                    runs: op
+                        .runs
+                        .into_iter()
+                        .map(|(first_page, pages)| Run { first_page, pages })
+                        .collect(),
+                };
+                let got = call(&mut rd, &mut wr, &msg)?;
+                if got != end {
+                    return Err(End::Broken(format!(
+                        "the backup acknowledged {got} for operation {}..{end}",
+                        op.lsn
+                    )));
+                }
+            }
+        }
+        acknowledged(shared, link, op.lsn, end);
+        pos = end;
+    }
+}
+
+/// The backup has everything before `end` (the operation at `lsn` included).
+fn acknowledged(shared: &Shared, link: &Link, lsn: Lsn, end: Lsn) {
+    let when = lock(&shared.times)
+        .iter()
+        .rev()
+        .find(|(l, _)| *l == lsn)
+        .map(|(_, t)| t.elapsed().as_secs_f64());
+    let mut l = lock(&link.inner);
+    l.acked = end;
+    if let Some(hold) = &l.hold {
+        hold.advance(end);
+    }
+    if let Some(lag) = when {
+        if l.lags.len() == LAGS {
+            l.lags.pop_front();
+        }
+        l.lags.push_back(lag);
+    }
+    if end >= shared.volume.info().log_lsn {
+        l.state = LinkState::InSync;
+    }
+    drop(l);
+    shared.notify();
+}
+
+/// Sends every cluster, as of a point the journal is read from afterwards; returns that point.
+fn full_copy(
+    shared: &Shared,
+    link: &Link,
+    rd: &mut BufReader<TcpStream>,
+    wr: &mut BufWriter<TcpStream>,
+) -> Result<Lsn, End> {
+    let volume = &shared.volume;
+    let epoch = shared.conf.epoch;
+    // Everything before `from` is in the cluster files; whatever a commit changes while the
+    // copy reads them is sent again from the log afterwards (whole pages, in order).
+    let from = volume.applied_lsn()?;
+    let hold = volume.retain_from(from)?;
+    let descs = volume.clu_list();
+    let total: u64 = descs.iter().map(|d| d.npages).sum();
+    {
+        let mut l = lock(&link.inner);
+        l.hold = Some(hold);
+        l.state = LinkState::Copying;
+        l.copy = Some((0, total));
+    }
+    shared.notify();
+    let clusters = descs
+        .iter()
+        .map(|d| CluInfo {
+            clu: d.id.clu().0,
+            npages: d.npages,
+            owner: d.owner,
+            kind: d.kind as u8,
+        })
+        .collect();
+    call(rd, wr, &Msg::CopyBegin { epoch, clusters })?;
+    let mut sent = 0;
+    for d in &descs {
+        let mut first = 0;
+        while first < d.npages {
+            if shared.stop.load(Ordering::Acquire) {
+                return Err(End::Stopped);
+            }
+            let n = COPY_CHUNK_PAGES.min(d.npages - first);
+            let mut pages = vec![0u8; n as usize * client::PAGE_SIZE];
+            match volume.clu_read(d.id.clu(), first, &mut pages) {
+                Ok(()) => {}
+                // Destroyed during the copy: the backup keeps zeros.
+                Err(crate::storage::StorageError::NoSuchCluster(_)) => break,
+                Err(e) => return Err(End::Broken(format!("reading cluster {}: {e}", d.id))),
+            }
+            // The backup's clusters start zero-filled: zero pages need not travel.
+            if pages.iter().any(|&b| b != 0) {
+                let runs = vec![Run {
+                    first_page: first,
+                    pages,
+                }];
+                let clu = d.id.clu().0;
+                call(rd, wr, &Msg::CopyPages { epoch, clu, runs })?;
+            }
+            first += n;
+            sent += n;
+            lock(&link.inner).copy = Some((sent, total));
+        }
+    }
+    let position = Position {
+        epoch,
+        lsn: from,
+        complete: true,
+    };
+    call(rd, wr, &Msg::CopyEnd { epoch, position })?;
+    let mut l = lock(&link.inner);
+    l.stale = false;
+    l.copy = None;
+    l.acked = from;
+    l.state = LinkState::CatchingUp;
+    info!(volume = %shared.name, backup = %link.addr, pages = total, %from, "full copy sent");
+    Ok(from)
+}
+
+/// Starts a link's thread.
+pub fn start(shared: Arc<Shared>, link: Arc<Link>) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("goofy-{}", link.addr))
+        .spawn(move || run(&shared, &link));
+    if let Err(e) = spawned {
+        warn!("cannot start a propagation thread: {e}");
+    }
+}

@@ -1,0 +1,219 @@
+//! `pager vol restore VOL --from HOST:PORT`: immediate restoration after the failure of a
+//! primary (thesis VII.3.3, N1-N5), finished here.
+//!
+//! 1. Ask the named backup what it holds of `VOL`: the volume's identity, epoch and the list of
+//!    its backup servers.
+//! 2. Ask every one of them; the new epoch is one past the highest any of them recorded.
+//! 3. **Fence** every backup reached with the new epoch, before anything else: from then on
+//!    they refuse the old primary, which can no longer move any of them. Each answers with
+//!    where its image stands once fenced.
+//! 4. Pick the freshest complete image (highest epoch, then LSN) and fetch it into a new local
+//!    volume whose journal starts after that LSN; its `goofy.conf` records the new epoch and
+//!    the origin (that epoch and LSN), so the backups at exactly that point are in sync and
+//!    the others get a full copy when the restored volume is mounted.
+//!
+//! The LSN restored to is the loss window: every commit the chosen backup acknowledged is in
+//! the restored volume; commits after it are lost. A backup that could not be reached keeps
+//! the old epoch; if the old primary comes back and reaches only such a backup, it is not
+//! fenced (there is no quorum): reach them all, or keep the old primary down.
+
+use std::io::{BufReader, BufWriter};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use client::{CluId, ClusterKind};
+use journal::{Lsn, PageRun};
+use tracing::{info, warn};
+
+use super::wire::{self, ImageInfo, Msg, Position};
+use crate::storage::ssr::LocalVolume;
+use crate::storage::{Result, StorageError, Volume};
+
+/// What a restoration will do, decided and fenced before anything is fetched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The volume's identity.
+    pub uid: u64,
+    /// Its name.
+    pub name: String,
+    /// The new epoch (raised on every backup reached).
+    pub epoch: u64,
+    /// The backup the image comes from.
+    pub source: String,
+    /// Where its image stands: the epoch and LSN restored to.
+    pub origin: (u64, Lsn),
+    /// The volume's backup servers (kept).
+    pub backups: Vec<String>,
+    /// Its `sync` setting (kept).
+    pub sync: u32,
+    /// Backups fenced, with where each stood.
+    pub fenced: Vec<(String, Position)>,
+    /// Backups not reached, and why.
+    pub unreachable: Vec<(String, String)>,
+}
+
+fn failed(why: String) -> StorageError {
+    StorageError::Restore(why)
+}
+
+/// One request, one answer (a fresh connection each: a restoration is rare).
+fn ask(addr: &str, msg: &Msg) -> std::result::Result<Msg, String> {
+    let a = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let conn = TcpStream::connect_timeout(&a, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut rd = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+    let mut wr = BufWriter::new(conn);
+    wire::send(&mut wr, msg).map_err(|e| e.to_string())?;
+    wire::recv(&mut rd).map_err(|e| e.to_string())
+}
+
+fn image(addr: &str, msg: &Msg) -> std::result::Result<ImageInfo, String> {
+    match ask(addr, msg)? {
+        Msg::Image(i) => Ok(i),
+        Msg::Refused { why } | Msg::Fenced { why } => Err(why),
+        other => Err(format!("unexpected answer {}", other.kind())),
+    }
+}
+
+/// Steps 1 to 3: inquire, fence, choose.
+pub fn prepare(name: &str, from: &str) -> Result<Plan> {
+    let first = image(
+        from,
+        &Msg::Inquire {
+            name: name.to_string(),
+        },
+    )
+    .map_err(|why| failed(format!("backup server {from}: {why}")))?;
+    let mut addrs = first.backups.clone();
+    if !addrs.iter().any(|a| a == from) {
+        addrs.insert(0, from.to_string());
+    }
+    let mut reached = Vec::new();
+    let mut unreachable = Vec::new();
+    for addr in &addrs {
+        match image(
+            addr,
+            &Msg::Inquire {
+                name: name.to_string(),
+            },
+        ) {
+            Ok(i) if i.uid == first.uid => reached.push((addr.clone(), i)),
+            Ok(i) => unreachable.push((
+                addr.clone(),
+                format!("holds another volume called {name} ({:016x})", i.uid),
+            )),
+            Err(why) => unreachable.push((addr.clone(), why)),
+        }
+    }
+    let epoch = reached
+        .iter()
+        .map(|(_, i)| i.epoch)
+        .max()
+        .unwrap_or(first.epoch)
+        + 1;
+    let mut fenced = Vec::new();
+    for (addr, _) in reached {
+        match image(
+            &addr,
+            &Msg::Fence {
+                uid: first.uid,
+                epoch,
+            },
+        ) {
+            Ok(i) => fenced.push((addr, i.position)),
+            Err(why) => unreachable.push((addr, why)),
+        }
+    }
+    let Some((source, best)) = fenced
+        .iter()
+        .filter(|(_, p)| p.complete)
+        .max_by_key(|(_, p)| (p.epoch, p.lsn))
+        .cloned()
+    else {
+        return Err(failed(format!(
+            "no backup of {name} with a complete image could be reached and fenced (unreachable: {unreachable:?})"
+        )));
+    };
+    info!(volume = %name, %source, epoch, position = ?best, "restoring");
+    Ok(Plan {
+        uid: first.uid,
+        name: name.to_string(),
+        epoch,
+        source,
+        origin: (best.epoch, best.lsn),
+        backups: first.backups,
+        sync: first.sync,
+        fenced,
+        unreachable,
+    })
+}
+
+/// Step 4: fetches the source's image into `volume` (new and empty). Returns the clusters
+/// and pages received.
+pub fn fetch(plan: &Plan, volume: &LocalVolume) -> Result<(usize, u64)> {
+    let src = &plan.source;
+    let broken = |why: String| failed(format!("fetching from {src}: {why}"));
+    let a = src
+        .to_socket_addrs()
+        .map_err(|e| broken(e.to_string()))?
+        .next()
+        .ok_or_else(|| broken("no address".into()))?;
+    let conn = TcpStream::connect_timeout(&a, Duration::from_secs(3))
+        .map_err(|e| broken(e.to_string()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| broken(e.to_string()))?;
+    let mut rd = BufReader::new(conn.try_clone().map_err(|e| broken(e.to_string()))?);
+    let mut wr = BufWriter::new(conn);
+    let fetch = Msg::Fetch {
+        uid: plan.uid,
+        epoch: plan.epoch,
+    };
+    wire::send(&mut wr, &fetch).map_err(|e| broken(e.to_string()))?;
+    let (mut clusters, mut pages) = (0, 0);
+    loop {
+        match wire::recv(&mut rd).map_err(|e| broken(e.to_string()))? {
+            Msg::CopyBegin { clusters: list, .. } => {
+                for c in list {
+                    let kind = ClusterKind::from_code(u32::from(c.kind))
+                        .ok_or_else(|| broken("an unknown cluster kind".into()))?;
+                    volume.clu_ensure(CluId(c.clu), c.npages, c.owner, kind)?;
+                    clusters += 1;
+                }
+            }
+            Msg::CopyPages { clu, runs, .. } => {
+                let runs: Vec<PageRun<'_>> = runs
+                    .iter()
+                    .map(|r| PageRun {
+                        first_page: r.first_page,
+                        pages: &r.pages,
+                    })
+                    .collect();
+                pages += runs
+                    .iter()
+                    .map(|r| (r.pages.len() / client::PAGE_SIZE) as u64)
+                    .sum::<u64>();
+                volume.clu_write(CluId(clu), &runs)?;
+            }
+            Msg::CopyEnd { position, .. } => {
+                if (position.epoch, position.lsn) != plan.origin {
+                    let (e, l) = plan.origin;
+                    let why = format!(
+                        "its image moved from LSN {l} of epoch {e} to LSN {} of epoch {} after it was fenced; try again",
+                        position.lsn, position.epoch
+                    );
+                    warn!("{why}");
+                    return Err(broken(why));
+                }
+                volume.checkpoint()?;
+                return Ok((clusters, pages));
+            }
+            Msg::Refused { why } | Msg::Fenced { why } => return Err(broken(why)),
+            other => return Err(broken(format!("unexpected {}", other.kind()))),
+        }
+    }
+}
