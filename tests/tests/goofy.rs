@@ -410,6 +410,12 @@ fn a_restoration_fences_a_primary_that_still_runs_before_it_fetches() {
         seed == acked || seed == acked + 1,
         "restored version {seed}, last acknowledged {acked}"
     );
+    // Nothing the old primary did after the fence reached the backups: they hold exactly the
+    // restored volume.
+    wait_in_sync(&new, 2);
+    let vol_dir = dir.path().join("root-2/vol-0002");
+    assert_volume_equal(&vol_dir, &a, uid, "backup a");
+    assert_volume_equal(&vol_dir, &b, uid, "backup b");
     // The old primary, restarted, stays fenced.
     old.restart();
     assert!(old.status().contains("FENCED"));

@@ -19,6 +19,7 @@
 
 use std::io::{BufReader, BufWriter};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use client::{CluId, ClusterKind};
@@ -28,6 +29,56 @@ use tracing::{info, warn};
 use super::wire::{self, ImageInfo, Msg, Position};
 use crate::storage::ssr::LocalVolume;
 use crate::storage::{Result, StorageError, Volume};
+use crate::sync::lock;
+
+/// Restorations under way in this process, for `pager status`: volume, source, clusters and
+/// pages in the image, pages received.
+static UNDER_WAY: Mutex<Vec<Progress>> = Mutex::new(Vec::new());
+
+/// A restoration's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The volume.
+    pub name: String,
+    /// The backup the image comes from.
+    pub source: String,
+    /// Pages of the image's clusters (zero pages are not sent).
+    pub total_pages: u64,
+    /// Pages received so far.
+    pub received_pages: u64,
+}
+
+/// The restorations under way.
+pub fn under_way() -> Vec<Progress> {
+    lock(&UNDER_WAY).clone()
+}
+
+/// Removes its entry from [`UNDER_WAY`] when the fetch ends, however it ends.
+struct Registered(String);
+
+impl Registered {
+    fn new(plan: &Plan) -> Registered {
+        lock(&UNDER_WAY).push(Progress {
+            name: plan.name.clone(),
+            source: plan.source.clone(),
+            total_pages: 0,
+            received_pages: 0,
+        });
+        Registered(plan.name.clone())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
+        if let Some(p) = lock(&UNDER_WAY).iter_mut().find(|p| p.name == self.0) {
+            f(p);
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&UNDER_WAY).retain(|p| p.name != self.0);
+    }
+}
 
 /// What a restoration will do, decided and fenced before anything is fetched.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,9 +226,12 @@ pub fn fetch(plan: &Plan, volume: &LocalVolume) -> Result<(usize, u64)> {
     };
     wire::send(&mut wr, &fetch).map_err(|e| broken(e.to_string()))?;
     let (mut clusters, mut pages) = (0, 0);
+    let progress = Registered::new(plan);
     loop {
         match wire::recv(&mut rd).map_err(|e| broken(e.to_string()))? {
             Msg::CopyBegin { clusters: list, .. } => {
+                let total = list.iter().map(|c| c.npages).sum();
+                progress.update(|p| p.total_pages = total);
                 for c in list {
                     let kind = ClusterKind::from_code(u32::from(c.kind))
                         .ok_or_else(|| broken("an unknown cluster kind".into()))?;
@@ -198,6 +252,7 @@ pub fn fetch(plan: &Plan, volume: &LocalVolume) -> Result<(usize, u64)> {
                     .map(|r| (r.pages.len() / client::PAGE_SIZE) as u64)
                     .sum::<u64>();
                 volume.clu_write(CluId(clu), &runs)?;
+                progress.update(|p| p.received_pages = pages);
             }
             Msg::CopyEnd { position, .. } => {
                 if (position.epoch, position.lsn) != plan.origin {

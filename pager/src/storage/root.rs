@@ -41,6 +41,8 @@ pub struct Storage {
     root: PathBuf,
     services: Vec<Box<dyn StorageService>>,
     catalog: Mutex<Catalog>,
+    /// Volumes being created: their ids and names are taken.
+    creating: Mutex<Vec<CatalogEntry>>,
     mounted: RwLock<HashMap<VolId, Arc<dyn Volume>>>,
     _lock: Flock<File>,
 }
@@ -77,6 +79,7 @@ impl Storage {
                 }),
             ],
             catalog: Mutex::new(catalog),
+            creating: Mutex::new(Vec::new()),
             mounted: RwLock::new(HashMap::new()),
             _lock: lock,
         };
@@ -140,37 +143,56 @@ impl Storage {
         if !valid_name(name) {
             return Err(StorageError::BadName(name.to_owned()));
         }
-        let mut catalog = lock(&self.catalog);
-        if catalog.find(name).is_some() {
-            return Err(StorageError::NameTaken(name.to_owned()));
-        }
-        let vol = catalog.free_id().ok_or(StorageError::NoVolumeIds)?;
-        let entry = CatalogEntry {
-            vol,
-            name: name.to_owned(),
-            service: if params.backups.is_empty() && params.restore.is_none() {
-                "ssr"
-            } else {
-                "ssf"
+        // The id and name are reserved while the service creates the volume (a restoration
+        // takes a while): the catalog stays free for `status` and other commands meanwhile.
+        let entry = {
+            let catalog = lock(&self.catalog);
+            let mut creating = lock(&self.creating);
+            if catalog.find(name).is_some() || creating.iter().any(|e| e.name == name) {
+                return Err(StorageError::NameTaken(name.to_owned()));
             }
-            .to_owned(),
-            location: format!("vol-{vol}"),
+            let vol = (1..VolId::FOREIGN_BIT)
+                .map(VolId)
+                .find(|v| !catalog.volumes.contains_key(v) && !creating.iter().any(|e| e.vol == *v))
+                .ok_or(StorageError::NoVolumeIds)?;
+            let entry = CatalogEntry {
+                vol,
+                name: name.to_owned(),
+                service: if params.backups.is_empty() && params.restore.is_none() {
+                    "ssr"
+                } else {
+                    "ssf"
+                }
+                .to_owned(),
+                location: format!("vol-{vol}"),
+            };
+            creating.push(entry.clone());
+            entry
         };
+        let result = self.create_reserved(&entry, params);
+        lock(&self.creating).retain(|e| e.vol != entry.vol);
+        result.map(|()| entry)
+    }
+
+    fn create_reserved(&self, entry: &CatalogEntry, params: &VolumeParams) -> Result<()> {
         let location = self.root.join(&entry.location);
-        // A directory left by a crash during an earlier creation is not a volume yet: clear it.
-        if location.exists() && !location.join("volume.meta").exists() {
+        // The id is in no catalog entry: whatever is there is debris of a creation that did not
+        // finish (a crash before the catalog named it). Clear it.
+        if location.exists() {
             fs::remove_dir_all(&location).map_err(|e| StorageError::io(&location, e))?;
         }
         let params = VolumeParams {
-            name: name.to_owned(),
+            name: entry.name.clone(),
             ..params.clone()
         };
-        self.service(&entry)?.vol_create(vol, &location, &params)?;
+        self.service(entry)?
+            .vol_create(entry.vol, &location, &params)?;
+        let mut catalog = lock(&self.catalog);
         let mut next = catalog.clone();
-        next.volumes.insert(vol, entry.clone());
+        next.volumes.insert(entry.vol, entry.clone());
         write_atomic(&self.root.join(CATALOG), next.format().as_bytes())?;
         *catalog = next;
-        Ok(entry)
+        Ok(())
     }
 
     /// `vol_Mount`: mounts the volume now and at every start.

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Image, Manager};
+use crate::goofy::restore;
 use crate::storage::{BackupStatus, Replication};
 use crate::sync::lock;
 
@@ -156,6 +157,13 @@ impl Manager {
                 let _ = writeln!(out, "  {}", backup_line(b));
             }
         }
+        for r in restore::under_way() {
+            let _ = writeln!(
+                out,
+                "restoring        {} from {}: {} of {} pages received",
+                r.name, r.source, r.received_pages, r.total_pages
+            );
+        }
         let _ = writeln!(
             out,
             "\n{:<10} {:>10} {:>10} {:>10} {:>10} {:>8}",
@@ -195,6 +203,18 @@ impl Manager {
                 )
             })
             .collect();
+        let restores: Vec<String> = restore::under_way()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"name\":{},\"source\":{},\"received_pages\":{},\"total_pages\":{}}}",
+                    json_str(&r.name),
+                    json_str(&r.source),
+                    r.received_pages,
+                    r.total_pages
+                )
+            })
+            .collect();
         let clusters: Vec<String> = self
             .sorted_images()
             .iter()
@@ -211,7 +231,7 @@ impl Manager {
             })
             .collect();
         format!(
-            "{{\"pid\":{},\"uptime_secs\":{:.3},\"root\":{},\"socket\":{},\"connections\":{{\"live\":{},\"total\":{}}},\"resident_pages\":{},\"budget_pages\":{},\"paging_slots\":{},\"faults\":{{\"missing\":{},\"minor\":{},\"write_protect\":{},\"refused\":{}}},\"supplies\":{{\"zero\":{},\"storage\":{},\"paging\":{},\"prefetched\":{}}},\"evictions\":{{\"clean\":{},\"dirty\":{}}},\"commits\":{{\"count\":{},\"pages\":{},\"aborts\":{}}},\"reliable_volumes\":[{}],\"clusters\":[{}]}}\n",
+            "{{\"pid\":{},\"uptime_secs\":{:.3},\"root\":{},\"socket\":{},\"connections\":{{\"live\":{},\"total\":{}}},\"resident_pages\":{},\"budget_pages\":{},\"paging_slots\":{},\"faults\":{{\"missing\":{},\"minor\":{},\"write_protect\":{},\"refused\":{}}},\"supplies\":{{\"zero\":{},\"storage\":{},\"paging\":{},\"prefetched\":{}}},\"evictions\":{{\"clean\":{},\"dirty\":{}}},\"commits\":{{\"count\":{},\"pages\":{},\"aborts\":{}}},\"reliable_volumes\":[{}],\"restoring\":[{}],\"clusters\":[{}]}}\n",
             std::process::id(),
             self.started.elapsed().as_secs_f64(),
             json_str(&self.storage.root().display().to_string()),
@@ -235,6 +255,7 @@ impl Manager {
             s.committed_pages.get(),
             s.aborts.get(),
             volumes.join(","),
+            restores.join(","),
             clusters.join(",")
         )
     }
