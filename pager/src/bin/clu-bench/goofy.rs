@@ -110,7 +110,10 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
     }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for run in 0..runs {
-        for (k, (id, region)) in clusters.iter().enumerate() {
+        // The order rotates from run to run: no case always follows the same other one.
+        for j in 0..clusters.len() {
+            let k = (j + run) % clusters.len();
+            let (id, region) = &clusters[k];
             // SAFETY: the region is the cluster's mapping of PAGES pages, writable.
             let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), region.len()) };
             bytes.fill((run as u8).wrapping_add(k as u8).wrapping_add(1));
