@@ -5,7 +5,7 @@
 //! ```text
 //! <root>/lock                          one server per root
 //! <root>/v-<uid>/volume.meta, ...      the volume's image: an SSR volume (journal, clusters)
-//! <root>/v-<uid>/goofy.state           identity, epoch, position, the volume's settings
+//! <root>/v-<uid>/goofy.state           identity, epoch, position, settings (two slots)
 //! ```
 //!
 //! An operation is applied through the local journal (atomic, durable), then `goofy.state`
@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +27,7 @@ use journal::{Lsn, PageRun};
 use nix::fcntl::Flock;
 use tracing::{info, warn};
 
-use super::state::State;
+use super::state::{State, SLOT};
 use super::wire::{self, CluInfo, ImageInfo, Msg, Position, Run, WireError};
 use crate::storage::fsutil::{lock_root, write_atomic};
 use crate::storage::ssr::{LocalVolume, Ssr};
@@ -38,15 +39,26 @@ pub const COPY_CHUNK_PAGES: u64 = 256;
 
 /// One volume's image on this backup.
 struct Image {
-    dir: PathBuf,
     volume: LocalVolume,
     state: State,
+    /// `goofy.state`, open, and the sequence number of its newest slot.
+    file: File,
+    seq: u64,
 }
 
 impl Image {
-    /// Replaces `goofy.state` with the state held, durably.
-    fn save_state(&self) -> Result<(), StorageError> {
-        write_atomic(&self.dir.join(STATE), self.state.format().as_bytes())
+    /// Writes the state held into the older slot of `goofy.state`, durably.
+    fn save_state(&mut self) -> Result<(), StorageError> {
+        let seq = self.seq + 1;
+        let slot = self.state.encode_slot(seq).ok_or_else(|| {
+            StorageError::Invalid("the volume's settings are too long for goofy.state".into())
+        })?;
+        self.file
+            .write_all_at(&slot, (seq % 2) * SLOT as u64)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| StorageError::io(STATE, e))?;
+        self.seq = seq;
+        Ok(())
     }
 
     fn info(&self) -> ImageInfo {
@@ -158,11 +170,19 @@ impl BackupServer {
                 backups: Vec::new(),
                 sync: 0,
             };
-            write_atomic(&state_path, state.format().as_bytes())?;
+            let mut bytes = state
+                .encode_slot(0)
+                .ok_or_else(|| StorageError::Invalid("a volume name too long".into()))?;
+            bytes.resize(2 * SLOT, 0);
+            write_atomic(&state_path, &bytes)?;
         }
-        let text = fs::read_to_string(&state_path).map_err(|e| StorageError::io(&state_path, e))?;
-        let state = State::parse(&text)
-            .ok_or_else(|| StorageError::corrupt(&state_path, "not a backup state"))?;
+        let bytes = fs::read(&state_path).map_err(|e| StorageError::io(&state_path, e))?;
+        let (state, seq) = State::decode_slots(&bytes)
+            .ok_or_else(|| StorageError::corrupt(&state_path, "no intact backup state slot"))?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&state_path)
+            .map_err(|e| StorageError::io(&state_path, e))?;
         if state.uid != uid {
             return Err(StorageError::corrupt(
                 &state_path,
@@ -172,7 +192,12 @@ impl BackupServer {
         }
         let volume = LocalVolume::mount(VolId(1), &dir, Default::default())?;
         info!(uid = format_args!("{uid:016x}"), name = %state.name, position = ?state.position, "backup image mounted");
-        let img = Arc::new(Mutex::new(Image { dir, volume, state }));
+        let img = Arc::new(Mutex::new(Image {
+            volume,
+            state,
+            file,
+            seq,
+        }));
         images.insert(uid, img.clone());
         Ok(img)
     }
