@@ -6,6 +6,7 @@
 //! epoch 1                     raised at each restoration; backups refuse older epochs
 //! sync 0                      commits wait for this many backup acknowledgements
 //! origin 0 0 0                the history this journal continues: epoch, LSN (file offset)
+//! source 127.0.0.1:7701       the backup a restored volume was fetched from
 //! backup 127.0.0.1:7701       one line per backup server
 //! ```
 
@@ -36,6 +37,9 @@ pub struct Conf {
     /// from (epoch 0, LSN 0 for a volume created empty). Its journal starts at file
     /// `origin.file + 1`.
     pub origin: (u64, Lsn),
+    /// The backup a restored volume was fetched from (empty otherwise): the only one known to
+    /// hold exactly the origin's pages.
+    pub source: String,
 }
 
 impl Conf {
@@ -51,6 +55,9 @@ impl Conf {
             self.origin.1.file,
             self.origin.1.offset
         );
+        if !self.source.is_empty() {
+            s.push_str(&format!("source {}\n", self.source));
+        }
         for b in &self.backups {
             s.push_str(&format!("backup {b}\n"));
         }
@@ -62,6 +69,7 @@ impl Conf {
         let (mut uid, mut epoch, mut sync, mut backups) = (None, None, 0, Vec::new());
         let mut origin = (0, Lsn::default());
         let mut name = String::new();
+        let mut source = String::new();
         for (i, line) in text.lines().enumerate() {
             let bad = |what: &str| format!("line {}: {what}", i + 1);
             match line.split_once(' ') {
@@ -69,6 +77,7 @@ impl Conf {
                     uid = Some(u64::from_str_radix(v, 16).map_err(|_| bad("bad uid"))?)
                 }
                 Some(("name", v)) => name = v.to_string(),
+                Some(("source", v)) => source = v.to_string(),
                 Some(("epoch", v)) => epoch = Some(v.parse().map_err(|_| bad("bad epoch"))?),
                 Some(("sync", v)) => sync = v.parse().map_err(|_| bad("bad sync"))?,
                 Some(("backup", v)) if !v.is_empty() => backups.push(v.to_string()),
@@ -94,6 +103,7 @@ impl Conf {
             sync,
             backups,
             origin,
+            source,
         })
     }
 
@@ -123,6 +133,7 @@ mod tests {
             sync: 1,
             backups: vec!["127.0.0.1:1".into(), "[::1]:2".into()],
             origin: (2, Lsn::new(9, 8192)),
+            source: "127.0.0.1:1".into(),
         };
         assert_eq!(Conf::parse(&c.format()), Ok(c));
         assert!(Conf::parse("uid zz\nepoch 1\n").is_err());

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::backup::COPY_CHUNK_PAGES;
 use super::conf::Conf;
-use super::resume::{resume, History, Resume};
+use super::resume::{resume, History, Resume, Source};
 use super::wire::{self, CluInfo, Msg, Position, Run};
 use crate::storage::ssr::LocalVolume;
 use crate::storage::Volume;
@@ -330,7 +330,12 @@ fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Never, En
     let decision = if stale {
         Resume::FullCopy("it was marked stale")
     } else {
-        resume(position, shared.history())
+        let source = if conf.source.is_empty() || conf.source == link.addr {
+            Source::Yes
+        } else {
+            Source::No
+        };
+        resume(position, shared.history(), source)
     };
     let mut pos = match decision {
         Resume::FromLog(at) => match shared.volume.retain_from(at) {

@@ -280,6 +280,7 @@ impl Ssf {
             sync: plan.sync,
             backups: plan.backups.clone(),
             origin: plan.origin,
+            source: plan.source.clone(),
         })
     }
 }
@@ -319,6 +320,7 @@ impl StorageService for Ssf {
                 sync: params.sync,
                 backups: params.backups.clone(),
                 origin: (0, Lsn::default()),
+                source: String::new(),
             }
         };
         conf.store(location)

@@ -5,7 +5,10 @@
 //! from; epoch 0 and LSN 0 for a volume created empty) and its journal, which starts at file
 //! `origin.file + 1`. A backup can be fed from the journal when its image is complete and
 //! either sits exactly at the origin, or at a position of this history that the journal has not
-//! passed. Anything else (an interrupted copy, an image of another history, one ahead of the
+//! passed. At the origin of a restored volume, only the backup it was fetched from qualifies:
+//! a backup records its position just after it applies an operation, so a crash between the
+//! two leaves an image one operation ahead of its position; the source's image is the restored
+//! volume whatever it holds, another backup at the same position may differ from it. Anything else (an interrupted copy, an image of another history, one ahead of the
 //! primary) needs a full copy. Whether the journal still holds the files from that position on
 //! is the journal's to say (its retention); if not, a full copy too.
 
@@ -22,6 +25,15 @@ pub struct History {
     pub origin: (u64, Lsn),
     /// The end of its log now.
     pub log_end: Lsn,
+}
+
+/// Whether the backup is the one a restored volume was fetched from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// It is (or the volume was created empty, with no source).
+    Yes,
+    /// It is not.
+    No,
 }
 
 impl History {
@@ -41,12 +53,15 @@ pub enum Resume {
 }
 
 /// Decides where a backup at `backup` resumes.
-pub fn resume(backup: Position, history: History) -> Resume {
+pub fn resume(backup: Position, history: History, source: Source) -> Resume {
     if !backup.complete {
         return Resume::FullCopy("its image is incomplete (a full copy was interrupted)");
     }
     if (backup.epoch, backup.lsn) == history.origin {
-        return Resume::FromLog(history.first());
+        return match source {
+            Source::Yes => Resume::FromLog(history.first()),
+            Source::No => Resume::FullCopy("the volume was restored from another backup's image"),
+        };
     }
     if backup.epoch != history.epoch {
         return Resume::FullCopy(if backup.epoch == 0 {
@@ -86,23 +101,23 @@ mod tests {
             log_end: Lsn::new(3, 5 * P),
         };
         assert_eq!(
-            resume(pos(0, 0, 0, true), h),
+            resume(pos(0, 0, 0, true), h, Source::Yes),
             Resume::FromLog(Lsn::new(1, P))
         );
         assert_eq!(
-            resume(pos(1, 2, 7 * P, true), h),
+            resume(pos(1, 2, 7 * P, true), h, Source::Yes),
             Resume::FromLog(Lsn::new(2, 7 * P))
         );
         assert_eq!(
-            resume(pos(1, 3, 5 * P, true), h),
+            resume(pos(1, 3, 5 * P, true), h, Source::Yes),
             Resume::FromLog(h.log_end)
         );
         assert!(matches!(
-            resume(pos(1, 3, 6 * P, true), h),
+            resume(pos(1, 3, 6 * P, true), h, Source::Yes),
             Resume::FullCopy(_)
         ));
         assert!(matches!(
-            resume(pos(0, 0, 0, false), h),
+            resume(pos(0, 0, 0, false), h, Source::Yes),
             Resume::FullCopy(_)
         ));
     }
@@ -116,7 +131,7 @@ mod tests {
             log_end: Lsn::new(6, 3 * P),
         };
         assert_eq!(
-            resume(pos(1, 4, 12 * P, true), h),
+            resume(pos(1, 4, 12 * P, true), h, Source::Yes),
             Resume::FromLog(Lsn::new(5, P))
         );
         // Behind the origin, past it in the old history, or an empty backup: a copy.
@@ -128,10 +143,13 @@ mod tests {
             pos(2, 4, 12 * P, true),
             pos(3, 5, P, true),
         ] {
-            assert!(matches!(resume(b, h), Resume::FullCopy(_)), "{b:?}");
+            assert!(
+                matches!(resume(b, h, Source::Yes), Resume::FullCopy(_)),
+                "{b:?}"
+            );
         }
         assert_eq!(
-            resume(pos(2, 5, 9 * P, true), h),
+            resume(pos(2, 5, 9 * P, true), h, Source::Yes),
             Resume::FromLog(Lsn::new(5, 9 * P))
         );
     }
@@ -154,7 +172,14 @@ mod tests {
                             for bo in 0..6u64 {
                                 for complete in [false, true] {
                                     let b = pos(be, bf, bo * P, complete);
-                                    match resume(b, h) {
+                                    if complete && (be, b.lsn) == origin {
+                                        // Only the source is trusted at the origin.
+                                        assert!(matches!(
+                                            resume(b, h, Source::No),
+                                            Resume::FullCopy(_)
+                                        ));
+                                    }
+                                    match resume(b, h, Source::Yes) {
                                         Resume::FromLog(at) => {
                                             assert!(complete);
                                             assert!(
