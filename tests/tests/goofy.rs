@@ -278,13 +278,27 @@ fn a_backup_too_far_behind_goes_stale_and_gets_a_full_copy() {
     assert_ne!(inode(&image), b_inode, "a full copy rebuilt the image");
 }
 
-#[test]
-fn a_restored_volume_has_every_acknowledged_commit_and_the_old_primary_is_fenced() {
+/// A primary on a reliable volume with `--sync 1` and two backups, and a writer committing
+/// version after version of a 32-page cluster (30 acknowledged so far).
+struct Scene {
+    dir: tempfile::TempDir,
+    a_addr: String,
+    b_addr: String,
+    a: Backup,
+    b: Backup,
+    old: Pager,
+    uid: u64,
+    t: Tool,
+    id: String,
+    acked: u64,
+}
+
+fn writing_primary() -> Scene {
     let dir = tempfile::tempdir().unwrap();
     let (a_addr, b_addr) = (free_addr(), free_addr());
     let a = Backup::start(&dir.path().join("backup-a"), &a_addr);
     let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
-    let mut old = Pager::start(&dir.path().join("root-1"), 4096);
+    let old = Pager::start(&dir.path().join("root-1"), 4096);
     // Commits wait for one acknowledgement: each one the writer saw return is on a backup.
     old.admin(&[
         "vol", "create", "rel", "--backup", &a_addr, "--backup", &b_addr, "--sync", "1",
@@ -300,6 +314,64 @@ fn a_restored_volume_has_every_acknowledged_commit_and_the_old_primary_is_fenced
         acked = line.strip_prefix("acked ").unwrap().parse().unwrap();
         assert!(t0.elapsed() < Duration::from_secs(60));
     }
+    Scene {
+        dir,
+        a_addr,
+        b_addr,
+        a,
+        b,
+        old,
+        uid,
+        t,
+        id,
+        acked,
+    }
+}
+
+/// Checks a restoration's report and the restored version (the last acknowledged or the one
+/// in flight); returns a client of the restored volume with the cluster mapped.
+fn check_restored(
+    new: &Pager,
+    report: &str,
+    a_addr: &str,
+    b_addr: &str,
+    id: &str,
+    acked: u64,
+) -> Tool {
+    assert!(report.contains("restored volume rel"), "{report}");
+    assert!(report.contains("to LSN "), "{report}");
+    assert!(
+        report.contains(&format!("fenced {a_addr} at epoch 2")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("fenced {b_addr} at epoch 2")),
+        "{report}"
+    );
+    let mut t = Tool::start(new);
+    t.ok(&format!("map {id}"));
+    let seed: u64 = t.ok(&format!("which {id}")).parse().unwrap();
+    assert!(
+        seed == acked || seed == acked + 1,
+        "restored version {seed}, last acknowledged {acked}"
+    );
+    t
+}
+
+#[test]
+fn a_restored_volume_has_every_acknowledged_commit_and_the_old_primary_is_fenced() {
+    let Scene {
+        dir,
+        a_addr,
+        b_addr,
+        a,
+        b,
+        mut old,
+        uid,
+        mut t,
+        id,
+        mut acked,
+    } = writing_primary();
     old.kill();
     while let Some(line) = t.line(Duration::from_secs(2)) {
         if let Some(v) = line.strip_prefix("acked ") {
@@ -311,23 +383,7 @@ fn a_restored_volume_has_every_acknowledged_commit_and_the_old_primary_is_fenced
     // Restored on another manager, from backup b (which finds a through its state).
     let new = Pager::start(&dir.path().join("root-2"), 4096);
     let report = new.admin(&["vol", "restore", "rel", "--from", &b_addr]);
-    assert!(report.contains("restored volume rel"), "{report}");
-    assert!(report.contains("to LSN "), "{report}");
-    assert!(
-        report.contains(&format!("fenced {a_addr} at epoch 2")),
-        "{report}"
-    );
-    assert!(
-        report.contains(&format!("fenced {b_addr} at epoch 2")),
-        "{report}"
-    );
-    let mut t = Tool::start(&new);
-    t.ok(&format!("map {id}"));
-    let seed: u64 = t.ok(&format!("which {id}")).parse().unwrap();
-    assert!(
-        seed == acked || seed == acked + 1,
-        "restored version {seed}, last acknowledged {acked}"
-    );
+    let mut t = check_restored(&new, &report, &a_addr, &b_addr, &id, acked);
     // The new primary keeps the volume's backups: they follow it.
     t.ok(&format!("fill {id} 1000"));
     t.ok(&format!("commit {id}"));
@@ -357,26 +413,18 @@ fn a_restored_volume_has_every_acknowledged_commit_and_the_old_primary_is_fenced
 
 #[test]
 fn a_restoration_fences_a_primary_that_still_runs_before_it_fetches() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a_addr, b_addr) = (free_addr(), free_addr());
-    let a = Backup::start(&dir.path().join("backup-a"), &a_addr);
-    let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
-    let mut old = Pager::start(&dir.path().join("root-1"), 4096);
-    // Commits wait for one acknowledgement: each one the writer saw return is on a backup.
-    old.admin(&[
-        "vol", "create", "rel", "--backup", &a_addr, "--backup", &b_addr, "--sync", "1",
-    ]);
-    let uid = uid_of(&dir.path().join("root-1/vol-0002"));
-    let mut t = Tool::start(&old);
-    let id = create_cluster(&mut t, 32);
-    t.send(&format!("loop {id} 1"));
-    let mut acked = 0u64;
-    let t0 = Instant::now();
-    while acked < 30 {
-        let line = t.line(Duration::from_secs(10)).expect("the writer commits");
-        acked = line.strip_prefix("acked ").unwrap().parse().unwrap();
-        assert!(t0.elapsed() < Duration::from_secs(60));
-    }
+    let Scene {
+        dir,
+        a_addr,
+        b_addr,
+        a,
+        b,
+        mut old,
+        uid,
+        mut t,
+        id,
+        mut acked,
+    } = writing_primary();
     // The old primary is still running (a manager cut off, say) when the volume is restored
     // elsewhere: the restoration fences the backups first, so its next commit fails.
     // Restored on another manager, from backup b (which finds a through its state).
@@ -393,23 +441,7 @@ fn a_restoration_fences_a_primary_that_still_runs_before_it_fetches() {
     };
     assert!(refusal.contains("fenced"), "{refusal}");
     drop(t);
-    assert!(report.contains("restored volume rel"), "{report}");
-    assert!(report.contains("to LSN "), "{report}");
-    assert!(
-        report.contains(&format!("fenced {a_addr} at epoch 2")),
-        "{report}"
-    );
-    assert!(
-        report.contains(&format!("fenced {b_addr} at epoch 2")),
-        "{report}"
-    );
-    let mut t = Tool::start(&new);
-    t.ok(&format!("map {id}"));
-    let seed: u64 = t.ok(&format!("which {id}")).parse().unwrap();
-    assert!(
-        seed == acked || seed == acked + 1,
-        "restored version {seed}, last acknowledged {acked}"
-    );
+    let _t = check_restored(&new, &report, &a_addr, &b_addr, &id, acked);
     // Nothing the old primary did after the fence reached the backups: they hold exactly the
     // restored volume.
     wait_in_sync(&new, 2);

@@ -494,15 +494,7 @@ fn handle(img: &Mutex<Image>, session_epoch: u64, msg: Msg) -> Result<Lsn, Backu
 fn send_image(img: &Image, wr: &mut impl Write) -> Result<(), WireError> {
     let epoch = img.state.epoch;
     let descs = img.volume.clu_list();
-    let clusters = descs
-        .iter()
-        .map(|d| CluInfo {
-            clu: d.id.clu().0,
-            npages: d.npages,
-            owner: d.owner,
-            kind: d.kind as u8,
-        })
-        .collect();
+    let clusters = descs.iter().map(CluInfo::of).collect();
     wire::send(wr, &Msg::CopyBegin { epoch, clusters })?;
     for d in &descs {
         let mut first = 0;

@@ -391,10 +391,8 @@ fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Never, En
                     lsn: op.lsn,
                     end,
                     clu: CluInfo {
-                        clu: id.clu().0,
                         npages: desc.npages.max(extent),
-                        owner: desc.owner,
-                        kind: desc.kind as u8,
+                        ..CluInfo::of(&desc)
                     },
                     runs: op
                         .runs
@@ -463,15 +461,7 @@ fn full_copy(
         l.copy = Some((0, total));
     }
     shared.notify();
-    let clusters = descs
-        .iter()
-        .map(|d| CluInfo {
-            clu: d.id.clu().0,
-            npages: d.npages,
-            owner: d.owner,
-            kind: d.kind as u8,
-        })
-        .collect();
+    let clusters = descs.iter().map(CluInfo::of).collect();
     call(rd, wr, &Msg::CopyBegin { epoch, clusters })?;
     let mut sent = 0;
     for d in &descs {

@@ -73,6 +73,18 @@ pub struct CluInfo {
     pub kind: u8,
 }
 
+impl CluInfo {
+    /// A cluster's number, size, owner and kind, from its descriptor.
+    pub fn of(desc: &crate::storage::ClusterDesc) -> CluInfo {
+        CluInfo {
+            clu: desc.id.clu().0,
+            npages: desc.npages,
+            owner: desc.owner,
+            kind: desc.kind as u8,
+        }
+    }
+}
+
 /// What a backup holds of a volume (the answer to `Inquire` and `Fence`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageInfo {
