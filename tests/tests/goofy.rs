@@ -452,3 +452,51 @@ fn a_restoration_fences_a_primary_that_still_runs_before_it_fetches() {
     old.restart();
     assert!(old.status().contains("FENCED"));
 }
+
+#[test]
+fn a_primary_killed_and_restarted_waits_for_repair_and_its_backups_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = Backup::start(&dir.path().join("backup-a"), &a_addr);
+    let mut b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    let mut pager = Pager::start(&dir.path().join("root"), 4096);
+    pager.admin(&[
+        "vol", "create", "rel", "--backup", &a_addr, "--backup", &b_addr,
+    ]);
+    let vol_dir = dir.path().join("root/vol-0002");
+    let uid = uid_of(&vol_dir);
+    let mut t = Tool::start(&pager);
+    let id = create_cluster(&mut t, 64);
+    t.ok(&format!("fill {id} 1"));
+    t.ok(&format!("commit {id}"));
+    wait_in_sync(&pager, 2);
+    // Backup b is down while the primary commits and is killed: what b misses is in the
+    // primary's journal, which recovery keeps (everything since its last checkpoint).
+    b.kill();
+    t.send(&format!("loop {id} 2"));
+    for _ in 0..20 {
+        t.line(Duration::from_secs(10)).expect("the writer commits");
+    }
+    pager.kill();
+    drop(t);
+    let b_image =
+        BackupServer::image_dir(&dir.path().join("backup-b"), uid).join("clusters/0000.data");
+    let b_inode = inode(&b_image);
+    let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    pager.restart();
+    wait_in_sync(&pager, 2);
+    assert!(!pager.status().contains("FENCED"));
+    assert_volume_equal(&vol_dir, &a, uid, "backup a after the primary's restart");
+    assert_volume_equal(&vol_dir, &b, uid, "backup b after the primary's restart");
+    assert_eq!(
+        inode(&b_image),
+        b_inode,
+        "caught up from the log, not copied"
+    );
+    let mut t = Tool::start(&pager);
+    t.ok(&format!("map {id}"));
+    t.ok(&format!("fill {id} 77"));
+    t.ok(&format!("commit {id}"));
+    wait_in_sync(&pager, 2);
+    assert_volume_equal(&vol_dir, &b, uid, "backup b at the end");
+}
