@@ -7,6 +7,10 @@ use std::fmt::Write as _;
 use clap::{Args, Parser, Subcommand};
 use client::{ClusterId, ClusterKind, ErrorCode};
 
+mod format;
+mod restore;
+
+use self::format::{describe, json};
 use crate::daemon::{Manager, Refusal};
 use crate::storage::{ClusterDesc, VolumeParams};
 
@@ -270,103 +274,6 @@ fn denied(what: &str) -> Refusal {
     )
 }
 
-fn describe(d: &ClusterDesc) -> String {
-    let m = d.stats.means();
-    let s = &d.stats;
-    let grants: Vec<String> = d
-        .grants
-        .iter()
-        .map(|g| format!("{}{}", g.uid, if g.read_only { " (ro)" } else { "" }))
-        .collect();
-    format!(
-        "id                 {}\npages              {}\nowner              {}\nkind               {}\ncreated            {}\ngrants             {}\nuses               {}\nmean time mapped   {:.1} ms\nsharing rate       {:.2} processes\nmodified per use   {:.1} pages\npaged out per use  {:.1} pages\nfaults             {} zero, {} storage, {} paging, {} write-protect\n",
-        d.id,
-        d.npages,
-        d.owner,
-        d.kind.name(),
-        d.created,
-        if grants.is_empty() { "-".to_string() } else { grants.join(", ") },
-        s.uses,
-        m.mapped_ms,
-        m.sharing,
-        m.modified,
-        m.paged_out,
-        s.faults[0],
-        s.faults[1],
-        s.faults[2],
-        s.faults[3]
-    )
-}
-
-/// One cluster as a JSON object (numbers and fixed words only: nothing to escape).
-fn json(d: &ClusterDesc) -> String {
-    let m = d.stats.means();
-    let s = &d.stats;
-    let grants: Vec<String> = d
-        .grants
-        .iter()
-        .map(|g| format!("{{\"uid\":{},\"read_only\":{}}}", g.uid, g.read_only))
-        .collect();
-    format!(
-        "{{\"id\":\"{}\",\"pages\":{},\"owner\":{},\"kind\":\"{}\",\"created\":{},\"grants\":[{}],\"uses\":{},\"mean_mapped_ms\":{:.3},\"sharing_rate\":{:.3},\"modified_per_use\":{:.3},\"paged_out_per_use\":{:.3},\"faults\":{{\"zero\":{},\"storage\":{},\"paging\":{},\"write_protect\":{}}}}}",
-        d.id,
-        d.npages,
-        d.owner,
-        d.kind.name(),
-        d.created,
-        grants.join(","),
-        s.uses,
-        m.mapped_ms,
-        m.sharing,
-        m.modified,
-        m.paged_out,
-        s.faults[0],
-        s.faults[1],
-        s.faults[2],
-        s.faults[3]
-    )
-}
-
-/// `pager vol restore`: fence, fetch, mount, report.
-fn restore(m: &Manager, name: &str, from: &str, out: &mut String) -> Result<(), Refusal> {
-    let s = &m.storage;
-    let plan = crate::goofy::restore::prepare(name, from)?;
-    let params = VolumeParams {
-        backups: plan.backups.clone(),
-        sync: plan.sync,
-        restore: Some(plan.clone()),
-        ..VolumeParams::default()
-    };
-    let entry = s.vol_create(name, &params)?;
-    let volume = s.vol_mount(entry.vol)?;
-    let info = volume.info();
-    let (epoch, lsn) = plan.origin;
-    let _ = writeln!(
-        out,
-        "restored volume {} ({}) from {} to LSN {lsn} of epoch {epoch}: every commit that backup acknowledged is in, later ones are lost",
-        entry.name, entry.vol, plan.source
-    );
-    let _ = writeln!(
-        out,
-        "  {} clusters, {} pages; mounted here as the primary at epoch {}",
-        info.clusters, info.used_pages, plan.epoch
-    );
-    for (addr, p) in &plan.fenced {
-        let _ = writeln!(
-            out,
-            "  fenced {addr} at epoch {} (its image was at LSN {} of epoch {})",
-            plan.epoch, p.lsn, p.epoch
-        );
-    }
-    for (addr, why) in &plan.unreachable {
-        let _ = writeln!(
-            out,
-            "  NOT fenced {addr} ({why}): keep the old primary down until it is"
-        );
-    }
-    Ok(())
-}
-
 /// Runs an administration command for a client of uid `uid`.
 pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<String, Refusal> {
     let cmd = parse(&words).map_err(Refusal::invalid)?;
@@ -431,7 +338,7 @@ pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<Strin
             );
         }
         AdminCommand::Vol(VolCommand::Restore { name, from }) => {
-            restore(m, &name, &from, &mut out)?
+            restore::run(m, &name, &from, &mut out)?
         }
         AdminCommand::Vol(VolCommand::Mount { vol }) => {
             let entry = s.find(&vol)?;
