@@ -240,12 +240,10 @@ impl Manager {
         if me.is_none() {
             return Err(not_mapped(id));
         }
-        if mappers == 1 && img.is_temporary() {
-            // A temporary cluster lives in the pager's memory (and paging partition) until it
-            // is destroyed or the pager stops: the last unmap neither writes nor discards.
-            img.remove_mapper(conn);
-            img.end_use();
-        } else if mappers == 1 {
+        // A temporary cluster lives in the pager's memory (and paging partition) until it is
+        // destroyed or the pager stops: its last unmap neither writes nor discards.
+        let last = mappers == 1 && !img.is_temporary();
+        if last {
             if write_back {
                 let n = img.commit(self)?;
                 info!(cluster = %id, pages = n, "last unmap: written back");
@@ -255,12 +253,13 @@ impl Manager {
                     warn!(cluster = %id, pages = n, "last mapper ended without unmapping: its uncommitted pages are discarded");
                 }
             }
-            img.remove_mapper(conn);
-            img.end_use();
+        }
+        img.remove_mapper(conn);
+        // Ends the use (its statistics) once no process maps the image.
+        img.end_use();
+        if last {
             img.release(self);
             images.remove(&id);
-        } else {
-            img.remove_mapper(conn);
         }
         Ok(())
     }

@@ -22,27 +22,28 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use client::{CluId, ClusterKind, VolId};
-use journal::{Lsn, PageRun};
+use client::{CluId, VolId};
+use journal::Lsn;
 use nix::fcntl::Flock;
 use tracing::{info, warn};
 
 use super::state::{State, SLOT};
-use super::wire::{self, CluInfo, ImageInfo, Msg, Position, Run, WireError};
+use super::wire::{self, CluInfo, Msg, Position, Run, WireError};
 use crate::storage::fsutil::{lock_root, write_atomic};
 use crate::storage::ssr::{LocalVolume, Ssr};
-use crate::storage::{StorageError, StorageService, Volume, VolumeParams};
+use crate::storage::{ClusterDesc, StorageError, StorageService, Volume, VolumeParams};
 use crate::sync::lock;
 
 /// Pages per message of a full copy.
-pub const COPY_CHUNK_PAGES: u64 = 256;
+const COPY_CHUNK_PAGES: u64 = 256;
 
 /// One volume's image on this backup.
 struct Image {
     volume: LocalVolume,
     state: State,
-    /// `goofy.state`, open, and the sequence number of its newest slot.
+    /// `goofy.state`, its path, and the sequence number of its newest slot.
     file: File,
+    path: PathBuf,
     seq: u64,
 }
 
@@ -56,20 +57,9 @@ impl Image {
         self.file
             .write_all_at(&slot, (seq % 2) * SLOT as u64)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| StorageError::io(STATE, e))?;
+            .map_err(|e| StorageError::io(&self.path, e))?;
         self.seq = seq;
         Ok(())
-    }
-
-    fn info(&self) -> ImageInfo {
-        ImageInfo {
-            uid: self.state.uid,
-            name: self.state.name.clone(),
-            epoch: self.state.epoch,
-            position: self.state.position,
-            backups: self.state.backups.clone(),
-            sync: self.state.sync,
-        }
     }
 
     /// Refuses a request of an epoch older than the newest seen.
@@ -196,6 +186,7 @@ impl BackupServer {
             volume,
             state,
             file,
+            path: state_path,
             seq,
         }));
         images.insert(uid, img.clone());
@@ -268,7 +259,7 @@ impl BackupServer {
                 Err(e) => Ok(refuse(&mut wr, e)?),
             },
             Msg::Inquire { name } => {
-                match self.image_named(name).map(|img| lock(&img).info()) {
+                match self.image_named(name).map(|img| lock(&img).state.clone()) {
                     Ok(info) => wire::send(&mut wr, &Msg::Image(info))?,
                     Err(e) => refuse(&mut wr, e)?,
                 }
@@ -279,7 +270,7 @@ impl BackupServer {
                     let mut img = lock(&img);
                     img.raise_epoch(*epoch)?;
                     info!(name = %img.state.name, epoch, "fenced: older primaries are refused from now on");
-                    Ok(img.info())
+                    Ok(img.state.clone())
                 });
                 match fenced {
                     Ok(info) => wire::send(&mut wr, &Msg::Image(info))?,
@@ -377,20 +368,6 @@ fn refusal(e: &BackupError) -> Msg {
     }
 }
 
-fn kind_of(code: u8) -> Result<ClusterKind, BackupError> {
-    ClusterKind::from_code(u32::from(code))
-        .ok_or_else(|| BackupError::Protocol(format!("unknown cluster kind {code}")))
-}
-
-fn page_runs(runs: &[Run]) -> Vec<PageRun<'_>> {
-    runs.iter()
-        .map(|r| PageRun {
-            first_page: r.first_page,
-            pages: &r.pages,
-        })
-        .collect()
-}
-
 /// Applies one message of a primary's session (introduced at `session_epoch`); returns the
 /// position to acknowledge.
 fn handle(img: &Mutex<Image>, session_epoch: u64, msg: Msg) -> Result<Lsn, BackupError> {
@@ -439,9 +416,8 @@ fn handle(img: &Mutex<Image>, session_epoch: u64, msg: Msg) -> Result<Lsn, Backu
                 )));
             }
             let id = CluId(clu.clu);
-            img.volume
-                .clu_ensure(id, clu.npages, clu.owner, kind_of(clu.kind)?)?;
-            img.volume.clu_write(id, &page_runs(&runs))?;
+            img.volume.clu_ensure(id, clu.npages, clu.owner, clu.kind)?;
+            img.volume.clu_write(id, &Run::page_runs(&runs))?;
             img.state.position = Position {
                 epoch,
                 lsn: end,
@@ -458,7 +434,7 @@ fn handle(img: &Mutex<Image>, session_epoch: u64, msg: Msg) -> Result<Lsn, Backu
             }
             for c in clusters {
                 img.volume
-                    .clu_ensure(CluId(c.clu), c.npages, c.owner, kind_of(c.kind)?)?;
+                    .clu_ensure(CluId(c.clu), c.npages, c.owner, c.kind)?;
             }
             Ok(Lsn::default())
         }
@@ -468,7 +444,7 @@ fn handle(img: &Mutex<Image>, session_epoch: u64, msg: Msg) -> Result<Lsn, Backu
                     "pages of a copy that was not begun".into(),
                 ));
             }
-            img.volume.clu_write(CluId(clu), &page_runs(&runs))?;
+            img.volume.clu_write(CluId(clu), &Run::page_runs(&runs))?;
             Ok(Lsn::default())
         }
         Msg::CopyEnd { position, .. } => {
@@ -490,6 +466,34 @@ fn handle(img: &Mutex<Image>, session_epoch: u64, msg: Msg) -> Result<Lsn, Backu
     }
 }
 
+/// The chunks of a full copy of a cluster of `npages` pages: first page and length.
+pub(super) fn copy_chunks(npages: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..npages)
+        .step_by(COPY_CHUNK_PAGES as usize)
+        .map(move |first| (first, COPY_CHUNK_PAGES.min(npages - first)))
+}
+
+/// Pages `first..first + n` of cluster `d` as a `CopyPages` message, or `None` if they are
+/// all zeros (the receiving side's clusters start zero-filled: such pages need not travel).
+pub(super) fn copy_chunk(
+    volume: &LocalVolume,
+    epoch: u64,
+    d: &ClusterDesc,
+    first: u64,
+    n: u64,
+) -> Result<Option<Msg>, StorageError> {
+    let mut pages = vec![0u8; n as usize * client::PAGE_SIZE];
+    volume.clu_read(d.id.clu(), first, &mut pages)?;
+    Ok(pages.iter().any(|&b| b != 0).then(|| Msg::CopyPages {
+        epoch,
+        clu: d.id.clu().0,
+        runs: vec![Run {
+            first_page: first,
+            pages,
+        }],
+    }))
+}
+
 /// Streams the image to a restorer: `CopyBegin`, `CopyPages`..., `CopyEnd`.
 fn send_image(img: &Image, wr: &mut impl Write) -> Result<(), WireError> {
     let epoch = img.state.epoch;
@@ -497,25 +501,16 @@ fn send_image(img: &Image, wr: &mut impl Write) -> Result<(), WireError> {
     let clusters = descs.iter().map(CluInfo::of).collect();
     wire::send(wr, &Msg::CopyBegin { epoch, clusters })?;
     for d in &descs {
-        let mut first = 0;
-        while first < d.npages {
-            let n = COPY_CHUNK_PAGES.min(d.npages - first);
-            let mut pages = vec![0u8; (n as usize) * client::PAGE_SIZE];
-            if let Err(e) = img.volume.clu_read(d.id.clu(), first, &mut pages) {
-                let why = format!("reading cluster {} here failed: {e}", d.id);
-                wire::send(wr, &Msg::Refused { why })?;
-                return Ok(());
+        for (first, n) in copy_chunks(d.npages) {
+            match copy_chunk(&img.volume, epoch, d, first, n) {
+                Ok(Some(msg)) => wire::send(wr, &msg)?,
+                Ok(None) => {}
+                Err(e) => {
+                    let why = format!("reading cluster {} here failed: {e}", d.id);
+                    wire::send(wr, &Msg::Refused { why })?;
+                    return Ok(());
+                }
             }
-            // The restorer's clusters start zero-filled: zero pages need not travel.
-            if pages.iter().any(|&b| b != 0) {
-                let runs = vec![Run {
-                    first_page: first,
-                    pages,
-                }];
-                let clu = d.id.clu().0;
-                wire::send(wr, &Msg::CopyPages { epoch, clu, runs })?;
-            }
-            first += n;
         }
     }
     let position = img.state.position;

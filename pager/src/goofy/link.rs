@@ -11,8 +11,9 @@
 //! returns.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::io::{BufReader, BufWriter};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -21,12 +22,12 @@ use client::ClusterId;
 use journal::{Lsn, Retention};
 use tracing::{info, warn};
 
-use super::backup::COPY_CHUNK_PAGES;
+use super::backup::{copy_chunk, copy_chunks};
 use super::conf::Conf;
 use super::resume::{resume, History, Resume, Source};
 use super::wire::{self, CluInfo, Msg, Position, Run};
 use crate::storage::ssr::LocalVolume;
-use crate::storage::Volume;
+use crate::storage::{StorageError, Volume};
 use crate::sync::lock;
 
 /// How many recent lags a link keeps for its median.
@@ -134,11 +135,16 @@ impl Shared {
         }
     }
 
+    /// The end of the primary's log (the start of the history if the volume is unmounted).
+    pub fn log_end(&self) -> Lsn {
+        self.volume.log_lsn().unwrap_or_default()
+    }
+
     fn history(&self) -> History {
         History {
             epoch: self.conf.epoch,
             origin: self.conf.origin,
-            log_end: self.volume.info().log_lsn,
+            log_end: self.log_end(),
         }
     }
 }
@@ -246,7 +252,7 @@ pub fn run(shared: &Shared, link: &Link) {
 
 /// Marks the backup stale, releasing its hold on the log, once it is too far behind.
 fn check_bound(shared: &Shared, link: &Link) {
-    let log_end = shared.volume.info().log_lsn;
+    let log_end = shared.log_end();
     let mut l = lock(&link.inner);
     if !l.stale && l.hold.is_some() && shared.distance(l.acked, log_end) > shared.retain_bytes {
         warn!(volume = %shared.name, backup = %link.addr, acked = %l.acked, %log_end, "backup further behind than the retention bound: marked stale (it gets a full copy when it returns)");
@@ -256,17 +262,6 @@ fn check_bound(shared: &Shared, link: &Link) {
             l.state = LinkState::Stale;
         }
     }
-}
-
-fn connect(addr: &str) -> Result<TcpStream, String> {
-    let mut last = format!("{addr} resolves to no address");
-    for a in addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))? {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(last)
 }
 
 /// Sends `msg` and reads the answer: `Ok(lsn)` for an acknowledgement.
@@ -290,7 +285,7 @@ fn set_state(link: &Link, state: LinkState) {
 
 /// One connection's life.
 fn serve(shared: &Shared, link: &Link) -> End {
-    let conn = match connect(&link.addr) {
+    let conn = match wire::connect(&link.addr, CONNECT_TIMEOUT) {
         Ok(c) => c,
         Err(e) => return End::Broken(e),
     };
@@ -300,9 +295,8 @@ fn serve(shared: &Shared, link: &Link) -> End {
     }
 }
 
-enum Never {}
-
-fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Never, End> {
+/// Serves a connection until it ends (the `Err`: it never returns `Ok`).
+fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Infallible, End> {
     conn.set_nodelay(true)?;
     let mut rd = BufReader::new(conn.try_clone()?);
     let mut wr = BufWriter::new(conn);
@@ -372,41 +366,42 @@ fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Never, En
             }
             continue;
         };
-        if lock(&link.inner).state != LinkState::InSync {
-            set_state(link, LinkState::CatchingUp);
+        {
+            let mut l = lock(&link.inner);
+            if l.state != LinkState::InSync {
+                l.state = LinkState::CatchingUp;
+            }
         }
         let id = ClusterId(op.cluster);
         let end = op.end;
         // A cluster destroyed since has nothing left to send.
         if let Ok(desc) = shared.volume.clu_get_desc(id.clu()) {
-            {
-                let extent = op
+            let extent = op
+                .runs
+                .iter()
+                .map(|(first, pages)| first + (pages.len() / client::PAGE_SIZE) as u64)
+                .max()
+                .unwrap_or(0);
+            let msg = Msg::Op {
+                epoch: conf.epoch,
+                lsn: op.lsn,
+                end,
+                clu: CluInfo {
+                    npages: desc.npages.max(extent),
+                    ..CluInfo::of(&desc)
+                },
+                runs: op
                     .runs
-                    .iter()
-                    .map(|(first, pages)| first + (pages.len() / client::PAGE_SIZE) as u64)
-                    .max()
-                    .unwrap_or(0);
-                let msg = Msg::Op {
-                    epoch: conf.epoch,
-                    lsn: op.lsn,
-                    end,
-                    clu: CluInfo {
-                        npages: desc.npages.max(extent),
-                        ..CluInfo::of(&desc)
-                    },
-                    runs: op
-                        .runs
-                        .into_iter()
-                        .map(|(first_page, pages)| Run { first_page, pages })
-                        .collect(),
-                };
-                let got = call(&mut rd, &mut wr, &msg)?;
-                if got != end {
-                    return Err(End::Broken(format!(
-                        "the backup acknowledged {got} for operation {}..{end}",
-                        op.lsn
-                    )));
-                }
+                    .into_iter()
+                    .map(|(first_page, pages)| Run { first_page, pages })
+                    .collect(),
+            };
+            let got = call(&mut rd, &mut wr, &msg)?;
+            if got != end {
+                return Err(End::Broken(format!(
+                    "the backup acknowledged {got} for operation {}..{end}",
+                    op.lsn
+                )));
             }
         }
         acknowledged(shared, link, op.lsn, end);
@@ -432,7 +427,7 @@ fn acknowledged(shared: &Shared, link: &Link, lsn: Lsn, end: Lsn) {
         }
         l.lags.push_back(lag);
     }
-    if end >= shared.volume.info().log_lsn {
+    if end >= shared.log_end() {
         l.state = LinkState::InSync;
     }
     drop(l);
@@ -465,29 +460,19 @@ fn full_copy(
     call(rd, wr, &Msg::CopyBegin { epoch, clusters })?;
     let mut sent = 0;
     for d in &descs {
-        let mut first = 0;
-        while first < d.npages {
+        for (first, n) in copy_chunks(d.npages) {
             if shared.stop.load(Ordering::Acquire) {
                 return Err(End::Stopped);
             }
-            let n = COPY_CHUNK_PAGES.min(d.npages - first);
-            let mut pages = vec![0u8; n as usize * client::PAGE_SIZE];
-            match volume.clu_read(d.id.clu(), first, &mut pages) {
-                Ok(()) => {}
+            match copy_chunk(volume, epoch, d, first, n) {
+                Ok(Some(msg)) => {
+                    call(rd, wr, &msg)?;
+                }
+                Ok(None) => {}
                 // Destroyed during the copy: the backup keeps zeros.
-                Err(crate::storage::StorageError::NoSuchCluster(_)) => break,
+                Err(StorageError::NoSuchCluster(_)) => break,
                 Err(e) => return Err(End::Broken(format!("reading cluster {}: {e}", d.id))),
             }
-            // The backup's clusters start zero-filled: zero pages need not travel.
-            if pages.iter().any(|&b| b != 0) {
-                let runs = vec![Run {
-                    first_page: first,
-                    pages,
-                }];
-                let clu = d.id.clu().0;
-                call(rd, wr, &Msg::CopyPages { epoch, clu, runs })?;
-            }
-            first += n;
             sent += n;
             lock(&link.inner).copy = Some((sent, total));
         }

@@ -198,7 +198,7 @@ impl Volume for ReliableVolume {
         self.inner.clu_set_history(clu, pages)
     }
     fn replication(&self) -> Option<Replication> {
-        let log_lsn = self.inner.info().log_lsn;
+        let log_lsn = self.shared.log_end();
         let times: Vec<(Lsn, Instant)> = lock(&self.shared.times).iter().copied().collect();
         let backups = self
             .links
@@ -291,14 +291,7 @@ impl StorageService for Ssf {
     }
     fn vol_create(&self, vol: VolId, location: &Path, params: &VolumeParams) -> Result<()> {
         let conf = if let Some(plan) = &params.restore {
-            match self.restore_into(vol, location, params, plan) {
-                Ok(conf) => conf,
-                Err(e) => {
-                    // Not a volume: nothing may mount what a failed restoration left.
-                    let _ = std::fs::remove_dir_all(location);
-                    return Err(e);
-                }
-            }
+            self.restore_into(vol, location, params, plan)?
         } else {
             if params.backups.is_empty() {
                 return Err(StorageError::Invalid(

@@ -18,15 +18,16 @@
 //! fenced (there is no quorum): reach them all, or keep the old primary down.
 
 use std::io::{BufReader, BufWriter};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use client::{CluId, ClusterKind};
-use journal::{Lsn, PageRun};
+use client::CluId;
+use journal::Lsn;
 use tracing::{info, warn};
 
-use super::wire::{self, ImageInfo, Msg, Position};
+use super::state::State;
+use super::wire::{self, Msg, Position, Run};
 use crate::storage::ssr::LocalVolume;
 use crate::storage::{Result, StorageError, Volume};
 use crate::sync::lock;
@@ -107,23 +108,25 @@ fn failed(why: String) -> StorageError {
     StorageError::Restore(why)
 }
 
+type Conn = (BufReader<TcpStream>, BufWriter<TcpStream>);
+
+/// A connection to a backup server whose reads wait at most `read_timeout`.
+fn open(addr: &str, read_timeout: Duration) -> std::result::Result<Conn, String> {
+    let conn = wire::connect(addr, Duration::from_secs(3))?;
+    conn.set_read_timeout(Some(read_timeout))
+        .map_err(|e| e.to_string())?;
+    let rd = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+    Ok((rd, BufWriter::new(conn)))
+}
+
 /// One request, one answer (a fresh connection each: a restoration is rare).
 fn ask(addr: &str, msg: &Msg) -> std::result::Result<Msg, String> {
-    let a = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to no address"))?;
-    let conn = TcpStream::connect_timeout(&a, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut rd = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
-    let mut wr = BufWriter::new(conn);
+    let (mut rd, mut wr) = open(addr, Duration::from_secs(30))?;
     wire::send(&mut wr, msg).map_err(|e| e.to_string())?;
     wire::recv(&mut rd).map_err(|e| e.to_string())
 }
 
-fn image(addr: &str, msg: &Msg) -> std::result::Result<ImageInfo, String> {
+fn image(addr: &str, msg: &Msg) -> std::result::Result<State, String> {
     match ask(addr, msg)? {
         Msg::Image(i) => Ok(i),
         Msg::Refused { why } | Msg::Fenced { why } => Err(why),
@@ -204,28 +207,17 @@ pub fn prepare(name: &str, from: &str) -> Result<Plan> {
     })
 }
 
-/// Step 4: fetches the source's image into `volume` (new and empty). Returns the clusters
-/// and pages received.
-pub fn fetch(plan: &Plan, volume: &LocalVolume) -> Result<(usize, u64)> {
+/// Step 4: fetches the source's image into `volume` (new and empty).
+pub fn fetch(plan: &Plan, volume: &LocalVolume) -> Result<()> {
     let src = &plan.source;
     let broken = |why: String| failed(format!("fetching from {src}: {why}"));
-    let a = src
-        .to_socket_addrs()
-        .map_err(|e| broken(e.to_string()))?
-        .next()
-        .ok_or_else(|| broken("no address".into()))?;
-    let conn = TcpStream::connect_timeout(&a, Duration::from_secs(3))
-        .map_err(|e| broken(e.to_string()))?;
-    conn.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| broken(e.to_string()))?;
-    let mut rd = BufReader::new(conn.try_clone().map_err(|e| broken(e.to_string()))?);
-    let mut wr = BufWriter::new(conn);
+    let (mut rd, mut wr) = open(src, Duration::from_secs(60)).map_err(broken)?;
     let fetch = Msg::Fetch {
         uid: plan.uid,
         epoch: plan.epoch,
     };
     wire::send(&mut wr, &fetch).map_err(|e| broken(e.to_string()))?;
-    let (mut clusters, mut pages) = (0, 0);
+    let mut pages = 0;
     let progress = Registered::new(plan);
     loop {
         match wire::recv(&mut rd).map_err(|e| broken(e.to_string()))? {
@@ -233,25 +225,15 @@ pub fn fetch(plan: &Plan, volume: &LocalVolume) -> Result<(usize, u64)> {
                 let total = list.iter().map(|c| c.npages).sum();
                 progress.update(|p| p.total_pages = total);
                 for c in list {
-                    let kind = ClusterKind::from_code(u32::from(c.kind))
-                        .ok_or_else(|| broken("an unknown cluster kind".into()))?;
-                    volume.clu_ensure(CluId(c.clu), c.npages, c.owner, kind)?;
-                    clusters += 1;
+                    volume.clu_ensure(CluId(c.clu), c.npages, c.owner, c.kind)?;
                 }
             }
             Msg::CopyPages { clu, runs, .. } => {
-                let runs: Vec<PageRun<'_>> = runs
-                    .iter()
-                    .map(|r| PageRun {
-                        first_page: r.first_page,
-                        pages: &r.pages,
-                    })
-                    .collect();
                 pages += runs
                     .iter()
                     .map(|r| (r.pages.len() / client::PAGE_SIZE) as u64)
                     .sum::<u64>();
-                volume.clu_write(CluId(clu), &runs)?;
+                volume.clu_write(CluId(clu), &Run::page_runs(&runs))?;
                 progress.update(|p| p.received_pages = pages);
             }
             Msg::CopyEnd { position, .. } => {
@@ -265,7 +247,7 @@ pub fn fetch(plan: &Plan, volume: &LocalVolume) -> Result<(usize, u64)> {
                     return Err(broken(why));
                 }
                 volume.checkpoint()?;
-                return Ok((clusters, pages));
+                return Ok(());
             }
             Msg::Refused { why } | Msg::Fenced { why } => return Err(broken(why)),
             other => return Err(broken(format!("unexpected {}", other.kind()))),

@@ -13,7 +13,10 @@
 
 use std::io::{self, Read, Write};
 
-use journal::Lsn;
+use client::ClusterKind;
+use journal::{Lsn, PageRun};
+
+use super::state::State;
 
 const VERSION: u8 = 2;
 /// The largest payload: one operation of 16 MiB of pages, with room for its headers.
@@ -48,6 +51,31 @@ pub struct Run {
     pub pages: Vec<u8>,
 }
 
+impl Run {
+    /// The runs as the journal takes them.
+    pub fn page_runs(runs: &[Run]) -> Vec<PageRun<'_>> {
+        runs.iter()
+            .map(|r| PageRun {
+                first_page: r.first_page,
+                pages: &r.pages,
+            })
+            .collect()
+    }
+}
+
+/// Connects to `addr` (`HOST:PORT`), trying each address it resolves to for at most `timeout`.
+pub fn connect(addr: &str, timeout: std::time::Duration) -> Result<std::net::TcpStream, String> {
+    use std::net::ToSocketAddrs;
+    let mut last = format!("{addr} resolves to no address");
+    for a in addr.to_socket_addrs().map_err(|e| format!("{addr}: {e}"))? {
+        match std::net::TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
 /// Where a backup's image stands in a primary's history.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Position {
@@ -69,8 +97,8 @@ pub struct CluInfo {
     pub npages: u64,
     /// Its owner's uid.
     pub owner: u32,
-    /// Its kind (`ClusterKind` code).
-    pub kind: u8,
+    /// Its kind.
+    pub kind: ClusterKind,
 }
 
 impl CluInfo {
@@ -80,26 +108,9 @@ impl CluInfo {
             clu: desc.id.clu().0,
             npages: desc.npages,
             owner: desc.owner,
-            kind: desc.kind as u8,
+            kind: desc.kind,
         }
     }
-}
-
-/// What a backup holds of a volume (the answer to `Inquire` and `Fence`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageInfo {
-    /// The volume's identity.
-    pub uid: u64,
-    /// Its name on the primary.
-    pub name: String,
-    /// The newest epoch this backup has seen (fencing).
-    pub epoch: u64,
-    /// Where the image stands.
-    pub position: Position,
-    /// The volume's backup servers, as the primary last listed them.
-    pub backups: Vec<String>,
-    /// Its `sync` setting.
-    pub sync: u32,
 }
 
 /// A message.
@@ -144,8 +155,9 @@ pub enum Msg {
     CopyEnd { epoch: u64, position: Position },
     /// Restorer to backup: what do you hold of the volume called `name`?
     Inquire { name: String },
-    /// Backup to restorer: this.
-    Image(ImageInfo),
+    /// Backup to restorer: its record of the volume (identity, newest epoch, position,
+    /// settings).
+    Image(State),
     /// Restorer to backup: refuse every primary older than `epoch` from now on.
     Fence { uid: u64, epoch: u64 },
     /// Restorer to backup: send your image of `uid` (a `CopyBegin`, `CopyPages`, `CopyEnd`
@@ -212,7 +224,7 @@ impl W {
         self.u64(p.epoch).lsn(p.lsn).u8(u8::from(p.complete))
     }
     fn clu(self, c: CluInfo) -> W {
-        self.u16(c.clu).u64(c.npages).u32(c.owner).u8(c.kind)
+        self.u16(c.clu).u64(c.npages).u32(c.owner).u8(c.kind as u8)
     }
     fn runs(self, runs: &[Run]) -> W {
         let n = runs.len() as u32;
@@ -285,16 +297,13 @@ impl<'a> R<'a> {
         })
     }
     fn clu(&mut self) -> Result<CluInfo, WireError> {
-        let c = CluInfo {
+        Ok(CluInfo {
             clu: self.u16()?,
             npages: self.u64()?,
             owner: self.u32()?,
-            kind: self.u8()?,
-        };
-        if client::ClusterKind::from_code(u32::from(c.kind)).is_none() {
-            return Err(WireError::Malformed("unknown cluster kind"));
-        }
-        Ok(c)
+            kind: ClusterKind::from_code(u32::from(self.u8()?))
+                .ok_or(WireError::Malformed("unknown cluster kind"))?,
+        })
     }
     /// Runs of whole pages, all below page `npages`.
     fn runs(&mut self, npages: u64) -> Result<Vec<Run>, WireError> {
@@ -427,7 +436,7 @@ impl Msg {
                 position: r.position()?,
             },
             9 => Msg::Inquire { name: r.text()? },
-            10 => Msg::Image(ImageInfo {
+            10 => Msg::Image(State {
                 uid: r.u64()?,
                 name: r.text()?,
                 epoch: r.u64()?,

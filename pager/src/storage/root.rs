@@ -185,8 +185,15 @@ impl Storage {
             name: entry.name.clone(),
             ..params.clone()
         };
-        self.service(entry)?
-            .vol_create(entry.vol, &location, &params)?;
+        if let Err(e) = self
+            .service(entry)?
+            .vol_create(entry.vol, &location, &params)
+        {
+            // Not a volume (no catalog entry names it): remove what the failed creation left,
+            // a partly fetched restoration for instance.
+            let _ = fs::remove_dir_all(&location);
+            return Err(e);
+        }
         let mut catalog = lock(&self.catalog);
         let mut next = catalog.clone();
         next.volumes.insert(entry.vol, entry.clone());

@@ -468,7 +468,7 @@ impl Image {
         // The neighbours take the read-fault transition (MapNone to Read).
         let neighbour =
             step(PageState::MapNone, Event::ReadFault).map_or(PageState::MapNone, |(s, _)| s);
-        st.history.record(f.page);
+        // `serve` recorded the faulting page first; its neighbours follow.
         for p in first..end {
             st.history.record(p);
             st.pages[p as usize] = if p == f.page { next } else { neighbour };

@@ -8,7 +8,7 @@ fn samples() -> Vec<Msg> {
         clu: 5,
         npages: 10,
         owner: 1000,
-        kind: 1,
+        kind: ClusterKind::Shareable,
     };
     let runs = vec![Run {
         first_page: 8,
@@ -52,7 +52,7 @@ fn samples() -> Vec<Msg> {
         },
         Msg::CopyEnd { epoch: 3, position },
         Msg::Inquire { name: "rel".into() },
-        Msg::Image(ImageInfo {
+        Msg::Image(State {
             uid: 7,
             name: "rel".into(),
             epoch: 4,
@@ -94,7 +94,7 @@ fn messages_round_trip_through_frames_and_damage_is_refused() {
             clu: 0,
             npages: 1,
             owner: 0,
-            kind: 0,
+            kind: ClusterKind::Protected,
         },
         runs: vec![Run {
             first_page: 1,

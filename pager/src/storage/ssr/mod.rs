@@ -183,6 +183,12 @@ impl LocalVolume {
         self.with_journal(|j| Ok(j.reader()))
     }
 
+    /// The end of the journal's log (`logLSN`), without the rest of [`Volume::info`] (which
+    /// lists every cluster).
+    pub fn log_lsn(&self) -> Result<Lsn> {
+        self.with_journal(|j| Ok(j.log_lsn()))
+    }
+
     /// Every operation before this LSN is applied to the cluster files.
     pub fn applied_lsn(&self) -> Result<Lsn> {
         self.with_journal(|j| Ok(j.applied_lsn()))
