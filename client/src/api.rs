@@ -2,9 +2,10 @@
 //!
 //! A process has one connection to the pager, opened on first use (socket: `CLU_PAGER_SOCKET`
 //! or [`crate::DEFAULT_SOCKET`]), and maps each cluster at most once. Cluster memory is handed
-//! out as [`Region`]s: raw address ranges, because the memory is shared with other processes
-//! and with the pager, so Rust references into it would promise what nobody can keep. A region
-//! stays valid until [`unmap`]; using it afterwards is undefined behaviour, as with `munmap`.
+//! out as [`Region`]s, handles that copy in and out with bounds-checked volatile accesses,
+//! because the memory is shared with other processes and with the pager, so Rust references
+//! into it would promise what nobody can keep. A region's mapping lives as long as a handle of
+//! it does; after [`unmap`] the pager no longer serves it.
 //!
 //! If the pager dies, every call about a cluster mapped through the lost connection returns
 //! [`ErrorCode::Unavailable`], and a fault on a page of such a cluster that this process has not
@@ -14,9 +15,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::proto::MapMode;
+use clu_proto::protocol::Request;
+use clu_sys::sync::lock;
+
 use crate::session::Session;
-use crate::{ClusterId, ClusterKind, ErrorCode, PAGE_SIZE};
+use crate::{ClusterId, ClusterKind, ErrorCode, MapMode, Region};
 
 /// A failed cluster call: a code (shared with the C ABI) and a message for the user.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -35,43 +38,6 @@ impl CluError {
             code,
             message: message.into(),
         }
-    }
-}
-
-/// Pages `first_page..first_page+npages` of a cluster, mapped in this process at `addr`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    /// The address of its first byte.
-    pub addr: usize,
-    /// The cluster page it starts at.
-    pub first_page: u64,
-    /// Its length in pages.
-    pub npages: u64,
-}
-
-impl Region {
-    /// The first byte, for reads and writes through raw pointers.
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.addr as *mut u8
-    }
-
-    /// The length in bytes.
-    pub fn len(&self) -> usize {
-        self.npages as usize * PAGE_SIZE
-    }
-
-    /// Whether the region is empty (never, for a region the pager handed out).
-    pub fn is_empty(&self) -> bool {
-        self.npages == 0
-    }
-
-    /// The address of byte `offset` of the cluster, if this region holds it.
-    pub fn addr_of(&self, offset: u64) -> Option<usize> {
-        let start = self.first_page * PAGE_SIZE as u64;
-        let end = start + self.len() as u64;
-        (start..end)
-            .contains(&offset)
-            .then(|| self.addr + (offset - start) as usize)
     }
 }
 
@@ -110,7 +76,7 @@ fn with<T>(
     about: Option<ClusterId>,
     f: impl FnOnce(&mut Session) -> Result<T, CluError>,
 ) -> Result<T, CluError> {
-    let mut guard = crate::lock(&SHIM);
+    let mut guard = lock(&SHIM);
     let shim = guard.get_or_insert_with(Shim::default);
     shim.reap();
     if let Some(id) = about {
@@ -139,7 +105,7 @@ pub fn create_map(
 pub fn map(id: ClusterId, mode: MapMode) -> Result<Region, CluError> {
     let r = with(None, |s| s.map(id, mode));
     if r.is_ok() {
-        if let Some(shim) = crate::lock(&SHIM).as_mut() {
+        if let Some(shim) = lock(&SHIM).as_mut() {
             shim.lost.remove(&id);
         }
     }
@@ -175,7 +141,7 @@ pub fn abort(id: ClusterId) -> Result<(), CluError> {
 /// was lost since: the memory stays mapped until the process ends).
 pub fn regions(id: ClusterId) -> Result<Vec<Region>, CluError> {
     {
-        let mut guard = crate::lock(&SHIM);
+        let mut guard = lock(&SHIM);
         let shim = guard.get_or_insert_with(Shim::default);
         shim.reap();
         if let Some(r) = shim.lost.get(&id) {
@@ -188,20 +154,20 @@ pub fn regions(id: ClusterId) -> Result<Vec<Region>, CluError> {
 /// `clu_Grant`: the owner lets `uid` map the cluster, read-write or read-only.
 pub fn grant(id: ClusterId, uid: u32, mode: MapMode) -> Result<(), CluError> {
     with(None, |s| {
-        s.simple(&crate::proto::Request::Grant { id, uid, mode })
+        s.simple(&Request::Grant { id, uid, mode })
     })
 }
 
 /// `clu_Revoke`: the owner withdraws `uid`'s grant.
 pub fn revoke(id: ClusterId, uid: u32) -> Result<(), CluError> {
     with(None, |s| {
-        s.simple(&crate::proto::Request::Revoke { id, uid })
+        s.simple(&Request::Revoke { id, uid })
     })
 }
 
 /// `clu_Promote`: makes a temporary cluster persistent now and commits its current image.
 pub fn promote(id: ClusterId) -> Result<(), CluError> {
-    with(None, |s| s.simple(&crate::proto::Request::Promote { id }))
+    with(None, |s| s.simple(&Request::Promote { id }))
 }
 
 /// `clu_Owner`: the uid that owns the cluster (where to ask for a grant after a refusal).

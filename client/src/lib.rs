@@ -1,30 +1,21 @@
 //! The interface component (*composant d'interface*) of the cluster machine: what programs link.
 //!
 //! - [`api`]: the cluster calls (`clu_CreateMap`, `clu_Map`, `clu_Unmap`, `clu_Resize`,
-//!   `clu_Extend`, `clu_Commit`, `clu_Abort`) for Rust programs; the C ABI wraps them (crate
-//!   `clu-capi`, header `client/include/clu.h`).
-//! - The vocabulary shared with the pager: cluster ids and kinds, error codes, the wire protocol
-//!   ([`proto`]) and its framing with attached descriptors ([`channel`]).
-//! - [`sys`]: the thin raw layer, every `unsafe` system call of the fault path ([`uffd`]).
+//!   `clu_Extend`, `clu_Commit`, `clu_Abort`, rights and kinds) for Rust programs; the C ABI
+//!   wraps them (crate `clu-capi`, header `client/include/clu.h`).
+//! - [`Region`]: a cluster's pages as this process maps them.
+//! - [`watcher`]: the lifeline that turns the pager's death into SIGBUS instead of a hang.
+//!
+//! The vocabulary (ids, kinds, error codes, the protocol) is crate `clu-proto`'s, re-exported
+//! here; every system call goes through crate `clu-sys`.
 
 pub mod api;
-pub mod channel;
-mod error_code;
-mod ids;
-pub mod proto;
+mod config;
+mod region;
 mod session;
-pub mod sys;
 pub mod watcher;
 
-pub use api::{CluError, Region};
-pub use error_code::ErrorCode;
-pub use ids::{CluId, ClusterId, ClusterKind, IdError, VolId, PAGE_SIZE};
-pub use proto::MapMode;
-pub use session::{socket_path, DEFAULT_SOCKET, SOCKET_ENV, WP_ASYNC_ENV};
-pub use sys::uffd;
-
-/// Locks `m`, ignoring poisoning: every structure the shim guards is updated by whole
-/// assignments, so a panic elsewhere leaves it consistent.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use api::CluError;
+pub use clu_proto::{CluId, ClusterId, ClusterKind, ErrorCode, IdError, MapMode, VolId, PAGE_SIZE};
+pub use config::{socket_path, Config, DEFAULT_SOCKET, SOCKET_ENV, WP_ASYNC_ENV};
+pub use region::Region;

@@ -4,60 +4,41 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use clu_proto::channel::{Channel, ChannelError};
+use clu_proto::protocol::{MapMode, Request, Response, ATTACH_WP_ASYNC};
+use clu_sys::mem::Mapping;
+use clu_sys::sync::lock;
+use clu_sys::uffd::{self, feature, mode, Range};
 use userfaultfd::Uffd;
 
-use crate::channel::{Channel, ChannelError};
-use crate::proto::{MapMode, Request, Response};
-use crate::sys::mem::{self, Mapping};
-use crate::sys::uffd::{self, feature, mode, Range};
+use crate::config::{Config, SOCKET_ENV};
 use crate::watcher::{self, Lifeline};
 use crate::{CluError, ClusterId, ClusterKind, ErrorCode, Region};
 
-/// Where the pager listens unless `CLU_PAGER_SOCKET` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/clu-pager.sock";
-/// The environment variable naming the pager's socket.
-pub const SOCKET_ENV: &str = "CLU_PAGER_SOCKET";
-/// Set to `1` for write-protect-async mode: first writes to clean pages cost no round trip to
-/// the pager (the kernel resolves them; the pager collects written pages with `PAGEMAP_SCAN`
-/// at commit and eviction). The price: a commit is a point-in-time image only if no thread of
-/// the process writes to the cluster while it runs (see the README).
-pub const WP_ASYNC_ENV: &str = "CLU_WP_ASYNC";
-
-fn wp_async() -> bool {
-    std::env::var_os(WP_ASYNC_ENV).is_some_and(|v| v == "1")
-}
-
-/// The socket path the shim uses: `CLU_PAGER_SOCKET`, or [`DEFAULT_SOCKET`].
-pub fn socket_path() -> PathBuf {
-    std::env::var_os(SOCKET_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
-}
-
-struct Mapped {
+/// A cluster this process maps.
+struct MappedCluster {
     writable: bool,
     memfd: OwnedFd,
-    regions: Vec<(Region, Mapping)>,
+    regions: Vec<Region>,
 }
 
-impl Mapped {
+impl MappedCluster {
     fn npages(&self) -> u64 {
-        self.regions.iter().map(|(r, _)| r.npages).sum()
+        self.regions.iter().map(|r| r.npages).sum()
     }
 }
 
 pub(crate) struct Session {
+    config: Config,
     chan: Channel,
     line: Arc<Lifeline>,
     uffd_sent: bool,
     /// `/proc/self/pagemap`, in write-protect-async mode (`CLU_WP_ASYNC=1`).
     pagemap: Option<std::fs::File>,
-    mapped: HashMap<ClusterId, Mapped>,
+    mapped: HashMap<ClusterId, MappedCluster>,
 }
 
 fn unavailable(why: impl std::fmt::Display) -> CluError {
@@ -82,7 +63,8 @@ fn os(what: &str, e: std::io::Error) -> CluError {
 
 impl Session {
     pub(crate) fn connect() -> Result<Session, CluError> {
-        let path = socket_path();
+        let config = Config::from_env();
+        let path = config.socket.clone();
         let stream = UnixStream::connect(&path).map_err(|e| {
             unavailable(format_args!(
                 "cannot connect to {} ({e}); start it with `pager serve --socket {0}` or set {SOCKET_ENV}",
@@ -95,6 +77,7 @@ impl Session {
             .map_err(|e| os("cloning the pager socket", e))?;
         watcher::spawn(watch, line.clone()).map_err(|e| os("starting the lifeline thread", e))?;
         Ok(Session {
+            config,
             chan: Channel::new(stream),
             line,
             uffd_sent: false,
@@ -111,7 +94,7 @@ impl Session {
     pub(crate) fn all_regions(&self) -> HashMap<ClusterId, Vec<Region>> {
         self.mapped
             .iter()
-            .map(|(id, m)| (*id, m.regions.iter().map(|(r, _)| *r).collect()))
+            .map(|(id, m)| (*id, m.regions.clone()))
             .collect()
     }
 
@@ -155,7 +138,8 @@ impl Session {
     }
 
     fn uffd(&mut self) -> Result<Arc<Uffd>, CluError> {
-        if wp_async() && self.pagemap.is_none() && self.line.uffd.get().is_none() {
+        let wp_async = self.config.wp_async;
+        if wp_async && self.pagemap.is_none() && self.line.uffd.get().is_none() {
             self.pagemap = Some(
                 std::fs::File::open("/proc/self/pagemap")
                     .map_err(|e| os("opening /proc/self/pagemap (CLU_WP_ASYNC=1)", e))?,
@@ -166,7 +150,7 @@ impl Session {
         }
         // Trap kernel-mode faults too when allowed (a read(2) into a cluster page then works);
         // otherwise user-mode faults only, which unprivileged processes may always ask for.
-        let features = feature::CLUSTER | if wp_async() { feature::WP_ASYNC } else { 0 };
+        let features = feature::CLUSTER | if wp_async { feature::WP_ASYNC } else { 0 };
         let u = uffd::open(features, false)
             .or_else(|_| uffd::open(features, true))
             .map_err(|e| os("creating this process's userfaultfd", e))?;
@@ -181,32 +165,31 @@ impl Session {
         writable: bool,
         first: u64,
         npages: u64,
-    ) -> Result<(Region, Mapping), CluError> {
+    ) -> Result<Region, CluError> {
         let u = self.uffd()?;
-        let m = mem::map_shared(memfd.as_fd(), first, npages, writable)
+        let m = Mapping::cluster(memfd.as_fd(), first, npages, writable)
             .map_err(|e| os("mapping the cluster", e))?;
         let range = Range {
-            start: m.addr as u64,
-            len: m.len as u64,
+            start: m.addr() as u64,
+            len: m.len() as u64,
         };
         let modes = mode::MISSING | mode::MINOR | if writable { mode::WP } else { 0 };
-        if let Err(e) = uffd::register(&u, range, modes) {
-            mem::unmap(m);
-            return Err(os("registering the mapping with userfaultfd", e));
-        }
+        // On any failure below, dropping `m` unmaps it.
+        uffd::register(&u, range, modes)
+            .map_err(|e| os("registering the mapping with userfaultfd", e))?;
         let req = Request::Attach {
             id,
             first_page: first,
-            base: m.addr as u64,
+            base: m.addr() as u64,
             npages,
             flags: if self.pagemap.is_some() {
-                crate::proto::ATTACH_WP_ASYNC
+                ATTACH_WP_ASYNC
             } else {
                 0
             },
         };
-        let result = if self.uffd_sent {
-            self.simple(&req)
+        if self.uffd_sent {
+            self.simple(&req)?;
         } else {
             let pagemap = self.pagemap.take();
             let mut fds = vec![u.as_fd()];
@@ -219,22 +202,11 @@ impl Session {
                 Err(e) => Err(e),
             };
             self.pagemap = pagemap;
-            r
-        };
-        if let Err(e) = result {
-            mem::unmap(m);
-            return Err(e);
+            r?;
         }
         self.uffd_sent = true;
-        crate::lock(&self.line.ranges).push(range);
-        Ok((
-            Region {
-                addr: m.addr,
-                first_page: first,
-                npages,
-            },
-            m,
-        ))
+        lock(&self.line.ranges).push(range);
+        Ok(Region::new(first, npages, m))
     }
 
     fn mapped_answer(
@@ -256,13 +228,13 @@ impl Session {
         }
         let memfd = fds.remove(0);
         match self.attach(id, &memfd, writable, 0, npages) {
-            Ok((region, m)) => {
+            Ok(region) => {
                 self.mapped.insert(
                     id,
-                    Mapped {
+                    MappedCluster {
                         writable,
                         memfd,
-                        regions: vec![(region, m)],
+                        regions: vec![region.clone()],
                     },
                 );
                 Ok(region)
@@ -300,7 +272,7 @@ impl Session {
         self.mapped_answer(resp, Some(id))
     }
 
-    fn known(&self, id: ClusterId) -> Result<&Mapped, CluError> {
+    fn known(&self, id: ClusterId) -> Result<&MappedCluster, CluError> {
         self.mapped.get(&id).ok_or_else(|| {
             CluError::new(
                 ErrorCode::NotFound,
@@ -317,9 +289,9 @@ impl Session {
             return Ok(None);
         }
         let memfd = m.memfd.try_clone().map_err(|e| os("dup", e))?;
-        let (region, mapping) = self.attach(id, &memfd, writable, known, total - known)?;
+        let region = self.attach(id, &memfd, writable, known, total - known)?;
         if let Some(m) = self.mapped.get_mut(&id) {
-            m.regions.push((region, mapping));
+            m.regions.push(region.clone());
         }
         Ok(Some(region))
     }
@@ -350,13 +322,13 @@ impl Session {
         Ok(())
     }
 
-    /// Unmaps `id`'s regions here without telling the pager.
+    /// Forgets `id`'s regions here without telling the pager; each mapping is released once
+    /// the caller holds no handle of it either.
     fn forget(&mut self, id: ClusterId) {
         if let Some(m) = self.mapped.remove(&id) {
-            let mut ranges = crate::lock(&self.line.ranges);
-            for (_, mapping) in m.regions {
-                ranges.retain(|r| r.start != mapping.addr as u64);
-                mem::unmap(mapping);
+            let mut ranges = lock(&self.line.ranges);
+            for region in m.regions {
+                ranges.retain(|r| r.start != region.addr() as u64);
             }
         }
     }
@@ -372,7 +344,7 @@ impl Session {
     }
 
     pub(crate) fn regions(&self, id: ClusterId) -> Result<Vec<Region>, CluError> {
-        Ok(self.known(id)?.regions.iter().map(|(r, _)| *r).collect())
+        Ok(self.known(id)?.regions.clone())
     }
 
     pub(crate) fn owner(&mut self, id: ClusterId) -> Result<u32, CluError> {

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use userfaultfd::{Event, FaultKind, Uffd};
 
-use crate::sys::{mem, uffd, uffd::Range};
-use crate::PAGE_SIZE;
+use clu_sys::sync::lock;
+use clu_sys::{mem, uffd, uffd::Range, PAGE_SIZE};
 
 /// What the session shares with its lifeline thread.
 #[derive(Default)]
@@ -60,7 +60,7 @@ fn watch(sock: UnixStream, line: Arc<Lifeline>) {
     let Some(u) = line.uffd.get().cloned() else {
         return;
     };
-    let ranges = crate::lock(&line.ranges).clone();
+    let ranges = lock(&line.ranges).clone();
     for r in ranges {
         uffd::poison_unmapped(&u, r);
         // A thread may be blocked on a page that cannot be poisoned (a write-protect marker

@@ -64,9 +64,11 @@ mod anchor;
 mod encode;
 mod error;
 mod files;
+mod inner;
 pub mod format;
 mod journal;
 mod lsn;
+mod open;
 mod reader;
 pub mod recovery;
 

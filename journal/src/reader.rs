@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::files;
 use crate::format::{decode_file_header, payload_crc, FileId, RecordHeader, RecordKind, PAGE_SIZE};
-use crate::journal::Inner;
+use crate::inner::Inner;
 use crate::{JournalError, Lsn};
 
 const PAGE: u64 = PAGE_SIZE as u64;

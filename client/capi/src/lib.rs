@@ -125,8 +125,8 @@ pub unsafe extern "C" fn clu_Extend(
         let r = api::extend(ClusterId(id)).map_err(|e| e.code)?;
         // SAFETY: the caller passes null or valid pointers.
         unsafe {
-            put(region, r.map_or(std::ptr::null_mut(), |r| ptr(&r)));
-            put(npages, r.map_or(0, |r| r.npages as usize));
+            put(region, r.as_ref().map_or(std::ptr::null_mut(), ptr));
+            put(npages, r.as_ref().map_or(0, |r| r.npages as usize));
         }
         Ok(())
     })

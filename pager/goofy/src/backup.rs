@@ -1,0 +1,490 @@
+//! `pager backup-server`: a backup server (*serveur de secours*, thesis M4, M6). It keeps its
+//! image of each reliable volume it backs up with the fast local service (its own journal), and
+//! serves several volumes of several primaries.
+//!
+//! ```text
+//! <root>/lock                          one server per root
+//! <root>/v-<uid>/volume.meta, ...      the volume's image: an SSR volume (journal, clusters)
+//! <root>/v-<uid>/goofy.state           identity, epoch, position, settings (two slots)
+//! ```
+//!
+//! An operation is applied through the local journal (atomic, durable), then `goofy.state`
+//! records its position, then it is acknowledged. A crash in between makes the primary send it
+//! again, and applying whole pages twice is harmless. A full copy first marks the image
+//! incomplete (a crash during it leaves an image that asks for another copy). A primary or a
+//! restorer whose epoch is older than the one recorded is refused (fencing).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use clu_proto::{CluId, VolId};
+use clu_storage::fsutil::{lock_root, write_atomic};
+use clu_storage::ssr::{LocalVolume, Ssr};
+use clu_storage::{StorageError, StorageService, Volume, VolumeParams};
+use clu_sys::sync::lock;
+use journal::Lsn;
+use nix::fcntl::Flock;
+use tracing::{info, warn};
+
+use crate::copy::{copy_chunk, copy_chunks};
+use crate::position::Position;
+use crate::state::{State, SLOT};
+use crate::wire::{self, CluInfo, Msg, Run, WireError};
+
+/// One volume's image on this backup.
+struct VolumeImage {
+    volume: LocalVolume,
+    state: State,
+    /// `goofy.state`, its path, and the sequence number of its newest slot.
+    file: File,
+    path: PathBuf,
+    seq: u64,
+}
+
+impl VolumeImage {
+    /// Writes the state held into the older slot of `goofy.state`, durably.
+    fn save_state(&mut self) -> Result<(), StorageError> {
+        let seq = self.seq + 1;
+        let slot = self.state.encode_slot(seq).ok_or_else(|| {
+            StorageError::Invalid("the volume's settings are too long for goofy.state".into())
+        })?;
+        self.file
+            .write_all_at(&slot, (seq % 2) * SLOT as u64)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| StorageError::io(&self.path, e))?;
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// Refuses a request of an epoch older than the newest seen.
+    fn check_epoch(&self, epoch: u64) -> Result<(), BackupError> {
+        if epoch < self.state.epoch {
+            return Err(BackupError::Stale {
+                name: self.state.name.clone(),
+                have: self.state.epoch,
+                got: epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records `epoch` as the newest if it is.
+    fn raise_epoch(&mut self, epoch: u64) -> Result<(), BackupError> {
+        self.check_epoch(epoch)?;
+        if epoch > self.state.epoch {
+            self.state.epoch = epoch;
+            self.save_state()?;
+        }
+        Ok(())
+    }
+}
+
+const STATE: &str = "goofy.state";
+
+/// The backup server.
+pub struct BackupServer {
+    root: PathBuf,
+    images: Mutex<HashMap<u64, Arc<Mutex<VolumeImage>>>>,
+    _lock: Flock<File>,
+}
+
+/// Why a request is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// Storage failed here.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A primary of an older epoch.
+    #[error("volume {name} is at epoch {have} here; a primary at epoch {got} was replaced by a restoration and must not write (fenced)")]
+    Stale {
+        /// The volume.
+        name: String,
+        /// The epoch recorded here.
+        have: u64,
+        /// The epoch of the request.
+        got: u64,
+    },
+    /// This server holds no image of the volume.
+    #[error("this backup server holds no image of volume {0}")]
+    Unknown(String),
+    /// A request out of order.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl BackupServer {
+    /// Opens (creating if needed) a backup root.
+    pub fn open(root: &Path) -> Result<BackupServer, StorageError> {
+        let lock = lock_root(root)?;
+        Ok(BackupServer {
+            root: root.to_owned(),
+            images: Mutex::new(HashMap::new()),
+            _lock: lock,
+        })
+    }
+
+    /// Where volume `uid`'s image lives.
+    pub fn image_dir(root: &Path, uid: u64) -> PathBuf {
+        root.join(format!("v-{uid:016x}"))
+    }
+
+    /// The image of `uid`; created empty from `hello` (uid, name) if there is none and it is given.
+    fn image(&self, uid: u64, hello: Option<&str>) -> Result<Arc<Mutex<VolumeImage>>, BackupError> {
+        let mut images = lock(&self.images);
+        if let Some(img) = images.get(&uid) {
+            return Ok(img.clone());
+        }
+        let dir = Self::image_dir(&self.root, uid);
+        let state_path = dir.join(STATE);
+        if !dir.join("volume.meta").exists() || !state_path.exists() {
+            let Some(name) = hello else {
+                return Err(BackupError::Unknown(format!("{uid:016x}")));
+            };
+            // A new volume: its image starts empty (at position 0 of epoch 0).
+            let _ = fs::remove_dir_all(&dir);
+            Ssr::default().vol_create(VolId(1), &dir, &VolumeParams::default())?;
+            let state = State {
+                uid,
+                name: name.to_string(),
+                epoch: 0,
+                position: Position {
+                    complete: true,
+                    ..Position::default()
+                },
+                backups: Vec::new(),
+                sync: 0,
+            };
+            let mut bytes = state
+                .encode_slot(0)
+                .ok_or_else(|| StorageError::Invalid("a volume name too long".into()))?;
+            bytes.resize(2 * SLOT, 0);
+            write_atomic(&state_path, &bytes)?;
+        }
+        let bytes = fs::read(&state_path).map_err(|e| StorageError::io(&state_path, e))?;
+        let (state, seq) = State::decode_slots(&bytes)
+            .ok_or_else(|| StorageError::corrupt(&state_path, "no intact backup state slot"))?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&state_path)
+            .map_err(|e| StorageError::io(&state_path, e))?;
+        if state.uid != uid {
+            return Err(StorageError::corrupt(
+                &state_path,
+                format!("names volume {:016x}", state.uid),
+            )
+            .into());
+        }
+        let volume = LocalVolume::mount(VolId(1), &dir, Default::default())?;
+        info!(uid = format_args!("{uid:016x}"), name = %state.name, position = ?state.position, "backup image mounted");
+        let img = Arc::new(Mutex::new(VolumeImage {
+            volume,
+            state,
+            file,
+            path: state_path,
+            seq,
+        }));
+        images.insert(uid, img.clone());
+        Ok(img)
+    }
+
+    /// The image of the volume called `name` (a restorer knows the name, not the uid).
+    fn image_named(&self, name: &str) -> Result<Arc<Mutex<VolumeImage>>, BackupError> {
+        let entries = fs::read_dir(&self.root).map_err(|e| StorageError::io(&self.root, e))?;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(hex) = file_name.to_str().and_then(|n| n.strip_prefix("v-")) else {
+                continue;
+            };
+            let Ok(uid) = u64::from_str_radix(hex, 16) else {
+                continue;
+            };
+            let Ok(img) = self.image(uid, None) else {
+                continue;
+            };
+            if lock(&img).state.name == name {
+                return Ok(img);
+            }
+        }
+        Err(BackupError::Unknown(name.to_string()))
+    }
+
+    /// Serves `listener` for ever, a thread per connection.
+    pub fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        for conn in listener.incoming() {
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    continue;
+                }
+            };
+            let me = self.clone();
+            std::thread::spawn(move || {
+                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                if let Err(e) = me.connection(conn) {
+                    info!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn connection(&self, conn: TcpStream) -> Result<(), WireError> {
+        conn.set_nodelay(true)?;
+        let mut rd = BufReader::new(conn.try_clone()?);
+        let mut wr = BufWriter::new(conn);
+        let first = wire::recv(&mut rd)?;
+        let refuse = |wr: &mut BufWriter<TcpStream>, e: BackupError| {
+            warn!("refused a {}: {e}", first.kind());
+            wire::send(wr, &refusal(&e))
+        };
+        match &first {
+            Msg::Hello {
+                uid,
+                epoch,
+                name,
+                backups,
+                sync,
+            } => match self.hello(*uid, name, *epoch, backups, *sync) {
+                Ok((img, position)) => {
+                    wire::send(&mut wr, &Msg::Welcome { position })?;
+                    self.session(&img, *epoch, &mut rd, &mut wr)
+                }
+                Err(e) => Ok(refuse(&mut wr, e)?),
+            },
+            Msg::Inquire { name } => {
+                match self.image_named(name).map(|img| lock(&img).state.clone()) {
+                    Ok(info) => wire::send(&mut wr, &Msg::Image(info))?,
+                    Err(e) => refuse(&mut wr, e)?,
+                }
+                Ok(())
+            }
+            Msg::Fence { uid, epoch } => {
+                let fenced = self.image(*uid, None).and_then(|img| {
+                    let mut img = lock(&img);
+                    img.raise_epoch(*epoch)?;
+                    info!(name = %img.state.name, epoch, "fenced: older primaries are refused from now on");
+                    Ok(img.state.clone())
+                });
+                match fenced {
+                    Ok(info) => wire::send(&mut wr, &Msg::Image(info))?,
+                    Err(e) => refuse(&mut wr, e)?,
+                }
+                Ok(())
+            }
+            Msg::Fetch { uid, epoch } => match self.image(*uid, None) {
+                Ok(img) => {
+                    let img = lock(&img);
+                    if let Err(e) = img.check_epoch(*epoch) {
+                        return Ok(refuse(&mut wr, e)?);
+                    }
+                    info!(name = %img.state.name, "sending the image to a restorer");
+                    send_image(&img, &mut wr)
+                }
+                Err(e) => Ok(refuse(&mut wr, e)?),
+            },
+            other => {
+                let why = format!(
+                    "expected Hello, Inquire, Fence or Fetch, got {}",
+                    other.kind()
+                );
+                wire::send(&mut wr, &Msg::Refused { why })?;
+                Err(WireError::Malformed("a session must start with Hello"))
+            }
+        }
+    }
+
+    /// A primary's session: operations and full copies, each answered.
+    fn session(
+        &self,
+        img: &Mutex<VolumeImage>,
+        session_epoch: u64,
+        rd: &mut BufReader<TcpStream>,
+        wr: &mut BufWriter<TcpStream>,
+    ) -> Result<(), WireError> {
+        loop {
+            let msg = match wire::recv(rd) {
+                Ok(m) => m,
+                Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(())
+                }
+                Err(e) => {
+                    warn!("refusing a damaged message: {e}");
+                    let _ = wire::send(wr, &Msg::Refused { why: e.to_string() });
+                    return Err(e);
+                }
+            };
+            let kind = msg.kind();
+            let answer = match handle(img, session_epoch, msg) {
+                Ok(lsn) => Msg::Ack { lsn },
+                Err(err) => {
+                    warn!("refused a {kind}: {err}");
+                    refusal(&err)
+                }
+            };
+            let refused = !matches!(answer, Msg::Ack { .. });
+            wire::send(wr, &answer)?;
+            if refused {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A primary introduces itself: returns the volume's image and where it stands.
+    fn hello(
+        &self,
+        uid: u64,
+        name: &str,
+        epoch: u64,
+        backups: &[String],
+        sync: u32,
+    ) -> Result<(Arc<Mutex<VolumeImage>>, Position), BackupError> {
+        let arc = self.image(uid, Some(name))?;
+        let mut img = lock(&arc);
+        img.check_epoch(epoch)?;
+        if epoch > img.state.epoch || img.state.backups != backups || img.state.sync != sync {
+            img.state.epoch = epoch;
+            img.state.backups = backups.to_vec();
+            img.state.sync = sync;
+            img.save_state()?;
+        }
+        let position = img.state.position;
+        drop(img);
+        Ok((arc, position))
+    }
+}
+
+/// The answer refusing a request for `e`.
+fn refusal(e: &BackupError) -> Msg {
+    match e {
+        BackupError::Stale { .. } => Msg::Fenced { why: e.to_string() },
+        _ => Msg::Refused { why: e.to_string() },
+    }
+}
+
+/// Applies one message of a primary's session (introduced at `session_epoch`); returns the
+/// position to acknowledge.
+fn handle(img: &Mutex<VolumeImage>, session_epoch: u64, msg: Msg) -> Result<Lsn, BackupError> {
+    let mut img = lock(img);
+    let epoch = match &msg {
+        Msg::Op { epoch, .. }
+        | Msg::CopyBegin { epoch, .. }
+        | Msg::CopyPages { epoch, .. }
+        | Msg::CopyEnd { epoch, .. } => *epoch,
+        other => {
+            return Err(BackupError::Protocol(format!(
+                "unexpected {} in a primary's session",
+                other.kind()
+            )))
+        }
+    };
+    // A fence raised during the session (a restoration elsewhere) refuses the rest of it.
+    if epoch != session_epoch || epoch < img.state.epoch {
+        return Err(BackupError::Stale {
+            name: img.state.name.clone(),
+            have: img.state.epoch.max(session_epoch),
+            got: epoch,
+        });
+    }
+    match msg {
+        Msg::Op {
+            lsn,
+            end,
+            clu,
+            runs,
+            ..
+        } => {
+            let at = img.state.position;
+            if !at.complete {
+                return Err(BackupError::Protocol(
+                    "the image is incomplete: a full copy must come first".into(),
+                ));
+            }
+            if at.epoch == epoch && end <= at.lsn {
+                return Ok(at.lsn); // sent again after a reconnection
+            }
+            if at.epoch == epoch && lsn < at.lsn {
+                return Err(BackupError::Protocol(format!(
+                    "operation {lsn}..{end} overlaps position {}",
+                    at.lsn
+                )));
+            }
+            let id = CluId(clu.clu);
+            img.volume.clu_ensure(id, clu.npages, clu.owner, clu.kind)?;
+            img.volume.clu_write(id, &Run::page_runs(&runs))?;
+            img.state.position = Position {
+                epoch,
+                lsn: end,
+                complete: true,
+            };
+            img.save_state()?;
+            Ok(end)
+        }
+        Msg::CopyBegin { clusters, .. } => {
+            img.state.position.complete = false;
+            img.save_state()?;
+            for desc in img.volume.clu_list() {
+                img.volume.clu_destroy(desc.id.clu())?;
+            }
+            for c in clusters {
+                img.volume
+                    .clu_ensure(CluId(c.clu), c.npages, c.owner, c.kind)?;
+            }
+            Ok(Lsn::default())
+        }
+        Msg::CopyPages { clu, runs, .. } => {
+            if img.state.position.complete {
+                return Err(BackupError::Protocol(
+                    "pages of a copy that was not begun".into(),
+                ));
+            }
+            img.volume.clu_write(CluId(clu), &Run::page_runs(&runs))?;
+            Ok(Lsn::default())
+        }
+        Msg::CopyEnd { position, .. } => {
+            if img.state.position.complete {
+                return Err(BackupError::Protocol(
+                    "the end of a copy that was not begun".into(),
+                ));
+            }
+            img.volume.checkpoint()?;
+            img.state.position = Position {
+                complete: true,
+                ..position
+            };
+            img.save_state()?;
+            info!(name = %img.state.name, position = ?img.state.position, "full copy received");
+            Ok(position.lsn)
+        }
+        _ => unreachable!("filtered above"),
+    }
+}
+
+/// Streams the image to a restorer: `CopyBegin`, `CopyPages`..., `CopyEnd`.
+fn send_image(img: &VolumeImage, wr: &mut impl Write) -> Result<(), WireError> {
+    let epoch = img.state.epoch;
+    let descs = img.volume.clu_list();
+    let clusters = descs.iter().map(CluInfo::of).collect();
+    wire::send(wr, &Msg::CopyBegin { epoch, clusters })?;
+    for d in &descs {
+        for (first, n) in copy_chunks(d.npages) {
+            match copy_chunk(&img.volume, epoch, d, first, n) {
+                Ok(Some(msg)) => wire::send(wr, &msg)?,
+                Ok(None) => {}
+                Err(e) => {
+                    let why = format!("reading cluster {} here failed: {e}", d.id);
+                    wire::send(wr, &Msg::Refused { why })?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let position = img.state.position;
+    wire::send(wr, &Msg::CopyEnd { epoch, position })?;
+    Ok(())
+}

@@ -1,0 +1,502 @@
+//! A link from a primary to one backup server: a thread that connects, introduces the volume,
+//! decides where the backup resumes ([`super::resume`]), sends a full copy if it must, then
+//! ships the primary's journal operation by operation and reads the acknowledgements.
+//!
+//! The journal is the queue (thesis VII.3.4, done better): a link holds a [`Retention`] at the
+//! position its backup acknowledged, so the log files it still needs stay on disk, and it reads
+//! the operations back from them. A backup that comes back after an outage is caught up from
+//! the log while commits go on; nothing blocks the volume, not even for a last stretch, since
+//! the link reads up to the log's end and then simply follows it. A backup further behind than
+//! the retention bound is marked stale: its hold is released, and it gets a full copy when it
+//! returns.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{BufReader, BufWriter};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use clu_proto::{ClusterId, PAGE_SIZE};
+use clu_storage::ssr::LocalVolume;
+use clu_storage::{StorageError, Volume};
+use clu_sys::sync::{lock, wait_timeout_while};
+use journal::{Lsn, Retention};
+use tracing::{info, warn};
+
+use crate::conf::Conf;
+use crate::copy::{copy_chunk, copy_chunks};
+use crate::position::Position;
+use crate::resume::{resume, History, Provenance, Resume};
+use crate::wire::{self, CluInfo, Msg, Run};
+
+/// How many recent lags a link keeps for its median.
+const LAGS: usize = 1024;
+/// How many recent commit times a volume keeps (to measure lags).
+const TIMES: usize = 8192;
+/// How long an asynchronous link waits after a commit wakes it before it reads the log. On
+/// this project's 2-vCPU machine, propagating at once delays the commit's own reply by 1-2 ms
+/// (the link threads and the backups take the CPUs at that moment); the delay adds as much to
+/// the propagation lag, which stays far below its 100 ms goal.
+const PROPAGATION_DELAY: Duration = Duration::from_millis(2);
+
+/// What a link is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected yet, or reconnecting after this.
+    Unreachable(String),
+    /// Sending a full copy.
+    Copying,
+    /// Sending operations the backup missed.
+    CatchingUp,
+    /// The backup has every operation of the log.
+    InSync,
+    /// Fell further behind than the retention bound: needs a full copy when it returns.
+    Stale,
+    /// The backup knows a newer epoch: this primary was replaced.
+    Fenced(String),
+}
+
+impl LinkState {
+    /// The word `pager status` shows.
+    pub fn word(&self) -> &'static str {
+        match self {
+            LinkState::Unreachable(_) => "unreachable",
+            LinkState::Copying => "copying",
+            LinkState::CatchingUp => "catching up",
+            LinkState::InSync => "in sync",
+            LinkState::Stale => "stale",
+            LinkState::Fenced(_) => "fenced",
+        }
+    }
+}
+
+/// What one reliable volume's links share.
+pub struct Shared {
+    /// The volume's name.
+    pub name: String,
+    /// Its replication settings.
+    pub conf: Conf,
+    /// Its primary copy.
+    pub volume: Arc<LocalVolume>,
+    /// Set at unmount: links end.
+    pub stop: AtomicBool,
+    /// Why the volume is fenced, once a backup said so.
+    pub fenced: Mutex<Option<String>>,
+    /// Bumped, and its condvar notified, at each commit and each acknowledgement.
+    pub progress: (Mutex<u64>, Condvar),
+    /// When the latest commits were made, by LSN (for lags).
+    pub times: Mutex<VecDeque<(Lsn, Instant)>>,
+    /// How far (bytes of log) a backup may fall behind before it is marked stale.
+    pub retain_bytes: u64,
+    /// The journal's file size, to turn LSN distances into bytes.
+    pub rotate_bytes: u64,
+    /// How long connecting to a backup may take.
+    pub connect_timeout: Duration,
+}
+
+impl Shared {
+    /// Wakes the links and the commits that wait for acknowledgements.
+    pub fn notify(&self) {
+        let (m, cv) = &self.progress;
+        *lock(m) += 1;
+        cv.notify_all();
+    }
+
+    /// Waits for the next notification, at most `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        let (m, cv) = &self.progress;
+        let g = lock(m);
+        let seen = *g;
+        drop(wait_timeout_while(cv, g, timeout, |n| {
+            *n == seen && !self.stop.load(Ordering::Acquire)
+        }));
+    }
+
+    /// Records a commit's time.
+    pub fn committed(&self, lsn: Lsn) {
+        let mut t = lock(&self.times);
+        if t.len() == TIMES {
+            t.pop_front();
+        }
+        t.push_back((lsn, Instant::now()));
+    }
+
+    /// Bytes of log from `from` to `to` (whole files counted at their size).
+    pub fn distance(&self, from: Lsn, to: Lsn) -> u64 {
+        if to <= from {
+            0
+        } else if to.file == from.file {
+            to.offset - from.offset
+        } else {
+            (to.file - from.file) * self.rotate_bytes + to.offset - from.offset.min(to.offset)
+        }
+    }
+
+    /// The end of the primary's log (the start of the history if the volume is unmounted).
+    pub fn log_end(&self) -> Lsn {
+        self.volume.log_lsn().unwrap_or_default()
+    }
+
+    fn history(&self) -> History {
+        History {
+            epoch: self.conf.epoch,
+            origin: self.conf.origin,
+            log_end: self.log_end(),
+        }
+    }
+}
+
+/// One backup's link.
+pub struct Link {
+    /// The backup server, `HOST:PORT`.
+    pub addr: String,
+    /// What it knows.
+    pub inner: Mutex<LinkInner>,
+}
+
+/// The mutable part of a link.
+pub struct LinkInner {
+    /// What it is doing.
+    pub state: LinkState,
+    /// Every operation before this LSN is acknowledged (in this primary's history).
+    pub acked: Lsn,
+    /// Whether the first connection attempt finished (either way).
+    pub tried: bool,
+    /// Whether the next connection must start with a full copy.
+    pub stale: bool,
+    /// A full copy's progress: pages sent, pages in all.
+    pub copy: Option<(u64, u64)>,
+    /// Propagation lags (commit to acknowledgement) of the latest operations, in seconds.
+    pub lags: VecDeque<f64>,
+    hold: Option<Retention>,
+}
+
+impl Link {
+    /// A link not started yet.
+    pub fn new(addr: &str) -> Link {
+        Link {
+            addr: addr.to_string(),
+            inner: Mutex::new(LinkInner {
+                state: LinkState::Unreachable("not connected yet".into()),
+                acked: Lsn::default(),
+                tried: false,
+                stale: false,
+                copy: None,
+                lags: VecDeque::new(),
+                hold: None,
+            }),
+        }
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    Stopped,
+    Fenced(String),
+    Broken(String),
+}
+
+impl<E: std::fmt::Display> From<E> for End {
+    fn from(e: E) -> End {
+        End::Broken(e.to_string())
+    }
+}
+
+/// The link's thread: connects, serves, reconnects with a growing delay, until stopped or
+/// fenced.
+pub fn run(shared: &Shared, link: &Link) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let end = serve(shared, link);
+        let mut l = lock(&link.inner);
+        l.tried = true;
+        match end {
+            End::Stopped => return,
+            End::Fenced(why) => {
+                warn!(volume = %shared.name, backup = %link.addr, "{why}: this primary was replaced; the volume is fenced here");
+                l.state = LinkState::Fenced(why.clone());
+                drop(l);
+                lock(&shared.fenced).get_or_insert(why);
+                shared.notify();
+                return;
+            }
+            End::Broken(why) => {
+                if l.state == LinkState::InSync || l.state == LinkState::CatchingUp {
+                    delay = Duration::from_millis(50);
+                }
+                l.copy = None;
+                l.state = if l.stale {
+                    LinkState::Stale
+                } else {
+                    LinkState::Unreachable(why.clone())
+                };
+                drop(l);
+                info!(volume = %shared.name, backup = %link.addr, "backup link: {why}; retrying in {delay:?}");
+            }
+        }
+        shared.notify();
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            if shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            check_bound(shared, link);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Marks the backup stale, releasing its hold on the log, once it is too far behind.
+fn check_bound(shared: &Shared, link: &Link) {
+    let log_end = shared.log_end();
+    let mut l = lock(&link.inner);
+    if !l.stale && l.hold.is_some() && shared.distance(l.acked, log_end) > shared.retain_bytes {
+        warn!(volume = %shared.name, backup = %link.addr, acked = %l.acked, %log_end, "backup further behind than the retention bound: marked stale (it gets a full copy when it returns)");
+        l.stale = true;
+        l.hold = None;
+        if !matches!(l.state, LinkState::InSync | LinkState::CatchingUp) {
+            l.state = LinkState::Stale;
+        }
+    }
+}
+
+/// Sends `msg` and reads the answer: `Ok(lsn)` for an acknowledgement.
+fn call(
+    rd: &mut BufReader<TcpStream>,
+    wr: &mut BufWriter<TcpStream>,
+    msg: &Msg,
+) -> Result<Lsn, End> {
+    wire::send(wr, msg)?;
+    match wire::recv(rd)? {
+        Msg::Ack { lsn } => Ok(lsn),
+        Msg::Fenced { why } => Err(End::Fenced(why)),
+        Msg::Refused { why } => Err(End::Broken(format!("refused: {why}"))),
+        other => Err(End::Broken(format!("unexpected answer {}", other.kind()))),
+    }
+}
+
+fn set_state(link: &Link, state: LinkState) {
+    lock(&link.inner).state = state;
+}
+
+/// One connection's life.
+fn serve(shared: &Shared, link: &Link) -> End {
+    let conn = match wire::connect(&link.addr, shared.connect_timeout) {
+        Ok(c) => c,
+        Err(e) => return End::Broken(format!("{}: {}", e.addr, e.reason)),
+    };
+    match serve_conn(shared, link, conn) {
+        Ok(never) => match never {},
+        Err(end) => end,
+    }
+}
+
+/// Serves a connection until it ends (the `Err`: it never returns `Ok`).
+fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Infallible, End> {
+    conn.set_nodelay(true)?;
+    let mut rd = BufReader::new(conn.try_clone()?);
+    let mut wr = BufWriter::new(conn);
+    let conf = &shared.conf;
+    let hello = Msg::Hello {
+        uid: conf.uid,
+        epoch: conf.epoch,
+        name: shared.name.clone(),
+        backups: conf.backups.clone(),
+        sync: conf.sync,
+    };
+    wire::send(&mut wr, &hello)?;
+    let position = match wire::recv(&mut rd)? {
+        Msg::Welcome { position } => position,
+        Msg::Fenced { why } => return Err(End::Fenced(why)),
+        Msg::Refused { why } => return Err(End::Broken(format!("refused: {why}"))),
+        other => return Err(End::Broken(format!("unexpected answer {}", other.kind()))),
+    };
+    let stale = {
+        let mut l = lock(&link.inner);
+        l.tried = true;
+        l.stale
+    };
+    shared.notify();
+    let decision = if stale {
+        Resume::FullCopy("it was marked stale")
+    } else {
+        let source = if conf.source.is_empty() || conf.source == link.addr {
+            Provenance::Source
+        } else {
+            Provenance::Other
+        };
+        resume(position, shared.history(), source)
+    };
+    let mut pos = match decision {
+        Resume::FromLog(at) => match shared.volume.retain_from(at) {
+            Ok(hold) => {
+                let mut l = lock(&link.inner);
+                l.hold = Some(hold);
+                l.acked = at;
+                info!(volume = %shared.name, backup = %link.addr, from = %at, "backup connected: catching up from the log");
+                at
+            }
+            Err(e) => {
+                info!(volume = %shared.name, backup = %link.addr, "the log no longer holds what the backup misses ({e}): full copy");
+                full_copy(shared, link, &mut rd, &mut wr)?
+            }
+        },
+        Resume::FullCopy(why) => {
+            info!(volume = %shared.name, backup = %link.addr, ?position, "full copy: {why}");
+            full_copy(shared, link, &mut rd, &mut wr)?
+        }
+    };
+    let mut reader = shared.volume.log_reader()?;
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            return Err(End::Stopped);
+        }
+        let Some(op) = reader.next(pos)? else {
+            set_state(link, LinkState::InSync);
+            shared.wait(Duration::from_millis(200));
+            check_bound(shared, link);
+            if conf.sync == 0 {
+                // Asynchronous: let the commit that woke us answer its client before the
+                // propagation takes the CPUs (and gather the commits that follow it).
+                std::thread::sleep(PROPAGATION_DELAY);
+            }
+            continue;
+        };
+        {
+            let mut l = lock(&link.inner);
+            if l.state != LinkState::InSync {
+                l.state = LinkState::CatchingUp;
+            }
+        }
+        let id = ClusterId(op.cluster);
+        let end = op.end;
+        // A cluster destroyed since has nothing left to send.
+        if let Ok(desc) = shared.volume.clu_get_desc(id.clu()) {
+            let extent = op
+                .runs
+                .iter()
+                .map(|(first, pages)| first + (pages.len() / PAGE_SIZE) as u64)
+                .max()
+                .unwrap_or(0);
+            let msg = Msg::Op {
+                epoch: conf.epoch,
+                lsn: op.lsn,
+                end,
+                clu: CluInfo {
+                    npages: desc.npages.max(extent),
+                    ..CluInfo::of(&desc)
+                },
+                runs: op
+                    .runs
+                    .into_iter()
+                    .map(|(first_page, pages)| Run { first_page, pages })
+                    .collect(),
+            };
+            let got = call(&mut rd, &mut wr, &msg)?;
+            if got != end {
+                return Err(End::Broken(format!(
+                    "the backup acknowledged {got} for operation {}..{end}",
+                    op.lsn
+                )));
+            }
+        }
+        acknowledged(shared, link, op.lsn, end);
+        pos = end;
+    }
+}
+
+/// The backup has everything before `end` (the operation at `lsn` included).
+fn acknowledged(shared: &Shared, link: &Link, lsn: Lsn, end: Lsn) {
+    let when = lock(&shared.times)
+        .iter()
+        .rev()
+        .find(|(l, _)| *l == lsn)
+        .map(|(_, t)| t.elapsed().as_secs_f64());
+    let mut l = lock(&link.inner);
+    l.acked = end;
+    if let Some(hold) = &l.hold {
+        hold.advance(end);
+    }
+    if let Some(lag) = when {
+        if l.lags.len() == LAGS {
+            l.lags.pop_front();
+        }
+        l.lags.push_back(lag);
+    }
+    if end >= shared.log_end() {
+        l.state = LinkState::InSync;
+    }
+    drop(l);
+    shared.notify();
+}
+
+/// Sends every cluster, as of a point the journal is read from afterwards; returns that point.
+fn full_copy(
+    shared: &Shared,
+    link: &Link,
+    rd: &mut BufReader<TcpStream>,
+    wr: &mut BufWriter<TcpStream>,
+) -> Result<Lsn, End> {
+    let volume = &shared.volume;
+    let epoch = shared.conf.epoch;
+    // Everything before `from` is in the cluster files; whatever a commit changes while the
+    // copy reads them is sent again from the log afterwards (whole pages, in order).
+    let from = volume.applied_lsn()?;
+    let hold = volume.retain_from(from)?;
+    let descs = volume.clu_list();
+    let total: u64 = descs.iter().map(|d| d.npages).sum();
+    {
+        let mut l = lock(&link.inner);
+        l.hold = Some(hold);
+        l.state = LinkState::Copying;
+        l.copy = Some((0, total));
+    }
+    shared.notify();
+    let clusters = descs.iter().map(CluInfo::of).collect();
+    call(rd, wr, &Msg::CopyBegin { epoch, clusters })?;
+    let mut sent = 0;
+    for d in &descs {
+        for (first, n) in copy_chunks(d.npages) {
+            if shared.stop.load(Ordering::Acquire) {
+                return Err(End::Stopped);
+            }
+            match copy_chunk(volume, epoch, d, first, n) {
+                Ok(Some(msg)) => {
+                    call(rd, wr, &msg)?;
+                }
+                Ok(None) => {}
+                // Destroyed during the copy: the backup keeps zeros.
+                Err(StorageError::NoSuchCluster(_)) => break,
+                Err(e) => return Err(End::Broken(format!("reading cluster {}: {e}", d.id))),
+            }
+            sent += n;
+            lock(&link.inner).copy = Some((sent, total));
+        }
+    }
+    let position = Position {
+        epoch,
+        lsn: from,
+        complete: true,
+    };
+    call(rd, wr, &Msg::CopyEnd { epoch, position })?;
+    let mut l = lock(&link.inner);
+    l.stale = false;
+    l.copy = None;
+    l.acked = from;
+    l.state = LinkState::CatchingUp;
+    info!(volume = %shared.name, backup = %link.addr, pages = total, %from, "full copy sent");
+    Ok(from)
+}
+
+/// Starts a link's thread.
+pub fn start(shared: Arc<Shared>, link: Arc<Link>) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("goofy-{}", link.addr))
+        .spawn(move || run(&shared, &link));
+    if let Err(e) = spawned {
+        warn!("cannot start a propagation thread: {e}");
+    }
+}

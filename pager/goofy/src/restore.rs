@@ -1,0 +1,290 @@
+//! `pager vol restore VOL --from HOST:PORT`: immediate restoration after the failure of a
+//! primary (thesis VII.3.3, N1-N5), finished here.
+//!
+//! 1. Ask the named backup what it holds of `VOL`: the volume's identity, epoch and the list of
+//!    its backup servers.
+//! 2. Ask every one of them; the new epoch is one past the highest any of them recorded.
+//! 3. **Fence** every backup reached with the new epoch, before anything else: from then on
+//!    they refuse the old primary, which can no longer move any of them. Each answers with
+//!    where its image stands once fenced.
+//! 4. Pick the freshest complete image (highest epoch, then LSN) and fetch it into a new local
+//!    volume whose journal starts after that LSN; its `goofy.conf` records the new epoch and
+//!    the origin (that epoch and LSN), so the backups at exactly that point are in sync and
+//!    the others get a full copy when the restored volume is mounted.
+//!
+//! The LSN restored to is the loss window: every commit the chosen backup acknowledged is in
+//! the restored volume; commits after it are lost. A backup that could not be reached keeps
+//! the old epoch; if the old primary comes back and reaches only such a backup, it is not
+//! fenced (there is no quorum): reach them all, or keep the old primary down.
+
+use std::io::{BufReader, BufWriter};
+use std::net::TcpStream;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clu_proto::{CluId, PAGE_SIZE};
+use clu_storage::ssr::LocalVolume;
+use clu_storage::Volume;
+use clu_sys::sync::lock;
+use journal::Lsn;
+use tracing::{info, warn};
+
+use crate::position::Position;
+use crate::state::State;
+use crate::wire::{self, Msg, Run};
+use crate::GoofyError;
+
+type Result<T, E = GoofyError> = std::result::Result<T, E>;
+
+/// A restoration's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The volume.
+    pub name: String,
+    /// The backup the image comes from.
+    pub source: String,
+    /// Pages of the image's clusters (zero pages are not sent).
+    pub total_pages: u64,
+    /// Pages received so far.
+    pub received_pages: u64,
+}
+
+/// The restorations under way in this process, for `pager status` (the reliable service owns
+/// one).
+#[derive(Debug, Default)]
+pub struct Restorations(Mutex<Vec<Progress>>);
+
+impl Restorations {
+    /// The restorations under way.
+    pub fn list(&self) -> Vec<Progress> {
+        lock(&self.0).clone()
+    }
+}
+
+/// Removes its entry from the registry when the fetch ends, however it ends.
+struct Registered<'a> {
+    registry: &'a Restorations,
+    name: String,
+}
+
+impl<'a> Registered<'a> {
+    fn new(registry: &'a Restorations, plan: &Plan) -> Registered<'a> {
+        lock(&registry.0).push(Progress {
+            name: plan.name.clone(),
+            source: plan.source.clone(),
+            total_pages: 0,
+            received_pages: 0,
+        });
+        Registered {
+            registry,
+            name: plan.name.clone(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
+        if let Some(p) = lock(&self.registry.0).iter_mut().find(|p| p.name == self.name) {
+            f(p);
+        }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        lock(&self.registry.0).retain(|p| p.name != self.name);
+    }
+}
+
+/// What a restoration will do, decided and fenced before anything is fetched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The volume's identity.
+    pub uid: u64,
+    /// Its name.
+    pub name: String,
+    /// The new epoch (raised on every backup reached).
+    pub epoch: u64,
+    /// The backup the image comes from.
+    pub source: String,
+    /// Where its image stands: the epoch and LSN restored to.
+    pub origin: (u64, Lsn),
+    /// The volume's backup servers (kept).
+    pub backups: Vec<String>,
+    /// Its `sync` setting (kept).
+    pub sync: u32,
+    /// Backups fenced, with where each stood.
+    pub fenced: Vec<(String, Position)>,
+    /// Backups not reached, and why.
+    pub unreachable: Vec<(String, String)>,
+}
+
+fn failed(why: String) -> GoofyError {
+    GoofyError::Restore(why)
+}
+
+type Conn = (BufReader<TcpStream>, BufWriter<TcpStream>);
+
+/// Why a backup did not answer a restorer's question.
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    /// It could not be reached.
+    #[error("{0}")]
+    Connect(String),
+    /// The connection failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The answer was damaged.
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    /// It refused.
+    #[error("{0}")]
+    Refused(String),
+    /// It answered something else.
+    #[error("unexpected answer {0}")]
+    Unexpected(&'static str),
+}
+
+/// A connection to a backup server whose reads wait at most `read_timeout`.
+fn open(addr: &str, read_timeout: Duration) -> std::result::Result<Conn, AskError> {
+    let conn =
+        wire::connect(addr, Duration::from_secs(3)).map_err(|e| AskError::Connect(e.reason))?;
+    conn.set_read_timeout(Some(read_timeout))?;
+    let rd = BufReader::new(conn.try_clone()?);
+    Ok((rd, BufWriter::new(conn)))
+}
+
+/// One request, one answer (a fresh connection each: a restoration is rare).
+fn ask(addr: &str, msg: &Msg) -> std::result::Result<Msg, AskError> {
+    let (mut rd, mut wr) = open(addr, Duration::from_secs(30))?;
+    wire::send(&mut wr, msg)?;
+    Ok(wire::recv(&mut rd)?)
+}
+
+fn image(addr: &str, msg: &Msg) -> std::result::Result<State, AskError> {
+    match ask(addr, msg)? {
+        Msg::Image(i) => Ok(i),
+        Msg::Refused { why } | Msg::Fenced { why } => Err(AskError::Refused(why)),
+        other => Err(AskError::Unexpected(other.kind())),
+    }
+}
+
+/// Steps 1 to 3: inquire, fence, choose.
+pub fn prepare(name: &str, from: &str) -> Result<Plan> {
+    let first = image(
+        from,
+        &Msg::Inquire {
+            name: name.to_string(),
+        },
+    )
+    .map_err(|why| failed(format!("backup server {from}: {why}")))?;
+    let mut addrs = first.backups.clone();
+    if !addrs.iter().any(|a| a == from) {
+        addrs.insert(0, from.to_string());
+    }
+    let mut reached = Vec::new();
+    let mut unreachable = Vec::new();
+    for addr in &addrs {
+        match image(
+            addr,
+            &Msg::Inquire {
+                name: name.to_string(),
+            },
+        ) {
+            Ok(i) if i.uid == first.uid => reached.push((addr.clone(), i)),
+            Ok(i) => unreachable.push((
+                addr.clone(),
+                format!("holds another volume called {name} ({:016x})", i.uid),
+            )),
+            Err(why) => unreachable.push((addr.clone(), why.to_string())),
+        }
+    }
+    let epoch = reached
+        .iter()
+        .map(|(_, i)| i.epoch)
+        .max()
+        .unwrap_or(first.epoch)
+        + 1;
+    let mut fenced = Vec::new();
+    for (addr, _) in reached {
+        match image(
+            &addr,
+            &Msg::Fence {
+                uid: first.uid,
+                epoch,
+            },
+        ) {
+            Ok(i) => fenced.push((addr, i.position)),
+            Err(why) => unreachable.push((addr, why.to_string())),
+        }
+    }
+    let Some((source, best)) = fenced
+        .iter()
+        .filter(|(_, p)| p.complete)
+        .max_by_key(|(_, p)| (p.epoch, p.lsn))
+        .cloned()
+    else {
+        return Err(failed(format!(
+            "no backup of {name} with a complete image could be reached and fenced (unreachable: {unreachable:?})"
+        )));
+    };
+    info!(volume = %name, %source, epoch, position = ?best, "restoring");
+    Ok(Plan {
+        uid: first.uid,
+        name: name.to_string(),
+        epoch,
+        source,
+        origin: (best.epoch, best.lsn),
+        backups: first.backups,
+        sync: first.sync,
+        fenced,
+        unreachable,
+    })
+}
+
+/// Step 4: fetches the source's image into `volume` (new and empty).
+pub fn fetch(plan: &Plan, volume: &LocalVolume, registry: &Restorations) -> Result<()> {
+    let src = &plan.source;
+    let broken = |why: String| failed(format!("fetching from {src}: {why}"));
+    let (mut rd, mut wr) =
+        open(src, Duration::from_secs(60)).map_err(|e| broken(e.to_string()))?;
+    let fetch = Msg::Fetch {
+        uid: plan.uid,
+        epoch: plan.epoch,
+    };
+    wire::send(&mut wr, &fetch).map_err(|e| broken(e.to_string()))?;
+    let mut pages = 0;
+    let progress = Registered::new(registry, plan);
+    loop {
+        match wire::recv(&mut rd).map_err(|e| broken(e.to_string()))? {
+            Msg::CopyBegin { clusters: list, .. } => {
+                let total = list.iter().map(|c| c.npages).sum();
+                progress.update(|p| p.total_pages = total);
+                for c in list {
+                    volume.clu_ensure(CluId(c.clu), c.npages, c.owner, c.kind)?;
+                }
+            }
+            Msg::CopyPages { clu, runs, .. } => {
+                pages += runs
+                    .iter()
+                    .map(|r| (r.pages.len() / PAGE_SIZE) as u64)
+                    .sum::<u64>();
+                volume.clu_write(CluId(clu), &Run::page_runs(&runs))?;
+                progress.update(|p| p.received_pages = pages);
+            }
+            Msg::CopyEnd { position, .. } => {
+                if (position.epoch, position.lsn) != plan.origin {
+                    let (e, l) = plan.origin;
+                    let why = format!(
+                        "its image moved from LSN {l} of epoch {e} to LSN {} of epoch {} after it was fenced; try again",
+                        position.lsn, position.epoch
+                    );
+                    warn!("{why}");
+                    return Err(broken(why));
+                }
+                volume.checkpoint()?;
+                return Ok(());
+            }
+            Msg::Refused { why } | Msg::Fenced { why } => return Err(broken(why)),
+            other => return Err(broken(format!("unexpected {}", other.kind()))),
+        }
+    }
+}

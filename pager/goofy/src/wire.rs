@@ -1,0 +1,454 @@
+//! The messages between a primary and its backup servers, over TCP.
+//!
+//! A frame is `len: u32`, `crc: u32` (CRC-32C of the payload), then `len` payload bytes, all
+//! little-endian. A payload starts with a version byte and a kind byte. Every decode failure is
+//! a typed [`WireError`]: a backup refuses garbage, it never applies it.
+//!
+//! LSNs: an operation carries the **primary's** LSNs (`lsn..end` in its journal); the backup
+//! records the `end` of the last one it applied, with the epoch of the primary that sent it, as
+//! its [`Position`] (its own journal has its own LSNs). A reconnecting backup reports that
+//! position, so both sides speak of the primary's journal. A volume restored from a backup
+//! starts its journal after the LSN it was restored to, and its `goofy.conf` records that
+//! origin: LSNs stay comparable across restorations, and the epoch tells histories apart.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use clu_proto::codec::{DecodeError, Reader, Writer};
+use clu_proto::{ClusterKind, PAGE_SIZE};
+use clu_storage::ClusterDesc;
+use journal::{Lsn, PageRun};
+
+pub use crate::position::Position;
+use crate::state::State;
+use crate::ConnectError;
+
+const VERSION: u8 = 2;
+/// The largest payload: one operation of 16 MiB of pages, with room for its headers.
+pub const MAX_FRAME: usize = (16 << 20) + 4096;
+
+/// What can go wrong reading a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The frame announces more than [`MAX_FRAME`] bytes.
+    #[error("a frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    Oversized(usize),
+    /// The payload does not match its checksum.
+    #[error("a frame fails its checksum")]
+    Checksum,
+    /// Another version of the protocol.
+    #[error("protocol version {0}, this server speaks {VERSION}")]
+    Version(u8),
+    /// A malformed payload.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+}
+
+/// One run of whole pages of an operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Its first page in the cluster.
+    pub first_page: u64,
+    /// The pages' bytes (a multiple of the page size).
+    pub pages: Vec<u8>,
+}
+
+impl Run {
+    /// The runs as the journal takes them.
+    pub fn page_runs(runs: &[Run]) -> Vec<PageRun<'_>> {
+        runs.iter()
+            .map(|r| PageRun {
+                first_page: r.first_page,
+                pages: &r.pages,
+            })
+            .collect()
+    }
+}
+
+/// Connects to `addr` (`HOST:PORT`), trying each address it resolves to for at most `timeout`.
+pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let fail = |reason: String| ConnectError {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut last = "it resolves to no address".to_string();
+    for a in addr.to_socket_addrs().map_err(|e| fail(e.to_string()))? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(fail(last))
+}
+
+/// A cluster of a full copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CluInfo {
+    /// Its number in the volume.
+    pub clu: u16,
+    /// Its size in pages.
+    pub npages: u64,
+    /// Its owner's uid.
+    pub owner: u32,
+    /// Its kind.
+    pub kind: ClusterKind,
+}
+
+impl CluInfo {
+    /// A cluster's number, size, owner and kind, from its descriptor.
+    pub fn of(desc: &ClusterDesc) -> CluInfo {
+        CluInfo {
+            clu: desc.id.clu().0,
+            npages: desc.npages,
+            owner: desc.owner,
+            kind: desc.kind,
+        }
+    }
+}
+
+/// A message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// Primary to backup: "I am the primary of volume `uid` at `epoch`", with the settings a
+    /// restorer will need (the other backups, `sync`).
+    Hello {
+        uid: u64,
+        epoch: u64,
+        name: String,
+        backups: Vec<String>,
+        sync: u32,
+    },
+    /// Backup to primary: where its image stands.
+    Welcome { position: Position },
+    /// Primary to backup: the new images of some pages of a cluster of `npages` pages,
+    /// validated at `lsn..end` in the primary's journal.
+    Op {
+        epoch: u64,
+        lsn: Lsn,
+        end: Lsn,
+        clu: CluInfo,
+        runs: Vec<Run>,
+    },
+    /// Backup to primary: every operation before `lsn` is durable here (also answers the
+    /// messages of a copy, with the position reached).
+    Ack { lsn: Lsn },
+    /// Either way: the request is refused, and why (a damaged message, a failure).
+    Refused { why: String },
+    /// Backup to primary or restorer: a newer epoch is recorded here; the sender was replaced.
+    Fenced { why: String },
+    /// Start of a full copy: the image is emptied and gets these clusters (zero-filled).
+    CopyBegin { epoch: u64, clusters: Vec<CluInfo> },
+    /// Pages of a full copy.
+    CopyPages {
+        epoch: u64,
+        clu: u16,
+        runs: Vec<Run>,
+    },
+    /// End of a full copy: the image now stands at `position`.
+    CopyEnd { epoch: u64, position: Position },
+    /// Restorer to backup: what do you hold of the volume called `name`?
+    Inquire { name: String },
+    /// Backup to restorer: its record of the volume (identity, newest epoch, position,
+    /// settings).
+    Image(State),
+    /// Restorer to backup: refuse every primary older than `epoch` from now on.
+    Fence { uid: u64, epoch: u64 },
+    /// Restorer to backup: send your image of `uid` (a `CopyBegin`, `CopyPages`, `CopyEnd`
+    /// stream); the restorer's `epoch` must be the newest.
+    Fetch { uid: u64, epoch: u64 },
+}
+
+impl Msg {
+    /// The message's kind, for logs and refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "Hello",
+            Msg::Welcome { .. } => "Welcome",
+            Msg::Op { .. } => "Op",
+            Msg::Ack { .. } => "Ack",
+            Msg::Refused { .. } => "Refused",
+            Msg::Fenced { .. } => "Fenced",
+            Msg::CopyBegin { .. } => "CopyBegin",
+            Msg::CopyPages { .. } => "CopyPages",
+            Msg::CopyEnd { .. } => "CopyEnd",
+            Msg::Inquire { .. } => "Inquire",
+            Msg::Image(_) => "Image",
+            Msg::Fence { .. } => "Fence",
+            Msg::Fetch { .. } => "Fetch",
+        }
+    }
+}
+
+impl From<DecodeError> for WireError {
+    fn from(e: DecodeError) -> WireError {
+        WireError::Malformed(match e {
+            DecodeError::Truncated => "truncated",
+            DecodeError::Trailing(_) => "bad end of message",
+            DecodeError::Invalid(what) => what,
+        })
+    }
+}
+
+/// Writing the fields of this protocol, on the project's codec.
+trait Put: Sized {
+    fn lsn(self, l: Lsn) -> Self;
+    fn text(self, t: &str) -> Self;
+    fn texts(self, v: &[String]) -> Self;
+    fn position(self, p: Position) -> Self;
+    fn clu(self, c: CluInfo) -> Self;
+    fn runs(self, runs: &[Run]) -> Self;
+}
+
+impl Put for Writer {
+    fn lsn(self, l: Lsn) -> Writer {
+        self.u64(l.file).u64(l.offset)
+    }
+    fn text(self, t: &str) -> Writer {
+        self.bytes32(t.as_bytes())
+    }
+    fn texts(self, v: &[String]) -> Writer {
+        let n = v.len() as u32;
+        v.iter().fold(self.u32(n), |w, t| w.text(t))
+    }
+    fn position(self, p: Position) -> Writer {
+        self.u64(p.epoch).lsn(p.lsn).u8(u8::from(p.complete))
+    }
+    fn clu(self, c: CluInfo) -> Writer {
+        self.u16(c.clu).u64(c.npages).u32(c.owner).u8(c.kind as u8)
+    }
+    fn runs(self, runs: &[Run]) -> Writer {
+        let n = runs.len() as u32;
+        runs.iter()
+            .fold(self.u32(n), |w, r| w.u64(r.first_page).bytes32(&r.pages))
+    }
+}
+
+/// Reading the fields of this protocol.
+trait Get {
+    fn lsn(&mut self) -> Result<Lsn, WireError>;
+    fn texts(&mut self) -> Result<Vec<String>, WireError>;
+    fn position(&mut self) -> Result<Position, WireError>;
+    fn clu(&mut self) -> Result<CluInfo, WireError>;
+    fn runs(&mut self, npages: u64) -> Result<Vec<Run>, WireError>;
+}
+
+impl Get for Reader<'_> {
+    fn lsn(&mut self) -> Result<Lsn, WireError> {
+        Ok(Lsn::new(self.u64()?, self.u64()?))
+    }
+    fn texts(&mut self) -> Result<Vec<String>, WireError> {
+        let n = self.count(4)?;
+        (0..n).map(|_| Ok(self.str32()?)).collect()
+    }
+    fn position(&mut self) -> Result<Position, WireError> {
+        Ok(Position {
+            epoch: self.u64()?,
+            lsn: self.lsn()?,
+            complete: self.flag()?,
+        })
+    }
+    fn clu(&mut self) -> Result<CluInfo, WireError> {
+        Ok(CluInfo {
+            clu: self.u16()?,
+            npages: self.u64()?,
+            owner: self.u32()?,
+            kind: ClusterKind::from_code(u32::from(self.u8()?))
+                .ok_or(WireError::Malformed("unknown cluster kind"))?,
+        })
+    }
+    /// Runs of whole pages, all below page `npages`.
+    fn runs(&mut self, npages: u64) -> Result<Vec<Run>, WireError> {
+        let n = self.count(12)?;
+        let mut runs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let first_page = self.u64()?;
+            let pages = self.bytes32()?;
+            if pages.is_empty() || pages.len() % PAGE_SIZE != 0 {
+                return Err(WireError::Malformed("a run is not whole pages"));
+            }
+            let end = first_page
+                .checked_add((pages.len() / PAGE_SIZE) as u64)
+                .ok_or(WireError::Malformed("a run past the end"))?;
+            if end > npages {
+                return Err(WireError::Malformed("a run past the cluster's end"));
+            }
+            runs.push(Run {
+                first_page,
+                pages: pages.to_vec(),
+            });
+        }
+        Ok(runs)
+    }
+}
+
+/// A payload being built: the version and the message's kind.
+fn start(kind: u8) -> Writer {
+    Writer::new().u8(VERSION).u8(kind)
+}
+
+impl Msg {
+    /// The payload (without the frame header).
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Msg::Hello {
+                uid,
+                epoch,
+                name,
+                backups,
+                sync,
+            } => start(1)
+                .u64(*uid)
+                .u64(*epoch)
+                .text(name)
+                .texts(backups)
+                .u32(*sync),
+            Msg::Welcome { position } => start(2).position(*position),
+            Msg::Op {
+                epoch,
+                lsn,
+                end,
+                clu,
+                runs,
+            } => start(3)
+                .u64(*epoch)
+                .lsn(*lsn)
+                .lsn(*end)
+                .clu(*clu)
+                .runs(runs),
+            Msg::Ack { lsn } => start(4).lsn(*lsn),
+            Msg::Refused { why } => start(5).text(why),
+            Msg::CopyBegin { epoch, clusters } => {
+                let n = clusters.len() as u32;
+                clusters
+                    .iter()
+                    .fold(start(6).u64(*epoch).u32(n), |w, c| w.clu(*c))
+            }
+            Msg::CopyPages { epoch, clu, runs } => start(7).u64(*epoch).u16(*clu).runs(runs),
+            Msg::CopyEnd { epoch, position } => start(8).u64(*epoch).position(*position),
+            Msg::Inquire { name } => start(9).text(name),
+            Msg::Image(i) => start(10)
+                .u64(i.uid)
+                .text(&i.name)
+                .u64(i.epoch)
+                .position(i.position)
+                .texts(&i.backups)
+                .u32(i.sync),
+            Msg::Fence { uid, epoch } => start(11).u64(*uid).u64(*epoch),
+            Msg::Fetch { uid, epoch } => start(12).u64(*uid).u64(*epoch),
+            Msg::Fenced { why } => start(13).text(why),
+        }
+        .u8(0xee)
+        .finish()
+    }
+
+    /// Decodes a payload.
+    pub fn decode(payload: &[u8]) -> Result<Msg, WireError> {
+        let mut r = Reader::new(payload);
+        let v = r.u8()?;
+        if v != VERSION {
+            return Err(WireError::Version(v));
+        }
+        let msg = match r.u8()? {
+            1 => Msg::Hello {
+                uid: r.u64()?,
+                epoch: r.u64()?,
+                name: r.str32()?,
+                backups: r.texts()?,
+                sync: r.u32()?,
+            },
+            2 => Msg::Welcome {
+                position: r.position()?,
+            },
+            3 => {
+                let (epoch, lsn, end, clu) = (r.u64()?, r.lsn()?, r.lsn()?, r.clu()?);
+                if end <= lsn {
+                    return Err(WireError::Malformed(
+                        "an operation that ends before it starts",
+                    ));
+                }
+                Msg::Op {
+                    epoch,
+                    lsn,
+                    end,
+                    clu,
+                    runs: r.runs(clu.npages)?,
+                }
+            }
+            4 => Msg::Ack { lsn: r.lsn()? },
+            5 => Msg::Refused { why: r.str32()? },
+            6 => {
+                let epoch = r.u64()?;
+                let n = r.count(15)?;
+                let clusters = (0..n).map(|_| r.clu()).collect::<Result<_, _>>()?;
+                Msg::CopyBegin { epoch, clusters }
+            }
+            7 => Msg::CopyPages {
+                epoch: r.u64()?,
+                clu: r.u16()?,
+                runs: r.runs(u64::MAX)?,
+            },
+            8 => Msg::CopyEnd {
+                epoch: r.u64()?,
+                position: r.position()?,
+            },
+            9 => Msg::Inquire { name: r.str32()? },
+            10 => Msg::Image(State {
+                uid: r.u64()?,
+                name: r.str32()?,
+                epoch: r.u64()?,
+                position: r.position()?,
+                backups: r.texts()?,
+                sync: r.u32()?,
+            }),
+            11 => Msg::Fence {
+                uid: r.u64()?,
+                epoch: r.u64()?,
+            },
+            12 => Msg::Fetch {
+                uid: r.u64()?,
+                epoch: r.u64()?,
+            },
+            13 => Msg::Fenced { why: r.str32()? },
+            _ => return Err(WireError::Malformed("unknown kind")),
+        };
+        if r.u8()? != 0xee || r.remaining() != 0 {
+            return Err(WireError::Malformed("bad end of message"));
+        }
+        Ok(msg)
+    }
+}
+
+/// Writes one framed message.
+pub fn send(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
+    let payload = msg.encode();
+    let mut frame = Vec::with_capacity(payload.len() + 8);
+    frame.extend((payload.len() as u32).to_le_bytes());
+    frame.extend(crc32c::crc32c(&payload).to_le_bytes());
+    frame.extend(payload);
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+/// Reads one framed message.
+pub fn recv(r: &mut impl Read) -> Result<Msg, WireError> {
+    let mut head = [0u8; 8];
+    r.read_exact(&mut head)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len > MAX_FRAME {
+        return Err(WireError::Oversized(len));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    if crc32c::crc32c(&payload) != crc {
+        return Err(WireError::Checksum);
+    }
+    Msg::decode(&payload)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! The image of one cluster on this site (thesis: one image per site): its memfd, the state of
+//! each page, the processes mapping it. Every page transition goes through
+//! [`page_state::step`](crate::page_state::step); each family of actions is carried out in one
+//! place: faults in [`fault`], eviction in [`evict`], commit, abort and release in
+//! [`writeback`].
+//!
+//! Locking: `state` guards everything mutable; `commit_lock` serialises commit, abort and
+//! resize. A commit holds `state` while it write-protects and copies the dirty pages, releases
+//! it for the journal write (faults on clean pages go on; writes to the pages being committed
+//! are deferred and replayed when the commit ends), then takes it again to finish. The fault
+//! path holds `state` while it fills the faulting run (see `docs/architecture.md`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+mod evict;
+mod fault;
+mod history;
+mod readahead;
+pub(crate) mod usage;
+mod writeback;
+
+pub use fault::Fault;
+pub(crate) use history::spawn_replay;
+
+use clu_proto::{ClusterId, ErrorCode, PAGE_SIZE};
+use clu_storage::Volume;
+use clu_sys::sync::lock;
+use clu_sys::uffd::{self, Range};
+use tracing::warn;
+use userfaultfd::Uffd;
+
+use crate::error::Refusal;
+use crate::page_state::{step, Event, PageState};
+use crate::paging::Slot;
+use crate::regions::Region;
+use crate::site::Site;
+use crate::types::{ConnId, UserAddr};
+use readahead::Readahead;
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// A process mapping the cluster (one per connection).
+struct Mapper {
+    conn: ConnId,
+    writable: bool,
+    uffd: Option<Arc<Uffd>>,
+    /// In write-protect-async mode, the process's pagemap, to collect written pages.
+    pagemap: Option<Arc<File>>,
+    regions: Vec<Region>,
+}
+
+/// Everything about an image that changes, under its lock.
+struct ImageState {
+    pages: Vec<PageState>,
+    slots: HashMap<u64, Slot>,
+    mappers: Vec<Mapper>,
+    deferred: Vec<Fault>,
+    hand: u64,
+    resident: u64,
+    readahead: Readahead,
+    /// The buffer of read-ahead runs, kept between faults (allocated and zeroed once).
+    run_buf: Vec<u8>,
+    /// Blocks of [`readahead::AROUND`] pages already hinted to storage.
+    hinted: Vec<bool>,
+    /// The order in which pages came in during this use (saved at release).
+    history: history::Recorder,
+    /// Set by `release`: the image is done; background work stops.
+    closed: bool,
+    /// The figures of the use in progress (J1-J6).
+    usage: usage::Usage,
+}
+
+/// What `pager status` shows of an image, read in one go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageView {
+    /// The cluster.
+    pub id: ClusterId,
+    /// Its size in pages.
+    pub pages: u64,
+    /// Pages in memory.
+    pub resident: u64,
+    /// Pages modified since the last commit.
+    pub dirty: u64,
+    /// Of which in the paging partition.
+    pub paged_out: u64,
+    /// Processes mapping it.
+    pub mappers: usize,
+}
+
+/// The image of one cluster on this site.
+pub struct Image {
+    id: ClusterId,
+    site: Arc<Site>,
+    vol: Arc<dyn Volume>,
+    memfd: File,
+    /// A temporary cluster: never written to storage (commit keeps its pages in memory).
+    temporary: AtomicBool,
+    state: Mutex<ImageState>,
+    commit_lock: Mutex<()>,
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(ErrorCode::Io, format!("{what}: {e}"))
+}
+
+/// Makes the access to the page at `addr` raise SIGBUS in the process of `uffd`
+/// (`UFFDIO_POISON`), or at least wakes its thread, and counts it.
+pub fn sigbus(site: &Site, uffd: &Uffd, addr: UserAddr) {
+    site.stats.poisoned.inc();
+    let range = Range {
+        start: addr.0,
+        len: PAGE,
+    };
+    if uffd::poison(uffd, range).is_err() {
+        let _ = uffd::wake(uffd, range);
+    }
+}
+
+impl Image {
+    /// A new image of `npages` pages: all zero (`fresh`: a cluster just created, whose pages
+    /// come in by growth) or in storage.
+    pub fn new(
+        id: ClusterId,
+        site: Arc<Site>,
+        vol: Arc<dyn Volume>,
+        npages: u64,
+        fresh: bool,
+    ) -> Result<Image, Refusal> {
+        let name = std::ffi::CString::new(format!("clu-{id}")).expect("no NUL in an id");
+        let memfd: File =
+            nix::sys::memfd::memfd_create(&name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+                .map_err(|e| io("memfd_create", e))?
+                .into();
+        memfd
+            .set_len(npages * PAGE)
+            .map_err(|e| io("sizing the cluster's memory object", e))?;
+        let initial = if fresh {
+            grown()
+        } else {
+            PageState::MapNone
+        };
+        Ok(Image {
+            id,
+            site,
+            vol,
+            memfd,
+            temporary: AtomicBool::new(false),
+            state: Mutex::new(ImageState {
+                pages: vec![initial; npages as usize],
+                slots: HashMap::new(),
+                mappers: Vec::new(),
+                deferred: Vec::new(),
+                hand: 0,
+                resident: 0,
+                readahead: Readahead::default(),
+                run_buf: Vec::new(),
+                hinted: Vec::new(),
+                history: history::Recorder::default(),
+                closed: false,
+                usage: usage::Usage::default(),
+            }),
+            commit_lock: Mutex::new(()),
+        })
+    }
+
+    /// The cluster.
+    pub fn id(&self) -> ClusterId {
+        self.id
+    }
+
+    /// Marks the image as a temporary cluster's, or not.
+    pub fn set_temporary(&self, t: bool) {
+        self.temporary.store(t, Ordering::Release);
+    }
+
+    /// Whether the image is a temporary cluster's.
+    pub fn is_temporary(&self) -> bool {
+        self.temporary.load(Ordering::Acquire)
+    }
+
+    /// The memory object, to hand to a new mapper.
+    pub fn memfd(&self) -> &File {
+        &self.memfd
+    }
+
+    /// What `pager status` shows of it.
+    pub fn view(&self) -> ImageView {
+        let st = lock(&self.state);
+        ImageView {
+            id: self.id,
+            pages: st.pages.len() as u64,
+            resident: st.resident,
+            dirty: st.pages.iter().filter(|p| p.dirty()).count() as u64,
+            paged_out: st.slots.len() as u64,
+            mappers: st.mappers.len(),
+        }
+    }
+
+    /// `n` more pages of this image are in memory.
+    fn gained(&self, st: &mut ImageState, n: u64) {
+        st.resident += n;
+        self.site.budget.add(n);
+    }
+
+    /// `n` pages of this image left memory.
+    fn lost(&self, st: &mut ImageState, n: u64) {
+        let n = n.min(st.resident);
+        st.resident -= n;
+        self.site.budget.sub(n);
+    }
+
+    // ---- mappers ----
+
+    /// A process maps the image.
+    pub fn add_mapper(&self, conn: ConnId, writable: bool) -> Result<(), Refusal> {
+        let mut st = lock(&self.state);
+        if st.mappers.iter().any(|m| m.conn == conn) {
+            return Err(Refusal::new(
+                ErrorCode::Busy,
+                format!("cluster {} is already mapped by this process", self.id),
+            ));
+        }
+        st.mappers.push(Mapper {
+            conn,
+            writable,
+            uffd: None,
+            pagemap: None,
+            regions: Vec::new(),
+        });
+        let n = st.mappers.len() as u64;
+        st.usage.mappers(n);
+        Ok(())
+    }
+
+    /// Records a region a mapper registered with its uffd. Returns whether it is writable.
+    pub fn attach(
+        &self,
+        conn: ConnId,
+        uffd: Arc<Uffd>,
+        pagemap: Option<Arc<File>>,
+        region: Region,
+    ) -> Result<bool, Refusal> {
+        let mut st = lock(&self.state);
+        let npages = st.pages.len() as u64;
+        let end = region.first_page.0.checked_add(region.npages);
+        if region.npages == 0 || !end.is_some_and(|e| e <= npages) || !region.base.is_page_aligned()
+        {
+            return Err(Refusal::invalid(format!(
+                "region of {} pages from page {} at {} is not within cluster {} ({npages} pages)",
+                region.npages, region.first_page, region.base, self.id
+            )));
+        }
+        let m = st
+            .mappers
+            .iter_mut()
+            .find(|m| m.conn == conn)
+            .ok_or_else(|| {
+                Refusal::invalid(format!("cluster {} is not mapped by this process", self.id))
+            })?;
+        m.uffd = Some(uffd);
+        m.pagemap = pagemap;
+        m.regions.push(region);
+        Ok(m.writable)
+    }
+
+    /// (whether `conn` maps the image and, if so, writable; how many mappers there are)
+    pub fn mapper_status(&self, conn: ConnId) -> (Option<bool>, usize) {
+        let st = lock(&self.state);
+        let me = st
+            .mappers
+            .iter()
+            .find(|m| m.conn == conn)
+            .map(|m| m.writable);
+        (me, st.mappers.len())
+    }
+
+    /// How many processes map the image.
+    pub fn mappers(&self) -> usize {
+        lock(&self.state).mappers.len()
+    }
+
+    /// A process no longer maps the image; returns how many still do.
+    pub fn remove_mapper(&self, conn: ConnId) -> usize {
+        let mut st = lock(&self.state);
+        st.mappers.retain(|m| m.conn != conn);
+        st.deferred.retain(|f| f.conn != conn);
+        let n = st.mappers.len();
+        st.usage.mappers(n as u64);
+        n
+    }
+
+    /// Ends the current use, once no process maps the image: adds its figures to the
+    /// statistics in the descriptor (J5). The descriptor is written without the image's lock.
+    pub fn end_use(&self) {
+        let mut usage = {
+            let mut st = lock(&self.state);
+            if !st.mappers.is_empty() {
+                return;
+            }
+            std::mem::take(&mut st.usage)
+        };
+        if let Err(e) = self.vol.clu_update(self.id.clu(), &mut |d| {
+            if let Some(stats) = usage.end(&d.stats) {
+                d.stats = stats;
+            }
+        }) {
+            warn!(cluster = %self.id, "saving the statistics of a use: {e}");
+        }
+    }
+
+    /// Its size in pages.
+    pub fn npages(&self) -> u64 {
+        lock(&self.state).pages.len() as u64
+    }
+
+    /// `clu_Resize`: adds zero pages in storage, then in the image (growth). Storage grows
+    /// without the image's lock: the new pages are not mapped anywhere before this returns.
+    pub fn resize(&self, add: u64) -> Result<u64, Refusal> {
+        let _serial = lock(&self.commit_lock);
+        let desc = self.vol.clu_resize(self.id.clu(), add)?;
+        self.memfd
+            .set_len(desc.npages * PAGE)
+            .map_err(|e| io("growing the cluster's memory object", e))?;
+        let mut st = lock(&self.state);
+        st.pages.resize(desc.npages as usize, grown());
+        Ok(desc.npages)
+    }
+}
+
+/// The state of a page the cluster grows over (a new zero page).
+fn grown() -> PageState {
+    step(PageState::Beyond, Event::Grow).map_or(PageState::None, |(s, _)| s)
+}

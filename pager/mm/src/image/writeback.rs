@@ -1,0 +1,219 @@
+//! Commit, abort and release of an image: the write-back family of actions of the page state
+//! machine (`Commit`, `CommitDone`, `CommitFailed`, `Abort`, `Release`), carried out here.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use clu_proto::PAGE_SIZE;
+use clu_sys::sync::lock;
+use journal::PageRun;
+use nix::fcntl::{fallocate, FallocateFlags};
+use tracing::warn;
+
+use super::{io, Image, ImageState, PAGE};
+use crate::error::Refusal;
+use crate::page_state::{step, Action, Event, PageState, Residence};
+use crate::runs::page_runs;
+use crate::types::PageNo;
+
+impl Image {
+    /// `clu_Commit`: writes the dirty pages back atomically through the volume's journal.
+    /// Returns the number of pages written.
+    pub fn commit(&self) -> Result<u64, Refusal> {
+        let _serial = lock(&self.commit_lock);
+        if self.is_temporary() {
+            // Never written to storage unless promoted (thesis G4): the pages stay dirty.
+            return Ok(0);
+        }
+        let (dirty, buf) = {
+            let mut st = lock(&self.state);
+            self.harvest(&mut st);
+            let dirty: Vec<u64> = (0..st.pages.len() as u64)
+                .filter(|&p| matches!(st.pages[p as usize], PageState::KWrite | PageState::SWrite))
+                .collect();
+            if dirty.is_empty() {
+                return Ok(0);
+            }
+            // One write-protect per region makes the snapshot point-in-time: from here on, a
+            // write to any page of the cluster faults and waits for the commit. This is every
+            // page's `WriteProtect` action at once.
+            let npages = st.pages.len() as u64;
+            self.protect(&st, PageNo(0), npages);
+            let mut buf = vec![0u8; dirty.len() * PAGE_SIZE];
+            for (i, &p) in dirty.iter().enumerate() {
+                let chunk = &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                if let Err(e) = self.start_commit(&mut st, p, chunk) {
+                    self.finish_commit(&mut st, &dirty[..=i], Event::CommitFailed);
+                    return Err(e);
+                }
+            }
+            (dirty, buf)
+        };
+        let runs: Vec<PageRun<'_>> = {
+            let mut at = 0;
+            page_runs(&dirty, u64::MAX)
+                .map(|(first, n)| {
+                    let len = n as usize * PAGE_SIZE;
+                    let run = PageRun {
+                        first_page: first,
+                        pages: &buf[at..at + len],
+                    };
+                    at += len;
+                    run
+                })
+                .collect()
+        };
+        let written = self.vol.clu_write(self.id.clu(), &runs);
+        let mut st = lock(&self.state);
+        let ev = if written.is_ok() {
+            Event::CommitDone
+        } else {
+            Event::CommitFailed
+        };
+        self.finish_commit(&mut st, &dirty, ev);
+        written?;
+        self.site.stats.commits.inc();
+        self.site.stats.committed_pages.add(dirty.len() as u64);
+        Ok(dirty.len() as u64)
+    }
+
+    /// `Commit` for one dirty page: its actions copy it into `chunk`.
+    fn start_commit(&self, st: &mut ImageState, p: u64, chunk: &mut [u8]) -> Result<(), Refusal> {
+        let (next, actions) = step(st.pages[p as usize], Event::Commit).map_err(|e| io("commit", e))?;
+        st.pages[p as usize] = next;
+        for a in actions {
+            match *a {
+                // Done for the whole cluster before the copies.
+                Action::WriteProtect => {}
+                Action::CopyToJournal(Residence::Memory) => self
+                    .memfd
+                    .read_exact_at(chunk, p * PAGE)
+                    .map_err(|e| io("reading the cluster's memory object", e))?,
+                Action::CopyToJournal(Residence::Paging) => match st.slots.get(&p) {
+                    Some(&slot) => self.site.paging.load(slot, chunk)?,
+                    None => return Err(io("paging partition", "a dirty page has no slot")),
+                },
+                Action::Supply { .. }
+                | Action::MapResident { .. }
+                | Action::Unprotect
+                | Action::CopyToPaging
+                | Action::FreeSlot
+                | Action::Drop
+                | Action::Defer => {
+                    warn!(cluster = %self.id, "BUG: action {a:?} asked of a commit; ignored")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `CommitDone` or `CommitFailed` for the pages of a commit, then the faults that waited.
+    fn finish_commit(&self, st: &mut ImageState, pages: &[u64], ev: Event) {
+        for &p in pages {
+            if let Ok((next, actions)) = step(st.pages[p as usize], ev) {
+                for a in actions {
+                    match *a {
+                        Action::FreeSlot => self.free_slot(st, p),
+                        other => {
+                            warn!(cluster = %self.id, "BUG: action {other:?} at the end of a commit; ignored")
+                        }
+                    }
+                }
+                st.pages[p as usize] = next;
+            }
+        }
+        self.replay(st);
+    }
+
+    fn replay(&self, st: &mut ImageState) {
+        for f in std::mem::take(&mut st.deferred) {
+            self.serve(st, f);
+        }
+    }
+
+    /// `clu_Abort`: discards every modification since the last commit, in memory and in the
+    /// paging partition. The next access reloads the page from storage.
+    pub fn abort(&self) -> u64 {
+        let _serial = lock(&self.commit_lock);
+        let mut st = lock(&self.state);
+        self.harvest(&mut st);
+        let mut drop = Vec::new();
+        let mut discarded = 0;
+        for p in 0..st.pages.len() as u64 {
+            let state = st.pages[p as usize];
+            if !state.dirty() {
+                continue;
+            }
+            let Ok((next, actions)) = step(state, Event::Abort) else {
+                continue;
+            };
+            for a in actions {
+                match *a {
+                    Action::Drop => drop.push(p),
+                    Action::FreeSlot => self.free_slot(&mut st, p),
+                    other => {
+                        warn!(cluster = %self.id, "BUG: action {other:?} asked of an abort; ignored")
+                    }
+                }
+            }
+            st.pages[p as usize] = next;
+            discarded += 1;
+        }
+        self.punch_pages(&mut st, &drop);
+        self.replay(&mut st);
+        self.site.stats.aborts.inc();
+        discarded
+    }
+
+    /// The last mapper is gone and every page is committed or aborted: each page takes the
+    /// `Release` event, the image's memory is given back at once, and the access history is
+    /// saved (outside the image's lock).
+    pub fn release(&self) {
+        let history = {
+            let mut st = lock(&self.state);
+            for p in 0..st.pages.len() {
+                match step(st.pages[p], Event::Release) {
+                    Ok((next, actions)) => {
+                        for a in actions {
+                            match *a {
+                                // One punch of the whole memfd below does every `Drop`.
+                                Action::Drop => {}
+                                other => {
+                                    warn!(cluster = %self.id, "BUG: action {other:?} asked of a release; ignored")
+                                }
+                            }
+                        }
+                        st.pages[p] = next;
+                    }
+                    Err(e) => {
+                        warn!(cluster = %self.id, page = p, "BUG: releasing a page: {e}; it is dropped");
+                        st.pages[p] = PageState::MapNone;
+                    }
+                }
+            }
+            let n = st.pages.len() as u64;
+            if n > 0 {
+                let _ = fallocate(
+                    self.memfd.as_raw_fd(),
+                    FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    (n * PAGE) as i64,
+                );
+            }
+            let resident = st.resident;
+            self.lost(&mut st, resident);
+            for (_, slot) in std::mem::take(&mut st.slots) {
+                let _ = self.site.paging.free(slot);
+            }
+            st.deferred.clear();
+            st.hinted.clear();
+            st.closed = true;
+            st.history.take()
+        };
+        if !history.is_empty() {
+            if let Err(e) = self.vol.clu_set_history(self.id.clu(), &history) {
+                warn!(cluster = %self.id, "saving the access history: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! What the images of one site share: the resident budget, the paging partition, the
+//! statistics, and the way to reclaim memory from other images. Images hold the site; the
+//! manager builds it and tells it how to reclaim (a narrow trait, so that an image never needs
+//! the manager).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{OnceLock, Weak};
+
+use clu_proto::ClusterId;
+
+use crate::paging::PagingPartition;
+
+/// A counter for `pager status`.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// One more.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// `n` more.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the manager has done since it started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Faults on pages absent from the image.
+    pub missing_faults: Counter,
+    /// Faults on pages in the image but not mapped by the faulting process.
+    pub minor_faults: Counter,
+    /// First writes to clean pages.
+    pub wp_faults: Counter,
+    /// Pages supplied as zeros.
+    pub zero_fills: Counter,
+    /// Pages read from storage.
+    pub storage_reads: Counter,
+    /// Pages read back from the paging partition.
+    pub paging_reads: Counter,
+    /// Clean pages evicted.
+    pub evicted_clean: Counter,
+    /// Dirty pages evicted to the paging partition.
+    pub evicted_dirty: Counter,
+    /// Faults refused (SIGBUS).
+    pub poisoned: Counter,
+    /// Commits.
+    pub commits: Counter,
+    /// Pages they wrote.
+    pub committed_pages: Counter,
+    /// Aborts.
+    pub aborts: Counter,
+    /// Pages read ahead of faults from access histories.
+    pub prefetched: Counter,
+}
+
+/// The resident budget: how many pages of cluster memory the site holds at most, over all
+/// images, and how many it holds now.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    resident: AtomicU64,
+}
+
+impl Budget {
+    /// A budget of `limit` pages (at least one).
+    pub fn new(limit: u64) -> Budget {
+        Budget {
+            limit: limit.max(1),
+            resident: AtomicU64::new(0),
+        }
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Pages held now.
+    pub fn resident(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// `n` more pages are held.
+    pub fn add(&self, n: u64) {
+        self.resident.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` pages fewer are held.
+    pub fn sub(&self, n: u64) {
+        let _ = self
+            .resident
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(n))
+            });
+    }
+
+    /// How many pages must go before `need` more fit, if any must.
+    pub fn excess(&self, need: u64) -> Option<u64> {
+        let resident = self.resident();
+        (resident + need > self.limit).then(|| resident + need - self.limit)
+    }
+}
+
+/// Reclaims memory from images other than one (the manager's table implements it).
+pub trait Reclaim: Send + Sync {
+    /// Evicts up to `want` pages from images other than `except`, without waiting for any
+    /// lock; returns how many.
+    fn reclaim(&self, except: ClusterId, want: u64) -> u64;
+}
+
+/// The shared resources of a site's memory manager.
+pub struct Site {
+    /// The resident budget.
+    pub budget: Budget,
+    /// The paging partition.
+    pub paging: PagingPartition,
+    /// The statistics.
+    pub stats: Stats,
+    reclaim: OnceLock<Weak<dyn Reclaim>>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("budget", &self.budget)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Site {
+    /// A site with a budget of `budget` pages and `paging` as its paging partition.
+    pub fn new(budget: u64, paging: PagingPartition) -> Site {
+        Site {
+            budget: Budget::new(budget),
+            paging,
+            stats: Stats::default(),
+            reclaim: OnceLock::new(),
+        }
+    }
+
+    /// Tells the site how to reclaim from other images (once).
+    pub fn set_reclaim(&self, reclaim: Weak<dyn Reclaim>) {
+        let _ = self.reclaim.set(reclaim);
+    }
+
+    /// Evicts up to `want` pages from images other than `except`; returns how many.
+    pub fn reclaim_elsewhere(&self, except: ClusterId, want: u64) -> u64 {
+        self.reclaim
+            .get()
+            .and_then(Weak::upgrade)
+            .map_or(0, |r| r.reclaim(except, want))
+    }
+
+    /// The longest read-ahead run the budget allows (an eighth of it).
+    pub fn readahead_cap(&self) -> u64 {
+        (self.budget.limit() / 8).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_counts_and_says_how_much_must_go() {
+        let b = Budget::new(10);
+        b.add(8);
+        assert_eq!(b.excess(2), None);
+        assert_eq!(b.excess(5), Some(3));
+        b.sub(100);
+        assert_eq!(b.resident(), 0, "never below zero");
+        assert_eq!(Budget::new(0).limit(), 1);
+    }
+}

@@ -1,0 +1,144 @@
+//! Errors of the storage service. Each message says what to do.
+
+use std::io;
+use std::path::PathBuf;
+
+use clu_proto::{ClusterId, VolId};
+use journal::JournalError;
+
+/// Everything the storage service can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A system call failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The volume's journal refused or failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Another process holds the storage root.
+    #[error("the storage root {0} is in use by another pager or admin command; stop it or use another --root")]
+    RootBusy(PathBuf),
+    /// No volume by that name or id in the catalog.
+    #[error("no volume `{0}` in the catalog; `pager vol list` shows the volumes")]
+    NoSuchVolume(String),
+    /// The volume exists but is not mounted.
+    #[error("volume {0} is not mounted; mount it with `pager vol mount`")]
+    NotMounted(VolId),
+    /// The volume is already mounted.
+    #[error("volume {0} is already mounted")]
+    AlreadyMounted(VolId),
+    /// The operation needs the volume unmounted.
+    #[error("volume {0} is mounted; unmount it first with `pager vol unmount`")]
+    StillMounted(VolId),
+    /// The volume belongs to another cell.
+    #[error("volume {0} belongs to another cell; volumes of other cells are not supported yet")]
+    ForeignVolume(VolId),
+    /// A volume name is malformed.
+    #[error("`{0}` is not a valid volume name: use 1 to 32 letters, digits, `-`, `_` or `.`, starting with a letter")]
+    BadName(String),
+    /// A volume name is taken.
+    #[error("a volume named `{0}` already exists")]
+    NameTaken(String),
+    /// No volume id is left in this cell.
+    #[error("all 32767 volume ids of this cell are in use; delete a volume first")]
+    NoVolumeIds,
+    /// The volume still holds clusters.
+    #[error("volume {vol} still holds {clusters} clusters; destroy them first or pass --force")]
+    VolumeNotEmpty {
+        /// The volume.
+        vol: VolId,
+        /// How many clusters it holds.
+        clusters: usize,
+    },
+    /// The catalog names a storage service this pager does not have.
+    #[error("volume {vol} uses storage service `{service}`, which this pager does not have")]
+    UnknownService {
+        /// The volume.
+        vol: VolId,
+        /// The service's name.
+        service: String,
+    },
+    /// No such cluster.
+    #[error("no cluster {0}")]
+    NoSuchCluster(ClusterId),
+    /// All 65536 cluster ids of the volume are used.
+    #[error("volume {0} has no cluster id left (64K clusters per volume)")]
+    NoClusterIds(VolId),
+    /// The volume's capacity would be exceeded.
+    #[error("volume {vol} has room for {free} more pages, {wanted} were asked for; grow it with `pager vol resize`")]
+    Quota {
+        /// The volume.
+        vol: VolId,
+        /// Pages asked for.
+        wanted: u64,
+        /// Pages left.
+        free: u64,
+    },
+    /// A page range outside the cluster.
+    #[error("pages {first}..{end} are outside cluster {id}, which has {npages} pages")]
+    OutOfRange {
+        /// The cluster.
+        id: ClusterId,
+        /// First page asked for.
+        first: u64,
+        /// One past the last page asked for.
+        end: u64,
+        /// The cluster's size.
+        npages: u64,
+    },
+    /// A buffer that is not whole pages, or a size of zero.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A reliable volume whose primary copy here was replaced by a restoration elsewhere.
+    #[error("volume {vol} is fenced: {why}. It was restored on another manager, which is its primary now; this copy must not be used: unmount it here (`pager vol unmount`)")]
+    Fenced {
+        /// The volume.
+        vol: VolId,
+        /// What the backup said.
+        why: String,
+    },
+    /// A persistent structure failed its checks.
+    #[error("{path} is damaged ({reason}); restore the volume from a backup")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StorageError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StorageError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A damaged persistent structure at `path`.
+    pub fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        StorageError::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the disk is full (the same call may succeed once space is freed).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            StorageError::Journal(j) => j.is_no_space(),
+            _ => false,
+        }
+    }
+}
+
+/// The storage service's result type.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

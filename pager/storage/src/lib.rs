@@ -1,0 +1,122 @@
+//! The storage service (*service de stockage*, thesis IV.2.2, requirements C1-C8 and H1-H11).
+//!
+//! A common part ([`Storage`]: the catalog of volumes, the mount table, dispatch by volume id)
+//! over a table of storage services that plug in like drivers ([`StorageService`] in a
+//! [`DriverTable`], which the daemon assembles). Each service binds volumes to physical
+//! entities; this crate has the fast local service ([`ssr`]: a volume is a directory, a cluster
+//! a file). Others plug in from their own crates (the reliable service, `clu-goofy`) without
+//! this crate knowing them.
+//!
+//! | thesis primitive | here |
+//! |---|---|
+//! | `vol_Create`, `vol_Resize`, `vol_Delete` | [`StorageService::vol_create`], [`StorageService::vol_resize`], [`StorageService::vol_delete`] |
+//! | `vol_Mount`, `vol_Unmount` | [`StorageService::vol_mount`], [`Volume::unmount`] |
+//! | `vol_CluCreate`, `vol_CluGetDesc`, `vol_CluDestroy`, `vol_CluResize` | [`Volume::clu_create`], [`Volume::clu_get_desc`], [`Volume::clu_destroy`], [`Volume::clu_resize`] |
+//! | `vol_CluRead`, `vol_CluWrite` | [`Volume::clu_read`], [`Volume::clu_write`] (atomic, through the journal) |
+
+mod catalog;
+mod descriptor;
+mod error;
+pub mod fsutil;
+pub mod history;
+mod root;
+pub mod ssr;
+
+use std::path::Path;
+
+use clu_proto::{CluId, ClusterKind, VolId};
+use journal::{Lsn, PageRun};
+
+pub use catalog::{parse_mounts, Catalog, CatalogEntry, CatalogError};
+pub use descriptor::{
+    ClusterDesc, ClusterStats, FormatError, Grant, Grants, Means, VolumeMeta, MAX_GRANTS,
+};
+pub use error::{Result, StorageError};
+pub use root::{DriverTable, Storage, StorageConfig, VolumeStatus};
+
+/// Parameters of a new volume that every service understands. What only one service
+/// understands (a reliable volume's backups) it takes through [`Storage::vol_create_by`].
+#[derive(Clone, Debug, Default)]
+pub struct VolumeParams {
+    /// Its name in the catalog (set by [`Storage::vol_create_in`]).
+    pub name: String,
+    /// Capacity in pages; 0 means no limit beyond the disk's.
+    pub capacity_pages: u64,
+    /// The journal's first log file (0 or 1 for a new volume; past the LSN a restored volume
+    /// was restored to, so that its LSNs follow those of the history it continues).
+    pub first_log_file: u64,
+}
+
+/// What a mounted volume reports about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Its id.
+    pub vol: VolId,
+    /// Number of clusters.
+    pub clusters: usize,
+    /// Pages allocated to clusters.
+    pub used_pages: u64,
+    /// Capacity in pages; 0 means no limit.
+    pub capacity_pages: u64,
+    /// The journal's `logLSN`.
+    pub log_lsn: Lsn,
+    /// The journal's `durableLSN`.
+    pub durable_lsn: Lsn,
+}
+
+/// One storage service: an entry of the driver table (H5). Administration primitives work on a
+/// volume's location; mounting yields a [`Volume`] that serves the cluster primitives.
+pub trait StorageService: Send + Sync {
+    /// The name the catalog records for volumes of this service.
+    fn name(&self) -> &'static str;
+    /// Creates an empty volume at `location`.
+    fn vol_create(&self, vol: VolId, location: &Path, params: &VolumeParams) -> Result<()>;
+    /// Changes the capacity of an unmounted volume.
+    fn vol_resize(&self, location: &Path, capacity_pages: u64) -> Result<()>;
+    /// Deletes an unmounted volume; refuses if it holds clusters unless `force`.
+    fn vol_delete(&self, vol: VolId, location: &Path, force: bool) -> Result<()>;
+    /// Mounts the volume at `location`, recovering its journal.
+    fn vol_mount(&self, vol: VolId, location: &Path) -> Result<Box<dyn Volume>>;
+}
+
+/// A mounted volume: the cluster primitives (H8).
+pub trait Volume: Send + Sync {
+    /// Its id.
+    fn id(&self) -> VolId;
+    /// Current figures.
+    fn info(&self) -> VolumeInfo;
+    /// Sets the capacity while mounted.
+    fn set_capacity(&self, capacity_pages: u64) -> Result<()>;
+    /// Makes every committed write durable in the cluster files and trims the journal.
+    fn checkpoint(&self) -> Result<()>;
+    /// Checkpoints and closes. Every later call fails with [`StorageError::NotMounted`].
+    fn unmount(&self) -> Result<()>;
+    /// Creates a cluster of `npages` zero pages owned by `owner`.
+    fn clu_create(&self, npages: u64, owner: u32, kind: ClusterKind) -> Result<ClusterDesc>;
+    /// The descriptor of a cluster.
+    fn clu_get_desc(&self, clu: CluId) -> Result<ClusterDesc>;
+    /// Changes a cluster's descriptor with `f` (kind, owner, grants, statistics; the id and the
+    /// size are kept) and stores it. Returns the new descriptor.
+    fn clu_update(&self, clu: CluId, f: &mut dyn FnMut(&mut ClusterDesc)) -> Result<ClusterDesc>;
+    /// Every cluster's descriptor, by cluster number.
+    fn clu_list(&self) -> Vec<ClusterDesc>;
+    /// Destroys a cluster and its storage.
+    fn clu_destroy(&self, clu: CluId) -> Result<()>;
+    /// Adds `add_pages` zero pages at the end of a cluster.
+    fn clu_resize(&self, clu: CluId, add_pages: u64) -> Result<ClusterDesc>;
+    /// Reads whole pages from `first_page` into `buf` (a multiple of the page size).
+    fn clu_read(&self, clu: CluId, first_page: u64, buf: &mut [u8]) -> Result<()>;
+    /// Writes runs of whole pages atomically: after a crash, either all or none are stored.
+    fn clu_write(&self, clu: CluId, runs: &[PageRun<'_>]) -> Result<Lsn>;
+    /// Hints that pages `first_page..first_page+npages` will be read soon (a service may start
+    /// reading them in the background). The default does nothing.
+    fn clu_prefetch(&self, _clu: CluId, _first_page: u64, _npages: u64) {}
+    /// The cluster's access history (see [`history`]); empty if there is none.
+    fn clu_history(&self, _clu: CluId) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Replaces the cluster's access history (an empty one removes it).
+    fn clu_set_history(&self, _clu: CluId, _pages: &[u32]) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,408 @@
+//! The common part of the storage service: the storage root with its catalog and mount table,
+//! the driver table of services, and dispatch of cluster primitives by volume id.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use clu_proto::{ClusterId, ClusterKind, VolId};
+use clu_sys::sync::{lock, read, write};
+use journal::{JournalConfig, Lsn, PageRun};
+use nix::fcntl::Flock;
+
+use crate::catalog::{format_mounts, parse_mounts, valid_name, Catalog, CatalogEntry};
+use crate::fsutil::{lock_root, sync_dir, write_atomic};
+use crate::ssr::Ssr;
+use crate::{ClusterDesc, Result, StorageError, StorageService, Volume, VolumeInfo, VolumeParams};
+
+const CATALOG: &str = "catalog";
+const MOUNTS: &str = "mounts";
+
+/// Settings of a storage root that has only the fast local service.
+#[derive(Clone, Debug, Default)]
+pub struct StorageConfig {
+    /// Journal settings for the volumes mounted.
+    pub journal: JournalConfig,
+}
+
+/// The driver table (thesis H5): the storage services a storage root can use, by the name its
+/// catalog records. The daemon assembles it; adding a service touches no file of this crate.
+#[derive(Clone, Default)]
+pub struct DriverTable {
+    services: Vec<Arc<dyn StorageService>>,
+}
+
+impl DriverTable {
+    /// An empty table.
+    pub fn new() -> DriverTable {
+        DriverTable::default()
+    }
+
+    /// The fast local service alone (`ssr`), with these journal settings.
+    pub fn local(journal: JournalConfig) -> DriverTable {
+        DriverTable::new().with(Arc::new(Ssr { journal }))
+    }
+
+    /// The table with `service` added (replacing one of the same name).
+    pub fn with(mut self, service: Arc<dyn StorageService>) -> DriverTable {
+        self.services.retain(|s| s.name() != service.name());
+        self.services.push(service);
+        self
+    }
+
+    /// The service called `name`.
+    pub fn get(&self, name: &str) -> Option<&dyn StorageService> {
+        self.services
+            .iter()
+            .find(|s| s.name() == name)
+            .map(|s| &**s)
+    }
+
+    /// The services' names, in the order they were added.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.services.iter().map(|s| s.name()).collect()
+    }
+}
+
+impl std::fmt::Debug for DriverTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+/// A volume as listed: its catalog entry, and its figures if mounted.
+#[derive(Clone, Debug)]
+pub struct VolumeStatus {
+    /// The catalog entry.
+    pub entry: CatalogEntry,
+    /// `Some` when mounted.
+    pub mounted: Option<VolumeInfo>,
+}
+
+/// An open storage root. One process at a time holds it (an exclusive lock on `<root>/lock`):
+/// one manager per volume (C8).
+pub struct Storage {
+    root: PathBuf,
+    drivers: DriverTable,
+    catalog: Mutex<Catalog>,
+    /// Volumes being created: their ids and names are taken.
+    creating: Mutex<Vec<CatalogEntry>>,
+    mounted: RwLock<HashMap<VolId, Arc<dyn Volume>>>,
+    _lock: Flock<File>,
+}
+
+fn read_text(path: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+impl Storage {
+    /// Opens (creating if needed) a storage root with the fast local service only, and mounts
+    /// every volume of the mount table.
+    pub fn open(root: &Path, config: StorageConfig) -> Result<Storage> {
+        Self::open_with(root, DriverTable::local(config.journal))
+    }
+
+    /// Opens (creating if needed) the storage root with the services of `drivers`, and mounts
+    /// every volume of the mount table.
+    pub fn open_with(root: &Path, drivers: DriverTable) -> Result<Storage> {
+        let lock = lock_root(root)?;
+        let catalog_path = root.join(CATALOG);
+        let catalog = match read_text(&catalog_path)? {
+            Some(text) => Catalog::parse(&text)
+                .map_err(|e| StorageError::corrupt(&catalog_path, e.to_string()))?,
+            None => Catalog::default(),
+        };
+        let storage = Storage {
+            root: root.to_owned(),
+            drivers,
+            catalog: Mutex::new(catalog),
+            creating: Mutex::new(Vec::new()),
+            mounted: RwLock::new(HashMap::new()),
+            _lock: lock,
+        };
+        for vol in storage.mount_table()? {
+            storage.mount_one(vol)?;
+        }
+        Ok(storage)
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn mount_table(&self) -> Result<Vec<VolId>> {
+        let path = self.root.join(MOUNTS);
+        match read_text(&path)? {
+            Some(text) => {
+                parse_mounts(&text).map_err(|e| StorageError::corrupt(&path, e.to_string()))
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn set_mount_table(&self, vols: &[VolId]) -> Result<()> {
+        write_atomic(&self.root.join(MOUNTS), format_mounts(vols).as_bytes())
+    }
+
+    fn service(&self, entry: &CatalogEntry) -> Result<&dyn StorageService> {
+        self.drivers
+            .get(&entry.service)
+            .ok_or_else(|| StorageError::UnknownService {
+                vol: entry.vol,
+                service: entry.service.clone(),
+            })
+    }
+
+    /// Finds a volume by name or id.
+    pub fn find(&self, what: &str) -> Result<CatalogEntry> {
+        lock(&self.catalog)
+            .find(what)
+            .cloned()
+            .ok_or_else(|| StorageError::NoSuchVolume(what.to_owned()))
+    }
+
+    fn entry(&self, vol: VolId) -> Result<CatalogEntry> {
+        if vol.is_foreign() {
+            return Err(StorageError::ForeignVolume(vol));
+        }
+        lock(&self.catalog)
+            .volumes
+            .get(&vol)
+            .cloned()
+            .ok_or_else(|| StorageError::NoSuchVolume(vol.to_string()))
+    }
+
+    /// `vol_Create` with the fast local service (`ssr`): allocates an id, creates the volume
+    /// and records it in the catalog. Does not mount it.
+    pub fn vol_create(&self, name: &str, params: &VolumeParams) -> Result<CatalogEntry> {
+        self.vol_create_in(name, Ssr::NAME, params)
+    }
+
+    /// `vol_Create` with the service called `service`, through its generic
+    /// [`StorageService::vol_create`].
+    pub fn vol_create_in(
+        &self,
+        name: &str,
+        service: &str,
+        params: &VolumeParams,
+    ) -> Result<CatalogEntry> {
+        self.vol_create_by(name, service, |svc, vol, location| {
+            let params = VolumeParams {
+                name: name.to_owned(),
+                ..params.clone()
+            };
+            svc.vol_create(vol, location, &params)
+        })
+    }
+
+    /// `vol_Create` where the caller builds the volume: `create` gets the service, the id
+    /// allocated and the location, and does what that service needs (a reliable volume's
+    /// backups, a restoration's fetch) with arguments this crate knows nothing of. The id and
+    /// name are reserved meanwhile, without holding the catalog (a restoration takes a while);
+    /// on failure whatever `create` left at the location is removed.
+    pub fn vol_create_by<E: From<StorageError>>(
+        &self,
+        name: &str,
+        service: &str,
+        create: impl FnOnce(&dyn StorageService, VolId, &Path) -> std::result::Result<(), E>,
+    ) -> std::result::Result<CatalogEntry, E> {
+        if !valid_name(name) {
+            return Err(StorageError::BadName(name.to_owned()).into());
+        }
+        let svc = self.drivers.get(service).ok_or_else(|| {
+            StorageError::Invalid(format!(
+                "this pager has no storage service `{service}` (it has {:?})",
+                self.drivers.names()
+            ))
+        })?;
+        let entry = {
+            let catalog = lock(&self.catalog);
+            let mut creating = lock(&self.creating);
+            if catalog.find(name).is_some() || creating.iter().any(|e| e.name == name) {
+                return Err(StorageError::NameTaken(name.to_owned()).into());
+            }
+            let vol = (1..VolId::FOREIGN_BIT)
+                .map(VolId)
+                .find(|v| !catalog.volumes.contains_key(v) && !creating.iter().any(|e| e.vol == *v))
+                .ok_or(StorageError::NoVolumeIds)?;
+            let entry = CatalogEntry {
+                vol,
+                name: name.to_owned(),
+                service: svc.name().to_owned(),
+                location: format!("vol-{vol}"),
+            };
+            creating.push(entry.clone());
+            entry
+        };
+        let result = self.create_reserved(&entry, svc, create);
+        lock(&self.creating).retain(|e| e.vol != entry.vol);
+        result.map(|()| entry)
+    }
+
+    fn create_reserved<E: From<StorageError>>(
+        &self,
+        entry: &CatalogEntry,
+        svc: &dyn StorageService,
+        create: impl FnOnce(&dyn StorageService, VolId, &Path) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let location = self.root.join(&entry.location);
+        // The id is in no catalog entry: whatever is there is debris of a creation that did not
+        // finish (a crash before the catalog named it). Clear it.
+        if location.exists() {
+            fs::remove_dir_all(&location).map_err(|e| StorageError::io(&location, e))?;
+        }
+        if let Err(e) = create(svc, entry.vol, &location) {
+            // Not a volume (no catalog entry names it): remove what the failed creation left,
+            // a partly fetched restoration for instance.
+            let _ = fs::remove_dir_all(&location);
+            return Err(e);
+        }
+        let mut catalog = lock(&self.catalog);
+        let mut next = catalog.clone();
+        next.volumes.insert(entry.vol, entry.clone());
+        write_atomic(&self.root.join(CATALOG), next.format().as_bytes())?;
+        *catalog = next;
+        Ok(())
+    }
+
+    /// `vol_Mount`: mounts the volume now and at every start.
+    pub fn vol_mount(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
+        let v = self.mount_one(vol)?;
+        let mut table = self.mount_table()?;
+        if !table.contains(&vol) {
+            table.push(vol);
+            self.set_mount_table(&table)?;
+        }
+        Ok(v)
+    }
+
+    fn mount_one(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
+        let entry = self.entry(vol)?;
+        let mut mounted = write(&self.mounted);
+        if mounted.contains_key(&vol) {
+            return Err(StorageError::AlreadyMounted(vol));
+        }
+        let v: Arc<dyn Volume> = Arc::from(
+            self.service(&entry)?
+                .vol_mount(vol, &self.root.join(&entry.location))?,
+        );
+        mounted.insert(vol, v.clone());
+        Ok(v)
+    }
+
+    /// `vol_Unmount`: checkpoints and closes the volume, and removes it from the mount table.
+    pub fn vol_unmount(&self, vol: VolId) -> Result<()> {
+        let v = write(&self.mounted)
+            .remove(&vol)
+            .ok_or(StorageError::NotMounted(vol))?;
+        let table: Vec<VolId> = self
+            .mount_table()?
+            .into_iter()
+            .filter(|v| *v != vol)
+            .collect();
+        self.set_mount_table(&table)?;
+        v.unmount()
+    }
+
+    /// `vol_Resize`: changes a volume's capacity.
+    pub fn vol_resize(&self, vol: VolId, capacity_pages: u64) -> Result<()> {
+        if let Ok(v) = self.volume(vol) {
+            return v.set_capacity(capacity_pages);
+        }
+        let entry = self.entry(vol)?;
+        self.service(&entry)?
+            .vol_resize(&self.root.join(&entry.location), capacity_pages)
+    }
+
+    /// `vol_Delete`: deletes an unmounted volume and its catalog entry.
+    pub fn vol_delete(&self, vol: VolId, force: bool) -> Result<()> {
+        if self.volume(vol).is_ok() {
+            return Err(StorageError::StillMounted(vol));
+        }
+        let entry = self.entry(vol)?;
+        self.service(&entry)?
+            .vol_delete(vol, &self.root.join(&entry.location), force)?;
+        let mut catalog = lock(&self.catalog);
+        let mut next = catalog.clone();
+        next.volumes.remove(&vol);
+        write_atomic(&self.root.join(CATALOG), next.format().as_bytes())?;
+        *catalog = next;
+        sync_dir(&self.root)
+    }
+
+    /// Every volume of the catalog.
+    pub fn volumes(&self) -> Vec<VolumeStatus> {
+        let catalog = lock(&self.catalog).clone();
+        let mounted = read(&self.mounted);
+        catalog
+            .volumes
+            .into_values()
+            .map(|entry| VolumeStatus {
+                mounted: mounted.get(&entry.vol).map(|v| v.info()),
+                entry,
+            })
+            .collect()
+    }
+
+    /// A mounted volume.
+    pub fn volume(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
+        if vol.is_foreign() {
+            return Err(StorageError::ForeignVolume(vol));
+        }
+        read(&self.mounted)
+            .get(&vol)
+            .cloned()
+            .ok_or_else(|| match self.entry(vol) {
+                Ok(_) => StorageError::NotMounted(vol),
+                Err(e) => e,
+            })
+    }
+
+    /// `vol_CluCreate` on a mounted volume.
+    pub fn clu_create(
+        &self,
+        vol: VolId,
+        npages: u64,
+        owner: u32,
+        kind: ClusterKind,
+    ) -> Result<ClusterDesc> {
+        self.volume(vol)?.clu_create(npages, owner, kind)
+    }
+
+    /// `vol_CluGetDesc`.
+    pub fn clu_get_desc(&self, id: ClusterId) -> Result<ClusterDesc> {
+        self.volume(id.vol())?.clu_get_desc(id.clu())
+    }
+
+    /// `vol_CluDestroy`.
+    pub fn clu_destroy(&self, id: ClusterId) -> Result<()> {
+        self.volume(id.vol())?.clu_destroy(id.clu())
+    }
+
+    /// `vol_CluResize`.
+    pub fn clu_resize(&self, id: ClusterId, add_pages: u64) -> Result<ClusterDesc> {
+        self.volume(id.vol())?.clu_resize(id.clu(), add_pages)
+    }
+
+    /// `vol_CluRead`.
+    pub fn clu_read(&self, id: ClusterId, first_page: u64, buf: &mut [u8]) -> Result<()> {
+        self.volume(id.vol())?.clu_read(id.clu(), first_page, buf)
+    }
+
+    /// `vol_CluWrite`: atomic.
+    pub fn clu_write(&self, id: ClusterId, runs: &[PageRun<'_>]) -> Result<Lsn> {
+        self.volume(id.vol())?.clu_write(id.clu(), runs)
+    }
+
+    /// Unmounts everything (the mount table is kept: volumes come back at the next start).
+    pub fn close(self) -> Result<()> {
+        let vols: Vec<Arc<dyn Volume>> = write(&self.mounted).drain().map(|(_, v)| v).collect();
+        vols.iter().try_for_each(|v| v.unmount())
+    }
+}
