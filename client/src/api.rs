@@ -153,16 +153,12 @@ pub fn regions(id: ClusterId) -> Result<Vec<Region>, CluError> {
 
 /// `clu_Grant`: the owner lets `uid` map the cluster, read-write or read-only.
 pub fn grant(id: ClusterId, uid: u32, mode: MapMode) -> Result<(), CluError> {
-    with(None, |s| {
-        s.simple(&Request::Grant { id, uid, mode })
-    })
+    with(None, |s| s.simple(&Request::Grant { id, uid, mode }))
 }
 
 /// `clu_Revoke`: the owner withdraws `uid`'s grant.
 pub fn revoke(id: ClusterId, uid: u32) -> Result<(), CluError> {
-    with(None, |s| {
-        s.simple(&Request::Revoke { id, uid })
-    })
+    with(None, |s| s.simple(&Request::Revoke { id, uid }))
 }
 
 /// `clu_Promote`: makes a temporary cluster persistent now and commits its current image.

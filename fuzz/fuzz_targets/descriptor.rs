@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pager::storage::{history, Catalog, ClusterDesc, VolumeMeta};
+use clu_storage::{history, Catalog, ClusterDesc, VolumeMeta};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(d) = ClusterDesc::decode(data) {
@@ -18,6 +18,6 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Catalog::parse(text);
-        let _ = pager::storage::parse_mounts(text);
+        let _ = clu_storage::parse_mounts(text);
     }
 });

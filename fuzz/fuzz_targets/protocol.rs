@@ -3,7 +3,7 @@
 //! the same value.
 #![no_main]
 
-use client::proto::{frame_len, Request, Response};
+use clu_proto::protocol::{frame_len, Request, Response};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -294,4 +294,3 @@ impl Drop for Retention {
         lock(&self.inner.consumers).remove(&self.id);
     }
 }
-

@@ -1,18 +1,10 @@
-//! The administration commands (`pager status`, `pager vol ...`, `pager clu ...`). The CLI
-//! parses them and sends their words to the running pager, which parses the same words with
-//! the same definitions and executes them: one grammar, checked on both sides.
-
-use std::fmt::Write as _;
+//! The grammar of the administration commands (`pager status`, `pager vol ...`, `pager clu
+//! ...`). The CLI parses them and sends their words to the running pager, which parses the same
+//! words with the same definitions (and executes them: `daemon::admin`): one grammar, checked
+//! on both sides.
 
 use clap::{Args, Parser, Subcommand};
-use client::{ClusterId, ClusterKind, ErrorCode};
-
-mod format;
-mod restore;
-
-use self::format::{describe, json};
-use crate::daemon::{Manager, Refusal};
-use crate::storage::{ClusterDesc, VolumeParams};
+use clu_proto::{ClusterId, ClusterKind};
 
 /// An administration command.
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
@@ -260,246 +252,10 @@ struct Line {
     command: AdminCommand,
 }
 
-/// Parses the words of a command sent over the socket.
-pub fn parse(words: &[String]) -> Result<AdminCommand, String> {
-    Line::try_parse_from(words)
-        .map(|l| l.command)
-        .map_err(|e| e.render().to_string())
-}
-
-fn denied(what: &str) -> Refusal {
-    Refusal::new(
-        ErrorCode::AccessDenied,
-        format!("{what} is reserved to root and to the pager's own user"),
-    )
-}
-
-/// Runs an administration command for a client of uid `uid`.
-pub(crate) fn execute(m: &Manager, uid: u32, words: Vec<String>) -> Result<String, Refusal> {
-    let cmd = parse(&words).map_err(Refusal::invalid)?;
-    let s = &m.storage;
-    let admin = uid == 0 || uid == nix::unistd::geteuid().as_raw();
-    let owner_ok = |d: &ClusterDesc| admin || d.owner == uid;
-    let mut out = String::new();
-    match cmd {
-        AdminCommand::Status { json } => out = m.status(json),
-        AdminCommand::Vol(VolCommand::List) => {
-            let _ = writeln!(
-                out,
-                "{:<6} {:<20} {:<8} {:<8} {:>8} {:>12} {:>12}",
-                "ID", "NAME", "SERVICE", "STATE", "CLUSTERS", "USED_PAGES", "CAPACITY"
-            );
-            for v in s.volumes() {
-                let (state, clusters, used, cap) = match &v.mounted {
-                    Some(i) => (
-                        "mounted",
-                        i.clusters.to_string(),
-                        i.used_pages.to_string(),
-                        i.capacity_pages.to_string(),
-                    ),
-                    None => ("-", "-".into(), "-".into(), "-".into()),
-                };
-                let _ = writeln!(
-                    out,
-                    "{:<6} {:<20} {:<8} {:<8} {:>8} {:>12} {:>12}",
-                    v.entry.vol.to_string(),
-                    v.entry.name,
-                    v.entry.service,
-                    state,
-                    clusters,
-                    used,
-                    cap
-                );
-            }
-        }
-        AdminCommand::Vol(_) if !admin => return Err(denied("volume administration")),
-        AdminCommand::Vol(VolCommand::Create {
-            name,
-            capacity,
-            no_mount,
-            backups,
-            sync,
-        }) => {
-            let params = VolumeParams {
-                capacity_pages: capacity.capacity_pages,
-                backups,
-                sync,
-                ..VolumeParams::default()
-            };
-            let entry = s.vol_create(&name, &params)?;
-            if !no_mount {
-                s.vol_mount(entry.vol)?;
-            }
-            let mounted = if no_mount { "" } else { ", mounted" };
-            let _ = writeln!(
-                out,
-                "created volume {} ({}){mounted}",
-                entry.name, entry.vol
-            );
-        }
-        AdminCommand::Vol(VolCommand::Restore { name, from }) => {
-            restore::run(m, &name, &from, &mut out)?
-        }
-        AdminCommand::Vol(VolCommand::Mount { vol }) => {
-            let entry = s.find(&vol)?;
-            s.vol_mount(entry.vol)?;
-            let _ = writeln!(out, "mounted volume {} ({})", entry.name, entry.vol);
-        }
-        AdminCommand::Vol(VolCommand::Unmount { vol }) => {
-            let entry = s.find(&vol)?;
-            if m.volume_in_use(entry.vol) {
-                return Err(Refusal::new(
-                    ErrorCode::Busy,
-                    format!(
-                        "volume {} has mapped clusters; unmap them first",
-                        entry.name
-                    ),
-                ));
-            }
-            s.vol_unmount(entry.vol)?;
-            let _ = writeln!(out, "unmounted volume {} ({})", entry.name, entry.vol);
-        }
-        AdminCommand::Vol(VolCommand::Resize { vol, capacity }) => {
-            let entry = s.find(&vol)?;
-            s.vol_resize(entry.vol, capacity.capacity_pages)?;
-            let _ = writeln!(
-                out,
-                "volume {} capacity is now {} pages",
-                entry.name, capacity.capacity_pages
-            );
-        }
-        AdminCommand::Vol(VolCommand::Delete { vol, force }) => {
-            let entry = s.find(&vol)?;
-            s.vol_delete(entry.vol, force)?;
-            let _ = writeln!(out, "deleted volume {} ({})", entry.name, entry.vol);
-        }
-        AdminCommand::Clu(CluCommand::Create { vol, pages, kind }) => {
-            let entry = s.find(&vol)?;
-            if pages == 0 || pages > crate::daemon::MAX_CLUSTER_PAGES {
-                return Err(Refusal::invalid(format!(
-                    "a cluster has 1 to {} pages",
-                    crate::daemon::MAX_CLUSTER_PAGES
-                )));
-            }
-            let d = s.clu_create(entry.vol, pages, uid, kind)?;
-            let _ = writeln!(out, "{}", d.id);
-        }
-        AdminCommand::Clu(CluCommand::List { vol }) => {
-            let entry = s.find(&vol)?;
-            let _ = writeln!(
-                out,
-                "{:<10} {:>10} {:>8} {:<10}",
-                "ID", "PAGES", "OWNER", "KIND"
-            );
-            for d in s.volume(entry.vol)?.clu_list() {
-                let _ = writeln!(
-                    out,
-                    "{:<10} {:>10} {:>8} {:<10}",
-                    d.id.to_string(),
-                    d.npages,
-                    d.owner,
-                    d.kind.name()
-                );
-            }
-        }
-        AdminCommand::Clu(CluCommand::Info { id, json: false }) => {
-            out = describe(&s.clu_get_desc(id)?);
-            out += &format!("mapped now by      {} processes\n", m.mappers(id));
-        }
-        AdminCommand::Clu(CluCommand::Info { id, json: true }) => {
-            out = json(&s.clu_get_desc(id)?) + "\n"
-        }
-        AdminCommand::Stats { json: as_json } => {
-            let mut all: Vec<ClusterDesc> = s
-                .volumes()
-                .iter()
-                .filter_map(|v| s.volume(v.entry.vol).ok())
-                .flat_map(|v| v.clu_list())
-                .collect();
-            all.sort_by_key(|d| d.id);
-            if as_json {
-                let items: Vec<String> = all.iter().map(json).collect();
-                out = format!("[{}]\n", items.join(",\n"));
-            } else {
-                let _ = writeln!(
-                    out,
-                    "{:<10} {:<10} {:>6} {:>12} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
-                    "ID",
-                    "KIND",
-                    "USES",
-                    "MAPPED_MS",
-                    "SHARING",
-                    "MODIFIED",
-                    "PAGED_OUT",
-                    "F_ZERO",
-                    "F_STORE",
-                    "F_PAGING",
-                    "F_WP"
-                );
-                for d in &all {
-                    let m = d.stats.means();
-                    let f = d.stats.faults;
-                    let _ = writeln!(
-                        out,
-                        "{:<10} {:<10} {:>6} {:>12.1} {:>8.2} {:>10.1} {:>10.1} {:>9} {:>9} {:>9} {:>9}",
-                        d.id.to_string(),
-                        d.kind.name(),
-                        d.stats.uses,
-                        m.mapped_ms,
-                        m.sharing,
-                        m.modified,
-                        m.paged_out,
-                        f[0],
-                        f[1],
-                        f[2],
-                        f[3]
-                    );
-                }
-                let _ = writeln!(out, "(means per use; faults are totals)");
-            }
-        }
-        AdminCommand::Clu(CluCommand::Resize { id, .. } | CluCommand::Destroy { id })
-            if m.is_mapped(id) =>
-        {
-            return Err(Refusal::new(
-                ErrorCode::Busy,
-                format!("cluster {id} is mapped; a mapping process resizes it with clu_Resize, and it can be destroyed once unmapped"),
-            ));
-        }
-        AdminCommand::Clu(CluCommand::Resize { id, add }) => {
-            let d = s.clu_get_desc(id)?;
-            if !owner_ok(&d) {
-                return Err(denied("resizing another user's cluster"));
-            }
-            out = describe(&s.clu_resize(id, add)?);
-        }
-        AdminCommand::Clu(CluCommand::History { id, clear }) => {
-            let d = s.clu_get_desc(id)?;
-            let v = s.volume(id.vol())?;
-            if clear {
-                if !owner_ok(&d) {
-                    return Err(denied("clearing another user's cluster history"));
-                }
-                v.clu_set_history(id.clu(), &[])?;
-                let _ = writeln!(out, "forgot the access history of cluster {id}");
-            } else {
-                let h = v.clu_history(id.clu());
-                let head: Vec<String> = h.iter().take(16).map(|p| p.to_string()).collect();
-                let more = if h.len() > 16 { " ..." } else { "" };
-                let _ = writeln!(out, "{} pages: {}{more}", h.len(), head.join(" "));
-            }
-        }
-        AdminCommand::Clu(CluCommand::Destroy { id }) => {
-            let d = s.clu_get_desc(id)?;
-            if !owner_ok(&d) {
-                return Err(denied("destroying another user's cluster"));
-            }
-            m.forget(id);
-            s.clu_destroy(id)?;
-            let _ = writeln!(out, "destroyed cluster {id}");
-        }
-    }
-    Ok(out)
+/// Parses the words of a command sent over the socket; the error says what is wrong in
+/// clap's words (`e.render()`).
+pub fn parse(words: &[String]) -> Result<AdminCommand, clap::Error> {
+    Line::try_parse_from(words).map(|l| l.command)
 }
 
 #[cfg(test)]
@@ -558,7 +314,7 @@ mod tests {
             AdminCommand::Clu(CluCommand::History { id, clear: false }),
         ];
         for c in commands {
-            assert_eq!(parse(&c.words()), Ok(c.clone()), "{:?}", c.words());
+            assert_eq!(parse(&c.words()).ok(), Some(c.clone()), "{:?}", c.words());
         }
         assert!(parse(&["vol".into(), "explode".into()]).is_err());
         assert!(parse(&[]).is_err());

@@ -1,22 +1,38 @@
-//! `pager`: the memory manager daemon (`pager serve`) and its administration commands, which
-//! talk to the running daemon over its socket.
+//! `pager`: the memory manager daemon (`pager serve`), the backup server (`pager
+//! backup-server`) and the administration commands, which talk to the running daemon over its
+//! socket. This file holds the command line (its definitions, then what each command does);
+//! `config` turns it into the daemons' settings.
+
+mod admin;
+mod config;
+mod daemon;
+mod render;
+mod uffd_probe;
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use client::channel::Channel;
-use client::proto::{Request, Response};
-use pager::admin::AdminCommand;
-use pager::daemon::{self, ServeConfig};
+use clu_goofy::GoofyConfig;
+use clu_proto::channel::Channel;
+use clu_proto::protocol::{Request, Response};
+
+use crate::admin::AdminCommand;
+use crate::config::ServeConfig;
 
 /// The memory manager of the cluster machine: a user-space pager for persistent clusters.
 #[derive(Parser)]
 #[command(name = "pager", version, about, propagate_version = true)]
 struct Cli {
     /// The pager's socket.
-    #[arg(long, global = true, env = "CLU_PAGER_SOCKET", default_value = client::DEFAULT_SOCKET)]
+    #[arg(
+        long,
+        global = true,
+        env = "CLU_PAGER_SOCKET",
+        default_value = "/run/clu-pager.sock"
+    )]
     socket: PathBuf,
     /// Log more (repeat for more still); `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -53,6 +69,15 @@ enum Command {
         /// The socket's group (a name or a gid).
         #[arg(long, value_parser = group)]
         socket_group: Option<nix::unistd::Gid>,
+        /// How far (MiB of journal) a backup of a reliable volume may fall behind before it is
+        /// marked stale and gets a full copy when it returns.
+        #[arg(
+            long,
+            env = "CLU_GOOFY_RETAIN_MB",
+            default_value_t = 256,
+            value_name = "MIB"
+        )]
+        goofy_retain_mb: u64,
     },
     /// Runs a backup server: keeps images of the reliable volumes of other pagers, kept up to
     /// date by their propagation (thesis VII.3), until killed.
@@ -70,20 +95,29 @@ enum Command {
     Admin(AdminCommand),
 }
 
-fn octal(s: &str) -> Result<u32, String> {
+/// A command-line value that does not parse.
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    #[error("`{0}` is not permission bits in octal, like 660")]
+    Mode(String),
+    #[error("no group `{0}` on this machine; give a group name or a gid")]
+    Group(String),
+}
+
+fn octal(s: &str) -> Result<u32, ArgError> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("`{s}` is not permission bits in octal, like 660"))
+        .ok_or_else(|| ArgError::Mode(s.to_string()))
 }
 
-fn group(s: &str) -> Result<nix::unistd::Gid, String> {
+fn group(s: &str) -> Result<nix::unistd::Gid, ArgError> {
     if let Ok(n) = s.parse::<u32>() {
         return Ok(nix::unistd::Gid::from_raw(n));
     }
     match nix::unistd::Group::from_name(s) {
         Ok(Some(g)) => Ok(g.gid),
-        _ => Err(format!("no group `{s}` on this machine")),
+        _ => Err(ArgError::Group(s.to_string())),
     }
 }
 
@@ -129,24 +163,29 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             spin_us,
             socket_mode,
             socket_group,
+            goofy_retain_mb,
         } => daemon::serve(ServeConfig {
             root,
             socket: cli.socket,
             resident_pages,
             paging_pages,
-            spin: std::time::Duration::from_micros(spin_us),
+            spin: Duration::from_micros(spin_us),
             socket_mode,
             socket_group,
+            goofy: GoofyConfig {
+                retain_bytes: goofy_retain_mb << 20,
+                ..GoofyConfig::default()
+            },
         })?,
         Command::BackupServer { root, listen } => {
-            let server = pager::goofy::backup::BackupServer::open(&root)?;
+            let server = clu_goofy::backup::BackupServer::open(&root)?;
             let listener = std::net::TcpListener::bind(&listen)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             tracing::info!(root = %root.display(), listen = %listener.local_addr()?, "backup server ready");
             std::sync::Arc::new(server).serve(listener)?;
         }
         Command::Check => {
-            let probe = pager::uffd_probe::probe();
+            let probe = uffd_probe::probe();
             println!("{probe}");
             probe
                 .result

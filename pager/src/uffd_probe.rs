@@ -1,6 +1,6 @@
 //! What this machine's userfaultfd offers the pager: `pager check`.
 //!
-//! The pager's design (issue 3) needs a userfaultfd that reports write-protect faults and handles
+//! The pager's design (`docs/uffd-facts.md`) needs a userfaultfd that reports write-protect faults and handles
 //! shared memory (memfd) mappings. This probe creates one with those features, as the current
 //! user, and reports what a deployment needs when it cannot.
 
@@ -21,7 +21,7 @@ pub struct Probe {
     /// Whether only user-mode faults were asked for (non-root).
     pub user_mode_only: bool,
     /// `Ok` if a userfaultfd with the features the pager needs was created, or why not.
-    pub result: Result<(), String>,
+    pub result: Result<(), userfaultfd::Error>,
 }
 
 /// The features the pager relies on.
@@ -39,8 +39,7 @@ pub fn probe() -> Probe {
         .user_mode_only(user_mode_only)
         .require_features(required_features())
         .create()
-        .map(drop)
-        .map_err(|e| e.to_string());
+        .map(drop);
     Probe {
         euid,
         unprivileged_sysctl: fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")

@@ -3,10 +3,11 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
-use client::channel::Channel;
-use client::proto::{Request, Response};
-use client::sys::{mem, uffd};
-use client::{ClusterKind, PAGE_SIZE};
+use clu_proto::channel::Channel;
+use clu_proto::protocol::{Request, Response};
+use clu_proto::{ClusterKind, PAGE_SIZE};
+use clu_sys::mem::Mapping;
+use clu_sys::uffd;
 
 /// Creates a 2-page cluster, maps and registers both pages, but tells the pager about the first
 /// only, then reads the second: the pager finds no region for the fault and poisons the page,
@@ -35,11 +36,11 @@ pub fn outside() -> Result<String, String> {
         return Err(format!("-71 {resp:?}"));
     };
     let memfd = fds.pop().ok_or("-71 no memfd")?;
-    let m = mem::map_shared(memfd.as_fd(), 0, 2, true).map_err(|e| format!("-5 {e}"))?;
+    let m = Mapping::cluster(memfd.as_fd(), 0, 2, true).map_err(|e| format!("-5 {e}"))?;
     let u = uffd::open(uffd::feature::CLUSTER, false).map_err(|e| format!("-5 {e}"))?;
     let range = uffd::Range {
-        start: m.addr as u64,
-        len: m.len as u64,
+        start: m.addr() as u64,
+        len: m.len() as u64,
     };
     uffd::register(
         &u,
@@ -51,7 +52,7 @@ pub fn outside() -> Result<String, String> {
         Request::Attach {
             id,
             first_page: 0,
-            base: m.addr as u64,
+            base: m.addr() as u64,
             npages: 1,
             flags: 0,
         },
@@ -60,8 +61,7 @@ pub fn outside() -> Result<String, String> {
     if resp != Response::Ok {
         return Err(format!("-71 {resp:?}"));
     }
-    // SAFETY: page 1 of the live 2-page mapping `m`.
-    let v = unsafe { std::ptr::read_volatile((m.addr + PAGE_SIZE) as *const u8) };
+    let v = m.read_u8(PAGE_SIZE);
     Err(format!(
         "-5 read {v} outside the cluster's regions without SIGBUS"
     ))

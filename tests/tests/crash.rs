@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::{CluId, ClusterId, ClusterKind, VolId, PAGE_SIZE};
+use clu_storage::{Storage, StorageConfig, VolumeParams};
 use clu_tests::{image_after, splitmix, CLUSTER_PAGES};
 use journal::JournalConfig;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pager::storage::{Storage, StorageConfig, VolumeParams};
 
 const CLUSTERS: usize = 4;
 

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clu_goofy::backup::BackupServer;
+use clu_goofy::wire::{self, Msg};
 use clu_tests::harness::{pager_bin, Pager, Tool};
-use pager::goofy::backup::BackupServer;
-use pager::goofy::wire::{self, Msg};
 struct Backup {
     child: Child,
     root: PathBuf,

@@ -2,8 +2,8 @@
 
 use std::os::fd::AsFd;
 
-use client::proto::{MapMode, Request, Response, VERSION};
 use client::{ClusterId, ClusterKind, ErrorCode};
+use clu_proto::protocol::{MapMode, Request, Response, VERSION};
 use clu_tests::harness::{Pager, Tool};
 use clu_tests::raw::RawClient;
 
@@ -104,7 +104,7 @@ fn malformed_and_foreign_requests_get_errors_and_others_carry_on() {
         ErrorCode::Invalid as i32
     );
     assert_eq!(code(c.call(&attach(0, 2), &[])), ErrorCode::Invalid as i32);
-    let u = client::uffd::open(client::uffd::feature::CLUSTER, false).unwrap();
+    let u = clu_sys::uffd::open(clu_sys::uffd::feature::CLUSTER, false).unwrap();
     assert_eq!(
         code(c.call(&attach(1, 5), &[u.as_fd()])),
         ErrorCode::Invalid as i32

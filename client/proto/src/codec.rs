@@ -281,7 +281,10 @@ mod tests {
             })();
             assert_eq!(all, Err(DecodeError::Truncated), "cut at {cut}");
         }
-        assert_eq!(Reader::new(&[2]).flag(), Err(DecodeError::Invalid("a flag that is neither 0 nor 1")));
+        assert_eq!(
+            Reader::new(&[2]).flag(),
+            Err(DecodeError::Invalid("a flag that is neither 0 nor 1"))
+        );
         assert_eq!(Reader::new(&[1, 2]).finish(), Err(DecodeError::Trailing(2)));
         let long = "é".repeat(40_000);
         let b = Writer::new().str16(&long).finish();

@@ -199,9 +199,7 @@ impl Request {
                     .iter()
                     .fold(frame(9).u8(n as u8), |w, s| w.str16(s))
             }
-            Request::Grant { id, uid, mode } => {
-                frame(10).u32(id.0).u32(*uid).u32(*mode as u32)
-            }
+            Request::Grant { id, uid, mode } => frame(10).u32(id.0).u32(*uid).u32(*mode as u32),
             Request::Revoke { id, uid } => frame(11).u32(id.0).u32(*uid),
             Request::Promote { id } => frame(12).u32(id.0),
             Request::Owner { id } => frame(13).u32(id.0),
@@ -278,10 +276,7 @@ impl Response {
                 id,
                 npages,
                 writable,
-            } => frame(0x82)
-                .u32(id.0)
-                .u64(*npages)
-                .u8(u8::from(*writable)),
+            } => frame(0x82).u32(id.0).u64(*npages).u8(u8::from(*writable)),
             Response::Size { npages } => frame(0x83).u64(*npages),
             Response::Text(t) => frame(0x84).str16(t),
             Response::Owner { uid } => frame(0x85).u32(*uid),

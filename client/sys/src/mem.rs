@@ -65,7 +65,12 @@ impl Mapping {
 
     /// Maps `len` bytes of the file `fd` from byte `offset`, shared (writable if `writable`).
     /// The kernel's own file pager serves it: the benchmarks' reference.
-    pub fn file(fd: BorrowedFd<'_>, offset: u64, len: usize, writable: bool) -> io::Result<Mapping> {
+    pub fn file(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> io::Result<Mapping> {
         if len == 0 {
             return Err(bad("bad mapping length"));
         }
@@ -222,8 +227,19 @@ impl Mapping {
 
     /// `msync(MS_SYNC)`: writes a shared file mapping's dirty pages to the file and waits.
     pub fn sync(&self) -> io::Result<()> {
-        // SAFETY: the whole range is this mapping; msync reads page state, touches no memory.
-        if unsafe { libc::msync(self.addr as *mut libc::c_void, self.len, libc::MS_SYNC) } != 0 {
+        self.sync_range(0, self.len)
+    }
+
+    /// `msync(MS_SYNC)` of bytes `at..at+len` (widened to whole pages).
+    ///
+    /// # Panics
+    /// If the range is outside the mapping.
+    pub fn sync_range(&self, at: usize, len: usize) -> io::Result<()> {
+        let start = self.at(at, len) as usize & !(PAGE_SIZE - 1);
+        let end = (self.addr + at + len).next_multiple_of(PAGE_SIZE);
+        // SAFETY: the range is inside this mapping (checked by `at`, widened to its pages,
+        // which the mapping covers whole); msync reads page state and touches no memory.
+        if unsafe { libc::msync(start as *mut libc::c_void, end - start, libc::MS_SYNC) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -273,7 +289,11 @@ mod tests {
         m.write_u8(2 * PAGE_SIZE - 1, 7);
         assert_eq!(m.read_u8(2 * PAGE_SIZE - 1), 7);
         m.drop_pte(PAGE_SIZE).unwrap();
-        assert_eq!(m.read_u8(PAGE_SIZE), 0, "a private page dropped reads as zero again");
+        assert_eq!(
+            m.read_u8(PAGE_SIZE),
+            0,
+            "a private page dropped reads as zero again"
+        );
     }
 
     #[test]

@@ -29,4 +29,4 @@ pub mod wire;
 
 pub use config::GoofyConfig;
 pub use error::{ConnectError, GoofyError};
-pub use primary::{BackupStatus, Replication, ReliableSpec, Ssf};
+pub use primary::{BackupStatus, ReliableSpec, Replication, Ssf};

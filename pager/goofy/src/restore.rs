@@ -82,7 +82,10 @@ impl<'a> Registered<'a> {
     }
 
     fn update(&self, f: impl FnOnce(&mut Progress)) {
-        if let Some(p) = lock(&self.registry.0).iter_mut().find(|p| p.name == self.name) {
+        if let Some(p) = lock(&self.registry.0)
+            .iter_mut()
+            .find(|p| p.name == self.name)
+        {
             f(p);
         }
     }
@@ -244,8 +247,7 @@ pub fn prepare(name: &str, from: &str) -> Result<Plan> {
 pub fn fetch(plan: &Plan, volume: &LocalVolume, registry: &Restorations) -> Result<()> {
     let src = &plan.source;
     let broken = |why: String| failed(format!("fetching from {src}: {why}"));
-    let (mut rd, mut wr) =
-        open(src, Duration::from_secs(60)).map_err(|e| broken(e.to_string()))?;
+    let (mut rd, mut wr) = open(src, Duration::from_secs(60)).map_err(|e| broken(e.to_string()))?;
     let fetch = Msg::Fetch {
         uid: plan.uid,
         epoch: plan.epoch,

@@ -60,7 +60,9 @@ pub fn resume(backup: Position, history: History, provenance: Provenance) -> Res
     if (backup.epoch, backup.lsn) == history.origin {
         return match provenance {
             Provenance::Source => Resume::FromLog(history.first()),
-            Provenance::Other => Resume::FullCopy("the volume was restored from another backup's image"),
+            Provenance::Other => {
+                Resume::FullCopy("the volume was restored from another backup's image")
+            }
         };
     }
     if backup.epoch != history.epoch {

@@ -12,8 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use clu_sys::sync::lock;
 use clu_proto::PAGE_SIZE;
+use clu_sys::sync::lock;
 
 /// A slot of the paging partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

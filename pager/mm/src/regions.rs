@@ -87,6 +87,13 @@ impl<T> Default for RegionSet<T> {
 impl<T> RegionSet<T> {
     /// Adds `region` unless it is malformed or overlaps one already there.
     pub fn insert(&mut self, region: Region, value: T) -> Result<(), RegionError> {
+        self.check(&region)?;
+        self.by_base.insert(region.base, (region, value));
+        Ok(())
+    }
+
+    /// Whether `region` could be inserted: not malformed, not overlapping.
+    pub fn check(&self, region: &Region) -> Result<(), RegionError> {
         if region.npages == 0 || !region.base.is_page_aligned() {
             return Err(RegionError::Malformed(region.base));
         }
@@ -101,7 +108,6 @@ impl<T> RegionSet<T> {
                 });
             }
         }
-        self.by_base.insert(region.base, (region, value));
         Ok(())
     }
 

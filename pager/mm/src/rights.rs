@@ -57,8 +57,8 @@ pub fn may_administer(desc: &ClusterDesc, uid: u32) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clu_storage::{ClusterStats, Grant, Grants};
     use clu_proto::ClusterId;
+    use clu_storage::{ClusterStats, Grant, Grants};
 
     fn desc(kind: ClusterKind, grants: &[(u32, bool)]) -> ClusterDesc {
         let mut g = Grants::default();

@@ -24,9 +24,7 @@ impl Iterator for PageRuns<'_> {
     fn next(&mut self) -> Option<(u64, u64)> {
         let (&first, _) = self.pages.split_first()?;
         let mut n = 1;
-        while (n as usize) < self.pages.len()
-            && n < self.max
-            && self.pages[n as usize] == first + n
+        while (n as usize) < self.pages.len() && n < self.max && self.pages[n as usize] == first + n
         {
             n += 1;
         }

@@ -1,5 +1,5 @@
-//! One client process: its requests, read from the socket in order and answered one by one, and
-//! its faults, read from its userfaultfd by a thread of their own.
+//! One client process: its requests, read from the socket in order and answered one by one.
+//! Its faults are read by a thread of their own (`faults`).
 //!
 //! The process is identified by its socket (`SO_PEERCRED` gives its uid, the owner of what it
 //! creates). When the socket closes — the process unmapped everything and exited, or died —
@@ -14,21 +14,20 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use client::channel::{Channel, ChannelError};
-use client::proto::{Request, Response, ATTACH_WP_ASYNC};
-use client::uffd;
-use client::{ClusterId, ErrorCode, VolId, PAGE_SIZE};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use clu_mm::{ConnId, PageNo, Refusal, Region, UserAddr};
+use clu_proto::channel::{Channel, ChannelError};
+use clu_proto::protocol::{Request, Response, ATTACH_WP_ASYNC};
+use clu_proto::{ClusterId, ErrorCode, VolId};
+use clu_sys::sync::{read, write};
+use clu_sys::uffd;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use tracing::{debug, error, info, warn};
-use userfaultfd::{Event, FaultKind, ReadWrite, Uffd};
+use tracing::{debug, info, warn};
+use userfaultfd::Uffd;
 
-use super::error::Refusal;
-use super::image::{sigbus, Fault, Image, Region};
-use super::manager::Manager;
-use crate::sync::{read, write};
+use super::faults::{self, Attached, Regions};
+use super::throttle::Throttle;
+use super::Daemon;
 
-const PAGE: u64 = PAGE_SIZE as u64;
 /// How long an answer may wait for the client to read it.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most clusters one process may map at once.
@@ -36,18 +35,17 @@ pub const MAX_CLUSTERS: usize = 1024;
 /// The most regions one process may attach (mappings and their resizes).
 pub const MAX_REGIONS: usize = 4096;
 
-/// A region of this process, for finding the cluster page of a fault address.
-struct Mapped {
-    image: Arc<Image>,
-    writable: bool,
+/// A region a client announces (`Attach`), with the descriptors that came with it.
+struct AttachRequest {
+    id: ClusterId,
     region: Region,
+    wp_async: bool,
+    fds: Vec<OwnedFd>,
 }
 
-type Regions = Arc<RwLock<Vec<Mapped>>>;
-
 struct Connection {
-    m: Arc<Manager>,
-    conn: u64,
+    d: Arc<Daemon>,
+    conn: ConnId,
     uid: u32,
     pid: i32,
     uffd: Option<Arc<Uffd>>,
@@ -59,7 +57,7 @@ struct Connection {
 }
 
 /// Serves one client until its socket closes.
-pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
+pub(crate) fn serve(d: Arc<Daemon>, stream: UnixStream, conn: ConnId) {
     let (uid, pid) = match getsockopt(&stream, PeerCredentials) {
         Ok(c) => (c.uid(), c.pid()),
         Err(e) => {
@@ -69,19 +67,19 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
     };
     // A client that stops reading its answers must not hold a thread for ever.
     let _ = stream.set_write_timeout(Some(SEND_TIMEOUT));
-    m.stats.connections.inc();
-    m.live_connections.fetch_add(1, Ordering::Relaxed);
-    debug!(conn, uid, pid, "connected");
+    d.connections.inc();
+    d.live_connections.fetch_add(1, Ordering::Relaxed);
+    debug!(%conn, uid, pid, "connected");
     let chan = Channel::new(stream);
     let mut throttle = Throttle::default();
     let mut c = Connection {
-        m: m.clone(),
+        d: d.clone(),
         conn,
         uid,
         pid,
         uffd: None,
         pagemap: None,
-        regions: Arc::new(RwLock::new(Vec::new())),
+        regions: Arc::new(RwLock::new(Default::default())),
         clusters: HashSet::new(),
         faults: None,
     };
@@ -91,19 +89,19 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
             Err(ChannelError::Closed) => break,
             Err(ChannelError::Proto(e)) => {
                 // The framing is lost: answer once, then close.
-                warn!(conn, pid, "malformed frame: {e}; closing the connection");
+                warn!(%conn, pid, "malformed frame: {e}; closing the connection");
                 let _ = chan.send(&error(ErrorCode::Protocol, e.to_string()).encode(), &[]);
                 break;
             }
             Err(e) => {
-                debug!(conn, pid, "socket: {e}");
+                debug!(%conn, pid, "socket: {e}");
                 break;
             }
         };
         let (resp, memfd) = match Request::decode(&payload) {
             Ok(req) => c.handle(req, fds),
             Err(e) => {
-                debug!(conn, pid, "malformed request: {e}");
+                debug!(%conn, pid, "malformed request: {e}");
                 (error(ErrorCode::Protocol, e.to_string()), None)
             }
         };
@@ -117,59 +115,14 @@ pub(crate) fn serve(m: Arc<Manager>, stream: UnixStream, conn: u64) {
                     io.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) {
-                    warn!(conn, pid, "the client has not read its answers for {SEND_TIMEOUT:?}; closing its connection");
+                    warn!(%conn, pid, "the client has not read its answers for {SEND_TIMEOUT:?}; closing its connection");
                 }
             }
             break;
         }
     }
     c.close();
-    m.live_connections.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Refused requests a connection may make per second before each further one is delayed.
-const REFUSALS_PER_SECOND: u32 = 200;
-/// The delay of a refusal over that rate.
-const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Slows down a client whose requests keep being refused (malformed, foreign ids, ...), so that
-/// a flood of bad requests costs the machine little and other clients keep their latency.
-#[derive(Default)]
-struct Throttle {
-    second: Option<std::time::Instant>,
-    count: u32,
-    logged: bool,
-}
-
-impl Throttle {
-    fn refused(&mut self, conn: u64, pid: i32) {
-        let now = std::time::Instant::now();
-        let new_second = self.second.map_or(true, |t| {
-            now.duration_since(t) >= std::time::Duration::from_secs(1)
-        });
-        if new_second {
-            if self.count > REFUSALS_PER_SECOND {
-                warn!(
-                    conn,
-                    pid,
-                    refused = self.count,
-                    "client sent {} refused requests in a second; its requests are slowed down",
-                    self.count
-                );
-            }
-            self.second = Some(now);
-            self.count = 0;
-            self.logged = false;
-        }
-        self.count += 1;
-        if self.count > REFUSALS_PER_SECOND {
-            if !self.logged {
-                warn!(conn, pid, "over {REFUSALS_PER_SECOND} refused requests in a second: slowing this client down");
-                self.logged = true;
-            }
-            std::thread::sleep(REFUSAL_DELAY);
-        }
-    }
+    d.live_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 fn error(code: ErrorCode, message: String) -> Response {
@@ -179,8 +132,19 @@ fn error(code: ErrorCode, message: String) -> Response {
     }
 }
 
+fn mapped(m: clu_mm::Mapped) -> (Response, Option<File>) {
+    (
+        Response::Mapped {
+            id: m.id,
+            npages: m.npages,
+            writable: m.writable,
+        },
+        Some(m.memfd),
+    )
+}
+
 impl Connection {
-    fn handle(&mut self, req: Request, mut fds: Vec<OwnedFd>) -> (Response, Option<File>) {
+    fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> (Response, Option<File>) {
         let attach = matches!(req, Request::Attach { .. });
         if !attach && !fds.is_empty() {
             return (
@@ -191,11 +155,10 @@ impl Connection {
                 None,
             );
         }
-        let m = self.m.clone();
         if matches!(req, Request::CreateMap { .. } | Request::Map { .. })
             && self.clusters.len() >= MAX_CLUSTERS
         {
-            warn!(conn = self.conn, pid = self.pid, "mapping limit reached");
+            warn!(conn = %self.conn, pid = self.pid, "mapping limit reached");
             return (
                 error(
                     ErrorCode::NoSpace,
@@ -205,7 +168,7 @@ impl Connection {
             );
         }
         if attach && read(&self.regions).len() >= MAX_REGIONS {
-            warn!(conn = self.conn, pid = self.pid, "region limit reached");
+            warn!(conn = %self.conn, pid = self.pid, "region limit reached");
             return (
                 error(
                     ErrorCode::NoSpace,
@@ -216,33 +179,28 @@ impl Connection {
                 None,
             );
         }
-        let r: Result<(Response, Option<File>), Refusal> = match req {
-            Request::CreateMap { vol, npages, kind } => m
-                .create_map(self.conn, self.uid, VolId(vol), npages, kind)
-                .map(|(id, npages, memfd)| {
-                    self.clusters.insert(id);
-                    (
-                        Response::Mapped {
-                            id,
-                            npages,
-                            writable: true,
-                        },
-                        Some(memfd),
-                    )
-                }),
+        self.execute(req, fds)
+            .unwrap_or_else(|e| (error(e.code, e.message), None))
+    }
+
+    fn execute(
+        &mut self,
+        req: Request,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Response, Option<File>), Refusal> {
+        let d = self.d.clone();
+        let m = &d.manager;
+        let (conn, uid) = (self.conn, self.uid);
+        Ok(match req {
+            Request::CreateMap { vol, npages, kind } => {
+                let r = m.create_map(conn, uid, VolId(vol), npages, kind)?;
+                self.clusters.insert(r.id);
+                mapped(r)
+            }
             Request::Map { id, mode } => {
-                m.map(self.conn, self.uid, id, mode)
-                    .map(|(npages, writable, memfd)| {
-                        self.clusters.insert(id);
-                        (
-                            Response::Mapped {
-                                id,
-                                npages,
-                                writable,
-                            },
-                            Some(memfd),
-                        )
-                    })
+                let r = m.map(conn, uid, id, mode)?;
+                self.clusters.insert(id);
+                mapped(r)
             }
             Request::Attach {
                 id,
@@ -250,57 +208,70 @@ impl Connection {
                 base,
                 npages,
                 flags,
-            } => self.attach(
+            } => self.attach(AttachRequest {
                 id,
-                first_page,
-                base,
-                npages,
-                flags,
-                std::mem::take(&mut fds),
-            ),
-            Request::Unmap { id } => m.unmap(self.conn, id, true).map(|()| {
+                region: Region {
+                    first_page: PageNo(first_page),
+                    npages,
+                    base: UserAddr(base),
+                },
+                wp_async: flags & ATTACH_WP_ASYNC != 0,
+                fds,
+            })?,
+            Request::Unmap { id } => {
+                m.unmap(conn, id, true)?;
                 self.clusters.remove(&id);
-                write(&self.regions).retain(|r| r.image.id != id);
+                write(&self.regions).retain(|_, a| a.image.id() != id);
                 (Response::Ok, None)
-            }),
-            Request::Resize { id, add } => m
-                .resize(self.conn, id, add)
-                .map(|npages| (Response::Size { npages }, None)),
-            Request::Extend { id, known: _ } => m
-                .extend(self.conn, id)
-                .map(|npages| (Response::Size { npages }, None)),
-            Request::Commit { id } => m.commit(self.conn, id).map(|_| (Response::Ok, None)),
-            Request::Abort { id } => m.abort(self.conn, id).map(|_| (Response::Ok, None)),
-            Request::Admin { words } => {
-                crate::admin::execute(&m, self.uid, words).map(|text| (Response::Text(text), None))
             }
-            Request::Grant { id, uid, mode } => m
-                .set_grant(self.uid, id, uid, Some(mode))
-                .map(|()| (Response::Ok, None)),
-            Request::Revoke { id, uid } => m
-                .set_grant(self.uid, id, uid, None)
-                .map(|()| (Response::Ok, None)),
-            Request::Promote { id } => m.promote(self.uid, id).map(|()| (Response::Ok, None)),
-            Request::Owner { id } => m.owner(id).map(|uid| (Response::Owner { uid }, None)),
-        };
-        r.unwrap_or_else(|e| (error(e.code, e.message), None))
+            Request::Resize { id, add } => (
+                Response::Size {
+                    npages: m.resize(conn, id, add)?,
+                },
+                None,
+            ),
+            Request::Extend { id, known: _ } => (
+                Response::Size {
+                    npages: m.extend(conn, id)?,
+                },
+                None,
+            ),
+            Request::Commit { id } => {
+                m.commit(conn, id)?;
+                (Response::Ok, None)
+            }
+            Request::Abort { id } => {
+                m.abort(conn, id)?;
+                (Response::Ok, None)
+            }
+            Request::Admin { words } => (
+                Response::Text(super::admin::execute(&d, uid, &words)?),
+                None,
+            ),
+            Request::Grant { id, uid: who, mode } => {
+                m.set_grant(uid, id, who, Some(mode))?;
+                (Response::Ok, None)
+            }
+            Request::Revoke { id, uid: who } => {
+                m.set_grant(uid, id, who, None)?;
+                (Response::Ok, None)
+            }
+            Request::Promote { id } => {
+                m.promote(uid, id)?;
+                (Response::Ok, None)
+            }
+            Request::Owner { id } => (Response::Owner { uid: m.owner(id)? }, None),
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn attach(
-        &mut self,
-        id: ClusterId,
-        first_page: u64,
-        base: u64,
-        npages: u64,
-        flags: u32,
-        fds: Vec<OwnedFd>,
-    ) -> Result<(Response, Option<File>), Refusal> {
-        let wp_async = flags & ATTACH_WP_ASYNC != 0;
-        let mut fds = fds.into_iter();
+    /// A region the client mapped and registered: the first one brings the client's
+    /// userfaultfd (and, in write-protect-async mode, its pagemap), which starts its fault
+    /// thread.
+    fn attach(&mut self, a: AttachRequest) -> Result<(Response, Option<File>), Refusal> {
+        let mut fds = a.fds.into_iter();
         let u = match (fds.next(), &self.uffd) {
             (Some(fd), None) => {
-                let pagemap = match (wp_async, fds.next()) {
+                let pagemap = match (a.wp_async, fds.next()) {
                     (true, Some(p)) => Some(Arc::new(self.adopt_pagemap(p)?)),
                     (false, None) => None,
                     _ => {
@@ -318,7 +289,7 @@ impl Connection {
                 self.pagemap = pagemap;
                 u
             }
-            (None, Some(u)) if wp_async == self.pagemap.is_some() => u.clone(),
+            (None, Some(u)) if a.wp_async == self.pagemap.is_some() => u.clone(),
             (None, Some(_)) => {
                 return Err(Refusal::invalid(
                     "this connection's write-protect mode cannot change",
@@ -338,29 +309,18 @@ impl Connection {
         if fds.next().is_some() {
             return Err(Refusal::new(ErrorCode::Protocol, "too many descriptors"));
         }
-        let region = Region {
-            first_page,
-            npages,
-            base,
-        };
-        let end = npages.checked_mul(PAGE).and_then(|l| base.checked_add(l));
-        let overlaps = read(&self.regions).iter().any(|r| {
-            let r_end = r.region.base + r.region.npages * PAGE;
-            end.is_some_and(|e| base < r_end && r.region.base < e)
-        });
-        if end.is_none() || overlaps {
-            return Err(Refusal::invalid(format!(
-                "region at {base:#x} of {npages} pages overlaps another or wraps around"
-            )));
-        }
-        let (image, writable) = self
-            .m
-            .attach(self.conn, id, u, self.pagemap.clone(), region)?;
-        write(&self.regions).push(Mapped {
-            image,
-            writable,
-            region,
-        });
+        // Checked against this process's other regions before the image records it (this
+        // connection's requests come one at a time: nothing is inserted in between).
+        read(&self.regions)
+            .check(&a.region)
+            .map_err(|e| Refusal::invalid(e.to_string()))?;
+        let (image, writable) =
+            self.d
+                .manager
+                .attach(self.conn, a.id, u, self.pagemap.clone(), a.region)?;
+        write(&self.regions)
+            .insert(a.region, Attached { image, writable })
+            .map_err(|e| Refusal::invalid(e.to_string()))?;
         Ok((Response::Ok, None))
     }
 
@@ -378,14 +338,11 @@ impl Connection {
     }
 
     fn start_faults(&mut self, u: Arc<Uffd>) -> Result<(), Refusal> {
-        let (stop_read, stop_write) =
-            nix::unistd::pipe().map_err(|e| Refusal::new(ErrorCode::Io, format!("pipe: {e}")))?;
-        let (m, regions, conn, pid) = (self.m.clone(), self.regions.clone(), self.conn, self.pid);
-        let h = std::thread::Builder::new()
-            .name(format!("faults-{pid}"))
-            .spawn(move || fault_loop(&m, conn, pid, &u, &regions, stop_read))
-            .map_err(|e| Refusal::new(ErrorCode::Io, format!("starting a fault thread: {e}")))?;
-        self.faults = Some((h, stop_write));
+        let started = faults::start(self.d.clone(), self.conn, self.pid, u, self.regions.clone())
+            .map_err(|e| {
+            Refusal::new(ErrorCode::Io, format!("starting a fault thread: {e}"))
+        })?;
+        self.faults = Some(started);
         Ok(())
     }
 
@@ -395,95 +352,10 @@ impl Connection {
             let _ = h.join();
         }
         for id in std::mem::take(&mut self.clusters) {
-            if let Err(e) = self.m.unmap(self.conn, id, false) {
-                debug!(conn = self.conn, cluster = %id, "unmap at close: {e}");
+            if let Err(e) = self.d.manager.unmap(self.conn, id, false) {
+                debug!(conn = %self.conn, cluster = %id, "unmap at close: {e}");
             }
         }
-        info!(conn = self.conn, pid = self.pid, "disconnected");
-    }
-}
-
-fn fault_loop(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions, stop: OwnedFd) {
-    loop {
-        let mut fds = [
-            PollFd::new(u.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => {
-                warn!(conn, "poll on a userfaultfd: {e}");
-                return;
-            }
-        }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            return;
-        }
-        // Serve what is queued, then keep looking for `m.spin` after the last fault before
-        // sleeping again: a thread that faults in a loop then finds this thread awake, instead
-        // of paying for waking it (on this VM, waking an idle vCPU costs about 100 us). The
-        // spin yields the CPU at every turn, so a client on the same CPU runs meanwhile.
-        let mut last = std::time::Instant::now();
-        loop {
-            match u.read_event() {
-                Ok(Some(ev)) => {
-                    handle(m, conn, pid, u, regions, ev);
-                    last = std::time::Instant::now();
-                }
-                Ok(None) if last.elapsed() < m.spin => std::thread::yield_now(),
-                Ok(None) => break,
-                Err(e) => {
-                    debug!(conn, "reading the userfaultfd: {e}");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-fn handle(m: &Manager, conn: u64, pid: i32, u: &Arc<Uffd>, regions: &Regions, ev: Event) {
-    let Event::Pagefault { kind, rw, addr, .. } = ev else {
-        return;
-    };
-    match kind {
-        FaultKind::Missing => m.stats.missing_faults.inc(),
-        FaultKind::Minor => m.stats.minor_faults.inc(),
-        FaultKind::WriteProtected => m.stats.wp_faults.inc(),
-    }
-    let addr = addr as u64 & !(PAGE - 1);
-    let hit = read(regions).iter().find_map(|r| {
-        let off = addr.checked_sub(r.region.base)? / PAGE;
-        (off < r.region.npages).then(|| {
-            let region = (r.region.first_page, r.region.npages);
-            (
-                r.image.clone(),
-                r.region.first_page + off,
-                region,
-                r.writable,
-            )
-        })
-    });
-    let Some((image, page, region, writable)) = hit else {
-        warn!(conn, pid, "fault at {addr:#x}, outside every cluster region of the process; the access raises SIGBUS");
-        sigbus(m, u, addr);
-        return;
-    };
-    let fault = Fault {
-        conn,
-        uffd: u.clone(),
-        writable,
-        addr,
-        page,
-        region,
-        kind,
-        write: rw == ReadWrite::Write,
-    };
-    // A panic here is a bug; it must not leave the client blocked for ever on a fault
-    // nobody will answer: report it, and make the access raise SIGBUS.
-    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| image.fault(m, fault)));
-    if served.is_err() {
-        error!(conn, pid, cluster = %image.id, page, "BUG: serving a fault panicked; the access raises SIGBUS");
-        sigbus(m, u, addr);
+        info!(conn = %self.conn, pid = self.pid, "disconnected");
     }
 }

@@ -1,56 +1,41 @@
 //! The pager daemon (`pager serve`): the memory manager serving clusters to the processes of
-//! this machine over a Unix socket.
+//! this machine over a Unix socket. This module assembles the site: the driver table (the fast
+//! local service and the reliable one), the storage root, the paging partition, the manager;
+//! then it accepts connections.
 //!
-//! - [`manager`]: the images of the mapped clusters, the resident budget, the operations.
-//! - `image`: one cluster's image: memfd, page states, mappers; carries out the page state
-//!   machine's actions (supply, write-protect, evict, commit, abort).
-//! - `connection`: one client process: its requests and its fault thread.
+//! - `connection`: one client process: its requests, in order.
+//! - `faults`: that process's fault thread, reading its userfaultfd.
+//! - `admin`: the administration commands, executed for a connection.
 //!
 //! A cluster mapped on this machine lives in a memfd owned by the pager. A client receives the
 //! memfd (`SCM_RIGHTS`), maps it shared, registers the mapping with its own userfaultfd
 //! (MISSING, MINOR, WP) and sends a copy of the uffd; the pager resolves every fault by filling
 //! the memfd and answering with `UFFDIO_CONTINUE`. All processes share one image.
 
+mod admin;
 mod connection;
-mod error;
-mod image;
-mod manager;
-mod rights;
+mod faults;
+mod throttle;
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use clu_goofy::{GoofyError, Ssf};
+use clu_mm::paging::{PagingError, PagingPartition};
+use clu_mm::site::Counter;
+use clu_mm::{ConnId, Manager, Refusal, Site};
+use clu_proto::ClusterKind;
+use clu_storage::{DriverTable, Storage, StorageError, VolumeParams};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 
-pub use error::Refusal;
-pub use manager::{Manager, MAX_CLUSTER_PAGES};
-
-use crate::paging::{PagingError, PagingPartition};
-use crate::storage::{Storage, StorageConfig, StorageError, VolumeParams};
-
-/// The settings of `pager serve`.
-#[derive(Clone, Debug)]
-pub struct ServeConfig {
-    /// The storage root.
-    pub root: PathBuf,
-    /// The socket path.
-    pub socket: PathBuf,
-    /// The resident budget, in pages, over all clusters.
-    pub resident_pages: u64,
-    /// The paging partition's capacity, in pages.
-    pub paging_pages: u32,
-    /// How long a fault thread keeps polling for the next fault before it sleeps.
-    pub spin: std::time::Duration,
-    /// The socket's permission bits: who may connect at all (rights are checked per request).
-    pub socket_mode: u32,
-    /// The socket's group, if not the pager's.
-    pub socket_group: Option<nix::unistd::Gid>,
-}
+use crate::config::ServeConfig;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +65,33 @@ pub enum ServeError {
 
 /// The volume a new root gets, so that `clu_CreateMap(1, ...)` works at once.
 pub const DEFAULT_VOLUME: &str = "default";
+
+/// What every connection of the daemon shares.
+pub(crate) struct Daemon {
+    /// The memory manager (with the storage root and the site's resources).
+    pub manager: Manager,
+    /// The reliable service, for what only it knows (replication, restorations).
+    pub ssf: Arc<Ssf>,
+    /// The socket path.
+    pub socket: PathBuf,
+    /// How long a fault thread keeps polling for the next fault before sleeping.
+    pub spin: Duration,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Connections since start.
+    pub connections: Counter,
+    /// Connections open now.
+    pub live_connections: AtomicU64,
+}
+
+/// The client-visible form of a reliable service error.
+pub(crate) fn goofy_refusal(e: GoofyError) -> Refusal {
+    match e {
+        GoofyError::Storage(e) => Refusal::from(e),
+        GoofyError::Invalid(m) => Refusal::invalid(m),
+        other => Refusal::new(clu_proto::ErrorCode::Io, other.to_string()),
+    }
+}
 
 fn bind(
     path: &Path,
@@ -118,7 +130,7 @@ fn purge_temporary(storage: &Storage) {
             continue;
         };
         for d in vol.clu_list() {
-            if d.kind == client::ClusterKind::Temporary {
+            if d.kind == ClusterKind::Temporary {
                 match vol.clu_destroy(d.id.clu()) {
                     Ok(()) => {
                         info!(cluster = %d.id, "temporary cluster of an earlier run destroyed")
@@ -139,32 +151,39 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     stop.thread_block()
         .map_err(|e| ServeError::Signals(io::Error::from_raw_os_error(e as i32)))?;
 
-    let storage = Storage::open(&config.root, StorageConfig::default())?;
+    // The driver table: the services this pager offers, by the names catalogs record.
+    let ssf = Arc::new(Ssf::new(config.goofy.clone()));
+    let drivers = DriverTable::local(config.goofy.journal.clone()).with(ssf.clone());
+    let storage = Storage::open_with(&config.root, drivers)?;
     if storage.volumes().is_empty() {
         let entry = storage.vol_create(DEFAULT_VOLUME, &VolumeParams::default())?;
         storage.vol_mount(entry.vol)?;
         info!(vol = %entry.vol, "new storage root: created and mounted volume `{DEFAULT_VOLUME}`");
     }
     purge_temporary(&storage);
+    let storage = Arc::new(storage);
     let paging = PagingPartition::create(&config.root.join("paging"), config.paging_pages)?;
     let listener = bind(&config.socket, config.socket_mode, config.socket_group)?;
-    let manager = Arc::new(Manager::new(
-        storage,
-        paging,
-        config.resident_pages,
-        config.socket.clone(),
-        config.spin,
-    ));
+    let site = Arc::new(Site::new(config.resident_pages, paging));
+    let daemon = Arc::new(Daemon {
+        manager: Manager::new(storage.clone(), site),
+        ssf,
+        socket: config.socket.clone(),
+        spin: config.spin,
+        started: Instant::now(),
+        connections: Counter::default(),
+        live_connections: AtomicU64::new(0),
+    });
     {
-        let (m, socket) = (manager.clone(), config.socket.clone());
+        let socket = config.socket.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 let sig = stop.wait();
                 info!("{sig:?}: stopping; mapped clusters lose their uncommitted changes");
                 let _ = fs::remove_file(&socket);
-                for v in m.storage.volumes() {
-                    if let Ok(vol) = m.storage.volume(v.entry.vol) {
+                for v in storage.volumes() {
+                    if let Ok(vol) = storage.volume(v.entry.vol) {
                         if let Err(e) = vol.checkpoint() {
                             warn!(vol = %v.entry.vol, "checkpoint at stop: {e}");
                         }
@@ -185,10 +204,10 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         match stream {
             Ok(s) => {
                 next += 1;
-                let (m, conn) = (manager.clone(), next);
+                let (d, conn) = (daemon.clone(), ConnId(next));
                 if let Err(e) = std::thread::Builder::new()
-                    .name(format!("conn-{conn}"))
-                    .spawn(move || connection::serve(m, s, conn))
+                    .name(format!("conn-{next}"))
+                    .spawn(move || connection::serve(d, s, conn))
                 {
                     error!("cannot start a connection thread: {e}");
                 }

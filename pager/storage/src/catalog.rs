@@ -72,7 +72,10 @@ impl Catalog {
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [vol, name, service, location] = fields[..] else {
-                return Err(bad(i + 1, format!("expected 4 fields, found {}", fields.len())));
+                return Err(bad(
+                    i + 1,
+                    format!("expected 4 fields, found {}", fields.len()),
+                ));
             };
             let vol = parse_vol(vol).ok_or_else(|| bad(i + 1, format!("bad volume id `{vol}`")))?;
             if !valid_name(name) {

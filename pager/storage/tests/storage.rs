@@ -5,8 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use clu_proto::{CluId, ClusterId, ClusterKind, VolId, PAGE_SIZE};
-use journal::PageRun;
 use clu_storage::{Storage, StorageConfig, StorageError, VolumeParams};
+use journal::PageRun;
 
 const P: usize = PAGE_SIZE;
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use client::{api, ClusterId, ClusterKind, MapMode, PAGE_SIZE};
+use client::{api, ClusterId, ClusterKind, MapMode, Region, PAGE_SIZE};
 use clu_tests::{check_pattern, fill_pattern, seed_of, splitmix};
 
 /// Exit code of a client that found a wrong page.
@@ -403,7 +403,7 @@ impl Model {
 }
 
 struct Shared {
-    base: usize,
+    region: Region,
     /// The version each page holds in memory.
     current: Vec<AtomicU64>,
     /// Reads and writes take it shared; commit and abort exclusive.
@@ -413,11 +413,18 @@ struct Shared {
     id: ClusterId,
 }
 
-#[allow(clippy::mut_from_ref)]
-fn page_at(s: &Shared, p: usize) -> &mut [u8] {
-    // SAFETY: `p` is a page of the cluster mapped at `base` for the life of the process; each
-    // page is written by one thread only (its owner) and read by that thread.
-    unsafe { std::slice::from_raw_parts_mut((s.base + p * PAGE_SIZE) as *mut u8, PAGE_SIZE) }
+/// Writes version `v`'s pattern into page `p` of the cluster.
+fn write_page(s: &Shared, p: usize, v: u64) {
+    let mut page = [0u8; PAGE_SIZE];
+    fill_pattern(&mut page, v, p as u64);
+    s.region.write(p * PAGE_SIZE, &page);
+}
+
+/// Whether page `p` of the cluster holds version `v`'s pattern.
+fn page_holds(s: &Shared, p: usize, v: u64) -> bool {
+    let mut page = [0u8; PAGE_SIZE];
+    s.region.read(p * PAGE_SIZE, &mut page);
+    check_pattern(&page, v, p as u64)
 }
 
 fn client_main(args: &[String]) {
@@ -435,12 +442,10 @@ fn client_main(args: &[String]) {
     // What storage holds must be the committed state, or the intent of a commit in flight.
     let stored: Vec<u64> = (0..pages)
         .map(|p| {
-            // SAFETY: page `p` of the mapped region.
-            let page = unsafe {
-                std::slice::from_raw_parts(region.as_ptr().add(p * PAGE_SIZE), PAGE_SIZE)
-            };
+            let mut page = [0u8; PAGE_SIZE];
+            region.read(p * PAGE_SIZE, &mut page);
             let v = seed_of(u64::from_le_bytes(page[..8].try_into().unwrap_or([0; 8])));
-            if check_pattern(page, v, p as u64) {
+            if check_pattern(&page, v, p as u64) {
                 v
             } else {
                 u64::MAX
@@ -470,7 +475,7 @@ fn client_main(args: &[String]) {
     }
     let start = m.committed.iter().copied().max().unwrap_or(0) + 1;
     let shared = Arc::new(Shared {
-        base: region.as_ptr() as usize,
+        region: region.clone(),
         current: m.committed.iter().map(|&v| AtomicU64::new(v)).collect(),
         gate: RwLock::new(m),
         next: AtomicU64::new(start),
@@ -537,13 +542,13 @@ fn worker(s: &Shared, t: usize, threads: usize, pages: usize, deadline: Instant,
             0..=54 => {
                 let _g = s.gate.read().unwrap_or_else(|e| e.into_inner());
                 let v = s.next.fetch_add(1, Ordering::Relaxed);
-                fill_pattern(page_at(s, p), v, p as u64);
+                write_page(s, p, v);
                 s.current[p].store(v, Ordering::Relaxed);
             }
             55..=94 => {
                 let _g = s.gate.read().unwrap_or_else(|e| e.into_inner());
                 let v = s.current[p].load(Ordering::Relaxed);
-                if !check_pattern(page_at(s, p), v, p as u64) {
+                if !page_holds(s, p, v) {
                     eprintln!(
                         "clu-soak: cluster {} page {p} does not hold version {v}",
                         s.id

@@ -14,23 +14,18 @@
 
 use std::io::{BufRead, Write};
 
-use client::{api, ClusterId, ClusterKind, MapMode, PAGE_SIZE};
+use client::{api, ClusterId, ClusterKind, MapMode, Region, PAGE_SIZE};
 use clu_tests::{check_pattern, fill_pattern};
 
-fn region_bytes(id: ClusterId) -> Result<Vec<(u64, *mut u8, usize)>, String> {
-    Ok(api::regions(id)
-        .map_err(|e| format!("{} {e}", e.code as i32))?
-        .iter()
-        .map(|r| (r.first_page, r.as_ptr(), r.len()))
-        .collect())
+fn regions(id: ClusterId) -> Result<Vec<Region>, String> {
+    api::regions(id).map_err(|e| format!("{} {e}", e.code as i32))
 }
 
-fn addr(id: ClusterId, offset: u64) -> Result<*mut u8, String> {
-    api::regions(id)
-        .map_err(|e| format!("{} {e}", e.code as i32))?
-        .iter()
-        .find_map(|r| r.addr_of(offset))
-        .map(|a| a as *mut u8)
+/// The region holding byte `offset` of the cluster, and where in it.
+fn at(id: ClusterId, offset: u64) -> Result<(Region, usize), String> {
+    regions(id)?
+        .into_iter()
+        .find_map(|r| r.offset_of(offset).map(|o| (r, o)))
         .ok_or_else(|| format!("-22 offset {offset} is not mapped here"))
 }
 
@@ -53,23 +48,29 @@ fn id(s: Option<&&str>) -> Result<ClusterId, String> {
 }
 
 fn pages_of(id: ClusterId) -> Result<u64, String> {
-    Ok(region_bytes(id)?.iter().map(|r| r.2 as u64).sum::<u64>() / PAGE_SIZE as u64)
+    Ok(regions(id)?.iter().map(|r| r.npages).sum())
 }
 
-/// Runs `f` on each mapped page of `first..first+n` (cluster page number, page pointer).
+/// Runs `f` on a copy of each mapped page of `first..first+n` (cluster page number, bytes);
+/// with `write_back`, copies the page back afterwards.
 fn pages(
     id: ClusterId,
     first: u64,
     n: u64,
-    mut f: impl FnMut(u64, *mut u8) -> Result<(), String>,
+    write_back: bool,
+    mut f: impl FnMut(u64, &mut [u8]) -> Result<(), String>,
 ) -> Result<(), String> {
-    for (rfirst, ptr, len) in region_bytes(id)? {
-        let rn = len as u64 / PAGE_SIZE as u64;
-        for p in first.max(rfirst)..(first + n).min(rfirst + rn) {
-            // SAFETY: `p` is within this region, which stays mapped while no `unmap` runs (this
-            // tool is single-threaded).
-            let at = unsafe { ptr.add(((p - rfirst) as usize) * PAGE_SIZE) };
-            f(p, at)?;
+    let mut page = vec![0u8; PAGE_SIZE];
+    for r in regions(id)? {
+        for p in first.max(r.first_page)..(first + n).min(r.first_page + r.npages) {
+            let at = ((p - r.first_page) as usize) * PAGE_SIZE;
+            if write_back {
+                f(p, &mut page)?;
+                r.write(at, &page);
+            } else {
+                r.read(at, &mut page);
+                f(p, &mut page)?;
+            }
         }
     }
     Ok(())
@@ -116,9 +117,7 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
             let seed = num(w.get(2).ok_or("-22 SEED")?)?;
             let (first, n) = range(&w[3..], pages_of(id)?)?;
             let fill = w[0] == "fill";
-            pages(id, first, n, |p, at| {
-                // SAFETY: `at` is a mapped page of the cluster (see `pages`).
-                let page = unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) };
+            pages(id, first, n, fill, |p, page| {
                 if fill {
                     fill_pattern(page, seed, p);
                     Ok(())
@@ -131,35 +130,30 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
             Ok(String::new())
         }
         Some("w") => {
-            let a = addr(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
+            let (r, o) = at(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
             let v = num(w.get(3).ok_or("-22 BYTE")?)? as u8;
-            // SAFETY: `a` is a mapped byte of the cluster.
-            unsafe { std::ptr::write_volatile(a, v) };
+            r.write_u8(o, v);
             Ok(String::new())
         }
         Some("force-w") => {
-            let a = addr(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
+            let (r, o) = at(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
             let v = num(w.get(3).ok_or("-22 BYTE")?)? as u8;
-            client::sys::mem::force_writable(a as usize).map_err(|e| format!("-13 {e}"))?;
-            // SAFETY: `a` is a mapped byte of the cluster, now writable in this process.
-            unsafe { std::ptr::write_volatile(a, v) };
+            r.force_writable(o).map_err(|e| format!("-13 {e}"))?;
+            r.write_u8(o, v);
             Ok(String::new())
         }
         Some("r") => {
-            let a = addr(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
-            // SAFETY: `a` is a mapped byte of the cluster.
-            Ok(unsafe { std::ptr::read_volatile(a) }.to_string())
+            let (r, o) = at(id(w.get(1))?, num(w.get(2).ok_or("-22 OFFSET")?)?)?;
+            Ok(r.read_u8(o).to_string())
         }
         Some("which") => {
             let id = id(w.get(1))?;
             let (first, n) = range(w.get(2..4).unwrap_or(&[]), pages_of(id)?)?;
-            let at = addr(id, first * PAGE_SIZE as u64)?;
-            // SAFETY: the first 8 bytes of the range's first page, mapped.
-            let word = unsafe { std::ptr::read_volatile(at as *const [u8; 8]) };
+            let (r, o) = at(id, first * PAGE_SIZE as u64)?;
+            let mut word = [0u8; 8];
+            r.read(o, &mut word);
             let seed = clu_tests::seed_of(u64::from_le_bytes(word));
-            pages(id, first, n, |p, at| {
-                // SAFETY: `at` is a mapped page of the cluster.
-                let page = unsafe { std::slice::from_raw_parts(at, PAGE_SIZE) };
+            pages(id, first, n, false, |p, page| {
                 if check_pattern(page, seed, p) {
                     Ok(())
                 } else {
@@ -198,13 +192,8 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
                     }
                     None => None,
                 };
-                pages(id, first, n, |p, at| {
-                    // SAFETY: `at` is a mapped page of the cluster.
-                    fill_pattern(
-                        unsafe { std::slice::from_raw_parts_mut(at, PAGE_SIZE) },
-                        v,
-                        p,
-                    );
+                pages(id, first, n, true, |p, page| {
+                    fill_pattern(page, v, p);
                     Ok(())
                 })?;
                 api::commit(id).map_err(e)?;

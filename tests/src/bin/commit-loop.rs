@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use client::{CluId, ClusterId, VolId};
+use clu_storage::{Storage, StorageConfig};
 use clu_tests::{as_page_runs, version_runs};
 use journal::JournalConfig;
-use pager::storage::{Storage, StorageConfig};
 
 fn main() {
     let mut args = std::env::args().skip(1);

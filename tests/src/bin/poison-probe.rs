@@ -3,8 +3,10 @@
 //!   poison-probe zero     the page is resolved with a zero page: the read returns 0, exit 0
 
 use std::fs::File;
+use std::os::fd::AsFd;
 
-use client::uffd::{self, feature, mode, Range};
+use clu_sys::mem::Mapping;
+use clu_sys::uffd::{self, feature, mode, Range};
 
 fn main() {
     let how = std::env::args().nth(1).unwrap_or_default();
@@ -15,12 +17,9 @@ fn main() {
     .expect("memfd_create")
     .into();
     memfd.set_len(4096).expect("size the memfd");
-    let view = memmap2::MmapOptions::new()
-        .len(4096)
-        .map_raw(&memfd)
-        .expect("mmap");
+    let view = Mapping::file(memfd.as_fd(), 0, 4096, true).expect("mmap");
     let range = Range {
-        start: view.as_mut_ptr() as u64,
+        start: view.addr() as u64,
         len: 4096,
     };
     let u = uffd::open(feature::CLUSTER, false).expect("userfaultfd");
@@ -35,7 +34,6 @@ fn main() {
         }
         _ => panic!("usage: poison-probe poison|zero"),
     }
-    // SAFETY: the pointer is inside the live one-page mapping `view`.
-    let v = unsafe { std::ptr::read_volatile(view.as_ptr()) };
+    let v = view.read_u8(0);
     println!("read {v}");
 }

@@ -9,12 +9,14 @@
 //! and `ratio NAME VALUE` lines.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use clap::Parser;
 use client::{api, ClusterId, ClusterKind, MapMode, PAGE_SIZE};
+use clu_sys::mem::Mapping;
 
 /// Exercises a running pager and prints per-page fault latencies.
 #[derive(Parser)]
@@ -34,24 +36,13 @@ struct Cli {
     minor_child: Option<ClusterId>,
 }
 
-/// Mean nanoseconds per page of `f` applied to each page address.
-fn per_page(base: *mut u8, pages: u64, mut f: impl FnMut(*mut u8)) -> f64 {
+/// Mean nanoseconds per page of `f` applied to the offset of each of `pages` pages.
+fn per_page(pages: u64, mut f: impl FnMut(usize)) -> f64 {
     let t = Instant::now();
     for p in 0..pages {
-        // SAFETY: `p` < `pages`, the length of the mapping at `base`.
-        f(unsafe { base.add(p as usize * PAGE_SIZE) });
+        f(p as usize * PAGE_SIZE);
     }
     t.elapsed().as_nanos() as f64 / pages as f64
-}
-
-fn read(p: *mut u8) {
-    // SAFETY: `p` is a mapped page (see `per_page`).
-    unsafe { std::ptr::read_volatile(p) };
-}
-
-fn write(p: *mut u8) {
-    // SAFETY: `p` is a mapped, writable page (see `per_page`).
-    unsafe { std::ptr::write_volatile(p, 0xA5) };
 }
 
 const PATHS: [&str; 7] = [
@@ -68,13 +59,15 @@ fn one_run(cli: &Cli) -> Result<[f64; 7], String> {
     let e = |e: client::CluError| e.to_string();
     let n = cli.pages;
     let (id, r) = api::create_map(cli.vol, n, ClusterKind::Shareable).map_err(e)?;
-    let zero = per_page(r.as_ptr(), n, write);
+    let zero = per_page(n, |o| r.write_u8(o, 0xA5));
     let t = Instant::now();
     api::commit(id).map_err(e)?;
     let commit = t.elapsed().as_nanos() as f64 / n as f64;
     api::unmap(id).map_err(e)?;
     let r = api::map(id, MapMode::ReadWrite).map_err(e)?;
-    let storage = per_page(r.as_ptr(), n, read);
+    let storage = per_page(n, |o| {
+        std::hint::black_box(r.read_u8(o));
+    });
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = Command::new(exe)
         .args(["--pages", &n.to_string(), "--minor-child", &id.to_string()])
@@ -89,7 +82,7 @@ fn one_run(cli: &Cli) -> Result<[f64; 7], String> {
                 String::from_utf8_lossy(&out.stderr)
             )
         })?;
-    let wp = per_page(r.as_ptr(), n, write);
+    let wp = per_page(n, |o| r.write_u8(o, 0xA5));
     api::abort(id).map_err(e)?;
     api::unmap(id).map_err(e)?;
     let _ = api::admin(vec!["clu".into(), "destroy".into(), id.to_string()]);
@@ -97,17 +90,19 @@ fn one_run(cli: &Cli) -> Result<[f64; 7], String> {
 }
 
 fn anon(n: u64) -> Result<f64, String> {
-    let mut m = memmap2::MmapMut::map_anon(n as usize * PAGE_SIZE).map_err(|e| e.to_string())?;
-    Ok(per_page(m.as_mut_ptr(), n, write))
+    let m = Mapping::anonymous(n as usize * PAGE_SIZE).map_err(|e| e.to_string())?;
+    Ok(per_page(n, |o| m.write_u8(o, 0xA5)))
 }
 
 fn file(n: u64) -> Result<f64, String> {
     let f = tempfile::tempfile().map_err(|e| e.to_string())?;
     f.write_all_at(&vec![1u8; n as usize * PAGE_SIZE], 0)
         .map_err(|e| e.to_string())?;
-    // SAFETY: a private temporary file nobody else writes.
-    let m = unsafe { memmap2::MmapOptions::new().map(&f) }.map_err(|e| e.to_string())?;
-    Ok(per_page(m.as_ptr() as *mut u8, n, read))
+    let m =
+        Mapping::file(f.as_fd(), 0, n as usize * PAGE_SIZE, false).map_err(|e| e.to_string())?;
+    Ok(per_page(n, |o| {
+        std::hint::black_box(m.read_u8(o));
+    }))
 }
 
 fn stats(v: &mut [f64]) -> (f64, f64, f64) {
@@ -120,7 +115,9 @@ fn main() -> ExitCode {
     if let Some(id) = cli.minor_child {
         return match api::map(id, MapMode::ReadOnly) {
             Ok(r) => {
-                let ns = per_page(r.as_ptr(), r.npages, read);
+                let ns = per_page(r.npages, |o| {
+                    std::hint::black_box(r.read_u8(o));
+                });
                 println!("{ns}");
                 let _ = api::unmap(id);
                 ExitCode::SUCCESS

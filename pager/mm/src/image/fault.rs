@@ -245,7 +245,10 @@ impl Image {
     fn map_around(&self, st: &mut ImageState, f: &Fault) {
         let n = st.pages.len() as u64;
         let (lo, hi) = st.readahead.plan(f.page.0, self.site.readahead_cap());
-        let (rlo, rhi) = (f.region.first_page.0, f.region.first_page.0 + f.region.npages);
+        let (rlo, rhi) = (
+            f.region.first_page.0,
+            f.region.first_page.0 + f.region.npages,
+        );
         let (first, end) = run_around(f.page.0, lo.max(rlo), hi.min(n).min(rhi), |p| {
             st.pages[p as usize] == PageState::Read
         });

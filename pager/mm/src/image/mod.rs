@@ -137,11 +137,7 @@ impl Image {
         memfd
             .set_len(npages * PAGE)
             .map_err(|e| io("sizing the cluster's memory object", e))?;
-        let initial = if fresh {
-            grown()
-        } else {
-            PageState::MapNone
-        };
+        let initial = if fresh { grown() } else { PageState::MapNone };
         Ok(Image {
             id,
             site,

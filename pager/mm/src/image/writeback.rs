@@ -79,7 +79,8 @@ impl Image {
 
     /// `Commit` for one dirty page: its actions copy it into `chunk`.
     fn start_commit(&self, st: &mut ImageState, p: u64, chunk: &mut [u8]) -> Result<(), Refusal> {
-        let (next, actions) = step(st.pages[p as usize], Event::Commit).map_err(|e| io("commit", e))?;
+        let (next, actions) =
+            step(st.pages[p as usize], Event::Commit).map_err(|e| io("commit", e))?;
         st.pages[p as usize] = next;
         for a in actions {
             match *a {

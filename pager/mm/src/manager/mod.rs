@@ -144,9 +144,7 @@ impl Manager {
         img.set_temporary(kind == ClusterKind::Temporary);
         img.add_mapper(conn, true)?;
         let memfd = dup(img.memfd())?;
-        self.table
-            .lock()
-            .insert(desc.id, Entry::new(Arc::new(img)));
+        self.table.lock().insert(desc.id, Entry::new(Arc::new(img)));
         info!(cluster = %desc.id, npages, owner = uid, kind = kind.name(), "created and mapped");
         Ok(Mapped {
             id: desc.id,

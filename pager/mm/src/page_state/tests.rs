@@ -132,20 +132,7 @@ fn spec(state: PageState) -> [Want; 12] {
             B,
             X,
         ],
-        S::Beyond => [
-            X,
-            X,
-            X,
-            X,
-            X,
-            X,
-            X,
-            X,
-            X,
-            X,
-            X,
-            To(S::None),
-        ],
+        S::Beyond => [X, X, X, X, X, X, X, X, X, X, X, To(S::None)],
     }
 }
 

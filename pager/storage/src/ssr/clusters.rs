@@ -87,8 +87,8 @@ impl ClusterTable {
                 "data" | "sums" => data.push(num),
                 "desc" => {
                     let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
-                    let desc =
-                        ClusterDesc::decode(&bytes).map_err(|r| StorageError::corrupt(&path, r.to_string()))?;
+                    let desc = ClusterDesc::decode(&bytes)
+                        .map_err(|r| StorageError::corrupt(&path, r.to_string()))?;
                     if desc.id != ClusterId::new(vol, CluId(num)) {
                         return Err(StorageError::corrupt(
                             &path,

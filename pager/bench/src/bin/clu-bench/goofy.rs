@@ -114,9 +114,8 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
         for j in 0..clusters.len() {
             let k = (j + run) % clusters.len();
             let (id, region) = &clusters[k];
-            // SAFETY: the region is the cluster's mapping of PAGES pages, writable.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), region.len()) };
-            bytes.fill((run as u8).wrapping_add(k as u8).wrapping_add(1));
+            let fill = (run as u8).wrapping_add(k as u8).wrapping_add(1);
+            region.write(0, &vec![fill; region.len()]);
             let t = Instant::now();
             api::commit(*id).map_err(|e| format!("commit: {e}"))?;
             times[k].push(t.elapsed().as_secs_f64() * 1e3);
@@ -124,21 +123,14 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
     }
 
     // Steady load on the asynchronous volume: 16 pages every 10 ms.
-    let (id, region) = clusters[1];
+    let (id, region) = clusters[1].clone();
     let load = Duration::from_secs(if quick { 2 } else { 5 });
     let t = Instant::now();
     let mut n = 0u64;
     while t.elapsed() < load {
         n += 1;
         let first = (n * 16) % (PAGES - 16);
-        // SAFETY: pages first..first+16 of the writable mapping.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                region.as_ptr().add(first as usize * PAGE_SIZE),
-                16 * PAGE_SIZE,
-            )
-        };
-        bytes.fill(n as u8);
+        region.write(first as usize * PAGE_SIZE, &[n as u8; 16 * PAGE_SIZE]);
         api::commit(id).map_err(|e| format!("commit: {e}"))?;
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use client::{CluId, ClusterKind, PAGE_SIZE};
+use clu_storage::{Storage, StorageConfig, Volume, VolumeParams};
 use journal::{JournalConfig, PageRun};
-use pager::storage::{Storage, StorageConfig, Volume, VolumeParams};
 
 use crate::{machine_facts, median};
 

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use client::sys::mem;
-use client::uffd::{self, feature, mode, Range};
-use client::PAGE_SIZE;
+use clu_sys::mem::Mapping;
+use clu_sys::uffd::{self, feature, mode, Range};
+use clu_sys::PAGE_SIZE;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use userfaultfd::{Event, FaultKind};
 
@@ -26,11 +26,11 @@ pub fn measure(pages: u64) -> Result<(f64, f64), String> {
     memfd
         .set_len(pages * PAGE_SIZE as u64)
         .map_err(|err| e("size", err))?;
-    let m = mem::map_shared(memfd.as_fd(), 0, pages, true).map_err(|err| e("mmap", err))?;
+    let m = Mapping::cluster(memfd.as_fd(), 0, pages, true).map_err(|err| e("mmap", err))?;
     let u = Arc::new(uffd::open(feature::CLUSTER, false).map_err(|err| e("open", err))?);
     let range = Range {
-        start: m.addr as u64,
-        len: m.len as u64,
+        start: m.addr() as u64,
+        len: m.len() as u64,
     };
     uffd::register(&u, range, mode::MISSING | mode::WP).map_err(|err| e("register", err))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -57,22 +57,19 @@ pub fn measure(pages: u64) -> Result<(f64, f64), String> {
             }
         })
     };
-    let base = m.addr as *mut u8;
     let t = Instant::now();
     for p in 0..pages as usize {
-        // SAFETY: page `p` of the live mapping `m`.
-        unsafe { std::ptr::read_volatile(base.add(p * PAGE_SIZE)) };
+        std::hint::black_box(m.read_u8(p * PAGE_SIZE));
     }
     let read = t.elapsed().as_secs_f64() * 1e6 / pages as f64;
     // The copies were write-protected (COPY_MODE_WP): first writes fault.
     let t = Instant::now();
     for p in 0..pages as usize {
-        // SAFETY: page `p` of the live, writable mapping `m`.
-        unsafe { std::ptr::write_volatile(base.add(p * PAGE_SIZE), 1) };
+        m.write_u8(p * PAGE_SIZE, 1);
     }
     let write = t.elapsed().as_secs_f64() * 1e6 / pages as f64;
     stop.store(true, Ordering::Release);
     let _ = resolver.join();
-    mem::unmap(m);
+    drop(m);
     Ok((read, write))
 }

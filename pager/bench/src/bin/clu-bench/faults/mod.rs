@@ -13,12 +13,13 @@ mod summary;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client::{api, ClusterId, ClusterKind, MapMode, Region, PAGE_SIZE};
+use clu_sys::mem::Mapping;
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
@@ -96,17 +97,13 @@ fn pin(pid: u32, cpu: Option<usize>) {
 
 /// Mean microseconds per page of touching each page of `r` in `order`.
 fn touch(r: &Region, order: &[u64], write: u8) -> f64 {
-    let base = r.as_ptr();
     let t = Instant::now();
     for &p in order {
-        // SAFETY: `p` < r.npages, a page of the live mapping `r`.
-        let at = unsafe { base.add(p as usize * PAGE_SIZE) };
+        let at = p as usize * PAGE_SIZE;
         if write == 0 {
-            // SAFETY: as above.
-            unsafe { std::ptr::read_volatile(at) };
+            std::hint::black_box(r.read_u8(at));
         } else {
-            // SAFETY: as above; the mapping is writable.
-            unsafe { std::ptr::write_volatile(at, write) };
+            r.write_u8(at, write);
         }
     }
     t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64
@@ -115,24 +112,17 @@ fn touch(r: &Region, order: &[u64], write: u8) -> f64 {
 /// The same over a mapping of a plain file by the kernel.
 fn touch_file(file: &File, order: &[u64], write: u8) -> Res<f64> {
     let len = file.metadata()?.len() as usize;
-    if write == 0 {
-        // SAFETY: the file is this benchmark's scratch or a cluster file the pager only
-        // changes on commit, which does not run while this mapping lives.
-        let m = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
-        let t = Instant::now();
-        for &p in order {
-            std::hint::black_box(m[p as usize * PAGE_SIZE]);
+    let m = Mapping::file(file.as_fd(), 0, len, write != 0)?;
+    let t = Instant::now();
+    for &p in order {
+        let at = p as usize * PAGE_SIZE;
+        if write == 0 {
+            std::hint::black_box(m.read_u8(at));
+        } else {
+            m.write_u8(at, write);
         }
-        Ok(t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64)
-    } else {
-        // SAFETY: the file is this benchmark's own scratch file.
-        let mut m = unsafe { memmap2::MmapOptions::new().len(len).map_mut(file)? };
-        let t = Instant::now();
-        for &p in order {
-            m[p as usize * PAGE_SIZE] = write;
-        }
-        Ok(t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64)
     }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64)
 }
 
 /// A new, empty scratch file.
@@ -223,7 +213,7 @@ impl Bench {
         let r = api::map(a, MapMode::ReadWrite).map_err(cerr)?;
         touch(&r, &all, 0);
         for &p in &all {
-            client::sys::mem::drop_pte(r.addr + p as usize * PAGE_SIZE)?;
+            r.drop_pte(p as usize * PAGE_SIZE)?;
         }
         let strided: Vec<u64> = (0..n).step_by(16).collect();
         self.s.add(&k("pager", "fault"), touch(&r, &strided, 0));
@@ -332,8 +322,7 @@ impl Bench {
         let f = scratch_file(&path)?;
         f.set_len(1000 * PAGE_SIZE as u64)?;
         f.write_all_at_zero()?;
-        // SAFETY: the benchmark's own scratch file.
-        let mut m = unsafe { memmap2::MmapOptions::new().map_mut(&f)? };
+        let m = Mapping::file(f.as_fd(), 0, 1000 * PAGE_SIZE, true)?;
         for (i, n) in [1u64, 100, 1000].into_iter().enumerate() {
             let v = (run * 3 + i) as u8 | 1;
             touch(&r, &(0..n).collect::<Vec<_>>(), v);
@@ -344,10 +333,10 @@ impl Bench {
                 t.elapsed().as_secs_f64() * 1e3,
             );
             for p in 0..n as usize {
-                m[p * PAGE_SIZE] = v;
+                m.write_u8(p * PAGE_SIZE, v);
             }
             let t = Instant::now();
-            m.flush_range(0, n as usize * PAGE_SIZE)?;
+            m.sync_range(0, n as usize * PAGE_SIZE)?;
             self.s.add(
                 &k("kernel", &format!("commit_{n}")),
                 t.elapsed().as_secs_f64() * 1e3,

@@ -1,0 +1,29 @@
+//! The settings the daemons run with, built in one place from the command line (and the
+//! environment variables clap reads for it). Nothing deeper in the code reads the
+//! environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clu_goofy::GoofyConfig;
+
+/// The settings of `pager serve`.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The storage root.
+    pub root: PathBuf,
+    /// The socket path.
+    pub socket: PathBuf,
+    /// The resident budget, in pages, over all clusters.
+    pub resident_pages: u64,
+    /// The paging partition's capacity, in pages.
+    pub paging_pages: u32,
+    /// How long a fault thread keeps polling for the next fault before it sleeps.
+    pub spin: Duration,
+    /// The socket's permission bits: who may connect at all (rights are checked per request).
+    pub socket_mode: u32,
+    /// The socket's group, if not the pager's.
+    pub socket_group: Option<nix::unistd::Gid>,
+    /// The reliable service's settings (and the journal settings of every volume).
+    pub goofy: GoofyConfig,
+}

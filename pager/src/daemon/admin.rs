@@ -1,0 +1,302 @@
+//! Executing the administration commands for a connection (the grammar is `crate::admin`,
+//! the output `crate::render`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use clu_goofy::{ReliableSpec, Ssf};
+use clu_mm::{Refusal, MAX_CLUSTER_PAGES};
+use clu_proto::ErrorCode;
+use clu_storage::{ClusterDesc, VolumeParams};
+
+use super::{goofy_refusal, Daemon};
+use crate::admin::{self, AdminCommand, CluCommand, VolCommand};
+use crate::render::{self, ReliableView, RestoreView, Status};
+
+fn denied(what: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::AccessDenied,
+        format!("{what} is reserved to root and to the pager's own user"),
+    )
+}
+
+/// Runs an administration command for a client of uid `uid`; returns its text.
+pub(super) fn execute(d: &Daemon, uid: u32, words: &[String]) -> Result<String, Refusal> {
+    let cmd = admin::parse(words).map_err(|e| Refusal::invalid(e.render().to_string()))?;
+    let admin = uid == 0 || uid == nix::unistd::geteuid().as_raw();
+    match cmd {
+        AdminCommand::Status { json } => {
+            let s = status(d);
+            Ok(if json { s.json() } else { s.text() })
+        }
+        AdminCommand::Stats { json } => {
+            let s = d.manager.storage();
+            let mut all: Vec<ClusterDesc> = s
+                .volumes()
+                .iter()
+                .filter_map(|v| s.volume(v.entry.vol).ok())
+                .flat_map(|v| v.clu_list())
+                .collect();
+            all.sort_by_key(|d| d.id);
+            Ok(if json {
+                render::stats_json(&all)
+            } else {
+                render::stats_table(&all)
+            })
+        }
+        AdminCommand::Vol(VolCommand::List) => {
+            Ok(render::volume_list(&d.manager.storage().volumes()))
+        }
+        AdminCommand::Vol(_) if !admin => Err(denied("volume administration")),
+        AdminCommand::Vol(v) => volume(d, v),
+        AdminCommand::Clu(c) => cluster(d, uid, admin, c),
+    }
+}
+
+/// What `pager status` shows, gathered from the manager, the site and the reliable service.
+fn status(d: &Daemon) -> Status {
+    let m = &d.manager;
+    let site = m.site();
+    let s = &site.stats;
+    let c = |c: &clu_mm::site::Counter| c.get();
+    Status {
+        pid: std::process::id(),
+        uptime_secs: d.started.elapsed().as_secs_f64(),
+        root: m.storage().root().display().to_string(),
+        socket: d.socket.display().to_string(),
+        connections: render::status::Connections {
+            live: d.live_connections.load(Ordering::Relaxed),
+            total: d.connections.get(),
+        },
+        resident_pages: site.budget.resident(),
+        budget_pages: site.budget.limit(),
+        paging_slots: site.paging.in_use(),
+        faults: render::status::Faults {
+            missing: c(&s.missing_faults),
+            minor: c(&s.minor_faults),
+            write_protect: c(&s.wp_faults),
+            refused: c(&s.poisoned),
+        },
+        supplies: render::status::Supplies {
+            zero: c(&s.zero_fills),
+            storage: c(&s.storage_reads),
+            paging: c(&s.paging_reads),
+            prefetched: c(&s.prefetched),
+        },
+        evictions: render::status::Evictions {
+            clean: c(&s.evicted_clean),
+            dirty: c(&s.evicted_dirty),
+        },
+        commits: render::status::Commits {
+            count: c(&s.commits),
+            pages: c(&s.committed_pages),
+            aborts: c(&s.aborts),
+        },
+        reliable_volumes: d
+            .ssf
+            .replication()
+            .iter()
+            .map(|(vol, r)| ReliableView::new(*vol, r))
+            .collect(),
+        restoring: d
+            .ssf
+            .restorations()
+            .into_iter()
+            .map(|r| RestoreView {
+                name: r.name,
+                source: r.source,
+                received_pages: r.received_pages,
+                total_pages: r.total_pages,
+            })
+            .collect(),
+        clusters: m.images().iter().map(Into::into).collect(),
+    }
+}
+
+fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
+    let s = d.manager.storage();
+    let mut out = String::new();
+    match cmd {
+        VolCommand::List => out = render::volume_list(&s.volumes()),
+        VolCommand::Create {
+            name,
+            capacity,
+            no_mount,
+            backups,
+            sync,
+        } => {
+            let params = VolumeParams {
+                capacity_pages: capacity.capacity_pages,
+                ..VolumeParams::default()
+            };
+            let entry = if backups.is_empty() {
+                s.vol_create(&name, &params)?
+            } else {
+                let spec = ReliableSpec { backups, sync };
+                s.vol_create_by(&name, Ssf::NAME, |_, vol, location| {
+                    let params = VolumeParams {
+                        name: name.clone(),
+                        ..params.clone()
+                    };
+                    d.ssf
+                        .create(vol, location, &params, &spec)
+                        .map_err(goofy_refusal)
+                })?
+            };
+            if !no_mount {
+                s.vol_mount(entry.vol)?;
+            }
+            let mounted = if no_mount { "" } else { ", mounted" };
+            let _ = writeln!(
+                out,
+                "created volume {} ({}){mounted}",
+                entry.name, entry.vol
+            );
+        }
+        VolCommand::Restore { name, from } => restore(d, &name, &from, &mut out)?,
+        VolCommand::Mount { vol } => {
+            let entry = s.find(&vol)?;
+            s.vol_mount(entry.vol)?;
+            let _ = writeln!(out, "mounted volume {} ({})", entry.name, entry.vol);
+        }
+        VolCommand::Unmount { vol } => {
+            let entry = s.find(&vol)?;
+            if d.manager.volume_in_use(entry.vol) {
+                return Err(Refusal::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "volume {} has mapped clusters; unmap them first",
+                        entry.name
+                    ),
+                ));
+            }
+            s.vol_unmount(entry.vol)?;
+            let _ = writeln!(out, "unmounted volume {} ({})", entry.name, entry.vol);
+        }
+        VolCommand::Resize { vol, capacity } => {
+            let entry = s.find(&vol)?;
+            s.vol_resize(entry.vol, capacity.capacity_pages)?;
+            let _ = writeln!(
+                out,
+                "volume {} capacity is now {} pages",
+                entry.name, capacity.capacity_pages
+            );
+        }
+        VolCommand::Delete { vol, force } => {
+            let entry = s.find(&vol)?;
+            s.vol_delete(entry.vol, force)?;
+            let _ = writeln!(out, "deleted volume {} ({})", entry.name, entry.vol);
+        }
+    }
+    Ok(out)
+}
+
+/// `pager vol restore`: fence, fetch, mount, report.
+fn restore(d: &Daemon, name: &str, from: &str, out: &mut String) -> Result<(), Refusal> {
+    let s = d.manager.storage();
+    let plan = d.ssf.prepare_restore(name, from).map_err(goofy_refusal)?;
+    let entry = s.vol_create_by(name, Ssf::NAME, |_, vol, location| {
+        let params = VolumeParams {
+            name: name.to_string(),
+            ..VolumeParams::default()
+        };
+        d.ssf
+            .create_restored(vol, location, &params, &plan)
+            .map_err(goofy_refusal)
+    })?;
+    let volume = s.vol_mount(entry.vol)?;
+    let info = volume.info();
+    let (epoch, lsn) = plan.origin;
+    let _ = writeln!(
+        out,
+        "restored volume {} ({}) from {} to LSN {lsn} of epoch {epoch}: every commit that backup acknowledged is in, later ones are lost",
+        entry.name, entry.vol, plan.source
+    );
+    let _ = writeln!(
+        out,
+        "  {} clusters, {} pages; mounted here as the primary at epoch {}",
+        info.clusters, info.used_pages, plan.epoch
+    );
+    for (addr, p) in &plan.fenced {
+        let _ = writeln!(
+            out,
+            "  fenced {addr} at epoch {} (its image was at LSN {} of epoch {})",
+            plan.epoch, p.lsn, p.epoch
+        );
+    }
+    for (addr, why) in &plan.unreachable {
+        let _ = writeln!(
+            out,
+            "  NOT fenced {addr} ({why}): keep the old primary down until it is"
+        );
+    }
+    Ok(())
+}
+
+fn cluster(d: &Daemon, uid: u32, admin: bool, cmd: CluCommand) -> Result<String, Refusal> {
+    let m = &d.manager;
+    let s = m.storage();
+    let owner_ok = |desc: &ClusterDesc| admin || desc.owner == uid;
+    let mut out = String::new();
+    match cmd {
+        CluCommand::Create { vol, pages, kind } => {
+            let entry = s.find(&vol)?;
+            if pages == 0 || pages > MAX_CLUSTER_PAGES {
+                return Err(Refusal::invalid(format!(
+                    "a cluster has 1 to {MAX_CLUSTER_PAGES} pages"
+                )));
+            }
+            let desc = s.clu_create(entry.vol, pages, uid, kind)?;
+            let _ = writeln!(out, "{}", desc.id);
+        }
+        CluCommand::List { vol } => {
+            let entry = s.find(&vol)?;
+            out = render::cluster_list(&s.volume(entry.vol)?.clu_list());
+        }
+        CluCommand::Info { id, json: false } => {
+            out = render::cluster_info(&s.clu_get_desc(id)?, Some(m.mappers(id)))
+        }
+        CluCommand::Info { id, json: true } => {
+            out = render::cluster_info_json(&s.clu_get_desc(id)?)
+        }
+        CluCommand::Resize { id, .. } | CluCommand::Destroy { id } if m.is_mapped(id) => {
+            return Err(Refusal::new(
+                ErrorCode::Busy,
+                format!("cluster {id} is mapped; a mapping process resizes it with clu_Resize, and it can be destroyed once unmapped"),
+            ));
+        }
+        CluCommand::Resize { id, add } => {
+            let desc = s.clu_get_desc(id)?;
+            if !owner_ok(&desc) {
+                return Err(denied("resizing another user's cluster"));
+            }
+            out = render::cluster_info(&s.clu_resize(id, add)?, None);
+        }
+        CluCommand::History { id, clear } => {
+            let desc = s.clu_get_desc(id)?;
+            let v = s.volume(id.vol())?;
+            if clear {
+                if !owner_ok(&desc) {
+                    return Err(denied("clearing another user's cluster history"));
+                }
+                v.clu_set_history(id.clu(), &[])?;
+                let _ = writeln!(out, "forgot the access history of cluster {id}");
+            } else {
+                let h = v.clu_history(id.clu());
+                let head: Vec<String> = h.iter().take(16).map(|p| p.to_string()).collect();
+                let more = if h.len() > 16 { " ..." } else { "" };
+                let _ = writeln!(out, "{} pages: {}{more}", h.len(), head.join(" "));
+            }
+        }
+        CluCommand::Destroy { id } => {
+            let desc = s.clu_get_desc(id)?;
+            if !owner_ok(&desc) {
+                return Err(denied("destroying another user's cluster"));
+            }
+            m.forget(id);
+            s.clu_destroy(id)?;
+            let _ = writeln!(out, "destroyed cluster {id}");
+        }
+    }
+    Ok(out)
+}
