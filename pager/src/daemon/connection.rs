@@ -132,7 +132,7 @@ fn error(code: ErrorCode, message: String) -> Response {
     }
 }
 
-fn mapped(m: clu_mm::Mapped) -> (Response, Option<File>) {
+fn mapped(m: clu_mm::MapReply) -> (Response, Option<File>) {
     (
         Response::Mapped {
             id: m.id,

@@ -46,7 +46,7 @@ impl std::fmt::Debug for Manager {
 /// A mapping just granted: the cluster's size, whether writable, and the memory object to
 /// send the client.
 #[derive(Debug)]
-pub struct Mapped {
+pub struct MapReply {
     /// The cluster.
     pub id: ClusterId,
     /// Its size in pages.
@@ -126,7 +126,7 @@ impl Manager {
         vol: VolId,
         npages: u64,
         kind: ClusterKind,
-    ) -> Result<Mapped, Refusal> {
+    ) -> Result<MapReply, Refusal> {
         if npages == 0 || npages > MAX_CLUSTER_PAGES {
             return Err(Refusal::invalid(format!(
                 "a cluster has 1 to {MAX_CLUSTER_PAGES} pages, not {npages}"
@@ -146,7 +146,7 @@ impl Manager {
         let memfd = dup(img.memfd())?;
         self.table.lock().insert(desc.id, Entry::new(Arc::new(img)));
         info!(cluster = %desc.id, npages, owner = uid, kind = kind.name(), "created and mapped");
-        Ok(Mapped {
+        Ok(MapReply {
             id: desc.id,
             npages,
             writable: true,
@@ -162,7 +162,7 @@ impl Manager {
         uid: u32,
         id: ClusterId,
         mode: MapMode,
-    ) -> Result<Mapped, Refusal> {
+    ) -> Result<MapReply, Refusal> {
         let desc = self.storage.clu_get_desc(id)?;
         let writable = mode == MapMode::ReadWrite;
         rights::may_map(&desc, uid, writable)?;
@@ -211,7 +211,7 @@ impl Manager {
                 return Err(e);
             }
         };
-        Ok(Mapped {
+        Ok(MapReply {
             id,
             npages: img.npages(),
             writable,
