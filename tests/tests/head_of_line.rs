@@ -35,7 +35,11 @@ fn mute_backup() -> String {
 fn sequence(t: &mut Tool, seed: u64) -> Duration {
     let t0 = Instant::now();
     let created = t.ok("create 16 protected 1");
-    let id = created.split_whitespace().next().expect("an id").to_string();
+    let id = created
+        .split_whitespace()
+        .next()
+        .expect("an id")
+        .to_string();
     t.ok(&format!("unmap {id}"));
     t.ok(&format!("map {id}"));
     t.ok(&format!("fill {id} {seed}"));
@@ -58,7 +62,11 @@ fn a_slow_last_unmap_does_not_hold_up_other_clients() {
 
     let mut b = Tool::start(&pager);
     sequence(&mut b, 1); // warm up: the client's connection and fault thread
-    let quiet = median((0..ROUNDS).map(|i| sequence(&mut b, 10 + i as u64)).collect());
+    let quiet = median(
+        (0..ROUNDS)
+            .map(|i| sequence(&mut b, 10 + i as u64))
+            .collect(),
+    );
 
     // The slow client: its last unmap writes back to the reliable volume and waits for the
     // acknowledgement that never comes.
@@ -69,7 +77,11 @@ fn a_slow_last_unmap_does_not_hold_up_other_clients() {
     a.send(&format!("unmap {slow}"));
     std::thread::sleep(Duration::from_millis(300));
 
-    let busy = median((0..ROUNDS).map(|i| sequence(&mut b, 100 + i as u64)).collect());
+    let busy = median(
+        (0..ROUNDS)
+            .map(|i| sequence(&mut b, 100 + i as u64))
+            .collect(),
+    );
     // `pager status` does not queue behind it either.
     let t0 = Instant::now();
     let status = pager.status();

@@ -89,7 +89,9 @@ const STATE: &str = "goofy.state";
 /// The backup server.
 pub struct BackupServer {
     root: PathBuf,
-    images: Mutex<HashMap<u64, Arc<Mutex<VolumeImage>>>>,
+    /// The images opened, by volume uid: each slot is filled once, under its own lock, so that
+    /// opening one image (creating or mounting a volume) holds up no other.
+    images: Mutex<HashMap<u64, Arc<Mutex<Option<Arc<Mutex<VolumeImage>>>>>>>,
     _lock: Flock<File>,
 }
 
@@ -135,10 +137,35 @@ impl BackupServer {
 
     /// The image of `uid`; created empty from `hello` (uid, name) if there is none and it is given.
     fn image(&self, uid: u64, hello: Option<&str>) -> Result<Arc<Mutex<VolumeImage>>, BackupError> {
-        let mut images = lock(&self.images);
-        if let Some(img) = images.get(&uid) {
+        let slot = lock(&self.images).entry(uid).or_default().clone();
+        let mut slot = lock(&slot);
+        if let Some(img) = &*slot {
             return Ok(img.clone());
         }
+        match self.open_image(uid, hello) {
+            Ok(img) => {
+                let img = Arc::new(Mutex::new(img));
+                *slot = Some(img.clone());
+                Ok(img)
+            }
+            Err(e) => {
+                // An unknown or broken image leaves no slot behind (a hostile peer naming
+                // random uids must not grow the table).
+                drop(slot);
+                let mut images = lock(&self.images);
+                if images
+                    .get(&uid)
+                    .is_some_and(|s| s.try_lock().is_ok_and(|g| g.is_none()))
+                {
+                    images.remove(&uid);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens (or creates, from `hello`) the image of `uid` on disk.
+    fn open_image(&self, uid: u64, hello: Option<&str>) -> Result<VolumeImage, BackupError> {
         let dir = Self::image_dir(&self.root, uid);
         let state_path = dir.join(STATE);
         if !dir.join("volume.meta").exists() || !state_path.exists() {
@@ -181,15 +208,13 @@ impl BackupServer {
         }
         let volume = LocalVolume::mount(VolId(1), &dir, Default::default())?;
         info!(uid = format_args!("{uid:016x}"), name = %state.name, position = ?state.position, "backup image mounted");
-        let img = Arc::new(Mutex::new(VolumeImage {
+        Ok(VolumeImage {
             volume,
             state,
             file,
             path: state_path,
             seq,
-        }));
-        images.insert(uid, img.clone());
-        Ok(img)
+        })
     }
 
     /// The image of the volume called `name` (a restorer knows the name, not the uid).

@@ -25,7 +25,7 @@ pub mod types;
 
 pub use error::Refusal;
 pub use image::{sigbus, Fault, Image, ImageView};
-pub use manager::{MapReply, Manager, MAX_CLUSTER_PAGES};
+pub use manager::{Manager, MapReply, MAX_CLUSTER_PAGES};
 pub use regions::{Region, RegionError, RegionSet};
 pub use site::{Site, Stats};
 pub use types::{ConnId, PageNo, UserAddr};

@@ -352,7 +352,10 @@ mod tests {
         assert_eq!(j["lag_ops"], 9);
         assert!(j["copy"].is_null());
         let line = backup_line(&b);
-        assert!(line.contains(": in sync (a \"quoted\" reason\n);"), "{line}");
+        assert!(
+            line.contains(": in sync (a \"quoted\" reason\n);"),
+            "{line}"
+        );
         let quiet = backup_line(&BackupView { detail: None, ..b });
         // What the tests' wait for a backup in sync looks for.
         assert!(

@@ -85,10 +85,19 @@ pub struct VolumeStatus {
 pub struct Storage {
     root: PathBuf,
     drivers: DriverTable,
+    /// The catalog as last written (short critical sections, never across I/O).
     catalog: Mutex<Catalog>,
+    /// Serialises replacing the catalog and mount table files (held across their write and
+    /// sync; readers of the catalog use
+    /// `catalog`, which shows the last durable catalog meanwhile).
+    root_writes: Mutex<()>,
     /// Volumes being created: their ids and names are taken.
     creating: Mutex<Vec<CatalogEntry>>,
+    /// The mounted volumes (short critical sections).
     mounted: RwLock<HashMap<VolId, Arc<dyn Volume>>>,
+    /// Volumes being mounted (a journal's recovery, a reliable volume's first contact with its
+    /// backups take a while): mounted without holding `mounted`.
+    mounting: Mutex<Vec<VolId>>,
     _lock: Flock<File>,
 }
 
@@ -121,8 +130,10 @@ impl Storage {
             root: root.to_owned(),
             drivers,
             catalog: Mutex::new(catalog),
+            root_writes: Mutex::new(()),
             creating: Mutex::new(Vec::new()),
             mounted: RwLock::new(HashMap::new()),
+            mounting: Mutex::new(Vec::new()),
             _lock: lock,
         };
         for vol in storage.mount_table()? {
@@ -263,17 +274,26 @@ impl Storage {
             let _ = fs::remove_dir_all(&location);
             return Err(e);
         }
-        let mut catalog = lock(&self.catalog);
-        let mut next = catalog.clone();
-        next.volumes.insert(entry.vol, entry.clone());
+        self.update_catalog(|c| {
+            c.volumes.insert(entry.vol, entry.clone());
+        })?;
+        Ok(())
+    }
+
+    /// Changes the catalog with `f` and replaces its file durably, then installs it.
+    fn update_catalog(&self, f: impl FnOnce(&mut Catalog)) -> Result<()> {
+        let _writes = lock(&self.root_writes);
+        let mut next = lock(&self.catalog).clone();
+        f(&mut next);
         write_atomic(&self.root.join(CATALOG), next.format().as_bytes())?;
-        *catalog = next;
+        *lock(&self.catalog) = next;
         Ok(())
     }
 
     /// `vol_Mount`: mounts the volume now and at every start.
     pub fn vol_mount(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
         let v = self.mount_one(vol)?;
+        let _writes = lock(&self.root_writes);
         let mut table = self.mount_table()?;
         if !table.contains(&vol) {
             table.push(vol);
@@ -284,16 +304,22 @@ impl Storage {
 
     fn mount_one(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
         let entry = self.entry(vol)?;
-        let mut mounted = write(&self.mounted);
-        if mounted.contains_key(&vol) {
-            return Err(StorageError::AlreadyMounted(vol));
+        let service = self.service(&entry)?;
+        {
+            let mut mounting = lock(&self.mounting);
+            if read(&self.mounted).contains_key(&vol) || mounting.contains(&vol) {
+                return Err(StorageError::AlreadyMounted(vol));
+            }
+            mounting.push(vol);
         }
-        let v: Arc<dyn Volume> = Arc::from(
-            self.service(&entry)?
-                .vol_mount(vol, &self.root.join(&entry.location))?,
-        );
-        mounted.insert(vol, v.clone());
-        Ok(v)
+        let mounted = service.vol_mount(vol, &self.root.join(&entry.location));
+        let result = mounted.map(|v| {
+            let v: Arc<dyn Volume> = Arc::from(v);
+            write(&self.mounted).insert(vol, v.clone());
+            v
+        });
+        lock(&self.mounting).retain(|v| *v != vol);
+        result
     }
 
     /// `vol_Unmount`: checkpoints and closes the volume, and removes it from the mount table.
@@ -301,12 +327,14 @@ impl Storage {
         let v = write(&self.mounted)
             .remove(&vol)
             .ok_or(StorageError::NotMounted(vol))?;
+        let writes = lock(&self.root_writes);
         let table: Vec<VolId> = self
             .mount_table()?
             .into_iter()
             .filter(|v| *v != vol)
             .collect();
         self.set_mount_table(&table)?;
+        drop(writes);
         v.unmount()
     }
 
@@ -328,11 +356,9 @@ impl Storage {
         let entry = self.entry(vol)?;
         self.service(&entry)?
             .vol_delete(vol, &self.root.join(&entry.location), force)?;
-        let mut catalog = lock(&self.catalog);
-        let mut next = catalog.clone();
-        next.volumes.remove(&vol);
-        write_atomic(&self.root.join(CATALOG), next.format().as_bytes())?;
-        *catalog = next;
+        self.update_catalog(|c| {
+            c.volumes.remove(&vol);
+        })?;
         sync_dir(&self.root)
     }
 
