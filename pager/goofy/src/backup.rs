@@ -86,12 +86,15 @@ impl VolumeImage {
 
 const STATE: &str = "goofy.state";
 
+/// One volume's place in the backup server's table: empty until its image is opened.
+type ImageSlot = Mutex<Option<Arc<Mutex<VolumeImage>>>>;
+
 /// The backup server.
 pub struct BackupServer {
     root: PathBuf,
     /// The images opened, by volume uid: each slot is filled once, under its own lock, so that
     /// opening one image (creating or mounting a volume) holds up no other.
-    images: Mutex<HashMap<u64, Arc<Mutex<Option<Arc<Mutex<VolumeImage>>>>>>>,
+    images: Mutex<HashMap<u64, Arc<ImageSlot>>>,
     _lock: Flock<File>,
 }
 
