@@ -10,12 +10,11 @@ use crate::PAGE_SIZE;
 ///
 /// The memory is shared with other processes and with the pager, so a region hands out no Rust
 /// references into it: [`Region::read`], [`Region::write`] and the byte accessors copy, with
-/// volatile accesses, after checking bounds. A region is a handle: its clones share one mapping,
-/// which stays mapped as long as any handle lives (so access through a region is always
-/// memory-safe). After `clu_Unmap`, the pager no longer serves it: a page this process had not
-/// mapped yet raises SIGBUS. [`Region::as_ptr`] is for callers that manage the memory
-/// themselves, as C programs do; that pointer is valid until the cluster is unmapped and every
-/// handle dropped.
+/// atomic accesses, after checking bounds. A region is a handle: its clones share one mapping,
+/// whose address range stays reserved as long as any handle lives (so access through a region
+/// is always memory-safe). `clu_Unmap` revokes it: from then on an access raises SIGSEGV, as
+/// after `munmap`. [`Region::as_ptr`] is for callers that manage the memory themselves, as C
+/// programs do; that pointer is valid until the cluster is unmapped.
 #[derive(Clone, Debug)]
 pub struct Region {
     /// The cluster page it starts at.
@@ -113,6 +112,12 @@ impl Region {
     /// cluster); the next access faults again, which benchmarks use to measure the fault path.
     pub fn drop_pte(&self, at: usize) -> std::io::Result<()> {
         self.map.drop_pte(at)
+    }
+
+    /// Revokes the mapping (see the type's docs); what `clu_Unmap` does.
+    pub(crate) fn revoke(&self) {
+        // A failure leaves the pages mapped; the pager no longer serves them either way.
+        let _ = self.map.revoke();
     }
 
     /// Makes the page holding byte `at` writable in this process (`mprotect`). The tests use

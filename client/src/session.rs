@@ -322,13 +322,15 @@ impl Session {
         Ok(())
     }
 
-    /// Forgets `id`'s regions here without telling the pager; each mapping is released once
-    /// the caller holds no handle of it either.
+    /// Unmaps `id`'s regions here without telling the pager: each is revoked at once (an
+    /// access raises SIGSEGV, as after `munmap`) and its address range released once the
+    /// caller holds no handle of it either.
     fn forget(&mut self, id: ClusterId) {
         if let Some(m) = self.mapped.remove(&id) {
             let mut ranges = lock(&self.line.ranges);
             for region in m.regions {
                 ranges.retain(|r| r.start != region.addr() as u64);
+                region.revoke();
             }
         }
     }

@@ -2,13 +2,19 @@
 //! a file, or anonymous memory, and the few calls on such a mapping.
 //!
 //! A [`Mapping`] is released (`munmap`) when dropped. Its bytes may change under this process at
-//! any time (other processes write the same pages, the pager punches them out), so it hands out
-//! no Rust references into them: every access is a bounds-checked volatile copy, the discipline
-//! `vm-memory` uses for guest memory. An access to a page nobody serves any more raises SIGBUS,
-//! which is a clear failure, not undefined behaviour.
+//! any time (other processes and other threads write the same pages, the pager punches them
+//! out), so it hands out no Rust references into them: every access is a bounds-checked copy
+//! made of relaxed atomic loads and stores, so that two threads of this process touching the
+//! same bytes race only as atomics do (other processes are outside Rust's memory model; the
+//! kernel keeps their stores and ours coherent). An access to a page nobody serves any more
+//! raises SIGBUS, and one to a revoked mapping SIGSEGV: clear failures, not undefined behaviour.
+//!
+//! [`Mapping::addr`] and raw pointers derived from it are for callers that manage the memory
+//! themselves (the C ABI); dereferencing them is their own `unsafe`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::PAGE_SIZE;
 
@@ -139,9 +145,10 @@ impl Mapping {
     /// Reads byte `offset` (faulting it in if needed).
     pub fn read_u8(&self, offset: usize) -> u8 {
         let p = self.at(offset, 1);
-        // SAFETY: `p` is inside this mapping, which lives as long as `self`; a volatile read of
-        // a `u8` has no alignment requirement and makes no claim about other writers.
-        unsafe { p.read_volatile() }
+        // SAFETY: `p` is inside this mapping, which lives as long as `self`; a byte needs no
+        // alignment; every access this type makes is atomic, so it races with other threads
+        // only as atomics may.
+        unsafe { AtomicU8::from_ptr(p) }.load(Ordering::Relaxed)
     }
 
     /// Writes byte `offset`.
@@ -149,7 +156,7 @@ impl Mapping {
         let p = self.at(offset, 1);
         // SAFETY: as in `read_u8`; the byte belongs to no Rust object. A read-only mapping
         // raises SIGSEGV here, which is the documented outcome of writing to one.
-        unsafe { p.write_volatile(v) }
+        unsafe { AtomicU8::from_ptr(p) }.store(v, Ordering::Relaxed)
     }
 
     /// Copies `buf.len()` bytes from `offset` into `buf`, eight bytes at a time where aligned.
@@ -159,13 +166,14 @@ impl Mapping {
         while i < buf.len() {
             let at = p.wrapping_add(i);
             if at as usize % 8 == 0 && buf.len() - i >= 8 {
-                // SAFETY: `at..at+8` is inside the mapping (checked by `at`) and 8-aligned.
-                let w = unsafe { (at as *const u64).read_volatile() };
+                // SAFETY: `at..at+8` is inside the mapping (checked by `at`) and 8-aligned; the
+                // access is atomic (see `read_u8`).
+                let w = unsafe { AtomicU64::from_ptr(at.cast::<u64>()) }.load(Ordering::Relaxed);
                 buf[i..i + 8].copy_from_slice(&w.to_ne_bytes());
                 i += 8;
             } else {
-                // SAFETY: `at` is inside the mapping.
-                buf[i] = unsafe { at.read_volatile() };
+                // SAFETY: `at` is inside the mapping; the access is atomic.
+                buf[i] = unsafe { AtomicU8::from_ptr(at) }.load(Ordering::Relaxed);
                 i += 1;
             }
         }
@@ -181,15 +189,40 @@ impl Mapping {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(&data[i..i + 8]);
                 // SAFETY: `at..at+8` is inside the mapping (checked by `at`) and 8-aligned; no
-                // Rust object lives there.
-                unsafe { (at as *mut u64).write_volatile(u64::from_ne_bytes(w)) };
+                // Rust object lives there; the access is atomic.
+                unsafe { AtomicU64::from_ptr(at.cast::<u64>()) }
+                    .store(u64::from_ne_bytes(w), Ordering::Relaxed);
                 i += 8;
             } else {
-                // SAFETY: `at` is inside the mapping.
-                unsafe { at.write_volatile(data[i]) };
+                // SAFETY: `at` is inside the mapping; the access is atomic.
+                unsafe { AtomicU8::from_ptr(at) }.store(data[i], Ordering::Relaxed);
                 i += 1;
             }
         }
+    }
+
+    /// Revokes the mapping in place: its range becomes inaccessible anonymous memory (an
+    /// access raises SIGSEGV), still reserved until the mapping is dropped, so that no other
+    /// mapping can take the address while handles to this one live. What the client does at
+    /// `clu_Unmap`.
+    pub fn revoke(&self) -> io::Result<()> {
+        // SAFETY: replaces exactly this mapping's range (MAP_FIXED) with a PROT_NONE anonymous
+        // mapping; no Rust object lives in the range, and this type's accesses to it will fault
+        // (SIGSEGV), never read freed memory.
+        let p = unsafe {
+            libc::mmap(
+                self.addr as *mut libc::c_void,
+                self.len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Drops this process's page-table entry for the page holding byte `offset`. For a shared
@@ -248,9 +281,10 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `self` describes a mapping made by `Mapping::map` and not yet unmapped (only
-        // this drop unmaps it); no Rust object lives in it and, since `Mapping` hands out no
-        // references, nothing points into it any more.
+        // SAFETY: `self` describes a mapping made by `Mapping::map` (possibly revoked in place)
+        // and not yet unmapped (only this drop unmaps it); no Rust object lives in it, this type
+        // hands out no references into it, and raw pointers derived from `addr` are their
+        // holders' own `unsafe` to dereference.
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
     }
 }

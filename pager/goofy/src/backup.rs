@@ -140,30 +140,37 @@ impl BackupServer {
 
     /// The image of `uid`; created empty from `hello` (uid, name) if there is none and it is given.
     fn image(&self, uid: u64, hello: Option<&str>) -> Result<Arc<Mutex<VolumeImage>>, BackupError> {
-        let slot = lock(&self.images).entry(uid).or_default().clone();
-        let mut slot = lock(&slot);
-        if let Some(img) = &*slot {
-            return Ok(img.clone());
-        }
-        match self.open_image(uid, hello) {
-            Ok(img) => {
-                let img = Arc::new(Mutex::new(img));
-                *slot = Some(img.clone());
-                Ok(img)
+        // Lock order: a slot, then the table (the table is only ever held briefly).
+        loop {
+            let slot = lock(&self.images).entry(uid).or_default().clone();
+            let mut guard = lock(&slot);
+            let current = |images: &HashMap<u64, Arc<ImageSlot>>| {
+                images.get(&uid).is_some_and(|s| Arc::ptr_eq(s, &slot))
+            };
+            if !current(&lock(&self.images)) {
+                // An opener that failed removed this slot while we waited for it: start over.
+                continue;
             }
-            Err(e) => {
-                // An unknown or broken image leaves no slot behind (a hostile peer naming
-                // random uids must not grow the table).
-                drop(slot);
-                let mut images = lock(&self.images);
-                if images
-                    .get(&uid)
-                    .is_some_and(|s| s.try_lock().is_ok_and(|g| g.is_none()))
-                {
-                    images.remove(&uid);
+            if let Some(img) = &*guard {
+                return Ok(img.clone());
+            }
+            return match self.open_image(uid, hello) {
+                Ok(img) => {
+                    let img = Arc::new(Mutex::new(img));
+                    *guard = Some(img.clone());
+                    Ok(img)
                 }
-                Err(e)
-            }
+                Err(e) => {
+                    // An unknown or broken image leaves no slot behind (a hostile peer naming
+                    // random uids must not grow the table); removed while the slot is held, so
+                    // nobody fills a slot the table no longer has.
+                    let mut images = lock(&self.images);
+                    if current(&images) {
+                        images.remove(&uid);
+                    }
+                    Err(e)
+                }
+            };
         }
     }
 

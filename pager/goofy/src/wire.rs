@@ -425,10 +425,11 @@ impl Msg {
 /// Writes one framed message.
 pub fn send(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
     let payload = msg.encode();
-    let mut frame = Vec::with_capacity(payload.len() + 8);
-    frame.extend((payload.len() as u32).to_le_bytes());
-    frame.extend(crc32c::crc32c(&payload).to_le_bytes());
-    frame.extend(payload);
+    let frame = Writer::new()
+        .u32(payload.len() as u32)
+        .u32(crc32c::crc32c(&payload))
+        .raw(&payload)
+        .finish();
     w.write_all(&frame)?;
     w.flush()
 }
@@ -437,8 +438,9 @@ pub fn send(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
 pub fn recv(r: &mut impl Read) -> Result<Msg, WireError> {
     let mut head = [0u8; 8];
     r.read_exact(&mut head)?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let mut h = Reader::new(&head);
+    let len = h.u32()? as usize;
+    let crc = h.u32()?;
     if len > MAX_FRAME {
         return Err(WireError::Oversized(len));
     }

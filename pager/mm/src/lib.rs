@@ -26,6 +26,6 @@ pub mod types;
 pub use error::Refusal;
 pub use image::{sigbus, Fault, Image, ImageView};
 pub use manager::{Manager, MapReply, MAX_CLUSTER_PAGES};
-pub use regions::{Region, RegionError, RegionSet};
+pub use regions::{RegionError, RegionSet, UserRegion};
 pub use site::{Site, Stats};
 pub use types::{ConnId, PageNo, UserAddr};

@@ -13,7 +13,7 @@ const PAGE: u64 = PAGE_SIZE as u64;
 
 /// Pages `first_page..first_page+npages` of a cluster, mapped at `base` in a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
+pub struct UserRegion {
     /// The cluster page at `base`.
     pub first_page: PageNo,
     /// Its length in pages.
@@ -22,7 +22,7 @@ pub struct Region {
     pub base: UserAddr,
 }
 
-impl Region {
+impl UserRegion {
     /// One past its last byte, if that does not wrap around.
     pub fn end(&self) -> Option<UserAddr> {
         self.npages
@@ -73,7 +73,7 @@ pub enum RegionError {
 /// overlap-checked insert and a logarithmic lookup by address.
 #[derive(Debug)]
 pub struct RegionSet<T> {
-    by_base: BTreeMap<UserAddr, (Region, T)>,
+    by_base: BTreeMap<UserAddr, (UserRegion, T)>,
 }
 
 impl<T> Default for RegionSet<T> {
@@ -86,14 +86,14 @@ impl<T> Default for RegionSet<T> {
 
 impl<T> RegionSet<T> {
     /// Adds `region` unless it is malformed or overlaps one already there.
-    pub fn insert(&mut self, region: Region, value: T) -> Result<(), RegionError> {
+    pub fn insert(&mut self, region: UserRegion, value: T) -> Result<(), RegionError> {
         self.check(&region)?;
         self.by_base.insert(region.base, (region, value));
         Ok(())
     }
 
     /// Whether `region` could be inserted: not malformed, not overlapping.
-    pub fn check(&self, region: &Region) -> Result<(), RegionError> {
+    pub fn check(&self, region: &UserRegion) -> Result<(), RegionError> {
         if region.npages == 0 || !region.base.is_page_aligned() {
             return Err(RegionError::Malformed(region.base));
         }
@@ -112,13 +112,13 @@ impl<T> RegionSet<T> {
     }
 
     /// The region holding `addr`, with its value and the cluster page there.
-    pub fn find(&self, addr: UserAddr) -> Option<(&Region, &T, PageNo)> {
+    pub fn find(&self, addr: UserAddr) -> Option<(&UserRegion, &T, PageNo)> {
         let (_, (r, v)) = self.by_base.range(..=addr).next_back()?;
         r.page_at(addr).map(|p| (r, v, p))
     }
 
     /// Keeps only the regions for which `keep` holds.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Region, &T) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&UserRegion, &T) -> bool) {
         self.by_base.retain(|_, (r, v)| keep(r, v));
     }
 
@@ -138,8 +138,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn region(base_page: u64, npages: u64, first: u64) -> Region {
-        Region {
+    fn region(base_page: u64, npages: u64, first: u64) -> UserRegion {
+        UserRegion {
             first_page: PageNo(first),
             npages,
             base: UserAddr(base_page * PAGE),
@@ -165,7 +165,7 @@ mod tests {
             s.insert(region(30, 0, 0), 'x'),
             Err(RegionError::Malformed(UserAddr(30 * PAGE)))
         );
-        let unaligned = Region {
+        let unaligned = UserRegion {
             base: UserAddr(30 * PAGE + 1),
             ..region(30, 1, 0)
         };
@@ -173,7 +173,7 @@ mod tests {
             s.insert(unaligned, 'x'),
             Err(RegionError::Malformed(_))
         ));
-        let wrap = Region {
+        let wrap = UserRegion {
             base: UserAddr(u64::MAX - PAGE + 1),
             ..region(0, 2, 0)
         };
@@ -220,7 +220,7 @@ mod tests {
             probes in proptest::collection::vec(0u64..80 * PAGE, 1..40),
         ) {
             let mut s = RegionSet::default();
-            let mut model: Vec<Region> = Vec::new();
+            let mut model: Vec<UserRegion> = Vec::new();
             for (i, (base, n)) in ops.into_iter().enumerate() {
                 let r = region(base, n, 0);
                 let overlaps = model.iter().any(|m| r.base < m.end().unwrap() && m.base < r.end().unwrap());

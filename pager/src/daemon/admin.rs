@@ -61,7 +61,7 @@ fn status(d: &Daemon) -> Status {
     let c = |c: &clu_mm::site::Counter| c.get();
     Status {
         pid: std::process::id(),
-        uptime_secs: d.started.elapsed().as_secs_f64(),
+        uptime_secs: render::milli(d.started.elapsed().as_secs_f64()),
         root: m.storage().root().display().to_string(),
         socket: d.socket.display().to_string(),
         connections: render::status::Connections {
@@ -92,12 +92,25 @@ fn status(d: &Daemon) -> Status {
             pages: c(&s.committed_pages),
             aborts: c(&s.aborts),
         },
-        reliable_volumes: d
-            .ssf
-            .replication()
-            .iter()
-            .map(|(vol, r)| ReliableView::new(*vol, r))
-            .collect(),
+        reliable_volumes: {
+            let names: std::collections::HashMap<_, _> = m
+                .storage()
+                .volumes()
+                .into_iter()
+                .map(|v| (v.entry.vol, v.entry.name))
+                .collect();
+            d.ssf
+                .replication()
+                .iter()
+                .map(|(vol, r)| {
+                    let mut v = ReliableView::new(*vol, r);
+                    if let Some(name) = names.get(vol) {
+                        v.name = name.clone();
+                    }
+                    v
+                })
+                .collect()
+        },
         restoring: d
             .ssf
             .restorations()

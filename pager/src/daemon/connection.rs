@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use clu_mm::{ConnId, PageNo, Refusal, Region, UserAddr};
+use clu_mm::{ConnId, PageNo, Refusal, UserAddr, UserRegion};
 use clu_proto::channel::{Channel, ChannelError};
 use clu_proto::protocol::{Request, Response, ATTACH_WP_ASYNC};
 use clu_proto::{ClusterId, ErrorCode, VolId};
@@ -38,7 +38,7 @@ pub const MAX_REGIONS: usize = 4096;
 /// A region a client announces (`Attach`), with the descriptors that came with it.
 struct AttachRequest {
     id: ClusterId,
-    region: Region,
+    region: UserRegion,
     wp_async: bool,
     fds: Vec<OwnedFd>,
 }
@@ -210,7 +210,7 @@ impl Connection {
                 flags,
             } => self.attach(AttachRequest {
                 id,
-                region: Region {
+                region: UserRegion {
                     first_page: PageNo(first_page),
                     npages,
                     base: UserAddr(base),

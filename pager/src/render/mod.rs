@@ -12,7 +12,7 @@ use clu_storage::VolumeStatus;
 use std::fmt::Write as _;
 
 /// A float rounded to three decimals, as the JSON documents give them.
-pub(crate) fn milli(x: f64) -> f64 {
+pub fn milli(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

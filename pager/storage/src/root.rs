@@ -322,6 +322,14 @@ impl Storage {
         result
     }
 
+    /// A volume being mounted is as good as mounted for what needs it unmounted.
+    fn refuse_if_mounting(&self, vol: VolId) -> Result<()> {
+        if lock(&self.mounting).contains(&vol) {
+            return Err(StorageError::StillMounted(vol));
+        }
+        Ok(())
+    }
+
     /// `vol_Unmount`: checkpoints and closes the volume, and removes it from the mount table.
     pub fn vol_unmount(&self, vol: VolId) -> Result<()> {
         let v = write(&self.mounted)
@@ -343,6 +351,7 @@ impl Storage {
         if let Ok(v) = self.volume(vol) {
             return v.set_capacity(capacity_pages);
         }
+        self.refuse_if_mounting(vol)?;
         let entry = self.entry(vol)?;
         self.service(&entry)?
             .vol_resize(&self.root.join(&entry.location), capacity_pages)
@@ -353,6 +362,7 @@ impl Storage {
         if self.volume(vol).is_ok() {
             return Err(StorageError::StillMounted(vol));
         }
+        self.refuse_if_mounting(vol)?;
         let entry = self.entry(vol)?;
         self.service(&entry)?
             .vol_delete(vol, &self.root.join(&entry.location), force)?;

@@ -72,7 +72,7 @@ impl Image {
                     self.punch(st, page, 1);
                     self.site.stats.evicted_clean.inc();
                 }
-                Action::WriteProtect => self.protect(st, PageNo(page), 1),
+                Action::WriteProtect => self.protect(PageNo(page), 1),
                 Action::CopyToPaging => {
                     let done = match self.copy_to_paging(page) {
                         Ok(slot) => {
@@ -95,8 +95,15 @@ impl Image {
                                 self.punch(st, page, 1);
                                 self.site.stats.evicted_dirty.inc();
                             }
-                            other => {
-                                warn!(cluster = %self.id, "BUG: action {other:?} after a flush; ignored")
+                            Action::Supply { .. }
+                            | Action::MapResident { .. }
+                            | Action::Unprotect
+                            | Action::WriteProtect
+                            | Action::CopyToJournal(_)
+                            | Action::CopyToPaging
+                            | Action::FreeSlot
+                            | Action::Defer => {
+                                warn!(cluster = %self.id, "BUG: action {b:?} after a flush; ignored")
                             }
                         }
                     }
@@ -146,8 +153,8 @@ impl Image {
     /// Maps clean resident `pages` (sorted) in every process mapping the cluster, write-protected
     /// where the mapping is writable, without waiting for a fault. A page already mapped there
     /// ends its run early (EEXIST), which is harmless.
-    pub(super) fn map_in_all(&self, st: &ImageState, pages: &[u64]) {
-        for mapper in &st.mappers {
+    pub(super) fn map_in_all(&self, pages: &[u64]) {
+        for mapper in &self.mappers_now() {
             let Some(u) = &mapper.uffd else { continue };
             for (first, n) in page_runs(pages, u64::MAX) {
                 for r in &mapper.regions {
@@ -167,7 +174,7 @@ impl Image {
     /// commit, abort, eviction.
     pub(super) fn harvest(&self, st: &mut ImageState) {
         let mut written = Vec::new();
-        for mapper in st.mappers.iter().filter(|m| m.writable) {
+        for mapper in self.mappers_now().iter().filter(|m| m.writable) {
             let Some(pm) = &mapper.pagemap else { continue };
             for r in &mapper.regions {
                 let Some(end) = r.end() else { continue };
@@ -198,8 +205,8 @@ impl Image {
 
     /// Write-protects pages `first..first+n` in every process mapping them
     /// (`memory_object_lock_request`).
-    pub(super) fn protect(&self, st: &ImageState, first: PageNo, n: u64) {
-        for mapper in st.mappers.iter().filter(|m| m.writable) {
+    pub(super) fn protect(&self, first: PageNo, n: u64) {
+        for mapper in self.mappers_now().iter().filter(|m| m.writable) {
             let Some(u) = &mapper.uffd else { continue };
             for r in &mapper.regions {
                 if let Some(range) = r.range_of(first, n) {

@@ -16,7 +16,7 @@ use userfaultfd::{FaultKind, Uffd};
 use super::{io, readahead, sigbus, usage::FaultClass, Image, ImageState, PAGE};
 use crate::error::Refusal;
 use crate::page_state::{step, Action, Event, PageState, Source};
-use crate::regions::Region;
+use crate::regions::UserRegion;
 use crate::types::{ConnId, PageNo, UserAddr};
 
 /// A fault read from a mapper's userfaultfd.
@@ -32,7 +32,7 @@ pub struct Fault {
     /// The cluster page.
     pub page: PageNo,
     /// The faulting process's region holding the page.
-    pub region: Region,
+    pub region: UserRegion,
     /// Missing, minor or write-protect.
     pub kind: FaultKind,
     /// A write access.

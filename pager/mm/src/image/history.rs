@@ -126,7 +126,7 @@ fn replay(img: &Weak<Image>, pages: &[u32]) {
             done += 1;
         }
         // Map them ahead of the faults in every process that maps the cluster.
-        img.map_in_all(&st, &supplied);
+        img.map_in_all(&supplied);
     }
     debug!(pages = done, "history prefetch done");
 }

@@ -4,11 +4,14 @@
 //! place: faults in [`fault`], eviction in [`evict`], commit, abort and release in
 //! [`writeback`].
 //!
-//! Locking: `state` guards everything mutable; `commit_lock` serialises commit, abort and
-//! resize. A commit holds `state` while it write-protects and copies the dirty pages, releases
-//! it for the journal write (faults on clean pages go on; writes to the pages being committed
-//! are deferred and replayed when the commit ends), then takes it again to finish. The fault
-//! path holds `state` while it fills the faulting run (see `docs/architecture.md`).
+//! Locking, in order: `commit_lock` serialises commit and abort; `resize_lock` serialises
+//! growth; `state` guards the pages and everything about them; `mappers` (a leaf, never held
+//! across I/O or a system call) guards who maps the image and for how long, so that the image
+//! table can ask without waiting behind a fault's I/O. A commit holds `state` while it
+//! write-protects and copies the dirty pages, releases it for the journal write (faults on
+//! clean pages go on; writes to the pages being committed are deferred and replayed when the
+//! commit ends), then takes it again to finish. The fault path holds `state` while it fills the
+//! faulting run (see `docs/architecture.md`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,7 +38,7 @@ use userfaultfd::Uffd;
 use crate::error::Refusal;
 use crate::page_state::{step, Event, PageState};
 use crate::paging::Slot;
-use crate::regions::Region;
+use crate::regions::UserRegion;
 use crate::site::Site;
 use crate::types::{ConnId, UserAddr};
 use readahead::Readahead;
@@ -43,20 +46,20 @@ use readahead::Readahead;
 const PAGE: u64 = PAGE_SIZE as u64;
 
 /// A process mapping the cluster (one per connection).
+#[derive(Clone)]
 struct Mapper {
     conn: ConnId,
     writable: bool,
     uffd: Option<Arc<Uffd>>,
     /// In write-protect-async mode, the process's pagemap, to collect written pages.
     pagemap: Option<Arc<File>>,
-    regions: Vec<Region>,
+    regions: Vec<UserRegion>,
 }
 
 /// Everything about an image that changes, under its lock.
 struct ImageState {
     pages: Vec<PageState>,
     slots: HashMap<u64, Slot>,
-    mappers: Vec<Mapper>,
     deferred: Vec<Fault>,
     hand: u64,
     resident: u64,
@@ -69,8 +72,15 @@ struct ImageState {
     history: history::Recorder,
     /// Set by `release`: the image is done; background work stops.
     closed: bool,
-    /// The figures of the use in progress (J1-J6).
+    /// What the use in progress did to the pages (J3-J6).
     usage: usage::Usage,
+}
+
+/// Who maps the image, and how much it was shared during this use (J1, J2).
+#[derive(Default)]
+struct Mappers {
+    list: Vec<Mapper>,
+    sharing: usage::Sharing,
 }
 
 /// What `pager status` shows of an image, read in one go.
@@ -99,7 +109,9 @@ pub struct Image {
     /// A temporary cluster: never written to storage (commit keeps its pages in memory).
     temporary: AtomicBool,
     state: Mutex<ImageState>,
+    mappers: Mutex<Mappers>,
     commit_lock: Mutex<()>,
+    resize_lock: Mutex<()>,
 }
 
 fn io(what: &str, e: impl std::fmt::Display) -> Refusal {
@@ -147,7 +159,6 @@ impl Image {
             state: Mutex::new(ImageState {
                 pages: vec![initial; npages as usize],
                 slots: HashMap::new(),
-                mappers: Vec::new(),
                 deferred: Vec::new(),
                 hand: 0,
                 resident: 0,
@@ -158,7 +169,9 @@ impl Image {
                 closed: false,
                 usage: usage::Usage::default(),
             }),
+            mappers: Mutex::new(Mappers::default()),
             commit_lock: Mutex::new(()),
+            resize_lock: Mutex::new(()),
         })
     }
 
@@ -184,6 +197,7 @@ impl Image {
 
     /// What `pager status` shows of it.
     pub fn view(&self) -> ImageView {
+        let mappers = self.mappers();
         let st = lock(&self.state);
         ImageView {
             id: self.id,
@@ -191,8 +205,14 @@ impl Image {
             resident: st.resident,
             dirty: st.pages.iter().filter(|p| p.dirty()).count() as u64,
             paged_out: st.slots.len() as u64,
-            mappers: st.mappers.len(),
+            mappers,
         }
+    }
+
+    /// The mappers now, for the paths that act on every mapper (write protection, mapping
+    /// ahead, collecting writes) without holding the mappers' lock across their system calls.
+    fn mappers_now(&self) -> Vec<Mapper> {
+        lock(&self.mappers).list.clone()
     }
 
     /// `n` more pages of this image are in memory.
@@ -208,26 +228,26 @@ impl Image {
         self.site.budget.sub(n);
     }
 
-    // ---- mappers ----
+    // ---- mappers (the mappers' lock only: the table asks these under its own lock) ----
 
     /// A process maps the image.
     pub fn add_mapper(&self, conn: ConnId, writable: bool) -> Result<(), Refusal> {
-        let mut st = lock(&self.state);
-        if st.mappers.iter().any(|m| m.conn == conn) {
+        let mut m = lock(&self.mappers);
+        if m.list.iter().any(|m| m.conn == conn) {
             return Err(Refusal::new(
                 ErrorCode::Busy,
                 format!("cluster {} is already mapped by this process", self.id),
             ));
         }
-        st.mappers.push(Mapper {
+        m.list.push(Mapper {
             conn,
             writable,
             uffd: None,
             pagemap: None,
             regions: Vec::new(),
         });
-        let n = st.mappers.len() as u64;
-        st.usage.mappers(n);
+        let n = m.list.len() as u64;
+        m.sharing.mappers(n);
         Ok(())
     }
 
@@ -237,10 +257,9 @@ impl Image {
         conn: ConnId,
         uffd: Arc<Uffd>,
         pagemap: Option<Arc<File>>,
-        region: Region,
+        region: UserRegion,
     ) -> Result<bool, Refusal> {
-        let mut st = lock(&self.state);
-        let npages = st.pages.len() as u64;
+        let npages = self.npages();
         let end = region.first_page.0.checked_add(region.npages);
         if region.npages == 0 || !end.is_some_and(|e| e <= npages) || !region.base.is_page_aligned()
         {
@@ -249,8 +268,9 @@ impl Image {
                 region.npages, region.first_page, region.base, self.id
             )));
         }
-        let m = st
-            .mappers
+        let mut mappers = lock(&self.mappers);
+        let m = mappers
+            .list
             .iter_mut()
             .find(|m| m.conn == conn)
             .ok_or_else(|| {
@@ -264,43 +284,49 @@ impl Image {
 
     /// (whether `conn` maps the image and, if so, writable; how many mappers there are)
     pub fn mapper_status(&self, conn: ConnId) -> (Option<bool>, usize) {
-        let st = lock(&self.state);
-        let me = st
-            .mappers
-            .iter()
-            .find(|m| m.conn == conn)
-            .map(|m| m.writable);
-        (me, st.mappers.len())
+        let m = lock(&self.mappers);
+        let me = m.list.iter().find(|m| m.conn == conn).map(|m| m.writable);
+        (me, m.list.len())
     }
 
     /// How many processes map the image.
     pub fn mappers(&self) -> usize {
-        lock(&self.state).mappers.len()
+        lock(&self.mappers).list.len()
     }
 
-    /// A process no longer maps the image; returns how many still do.
+    /// A process no longer maps the image; returns how many still do. Its deferred faults go
+    /// with [`Image::forget_faults`], which needs the image's state.
     pub fn remove_mapper(&self, conn: ConnId) -> usize {
-        let mut st = lock(&self.state);
-        st.mappers.retain(|m| m.conn != conn);
-        st.deferred.retain(|f| f.conn != conn);
-        let n = st.mappers.len();
-        st.usage.mappers(n as u64);
+        let mut m = lock(&self.mappers);
+        m.list.retain(|m| m.conn != conn);
+        let n = m.list.len();
+        m.sharing.mappers(n as u64);
         n
     }
 
+    /// Drops the faults of `conn` waiting for a commit or an eviction (it no longer maps the
+    /// image).
+    pub fn forget_faults(&self, conn: ConnId) {
+        lock(&self.state).deferred.retain(|f| f.conn != conn);
+    }
+
     /// Ends the current use, once no process maps the image: adds its figures to the
-    /// statistics in the descriptor (J5). The descriptor is written without the image's lock.
+    /// statistics in the descriptor (J5). The descriptor is written without the image's locks.
     pub fn end_use(&self) {
-        let mut usage = {
-            let mut st = lock(&self.state);
-            if !st.mappers.is_empty() {
+        let sharing = {
+            let mut m = lock(&self.mappers);
+            if !m.list.is_empty() {
                 return;
             }
-            std::mem::take(&mut st.usage)
+            std::mem::take(&mut m.sharing)
         };
+        let usage = std::mem::take(&mut lock(&self.state).usage);
+        let mut figures = Some((sharing, usage));
         if let Err(e) = self.vol.clu_update(self.id.clu(), &mut |d| {
-            if let Some(stats) = usage.end(&d.stats) {
-                d.stats = stats;
+            if let Some((sharing, usage)) = figures.take() {
+                if let Some(stats) = usage::end(sharing, usage, &d.stats) {
+                    d.stats = stats;
+                }
             }
         }) {
             warn!(cluster = %self.id, "saving the statistics of a use: {e}");
@@ -315,7 +341,7 @@ impl Image {
     /// `clu_Resize`: adds zero pages in storage, then in the image (growth). Storage grows
     /// without the image's lock: the new pages are not mapped anywhere before this returns.
     pub fn resize(&self, add: u64) -> Result<u64, Refusal> {
-        let _serial = lock(&self.commit_lock);
+        let _serial = lock(&self.resize_lock);
         let desc = self.vol.clu_resize(self.id.clu(), add)?;
         self.memfd
             .set_len(desc.npages * PAGE)

@@ -20,21 +20,18 @@ pub enum FaultClass {
     WriteProtect = 3,
 }
 
-/// The figures of the use in progress.
-#[derive(Default)]
-pub struct Usage {
+/// Who mapped the cluster during the use in progress, and for how long: kept with the image's
+/// mappers (under their lock).
+#[derive(Debug, Default)]
+pub struct Sharing {
     started: Option<Instant>,
     changed: Option<Instant>,
     mappers: u64,
     /// Integral of the number of mappers over time, in mapper-milliseconds.
     mapper_ms: f64,
-    modified: Vec<u64>,
-    modified_count: u64,
-    paged_out: u64,
-    faults: [u64; 4],
 }
 
-impl Usage {
+impl Sharing {
     fn integrate(&mut self, now: Instant) {
         if let Some(t) = self.changed {
             self.mapper_ms += self.mappers as f64 * now.duration_since(t).as_secs_f64() * 1e3;
@@ -51,7 +48,18 @@ impl Usage {
         }
         self.mappers = n;
     }
+}
 
+/// What the use in progress did to the pages: kept with the image's page states.
+#[derive(Debug, Default)]
+pub struct Usage {
+    modified: Vec<u64>,
+    modified_count: u64,
+    paged_out: u64,
+    faults: [u64; 4],
+}
+
+impl Usage {
     /// Page `page` was modified (it became dirty).
     pub fn modified(&mut self, page: u64) {
         let (w, b) = ((page / 64) as usize, page % 64);
@@ -73,24 +81,23 @@ impl Usage {
     pub fn fault(&mut self, kind: FaultClass) {
         self.faults[kind as usize] += 1;
     }
+}
 
-    /// Ends the use: adds its figures to `stats` and starts afresh. `None` if there was no use.
-    pub fn end(&mut self, stats: &ClusterStats) -> Option<ClusterStats> {
-        let started = self.started?;
-        let now = Instant::now();
-        self.integrate(now);
-        let mut s = *stats;
-        s.uses += 1;
-        s.mapped_ms += now.duration_since(started).as_millis() as u64;
-        s.sharers_sum += self.mapper_ms.round() as u64;
-        s.modified_pages += self.modified_count;
-        s.paged_out += self.paged_out;
-        for (t, f) in s.faults.iter_mut().zip(self.faults) {
-            *t += f;
-        }
-        *self = Usage::default();
-        Some(s)
+/// Ends a use: adds its figures to `stats`. `None` if there was no use.
+pub fn end(mut sharing: Sharing, usage: Usage, stats: &ClusterStats) -> Option<ClusterStats> {
+    let started = sharing.started?;
+    let now = Instant::now();
+    sharing.integrate(now);
+    let mut s = *stats;
+    s.uses += 1;
+    s.mapped_ms += now.duration_since(started).as_millis() as u64;
+    s.sharers_sum += sharing.mapper_ms.round() as u64;
+    s.modified_pages += usage.modified_count;
+    s.paged_out += usage.paged_out;
+    for (t, f) in s.faults.iter_mut().zip(usage.faults) {
+        *t += f;
     }
+    Some(s)
 }
 
 #[cfg(test)]
@@ -100,18 +107,27 @@ mod tests {
     #[test]
     fn a_use_adds_its_figures_and_means_divide_by_uses() {
         let mut u = Usage::default();
-        assert_eq!(u.end(&ClusterStats::default()), None, "no use yet");
-        u.mappers(1);
+        let mut sh = Sharing::default();
+        assert_eq!(
+            end(
+                Sharing::default(),
+                Usage::default(),
+                &ClusterStats::default()
+            ),
+            None,
+            "no use yet"
+        );
+        sh.mappers(1);
         for p in [1, 2, 2, 3, 64, 1000] {
             u.modified(p);
         }
         u.paged_out();
         u.fault(FaultClass::Zero);
         u.fault(FaultClass::WriteProtect);
-        u.mappers(2);
+        sh.mappers(2);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        u.mappers(0);
-        let s = u.end(&ClusterStats::default()).expect("a use");
+        sh.mappers(0);
+        let s = end(sh, u, &ClusterStats::default()).expect("a use");
         assert_eq!((s.uses, s.modified_pages, s.paged_out), (1, 5, 1));
         assert_eq!(s.faults, [1, 0, 0, 1]);
         assert!(

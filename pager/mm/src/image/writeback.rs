@@ -38,7 +38,7 @@ impl Image {
             // write to any page of the cluster faults and waits for the commit. This is every
             // page's `WriteProtect` action at once.
             let npages = st.pages.len() as u64;
-            self.protect(&st, PageNo(0), npages);
+            self.protect(PageNo(0), npages);
             let mut buf = vec![0u8; dirty.len() * PAGE_SIZE];
             for (i, &p) in dirty.iter().enumerate() {
                 let chunk = &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
@@ -115,8 +115,15 @@ impl Image {
                 for a in actions {
                     match *a {
                         Action::FreeSlot => self.free_slot(st, p),
-                        other => {
-                            warn!(cluster = %self.id, "BUG: action {other:?} at the end of a commit; ignored")
+                        Action::Supply { .. }
+                        | Action::MapResident { .. }
+                        | Action::Unprotect
+                        | Action::WriteProtect
+                        | Action::CopyToJournal(_)
+                        | Action::CopyToPaging
+                        | Action::Drop
+                        | Action::Defer => {
+                            warn!(cluster = %self.id, "BUG: action {a:?} at the end of a commit; ignored")
                         }
                     }
                 }
@@ -152,8 +159,14 @@ impl Image {
                 match *a {
                     Action::Drop => drop.push(p),
                     Action::FreeSlot => self.free_slot(&mut st, p),
-                    other => {
-                        warn!(cluster = %self.id, "BUG: action {other:?} asked of an abort; ignored")
+                    Action::Supply { .. }
+                    | Action::MapResident { .. }
+                    | Action::Unprotect
+                    | Action::WriteProtect
+                    | Action::CopyToJournal(_)
+                    | Action::CopyToPaging
+                    | Action::Defer => {
+                        warn!(cluster = %self.id, "BUG: action {a:?} asked of an abort; ignored")
                     }
                 }
             }
@@ -166,21 +179,52 @@ impl Image {
         discarded
     }
 
-    /// The last mapper is gone and every page is committed or aborted: each page takes the
-    /// `Release` event, the image's memory is given back at once, and the access history is
-    /// saved (outside the image's lock).
+    /// The last mapper is gone: each page takes the `Release` event, the image's memory is
+    /// given back at once, and the access history is saved (outside the image's lock). A page
+    /// still dirty here (written after the last commit by the process that is unmapping, or a
+    /// temporary cluster being destroyed) is discarded first, as by an abort.
     pub fn release(&self) {
-        let history = {
+        let (history, discarded) = {
             let mut st = lock(&self.state);
+            let mut discarded = 0;
             for p in 0..st.pages.len() {
+                if st.pages[p].dirty() {
+                    if let Ok((next, actions)) = step(st.pages[p], Event::Abort) {
+                        for a in actions {
+                            match *a {
+                                // One punch of the whole memfd below does every `Drop`.
+                                Action::Drop => {}
+                                Action::FreeSlot => self.free_slot(&mut st, p as u64),
+                                Action::Supply { .. }
+                                | Action::MapResident { .. }
+                                | Action::Unprotect
+                                | Action::WriteProtect
+                                | Action::CopyToJournal(_)
+                                | Action::CopyToPaging
+                                | Action::Defer => {
+                                    warn!(cluster = %self.id, "BUG: action {a:?} asked of an abort; ignored")
+                                }
+                            }
+                        }
+                        st.pages[p] = next;
+                        discarded += 1;
+                    }
+                }
                 match step(st.pages[p], Event::Release) {
                     Ok((next, actions)) => {
                         for a in actions {
                             match *a {
                                 // One punch of the whole memfd below does every `Drop`.
                                 Action::Drop => {}
-                                other => {
-                                    warn!(cluster = %self.id, "BUG: action {other:?} asked of a release; ignored")
+                                Action::Supply { .. }
+                                | Action::MapResident { .. }
+                                | Action::Unprotect
+                                | Action::WriteProtect
+                                | Action::CopyToJournal(_)
+                                | Action::CopyToPaging
+                                | Action::FreeSlot
+                                | Action::Defer => {
+                                    warn!(cluster = %self.id, "BUG: action {a:?} asked of a release; ignored")
                                 }
                             }
                         }
@@ -209,8 +253,11 @@ impl Image {
             st.deferred.clear();
             st.hinted.clear();
             st.closed = true;
-            st.history.take()
+            (st.history.take(), discarded)
         };
+        if discarded > 0 && !self.is_temporary() {
+            warn!(cluster = %self.id, pages = discarded, "pages modified after the last commit were discarded at the last unmap");
+        }
         if !history.is_empty() {
             if let Err(e) = self.vol.clu_set_history(self.id.clu(), &history) {
                 warn!(cluster = %self.id, "saving the access history: {e}");

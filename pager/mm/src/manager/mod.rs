@@ -1,11 +1,12 @@
 //! The memory manager proper: the images of the clusters mapped on this site, and the cluster
 //! operations (thesis B1-B10) as the daemon's connections call them.
 //!
-//! Lock order: the image table, then an image's `state` (mapper bookkeeping happens under the
-//! table lock so that "is this the last mapper" is decided once). An image's `commit_lock` is
-//! never taken under the table lock: commits, aborts and releases run with the table unlocked.
-//! A fault path that holds an image's `state` and needs room in another image only ever
-//! *tries* the table and the other image.
+//! Lock order: an image's `commit_lock`, then its `state`, then the image table, then the
+//! image's `mappers`. Under the table lock only `mappers` is ever taken (mapper bookkeeping
+//! happens there, so that "is this the last mapper" is decided once); that lock is a leaf held
+//! across no I/O and no system call, so the table never waits behind an image's I/O. Commits,
+//! aborts and releases run with the table unlocked. A fault path that holds an image's `state`
+//! and needs room in another image only ever *tries* the table and the other image.
 
 mod table;
 
@@ -20,7 +21,7 @@ use userfaultfd::Uffd;
 use self::table::{Entry, ImageTable};
 use crate::error::Refusal;
 use crate::image::{spawn_replay, Image, ImageView};
-use crate::regions::Region;
+use crate::regions::UserRegion;
 use crate::rights;
 use crate::site::{Reclaim, Site};
 use crate::types::ConnId;
@@ -226,7 +227,7 @@ impl Manager {
         id: ClusterId,
         uffd: Arc<Uffd>,
         pagemap: Option<Arc<File>>,
-        region: Region,
+        region: UserRegion,
     ) -> Result<(Arc<Image>, bool), Refusal> {
         let img = self.table.image(id).ok_or_else(|| not_mapped(id))?;
         let writable = img.attach(conn, uffd, pagemap, region)?;
@@ -251,6 +252,7 @@ impl Manager {
             if mappers > 1 || img.is_temporary() {
                 let left = img.remove_mapper(conn);
                 drop(table);
+                img.forget_faults(conn);
                 if left == 0 {
                     img.end_use();
                 }
@@ -327,7 +329,7 @@ impl Manager {
     }
 
     /// Drops the in-memory image of a cluster no process maps (a temporary cluster's, before
-    /// it is destroyed): its modifications are discarded, then it is released.
+    /// it is destroyed): its modifications are discarded as it is released.
     pub fn forget(&self, id: ClusterId) {
         let entry = {
             let table = self.table.lock();
@@ -339,7 +341,7 @@ impl Manager {
                 _ => return,
             }
         };
-        entry.image.abort();
+        // Its modifications are discarded by the release (not counted as an abort).
         entry.image.release();
         self.table.remove(&entry);
     }

@@ -15,6 +15,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use clu_proto::codec::{Reader, Writer};
 use clu_proto::PAGE_SIZE;
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -43,7 +44,7 @@ pub(crate) struct PageSums {
 }
 
 fn encode(sums: &[u32]) -> Vec<u8> {
-    sums.iter().flat_map(|s| s.to_le_bytes()).collect()
+    sums.iter().fold(Writer::new(), |w, s| w.u32(*s)).finish()
 }
 
 impl PageSums {
@@ -75,10 +76,8 @@ impl PageSums {
         let have = (file.metadata()?.len() / SUM).min(npages);
         let mut bytes = vec![0u8; (have * SUM) as usize];
         file.read_exact_at(&mut bytes, 0)?;
-        let mut sums: Vec<u32> = bytes
-            .chunks_exact(SUM as usize)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let mut r = Reader::new(&bytes);
+        let mut sums: Vec<u32> = (0..have).filter_map(|_| r.u32().ok()).collect();
         if have < npages {
             tracing::warn!(path = %path.display(), have, npages,
                 "rebuilding missing page checksums from the stored pages");
