@@ -7,6 +7,7 @@ mod admin;
 mod config;
 mod daemon;
 mod render;
+mod tls_args;
 mod uffd_probe;
 
 use std::os::unix::net::UnixStream;
@@ -78,6 +79,8 @@ enum Command {
             value_name = "MIB"
         )]
         goofy_retain_mb: u64,
+        #[command(flatten)]
+        tls: tls_args::TlsArgs,
     },
     /// Runs a backup server: keeps images of the reliable volumes of other pagers, kept up to
     /// date by their propagation (thesis VII.3), until killed.
@@ -88,11 +91,42 @@ enum Command {
         /// The address to listen on, HOST:PORT.
         #[arg(long, value_name = "HOST:PORT")]
         listen: String,
+        #[command(flatten)]
+        tls: tls_args::TlsArgs,
     },
+    /// The cell's keys: a CA, and a certificate per site signed by it (no openssl needed).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Checks that this machine's userfaultfd offers what the pager needs.
     Check,
     #[command(flatten)]
     Admin(AdminCommand),
+}
+
+/// `pager keys`.
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Writes a new CA for a cell into DIR: ca.crt, and ca.key (mode 600).
+    Init {
+        /// Where the keys live.
+        dir: PathBuf,
+        /// How long the CA is valid, in days.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Writes DIR/NAME.crt and DIR/NAME.key (mode 600), signed by the CA in DIR, for site NAME.
+    Issue {
+        /// Where the keys live (with the CA).
+        dir: PathBuf,
+        /// The site's name: what it claims to its peers (letters, digits, `-`).
+        name: String,
+        /// A host name or address the site is reached at (repeat): peers check it.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
 }
 
 /// A command-line value that does not parse.
@@ -133,6 +167,8 @@ fn init_logging(verbose: u8, serving: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs written to files and journals stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -164,6 +200,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             socket_mode,
             socket_group,
             goofy_retain_mb,
+            tls,
         } => daemon::serve(ServeConfig {
             root,
             socket: cli.socket,
@@ -174,15 +211,34 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             socket_group,
             goofy: GoofyConfig {
                 retain_bytes: goofy_retain_mb << 20,
+                transport: tls.transport()?,
                 ..GoofyConfig::default()
             },
         })?,
-        Command::BackupServer { root, listen } => {
+        Command::BackupServer { root, listen, tls } => {
+            let transport = tls.transport()?;
+            transport.check()?;
             let server = clu_goofy::backup::BackupServer::open(&root)?;
             let listener = std::net::TcpListener::bind(&listen)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            transport.check_listen(&listener.local_addr()?)?;
+            daemon::reload_on_sighup(transport.clone())?;
             tracing::info!(root = %root.display(), listen = %listener.local_addr()?, "backup server ready");
-            std::sync::Arc::new(server).serve(listener)?;
+            std::sync::Arc::new(server).serve(listener, transport)?;
+        }
+        Command::Keys(KeysCommand::Init { dir, days }) => {
+            let (crt, key) = clu_transport::keys::init(&dir, days)?;
+            println!("wrote {} and {}", crt.display(), key.display());
+        }
+        Command::Keys(KeysCommand::Issue {
+            dir,
+            name,
+            hosts,
+            days,
+        }) => {
+            let what = clu_transport::keys::Issue::for_days(&name, &hosts, days);
+            let (crt, key) = clu_transport::keys::issue(&dir, &what)?;
+            println!("wrote {} and {}", crt.display(), key.display());
         }
         Command::Check => {
             let probe = uffd_probe::probe();

@@ -26,6 +26,51 @@ pub fn pager_bin() -> PathBuf {
     path
 }
 
+/// The cell's keys of this test process (a CA made once with `pager keys init`), and the
+/// certificate of site `site` in it (made with `pager keys issue` the first time it is asked
+/// for, valid for 127.0.0.1 and localhost). Returns the directory: `--keys DIR --site SITE`.
+pub fn cell_keys(site: &str) -> PathBuf {
+    static CELL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static ISSUE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let dir = CELL.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("clu-cell-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let st = Command::new(pager_bin())
+            .args(["keys", "init"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("pager keys init");
+        assert!(st.success(), "pager keys init failed");
+        dir
+    });
+    let _one = ISSUE.lock().unwrap_or_else(|e| e.into_inner());
+    if !dir.join(format!("{site}.crt")).exists() {
+        let st = Command::new(pager_bin())
+            .args(["keys", "issue"])
+            .arg(dir)
+            .args([site, "--host", "127.0.0.1", "--host", "localhost"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pager keys issue");
+        assert!(st.success(), "pager keys issue {site} failed");
+    }
+    dir.clone()
+}
+
+/// A site name for a storage root: `site-` and the root's directory name (`root-2` gives
+/// `site-root-2`), so that a restarted pager keeps its name.
+fn site_of(root: &Path) -> String {
+    let name: String = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("site-{}", name.trim_matches('-'))
+}
+
 /// The scripted client.
 pub fn tool_bin() -> PathBuf {
     bin("clu-tool")
@@ -79,10 +124,22 @@ impl Pager {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Pager {
+        // The cell's keys, unless the test gives its own.
+        let mut keys: Vec<String> = Vec::new();
+        if !extra.iter().any(|a| *a == "--keys" || *a == "--insecure") {
+            let site = site_of(root);
+            keys = vec![
+                "--keys".into(),
+                cell_keys(&site).display().to_string(),
+                "--site".into(),
+                site,
+            ];
+        }
         let child = Command::new(pager_bin())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--root"])
             .arg(root)
+            .args(&keys)
             .arg("--socket")
             .arg(socket)
             .args(["--resident-pages", &budget.to_string()])

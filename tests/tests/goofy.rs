@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use clu_goofy::backup::BackupServer;
 use clu_goofy::wire::{self, Msg};
-use clu_tests::harness::{pager_bin, Pager, Tool};
+use clu_tests::harness::{cell_keys, pager_bin, Pager, Tool};
+use clu_transport::{KeyFiles, Transport};
 struct Backup {
     child: Child,
     root: PathBuf,
@@ -25,10 +26,15 @@ struct Backup {
 
 impl Backup {
     fn start(root: &Path, addr: &str) -> Backup {
+        let site = format!("backup-{}", addr.rsplit(':').next().unwrap_or("0"));
+        let keys = cell_keys(&site);
         let child = Command::new(pager_bin())
             .args(["backup-server", "--root"])
             .arg(root)
             .args(["--listen", addr])
+            .arg("--keys")
+            .arg(&keys)
+            .args(["--site", &site])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -200,11 +206,17 @@ fn backups_follow_the_primary_and_refuse_garbage_and_stale_epochs() {
     junk.write_all(&[0xff; 64]).unwrap();
     let answer = wire::recv(&mut BufReader::new(&junk));
     assert!(!matches!(answer, Ok(Msg::Welcome { .. })), "{answer:?}");
-    // A primary of an older epoch is fenced.
-    let mut old = TcpStream::connect(&a_addr).unwrap();
+    // A primary of an older epoch is fenced (over TLS, with a certificate of the cell).
+    let t = Transport::tls(
+        KeyFiles::in_dir(&cell_keys("site-old"), "site-old"),
+        "site-old",
+    )
+    .expect("the cell's keys");
+    let mut old = BufReader::new(t.connect(&a_addr, Duration::from_secs(3)).unwrap());
     wire::send(
-        &mut old,
+        old.get_mut(),
         &Msg::Hello {
+            site: "site-old".into(),
             uid,
             epoch: 0,
             name: "rel".into(),
@@ -213,7 +225,7 @@ fn backups_follow_the_primary_and_refuse_garbage_and_stale_epochs() {
         },
     )
     .unwrap();
-    match wire::recv(&mut BufReader::new(&old)) {
+    match wire::recv(&mut old) {
         Ok(Msg::Fenced { why }) => assert!(why.contains("fenced"), "{why}"),
         other => panic!("a stale epoch was not refused: {other:?}"),
     }

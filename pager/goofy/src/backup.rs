@@ -16,8 +16,8 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufReader, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,8 @@ use tracing::{info, warn};
 use crate::copy::{copy_chunk, copy_chunks};
 use crate::position::Position;
 use crate::state::{State, SLOT};
-use crate::wire::{self, CluInfo, Msg, Run, WireError};
+use crate::wire::{self, CluInfo, Conn, Msg, Run, WireError};
+use clu_transport::{Peer, Stream, Transport};
 
 /// One volume's image on this backup.
 struct VolumeImage {
@@ -73,12 +74,31 @@ impl VolumeImage {
         Ok(())
     }
 
-    /// Records `epoch` as the newest if it is.
-    fn raise_epoch(&mut self, epoch: u64) -> Result<(), BackupError> {
+    /// Records `epoch` as the newest if it is, owned by `site` (a restorer fencing the old
+    /// primary). The same epoch from another site than its owner is refused.
+    fn raise_epoch(&mut self, epoch: u64, site: &str) -> Result<(), BackupError> {
         self.check_epoch(epoch)?;
         if epoch > self.state.epoch {
             self.state.epoch = epoch;
+            self.state.writer = site.to_string();
             self.save_state()?;
+        } else {
+            self.check_site(site)?;
+        }
+        Ok(())
+    }
+
+    /// At the newest epoch, only the site that owns it may write (a site other than the one
+    /// that created or last restored the image needs a higher epoch: a restoration).
+    fn check_site(&self, site: &str) -> Result<(), BackupError> {
+        let w = &self.state.writer;
+        if !w.is_empty() && w != site {
+            return Err(BackupError::OtherSite {
+                name: self.state.name.clone(),
+                writer: w.clone(),
+                site: site.to_string(),
+                epoch: self.state.epoch,
+            });
         }
         Ok(())
     }
@@ -120,6 +140,18 @@ pub enum BackupError {
     /// A request out of order.
     #[error("{0}")]
     Protocol(String),
+    /// A site that does not own the image's epoch.
+    #[error("the image of volume {name} at epoch {epoch} is written by site {writer}; site {site} may write it only with a higher epoch (after `pager vol restore`)")]
+    OtherSite {
+        /// The volume.
+        name: String,
+        /// The site that owns the epoch.
+        writer: String,
+        /// The site that asked.
+        site: String,
+        /// The epoch.
+        epoch: u64,
+    },
 }
 
 impl BackupServer {
@@ -195,6 +227,8 @@ impl BackupServer {
                 },
                 backups: Vec::new(),
                 sync: 0,
+                creator: String::new(),
+                writer: String::new(),
             };
             let mut bytes = state
                 .encode_slot(0)
@@ -248,8 +282,14 @@ impl BackupServer {
         Err(BackupError::Unknown(name.to_string()))
     }
 
-    /// Serves `listener` for ever, a thread per connection.
-    pub fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// Serves `listener` for ever, a thread per connection. Every connection first completes
+    /// the transport's handshake (the peer's certificate must chain to the cell's CA); a peer
+    /// refused there is logged with its address and why, and nothing it sent is read.
+    pub fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        transport: Transport,
+    ) -> std::io::Result<()> {
         for conn in listener.incoming() {
             let conn = match conn {
                 Ok(c) => c,
@@ -258,77 +298,105 @@ impl BackupServer {
                     continue;
                 }
             };
-            let me = self.clone();
+            let (me, transport) = (self.clone(), transport.clone());
             std::thread::spawn(move || {
-                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                if let Err(e) = me.connection(conn) {
-                    info!(%peer, "connection ended: {e}");
+                let addr = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let (stream, peer) = match transport.accept(conn) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(peer = %addr, "connection refused: {e}");
+                        return;
+                    }
+                };
+                if let Err(e) = me.connection(stream, &peer) {
+                    info!(peer = %addr, "connection ended: {e}");
                 }
             });
         }
         Ok(())
     }
 
-    fn connection(&self, conn: TcpStream) -> Result<(), WireError> {
-        conn.set_nodelay(true)?;
-        let mut rd = BufReader::new(conn.try_clone()?);
-        let mut wr = BufWriter::new(conn);
-        let first = wire::recv(&mut rd)?;
-        let refuse = |wr: &mut BufWriter<TcpStream>, e: BackupError| {
-            warn!("refused a {}: {e}", first.kind());
-            wire::send(wr, &refusal(&e))
+    fn connection(&self, stream: Stream, peer: &Peer) -> Result<(), WireError> {
+        let mut conn = BufReader::new(stream);
+        let first = match wire::recv(&mut conn) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(peer = %peer.name(), "refusing what is not a message: {e}");
+                let _ = wire::send(conn.get_mut(), &Msg::Refused { why: e.to_string() });
+                return Err(e);
+            }
         };
+        let refuse = |conn: &mut Conn, e: BackupError| {
+            warn!(peer = %peer.name(), "refused a {}: {e}", first.kind());
+            wire::send(conn.get_mut(), &refusal(&e))
+        };
+        // The site the peer claims must be one its certificate names.
+        let claimed = match &first {
+            Msg::Hello { site, .. }
+            | Msg::Inquire { site, .. }
+            | Msg::Fence { site, .. }
+            | Msg::Fetch { site, .. } => Some(site.clone()),
+            _ => None,
+        };
+        if let Some(site) = &claimed {
+            if let Err(e) = peer.check_site(site) {
+                return Ok(refuse(&mut conn, BackupError::Protocol(e.to_string()))?);
+            }
+        }
+        let site = claimed.unwrap_or_default();
         match &first {
             Msg::Hello {
+                site: _,
                 uid,
                 epoch,
                 name,
                 backups,
                 sync,
-            } => match self.hello(*uid, name, *epoch, backups, *sync) {
+            } => match self.hello(&site, *uid, name, *epoch, backups, *sync) {
                 Ok((img, position)) => {
-                    wire::send(&mut wr, &Msg::Welcome { position })?;
-                    self.session(&img, *epoch, &mut rd, &mut wr)
+                    info!(peer = %peer.name(), %site, certificate = peer.fingerprint.as_deref().unwrap_or("none (plaintext)"), volume = %name, "primary connected");
+                    wire::send(conn.get_mut(), &Msg::Welcome { position })?;
+                    self.session(&img, *epoch, &mut conn)
                 }
-                Err(e) => Ok(refuse(&mut wr, e)?),
+                Err(e) => Ok(refuse(&mut conn, e)?),
             },
-            Msg::Inquire { name } => {
+            Msg::Inquire { name, .. } => {
                 match self.image_named(name).map(|img| lock(&img).state.clone()) {
-                    Ok(info) => wire::send(&mut wr, &Msg::Image(info))?,
-                    Err(e) => refuse(&mut wr, e)?,
+                    Ok(info) => wire::send(conn.get_mut(), &Msg::Image(info))?,
+                    Err(e) => refuse(&mut conn, e)?,
                 }
                 Ok(())
             }
-            Msg::Fence { uid, epoch } => {
+            Msg::Fence { uid, epoch, .. } => {
                 let fenced = self.image(*uid, None).and_then(|img| {
                     let mut img = lock(&img);
-                    img.raise_epoch(*epoch)?;
-                    info!(name = %img.state.name, epoch, "fenced: older primaries are refused from now on");
+                    img.raise_epoch(*epoch, &site)?;
+                    info!(name = %img.state.name, epoch, %site, "fenced: older primaries are refused from now on");
                     Ok(img.state.clone())
                 });
                 match fenced {
-                    Ok(info) => wire::send(&mut wr, &Msg::Image(info))?,
-                    Err(e) => refuse(&mut wr, e)?,
+                    Ok(info) => wire::send(conn.get_mut(), &Msg::Image(info))?,
+                    Err(e) => refuse(&mut conn, e)?,
                 }
                 Ok(())
             }
-            Msg::Fetch { uid, epoch } => match self.image(*uid, None) {
+            Msg::Fetch { uid, epoch, .. } => match self.image(*uid, None) {
                 Ok(img) => {
                     let img = lock(&img);
                     if let Err(e) = img.check_epoch(*epoch) {
-                        return Ok(refuse(&mut wr, e)?);
+                        return Ok(refuse(&mut conn, e)?);
                     }
-                    info!(name = %img.state.name, "sending the image to a restorer");
-                    send_image(&img, &mut wr)
+                    info!(name = %img.state.name, %site, "sending the image to a restorer");
+                    send_image(&img, conn.get_mut())
                 }
-                Err(e) => Ok(refuse(&mut wr, e)?),
+                Err(e) => Ok(refuse(&mut conn, e)?),
             },
             other => {
                 let why = format!(
                     "expected Hello, Inquire, Fence or Fetch, got {}",
                     other.kind()
                 );
-                wire::send(&mut wr, &Msg::Refused { why })?;
+                wire::send(conn.get_mut(), &Msg::Refused { why })?;
                 Err(WireError::Malformed("a session must start with Hello"))
             }
         }
@@ -339,18 +407,17 @@ impl BackupServer {
         &self,
         img: &Mutex<VolumeImage>,
         session_epoch: u64,
-        rd: &mut BufReader<TcpStream>,
-        wr: &mut BufWriter<TcpStream>,
+        conn: &mut Conn,
     ) -> Result<(), WireError> {
         loop {
-            let msg = match wire::recv(rd) {
+            let msg = match wire::recv(conn) {
                 Ok(m) => m,
                 Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Ok(())
                 }
                 Err(e) => {
                     warn!("refusing a damaged message: {e}");
-                    let _ = wire::send(wr, &Msg::Refused { why: e.to_string() });
+                    let _ = wire::send(conn.get_mut(), &Msg::Refused { why: e.to_string() });
                     return Err(e);
                 }
             };
@@ -363,7 +430,7 @@ impl BackupServer {
                 }
             };
             let refused = !matches!(answer, Msg::Ack { .. });
-            wire::send(wr, &answer)?;
+            wire::send(conn.get_mut(), &answer)?;
             if refused {
                 return Ok(());
             }
@@ -373,6 +440,7 @@ impl BackupServer {
     /// A primary introduces itself: returns the volume's image and where it stands.
     fn hello(
         &self,
+        site: &str,
         uid: u64,
         name: &str,
         epoch: u64,
@@ -382,6 +450,18 @@ impl BackupServer {
         let arc = self.image(uid, Some(name))?;
         let mut img = lock(&arc);
         img.check_epoch(epoch)?;
+        if epoch == img.state.epoch {
+            img.check_site(site)?;
+        }
+        let fresh = img.state.creator.is_empty();
+        if fresh || epoch > img.state.epoch || img.state.writer != site {
+            if fresh {
+                img.state.creator = site.to_string();
+                info!(name = %name, %site, "image created by site {site}");
+            }
+            img.state.writer = site.to_string();
+            img.save_state()?;
+        }
         if epoch > img.state.epoch || img.state.backups != backups || img.state.sync != sync {
             img.state.epoch = epoch;
             img.state.backups = backups.to_vec();

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use clu_transport::Transport;
 use journal::JournalConfig;
 
 /// How the reliable service behaves.
@@ -19,6 +20,8 @@ pub struct GoofyConfig {
     pub first_contact: Duration,
     /// How long connecting to a backup may take.
     pub connect_timeout: Duration,
+    /// How to reach backup servers (TLS with the cell's keys).
+    pub transport: Transport,
 }
 
 impl Default for GoofyConfig {
@@ -29,6 +32,7 @@ impl Default for GoofyConfig {
             sync_timeout: Duration::from_secs(30),
             first_contact: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
+            transport: Transport::unconfigured(),
         }
     }
 }

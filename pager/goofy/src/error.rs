@@ -2,25 +2,15 @@
 
 use clu_storage::StorageError;
 
-/// A backup server could not be reached.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot reach backup server {addr}: {reason}; check that `pager backup-server` runs there and the address is right")]
-pub struct ConnectError {
-    /// `HOST:PORT`.
-    pub addr: String,
-    /// What failed.
-    pub reason: String,
-}
-
 /// What a restoration or a reliable volume's creation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum GoofyError {
     /// Storage failed here.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// A backup server could not be reached.
+    /// The transport between sites refused.
     #[error(transparent)]
-    Connect(#[from] ConnectError),
+    Transport(#[from] clu_transport::TransportError),
     /// `pager vol restore` could not proceed.
     #[error("restoration failed: {0}")]
     Restore(String),

@@ -28,5 +28,5 @@ pub mod state;
 pub mod wire;
 
 pub use config::GoofyConfig;
-pub use error::{ConnectError, GoofyError};
+pub use error::GoofyError;
 pub use primary::{BackupStatus, ReliableSpec, Replication, Ssf};

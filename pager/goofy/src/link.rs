@@ -12,8 +12,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::io::{BufReader, BufWriter};
-use std::net::TcpStream;
+use std::io::BufReader;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +28,8 @@ use crate::conf::Conf;
 use crate::copy::{copy_chunk, copy_chunks};
 use crate::position::Position;
 use crate::resume::{resume, History, Provenance, Resume};
-use crate::wire::{self, CluInfo, Msg, Run};
+use crate::wire::{self, CluInfo, Conn, Msg, Run};
+use clu_transport::{Stream, Transport};
 
 /// How many recent lags a link keeps for its median.
 const LAGS: usize = 1024;
@@ -94,6 +94,8 @@ pub struct Shared {
     pub rotate_bytes: u64,
     /// How long connecting to a backup may take.
     pub connect_timeout: Duration,
+    /// How to reach the backups.
+    pub transport: Transport,
 }
 
 impl Shared {
@@ -264,13 +266,9 @@ fn check_bound(shared: &Shared, link: &Link) {
 }
 
 /// Sends `msg` and reads the answer: `Ok(lsn)` for an acknowledgement.
-fn call(
-    rd: &mut BufReader<TcpStream>,
-    wr: &mut BufWriter<TcpStream>,
-    msg: &Msg,
-) -> Result<Lsn, End> {
-    wire::send(wr, msg)?;
-    match wire::recv(rd)? {
+fn call(conn: &mut Conn, msg: &Msg) -> Result<Lsn, End> {
+    wire::send(conn.get_mut(), msg)?;
+    match wire::recv(conn)? {
         Msg::Ack { lsn } => Ok(lsn),
         Msg::Fenced { why } => Err(End::Fenced(why)),
         Msg::Refused { why } => Err(End::Broken(format!("refused: {why}"))),
@@ -284,9 +282,9 @@ fn set_state(link: &Link, state: LinkState) {
 
 /// One connection's life.
 fn serve(shared: &Shared, link: &Link) -> End {
-    let conn = match wire::connect(&link.addr, shared.connect_timeout) {
+    let conn = match shared.transport.connect(&link.addr, shared.connect_timeout) {
         Ok(c) => c,
-        Err(e) => return End::Broken(format!("{}: {}", e.addr, e.reason)),
+        Err(e) => return End::Broken(e.to_string()),
     };
     match serve_conn(shared, link, conn) {
         Ok(never) => match never {},
@@ -295,20 +293,19 @@ fn serve(shared: &Shared, link: &Link) -> End {
 }
 
 /// Serves a connection until it ends (the `Err`: it never returns `Ok`).
-fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Infallible, End> {
-    conn.set_nodelay(true)?;
-    let mut rd = BufReader::new(conn.try_clone()?);
-    let mut wr = BufWriter::new(conn);
+fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, End> {
+    let mut conn = BufReader::new(conn);
     let conf = &shared.conf;
     let hello = Msg::Hello {
+        site: shared.transport.site(),
         uid: conf.uid,
         epoch: conf.epoch,
         name: shared.name.clone(),
         backups: conf.backups.clone(),
         sync: conf.sync,
     };
-    wire::send(&mut wr, &hello)?;
-    let position = match wire::recv(&mut rd)? {
+    wire::send(conn.get_mut(), &hello)?;
+    let position = match wire::recv(&mut conn)? {
         Msg::Welcome { position } => position,
         Msg::Fenced { why } => return Err(End::Fenced(why)),
         Msg::Refused { why } => return Err(End::Broken(format!("refused: {why}"))),
@@ -341,12 +338,12 @@ fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Infallibl
             }
             Err(e) => {
                 info!(volume = %shared.name, backup = %link.addr, "the log no longer holds what the backup misses ({e}): full copy");
-                full_copy(shared, link, &mut rd, &mut wr)?
+                full_copy(shared, link, &mut conn)?
             }
         },
         Resume::FullCopy(why) => {
             info!(volume = %shared.name, backup = %link.addr, ?position, "full copy: {why}");
-            full_copy(shared, link, &mut rd, &mut wr)?
+            full_copy(shared, link, &mut conn)?
         }
     };
     let mut reader = shared.volume.log_reader()?;
@@ -395,7 +392,7 @@ fn serve_conn(shared: &Shared, link: &Link, conn: TcpStream) -> Result<Infallibl
                     .map(|(first_page, pages)| Run { first_page, pages })
                     .collect(),
             };
-            let got = call(&mut rd, &mut wr, &msg)?;
+            let got = call(&mut conn, &msg)?;
             if got != end {
                 return Err(End::Broken(format!(
                     "the backup acknowledged {got} for operation {}..{end}",
@@ -434,12 +431,7 @@ fn acknowledged(shared: &Shared, link: &Link, lsn: Lsn, end: Lsn) {
 }
 
 /// Sends every cluster, as of a point the journal is read from afterwards; returns that point.
-fn full_copy(
-    shared: &Shared,
-    link: &Link,
-    rd: &mut BufReader<TcpStream>,
-    wr: &mut BufWriter<TcpStream>,
-) -> Result<Lsn, End> {
+fn full_copy(shared: &Shared, link: &Link, conn: &mut Conn) -> Result<Lsn, End> {
     let volume = &shared.volume;
     let epoch = shared.conf.epoch;
     // Everything before `from` is in the cluster files; whatever a commit changes while the
@@ -456,7 +448,7 @@ fn full_copy(
     }
     shared.notify();
     let clusters = descs.iter().map(CluInfo::of).collect();
-    call(rd, wr, &Msg::CopyBegin { epoch, clusters })?;
+    call(conn, &Msg::CopyBegin { epoch, clusters })?;
     let mut sent = 0;
     for d in &descs {
         for (first, n) in copy_chunks(d.npages) {
@@ -465,7 +457,7 @@ fn full_copy(
             }
             match copy_chunk(volume, epoch, d, first, n) {
                 Ok(Some(msg)) => {
-                    call(rd, wr, &msg)?;
+                    call(conn, &msg)?;
                 }
                 Ok(None) => {}
                 // Destroyed during the copy: the backup keeps zeros.
@@ -481,7 +473,7 @@ fn full_copy(
         lsn: from,
         complete: true,
     };
-    call(rd, wr, &Msg::CopyEnd { epoch, position })?;
+    call(conn, &Msg::CopyEnd { epoch, position })?;
     let mut l = lock(&link.inner);
     l.stale = false;
     l.copy = None;

@@ -300,6 +300,7 @@ impl Ssf {
         params: &VolumeParams,
         spec: &ReliableSpec,
     ) -> std::result::Result<(), GoofyError> {
+        self.config.transport.check()?;
         if spec.backups.is_empty() {
             return Err(GoofyError::Invalid(
                 "a reliable volume needs at least one --backup HOST:PORT".into(),
@@ -327,7 +328,8 @@ impl Ssf {
 
     /// Steps 1 to 3 of a restoration (see [`crate::restore`]): inquire, fence, choose.
     pub fn prepare_restore(&self, name: &str, from: &str) -> std::result::Result<Plan, GoofyError> {
-        restore::prepare(name, from)
+        self.config.transport.check()?;
+        restore::prepare(&self.config.transport, name, from)
     }
 
     /// Step 4: builds the volume at `location` from the plan's backup (what
@@ -345,7 +347,7 @@ impl Ssf {
         };
         self.local().vol_create(vol, location, &params)?;
         let volume = LocalVolume::mount(vol, location, self.config.journal.clone())?;
-        restore::fetch(plan, &volume, &self.restorations)?;
+        restore::fetch(&self.config.transport, plan, &volume, &self.restorations)?;
         volume.unmount()?;
         let conf = Conf {
             uid: plan.uid,
@@ -395,6 +397,7 @@ impl Ssf {
             retain_bytes: self.config.retain_bytes,
             rotate_bytes: self.config.journal.rotate_bytes,
             connect_timeout: self.config.connect_timeout,
+            transport: self.config.transport.clone(),
         });
         for l in &links {
             link::start(shared.clone(), l.clone());

@@ -17,8 +17,7 @@
 //! the old epoch; if the old primary comes back and reaches only such a backup, it is not
 //! fenced (there is no quorum): reach them all, or keep the old primary down.
 
-use std::io::{BufReader, BufWriter};
-use std::net::TcpStream;
+use std::io::BufReader;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,8 +30,9 @@ use tracing::{info, warn};
 
 use crate::position::Position;
 use crate::state::State;
-use crate::wire::{self, Msg, Run};
+use crate::wire::{self, Conn, Msg, Run};
 use crate::GoofyError;
+use clu_transport::Transport;
 
 type Result<T, E = GoofyError> = std::result::Result<T, E>;
 
@@ -124,8 +124,6 @@ fn failed(why: String) -> GoofyError {
     GoofyError::Restore(why)
 }
 
-type Conn = (BufReader<TcpStream>, BufWriter<TcpStream>);
-
 /// Why a backup did not answer a restorer's question.
 #[derive(Debug, thiserror::Error)]
 enum AskError {
@@ -147,23 +145,23 @@ enum AskError {
 }
 
 /// A connection to a backup server whose reads wait at most `read_timeout`.
-fn open(addr: &str, read_timeout: Duration) -> std::result::Result<Conn, AskError> {
-    let conn =
-        wire::connect(addr, Duration::from_secs(3)).map_err(|e| AskError::Connect(e.reason))?;
+fn open(t: &Transport, addr: &str, read_timeout: Duration) -> std::result::Result<Conn, AskError> {
+    let conn = t
+        .connect(addr, Duration::from_secs(3))
+        .map_err(|e| AskError::Connect(e.to_string()))?;
     conn.set_read_timeout(Some(read_timeout))?;
-    let rd = BufReader::new(conn.try_clone()?);
-    Ok((rd, BufWriter::new(conn)))
+    Ok(BufReader::new(conn))
 }
 
 /// One request, one answer (a fresh connection each: a restoration is rare).
-fn ask(addr: &str, msg: &Msg) -> std::result::Result<Msg, AskError> {
-    let (mut rd, mut wr) = open(addr, Duration::from_secs(30))?;
-    wire::send(&mut wr, msg)?;
-    Ok(wire::recv(&mut rd)?)
+fn ask(t: &Transport, addr: &str, msg: &Msg) -> std::result::Result<Msg, AskError> {
+    let mut conn = open(t, addr, Duration::from_secs(30))?;
+    wire::send(conn.get_mut(), msg)?;
+    Ok(wire::recv(&mut conn)?)
 }
 
-fn image(addr: &str, msg: &Msg) -> std::result::Result<State, AskError> {
-    match ask(addr, msg)? {
+fn image(t: &Transport, addr: &str, msg: &Msg) -> std::result::Result<State, AskError> {
+    match ask(t, addr, msg)? {
         Msg::Image(i) => Ok(i),
         Msg::Refused { why } | Msg::Fenced { why } => Err(AskError::Refused(why)),
         other => Err(AskError::Unexpected(other.kind())),
@@ -171,10 +169,12 @@ fn image(addr: &str, msg: &Msg) -> std::result::Result<State, AskError> {
 }
 
 /// Steps 1 to 3: inquire, fence, choose.
-pub fn prepare(name: &str, from: &str) -> Result<Plan> {
+pub fn prepare(t: &Transport, name: &str, from: &str) -> Result<Plan> {
     let first = image(
+        t,
         from,
         &Msg::Inquire {
+            site: t.site(),
             name: name.to_string(),
         },
     )
@@ -187,8 +187,10 @@ pub fn prepare(name: &str, from: &str) -> Result<Plan> {
     let mut unreachable = Vec::new();
     for addr in &addrs {
         match image(
+            t,
             addr,
             &Msg::Inquire {
+                site: t.site(),
                 name: name.to_string(),
             },
         ) {
@@ -209,8 +211,10 @@ pub fn prepare(name: &str, from: &str) -> Result<Plan> {
     let mut fenced = Vec::new();
     for (addr, _) in reached {
         match image(
+            t,
             &addr,
             &Msg::Fence {
+                site: t.site(),
                 uid: first.uid,
                 epoch,
             },
@@ -244,19 +248,25 @@ pub fn prepare(name: &str, from: &str) -> Result<Plan> {
 }
 
 /// Step 4: fetches the source's image into `volume` (new and empty).
-pub fn fetch(plan: &Plan, volume: &LocalVolume, registry: &Restorations) -> Result<()> {
+pub fn fetch(
+    t: &Transport,
+    plan: &Plan,
+    volume: &LocalVolume,
+    registry: &Restorations,
+) -> Result<()> {
     let src = &plan.source;
     let broken = |why: String| failed(format!("fetching from {src}: {why}"));
-    let (mut rd, mut wr) = open(src, Duration::from_secs(60)).map_err(|e| broken(e.to_string()))?;
+    let mut conn = open(t, src, Duration::from_secs(60)).map_err(|e| broken(e.to_string()))?;
     let fetch = Msg::Fetch {
+        site: t.site(),
         uid: plan.uid,
         epoch: plan.epoch,
     };
-    wire::send(&mut wr, &fetch).map_err(|e| broken(e.to_string()))?;
+    wire::send(conn.get_mut(), &fetch).map_err(|e| broken(e.to_string()))?;
     let mut pages = 0;
     let progress = Registered::new(registry, plan);
     loop {
-        match wire::recv(&mut rd).map_err(|e| broken(e.to_string()))? {
+        match wire::recv(&mut conn).map_err(|e| broken(e.to_string()))? {
             Msg::CopyBegin { clusters: list, .. } => {
                 let total = list.iter().map(|c| c.npages).sum();
                 progress.update(|p| p.total_pages = total);

@@ -36,6 +36,10 @@ pub struct State {
     pub backups: Vec<String>,
     /// The volume's `sync` setting.
     pub sync: u32,
+    /// The site that created this image (its first primary), as its certificate names it.
+    pub creator: String,
+    /// The site that owns the newest epoch and last wrote (empty: not known yet).
+    pub writer: String,
 }
 
 impl State {
@@ -56,6 +60,12 @@ impl State {
         for b in &self.backups {
             s.push_str(&format!("backup {b}\n"));
         }
+        if !self.creator.is_empty() {
+            s.push_str(&format!("creator {}\n", self.creator));
+        }
+        if !self.writer.is_empty() {
+            s.push_str(&format!("writer {}\n", self.writer));
+        }
         s
     }
 
@@ -63,6 +73,7 @@ impl State {
     pub fn parse(text: &str) -> Option<State> {
         let (mut uid, mut name, mut epoch, mut position) = (None, None, None, None);
         let (mut sync, mut backups) = (0, Vec::new());
+        let (mut creator, mut writer) = (String::new(), String::new());
         for line in text.lines() {
             match line.split_once(' ')? {
                 ("uid", v) => uid = Some(u64::from_str_radix(v, 16).ok()?),
@@ -85,6 +96,8 @@ impl State {
                 }
                 ("sync", v) => sync = v.parse().ok()?,
                 ("backup", v) => backups.push(v.to_string()),
+                ("creator", v) => creator = v.to_string(),
+                ("writer", v) => writer = v.to_string(),
                 _ => return None,
             }
         }
@@ -95,6 +108,8 @@ impl State {
             position: position?,
             backups,
             sync,
+            creator,
+            writer,
         })
     }
 }
@@ -162,6 +177,8 @@ mod tests {
             },
             backups: vec!["127.0.0.1:1".into()],
             sync: 1,
+            creator: "site-a".into(),
+            writer: "site-b".into(),
         };
         assert_eq!(State::parse(&s.format()), Some(s.clone()));
         // Two slots: the newest intact one wins; a torn newer slot falls back to the older.

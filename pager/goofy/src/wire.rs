@@ -12,8 +12,6 @@
 //! origin: LSNs stay comparable across restorations, and the epoch tells histories apart.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
 
 use clu_proto::codec::{DecodeError, Reader, Writer};
 use clu_proto::{ClusterKind, PAGE_SIZE};
@@ -22,9 +20,8 @@ use journal::{Lsn, PageRun};
 
 pub use crate::position::Position;
 use crate::state::State;
-use crate::ConnectError;
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// The largest payload: one operation of 16 MiB of pages, with room for its headers.
 pub const MAX_FRAME: usize = (16 << 20) + 4096;
 
@@ -69,21 +66,8 @@ impl Run {
     }
 }
 
-/// Connects to `addr` (`HOST:PORT`), trying each address it resolves to for at most `timeout`.
-pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let fail = |reason: String| ConnectError {
-        addr: addr.to_string(),
-        reason,
-    };
-    let mut last = "it resolves to no address".to_string();
-    for a in addr.to_socket_addrs().map_err(|e| fail(e.to_string()))? {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(fail(last))
-}
+/// A connection between sites, read through a buffer and written through `get_mut()`.
+pub type Conn = std::io::BufReader<clu_transport::Stream>;
 
 /// A cluster of a full copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +100,7 @@ pub enum Msg {
     /// Primary to backup: "I am the primary of volume `uid` at `epoch`", with the settings a
     /// restorer will need (the other backups, `sync`).
     Hello {
+        site: String,
         uid: u64,
         epoch: u64,
         name: String,
@@ -151,15 +136,15 @@ pub enum Msg {
     /// End of a full copy: the image now stands at `position`.
     CopyEnd { epoch: u64, position: Position },
     /// Restorer to backup: what do you hold of the volume called `name`?
-    Inquire { name: String },
+    Inquire { site: String, name: String },
     /// Backup to restorer: its record of the volume (identity, newest epoch, position,
     /// settings).
     Image(State),
     /// Restorer to backup: refuse every primary older than `epoch` from now on.
-    Fence { uid: u64, epoch: u64 },
+    Fence { site: String, uid: u64, epoch: u64 },
     /// Restorer to backup: send your image of `uid` (a `CopyBegin`, `CopyPages`, `CopyEnd`
     /// stream); the restorer's `epoch` must be the newest.
-    Fetch { uid: u64, epoch: u64 },
+    Fetch { site: String, uid: u64, epoch: u64 },
 }
 
 impl Msg {
@@ -295,12 +280,14 @@ impl Msg {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Msg::Hello {
+                site,
                 uid,
                 epoch,
                 name,
                 backups,
                 sync,
             } => start(1)
+                .text(site)
                 .u64(*uid)
                 .u64(*epoch)
                 .text(name)
@@ -329,16 +316,18 @@ impl Msg {
             }
             Msg::CopyPages { epoch, clu, runs } => start(7).u64(*epoch).u16(*clu).runs(runs),
             Msg::CopyEnd { epoch, position } => start(8).u64(*epoch).position(*position),
-            Msg::Inquire { name } => start(9).text(name),
+            Msg::Inquire { site, name } => start(9).text(site).text(name),
             Msg::Image(i) => start(10)
                 .u64(i.uid)
                 .text(&i.name)
                 .u64(i.epoch)
                 .position(i.position)
                 .texts(&i.backups)
-                .u32(i.sync),
-            Msg::Fence { uid, epoch } => start(11).u64(*uid).u64(*epoch),
-            Msg::Fetch { uid, epoch } => start(12).u64(*uid).u64(*epoch),
+                .u32(i.sync)
+                .text(&i.creator)
+                .text(&i.writer),
+            Msg::Fence { site, uid, epoch } => start(11).text(site).u64(*uid).u64(*epoch),
+            Msg::Fetch { site, uid, epoch } => start(12).text(site).u64(*uid).u64(*epoch),
             Msg::Fenced { why } => start(13).text(why),
         }
         .u8(0xee)
@@ -354,6 +343,7 @@ impl Msg {
         }
         let msg = match r.u8()? {
             1 => Msg::Hello {
+                site: r.str32()?,
                 uid: r.u64()?,
                 epoch: r.u64()?,
                 name: r.str32()?,
@@ -395,7 +385,10 @@ impl Msg {
                 epoch: r.u64()?,
                 position: r.position()?,
             },
-            9 => Msg::Inquire { name: r.str32()? },
+            9 => Msg::Inquire {
+                site: r.str32()?,
+                name: r.str32()?,
+            },
             10 => Msg::Image(State {
                 uid: r.u64()?,
                 name: r.str32()?,
@@ -403,12 +396,16 @@ impl Msg {
                 position: r.position()?,
                 backups: r.texts()?,
                 sync: r.u32()?,
+                creator: r.str32()?,
+                writer: r.str32()?,
             }),
             11 => Msg::Fence {
+                site: r.str32()?,
                 uid: r.u64()?,
                 epoch: r.u64()?,
             },
             12 => Msg::Fetch {
+                site: r.str32()?,
                 uid: r.u64()?,
                 epoch: r.u64()?,
             },

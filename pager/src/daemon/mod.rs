@@ -142,12 +142,33 @@ fn purge_temporary(storage: &Storage) {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Rereads `transport`'s keys at every SIGHUP, in a thread of its own (for `pager
+/// backup-server`; `pager serve` does it in its signal thread).
+pub fn reload_on_sighup(transport: clu_transport::Transport) -> Result<(), ServeError> {
+    let mut hup = SigSet::empty();
+    hup.add(Signal::SIGHUP);
+    hup.thread_block()
+        .map_err(|e| ServeError::Signals(io::Error::from_raw_os_error(e as i32)))?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || loop {
+            if let Ok(Signal::SIGHUP) = hup.wait() {
+                if let Err(e) = transport.reload() {
+                    warn!("SIGHUP: the TLS keys were not reloaded, the old ones stay in use: {e}");
+                }
+            }
+        })
+        .map_err(ServeError::Signals)?;
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP rereads the TLS keys.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Block the stop signals in every thread; one thread waits for them.
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGTERM);
     stop.add(Signal::SIGINT);
+    stop.add(Signal::SIGHUP);
     stop.thread_block()
         .map_err(|e| ServeError::Signals(io::Error::from_raw_os_error(e as i32)))?;
 
@@ -176,10 +197,21 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     });
     {
         let socket = config.socket.clone();
+        let transport = config.goofy.transport.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                let sig = stop.wait();
+                let sig = loop {
+                    match stop.wait() {
+                        // SIGHUP: reread the TLS keys (connections already open keep theirs).
+                        Ok(Signal::SIGHUP) => {
+                            if let Err(e) = transport.reload() {
+                                warn!("SIGHUP: the TLS keys were not reloaded, the old ones stay in use: {e}");
+                            }
+                        }
+                        other => break other,
+                    }
+                };
                 info!("{sig:?}: stopping; mapped clusters lose their uncommitted changes");
                 let _ = fs::remove_file(&socket);
                 for v in storage.volumes() {

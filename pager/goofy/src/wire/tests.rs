@@ -21,6 +21,7 @@ fn samples() -> Vec<Msg> {
     };
     vec![
         Msg::Hello {
+            site: "site-a".into(),
             uid: 7,
             epoch: 2,
             name: "rel".into(),
@@ -51,7 +52,10 @@ fn samples() -> Vec<Msg> {
             runs,
         },
         Msg::CopyEnd { epoch: 3, position },
-        Msg::Inquire { name: "rel".into() },
+        Msg::Inquire {
+            site: "site-a".into(),
+            name: "rel".into(),
+        },
         Msg::Image(State {
             uid: 7,
             name: "rel".into(),
@@ -59,9 +63,19 @@ fn samples() -> Vec<Msg> {
             position,
             backups: vec!["b:1".into()],
             sync: 0,
+            creator: "site-a".into(),
+            writer: "site-b".into(),
         }),
-        Msg::Fence { uid: 7, epoch: 5 },
-        Msg::Fetch { uid: 7, epoch: 5 },
+        Msg::Fence {
+            site: "site-a".into(),
+            uid: 7,
+            epoch: 5,
+        },
+        Msg::Fetch {
+            site: "site-b".into(),
+            uid: 7,
+            epoch: 5,
+        },
         Msg::Fenced {
             why: "epoch 3 here".into(),
         },

@@ -58,6 +58,22 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
     let mut procs = Procs(Vec::new());
     let mut backups = Vec::new();
     let bdir = backup_dir.unwrap_or(dir);
+    // The cell's keys: every connection between the primary and its backups is TLS.
+    let keys = dir.join("keys");
+    for args in [
+        vec!["keys", "init"],
+        vec!["keys", "issue", "", "primary", "--host", "127.0.0.1"],
+        vec!["keys", "issue", "", "backup-a", "--host", "127.0.0.1"],
+        vec!["keys", "issue", "", "backup-b", "--host", "127.0.0.1"],
+    ] {
+        let mut c = Command::new(&pager_bin);
+        c.args(&args[..2])
+            .arg(&keys)
+            .args(&args[args.len().min(3)..]);
+        if !c.stdout(Stdio::null()).status()?.success() {
+            return Err(format!("pager {args:?} failed").into());
+        }
+    }
     for name in ["backup-a", "backup-b"] {
         let addr = free_addr()?;
         let _ = std::fs::remove_dir_all(bdir.join(name));
@@ -65,7 +81,9 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
             Command::new(&pager_bin)
                 .args(["backup-server", "--root"])
                 .arg(bdir.join(name))
-                .args(["--listen", &addr])
+                .args(["--listen", &addr, "--site", name])
+                .arg("--keys")
+                .arg(&keys)
                 .stderr(Stdio::null())
                 .spawn()?,
         );
@@ -78,6 +96,10 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
         }
         backups.push(addr);
     }
+    // SAFETY: single-threaded here: no other thread reads the environment yet. The pager
+    // reads its keys from CLU_KEYS and CLU_SITE.
+    std::env::set_var("CLU_KEYS", &keys);
+    std::env::set_var("CLU_SITE", "primary");
     let (pager, _root, socket) = crate::faults::start_pager(&dir.join("primary"), 0)?;
     procs.0.push(pager);
     // SAFETY: single-threaded here: no other thread reads the environment yet.
