@@ -1,0 +1,116 @@
+//! What a backup does with each message of a primary's session: operations applied through
+//! its own journal, full copies received.
+
+use std::sync::Mutex;
+
+use clu_proto::CluId;
+use clu_storage::Volume;
+use clu_sys::sync::lock;
+use journal::Lsn;
+use tracing::info;
+
+use super::{BackupError, VolumeImage};
+use crate::position::Position;
+use crate::wire::{Msg, Run};
+
+/// Applies one message of a primary's session (introduced at `session_epoch`); returns the
+/// position to acknowledge.
+pub(super) fn handle(
+    img: &Mutex<VolumeImage>,
+    session_epoch: u64,
+    msg: Msg,
+) -> Result<Lsn, BackupError> {
+    let mut img = lock(img);
+    let epoch = match &msg {
+        Msg::Op { epoch, .. }
+        | Msg::CopyBegin { epoch, .. }
+        | Msg::CopyPages { epoch, .. }
+        | Msg::CopyEnd { epoch, .. } => *epoch,
+        other => {
+            return Err(BackupError::Protocol(format!(
+                "unexpected {} in a primary's session",
+                other.kind()
+            )))
+        }
+    };
+    // A fence raised during the session (a restoration elsewhere) refuses the rest of it.
+    if epoch != session_epoch || epoch < img.state.epoch {
+        return Err(BackupError::Stale {
+            name: img.state.name.clone(),
+            have: img.state.epoch.max(session_epoch),
+            got: epoch,
+        });
+    }
+    match msg {
+        Msg::Op {
+            lsn,
+            end,
+            clu,
+            runs,
+            ..
+        } => {
+            let at = img.state.position;
+            if !at.complete {
+                return Err(BackupError::Protocol(
+                    "the image is incomplete: a full copy must come first".into(),
+                ));
+            }
+            if at.epoch == epoch && end <= at.lsn {
+                return Ok(at.lsn); // sent again after a reconnection
+            }
+            if at.epoch == epoch && lsn < at.lsn {
+                return Err(BackupError::Protocol(format!(
+                    "operation {lsn}..{end} overlaps position {}",
+                    at.lsn
+                )));
+            }
+            let id = CluId(clu.clu);
+            img.volume.clu_ensure(id, clu.npages, clu.owner, clu.kind)?;
+            img.volume.clu_write(id, &Run::page_runs(&runs))?;
+            img.state.position = Position {
+                epoch,
+                lsn: end,
+                complete: true,
+            };
+            img.save_state()?;
+            Ok(end)
+        }
+        Msg::CopyBegin { clusters, .. } => {
+            img.state.position.complete = false;
+            img.save_state()?;
+            for desc in img.volume.clu_list() {
+                img.volume.clu_destroy(desc.id.clu())?;
+            }
+            for c in clusters {
+                img.volume
+                    .clu_ensure(CluId(c.clu), c.npages, c.owner, c.kind)?;
+            }
+            Ok(Lsn::default())
+        }
+        Msg::CopyPages { clu, runs, .. } => {
+            if img.state.position.complete {
+                return Err(BackupError::Protocol(
+                    "pages of a copy that was not begun".into(),
+                ));
+            }
+            img.volume.clu_write(CluId(clu), &Run::page_runs(&runs))?;
+            Ok(Lsn::default())
+        }
+        Msg::CopyEnd { position, .. } => {
+            if img.state.position.complete {
+                return Err(BackupError::Protocol(
+                    "the end of a copy that was not begun".into(),
+                ));
+            }
+            img.volume.checkpoint()?;
+            img.state.position = Position {
+                complete: true,
+                ..position
+            };
+            img.save_state()?;
+            info!(name = %img.state.name, position = ?img.state.position, "full copy received");
+            Ok(position.lsn)
+        }
+        _ => unreachable!("filtered above"),
+    }
+}
