@@ -26,7 +26,11 @@ pub struct TlsArgs {
     site: Option<String>,
     /// Plaintext connections between sites, for experiments on loopback only (refused for any
     /// other address, and logged at every connection).
-    #[arg(long, conflicts_with_all = ["cert_file", "key_file", "trusted_ca_file", "keys"])]
+    #[arg(
+        long,
+        env = "CLU_INSECURE",
+        conflicts_with_all = ["cert_file", "key_file", "trusted_ca_file", "keys"]
+    )]
     insecure: bool,
 }
 

@@ -49,8 +49,19 @@ fn admin(pager: &Path, socket: &Path, args: &[&str]) -> Res<String> {
 }
 
 /// `clu-bench goofy [--quick]`.
-pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Path>) -> Res<()> {
+pub fn run(
+    quick: bool,
+    runs: Option<usize>,
+    dir: &Path,
+    backup_dir: Option<&Path>,
+    plain: bool,
+) -> Res<()> {
     let runs = runs.unwrap_or(if quick { 5 } else { 11 }).max(1);
+    if plain {
+        // SAFETY: single-threaded here. The backup servers and the pager inherit the
+        // environment: no keys in plaintext mode.
+        std::env::remove_var("CLU_KEYS");
+    }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let exe = std::env::current_exe()?;
@@ -58,14 +69,20 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
     let mut procs = Procs(Vec::new());
     let mut backups = Vec::new();
     let bdir = backup_dir.unwrap_or(dir);
-    // The cell's keys: every connection between the primary and its backups is TLS.
+    // The cell's keys: every connection between the primary and its backups is TLS (or, for
+    // the plaintext row, --insecure on loopback).
     let keys = dir.join("keys");
-    for args in [
-        vec!["keys", "init"],
-        vec!["keys", "issue", "", "primary", "--host", "127.0.0.1"],
-        vec!["keys", "issue", "", "backup-a", "--host", "127.0.0.1"],
-        vec!["keys", "issue", "", "backup-b", "--host", "127.0.0.1"],
-    ] {
+    let tls: &[&str] = if plain { &[] } else { &["--keys"] };
+    for args in if plain {
+        vec![]
+    } else {
+        vec![
+            vec!["keys", "init"],
+            vec!["keys", "issue", "", "primary", "--host", "127.0.0.1"],
+            vec!["keys", "issue", "", "backup-a", "--host", "127.0.0.1"],
+            vec!["keys", "issue", "", "backup-b", "--host", "127.0.0.1"],
+        ]
+    } {
         let mut c = Command::new(&pager_bin);
         c.args(&args[..2])
             .arg(&keys)
@@ -82,8 +99,8 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
                 .args(["backup-server", "--root"])
                 .arg(bdir.join(name))
                 .args(["--listen", &addr, "--site", name])
-                .arg("--keys")
-                .arg(&keys)
+                .args(if plain { &["--insecure"][..] } else { tls })
+                .args(if plain { None } else { Some(&keys) })
                 .stderr(Stdio::null())
                 .spawn()?,
         );
@@ -98,7 +115,12 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
     }
     // SAFETY: single-threaded here: no other thread reads the environment yet. The pager
     // reads its keys from CLU_KEYS and CLU_SITE.
-    std::env::set_var("CLU_KEYS", &keys);
+    if plain {
+        std::env::remove_var("CLU_KEYS");
+        std::env::set_var("CLU_INSECURE", "true");
+    } else {
+        std::env::set_var("CLU_KEYS", &keys);
+    }
     std::env::set_var("CLU_SITE", "primary");
     let (pager, _root, socket) = crate::faults::start_pager(&dir.join("primary"), 0)?;
     procs.0.push(pager);
@@ -143,6 +165,29 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
             times[k].push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
+
+    if plain {
+        // The plaintext row: what the TLS run compares its synchronous commits with.
+        println!("value goofy_local_ms {:.3}", median(&mut times[0].clone()));
+        println!("value goofy_sync_ms {:.3}", median(&mut times[2].clone()));
+        for (id, _) in clusters {
+            let _ = api::unmap(id);
+        }
+        return Ok(());
+    }
+    // The same cases in plaintext, in a process of their own (one pager per process).
+    let out = Command::new(&exe)
+        .args(["goofy-plain", "--runs", &runs.to_string(), "--dir"])
+        .arg(dir.join("plain"))
+        .stderr(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("value {name} ")))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let plain_row = value("goofy_local_ms").zip(value("goofy_sync_ms"));
 
     // Steady load on the asynchronous volume: 16 pages every 10 ms.
     let (id, region) = clusters[1].clone();
@@ -213,6 +258,20 @@ pub fn run(quick: bool, runs: Option<usize>, dir: &Path, backup_dir: Option<&Pat
             .collect::<Vec<_>>()
             .join(", ")
     );
+    match plain_row {
+        Some((local, sync)) => {
+            println!(
+                "{:<24} {sync:>10.2}   (plaintext, --insecure; its local volume: {local:.2})",
+                "sync, 2 backups"
+            );
+            // Each compared with its own local commit: the two runs are minutes apart.
+            println!(
+                "ratio goofy_sync_tls_vs_plain {:.2}",
+                (medians[2] / medians[0]) / (sync / local)
+            );
+        }
+        None => println!("(the plaintext row failed: {})", text.trim()),
+    }
     println!("ratio goofy_async_vs_local {:.2}", medians[1] / medians[0]);
     println!("ratio goofy_sync_vs_local {:.2}", medians[2] / medians[0]);
     if let Some(worst) = lags.iter().copied().reduce(f64::max) {

@@ -57,6 +57,14 @@ enum Bench {
         #[arg(long)]
         backup_dir: Option<PathBuf>,
     },
+    /// Internal: the plaintext row of `goofy`.
+    #[command(hide = true)]
+    GoofyPlain {
+        #[arg(long)]
+        runs: usize,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Internal: a client process of the concurrency row.
     #[command(hide = true)]
     FaultsChild(faults::ChildArgs),
@@ -104,7 +112,8 @@ fn main() -> std::process::ExitCode {
             runs,
             dir,
             backup_dir,
-        } => goofy::run(quick, runs, &dir, backup_dir.as_deref()),
+        } => goofy::run(quick, runs, &dir, backup_dir.as_deref(), false),
+        Bench::GoofyPlain { runs, dir } => goofy::run(false, Some(runs), &dir, None, true),
         Bench::FaultsChild(args) => faults::child(&args),
     };
     match result {
