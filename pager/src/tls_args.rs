@@ -65,27 +65,14 @@ impl TlsArgs {
         ) {
             (None, None, None, None) => return Ok(Transport::unconfigured()),
             (Some(dir), None, None, None) => {
-                let site = self.site.as_deref().ok_or(TlsArgsError::NoSite)?;
-                KeyFiles::in_dir(dir, site)
+                KeyFiles::in_dir(dir, self.site.as_deref().ok_or(TlsArgsError::NoSite)?)
             }
-            (dir, Some(cert), Some(key), Some(ca)) => {
-                let site = self.site.as_deref().ok_or(TlsArgsError::NoSite)?;
-                let mut f = KeyFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    ca: ca.clone(),
-                };
-                if let Some(dir) = dir {
-                    // Explicit files win over the directory's layout.
-                    let d = KeyFiles::in_dir(dir, site);
-                    f.ca = if ca.as_os_str().is_empty() {
-                        d.ca
-                    } else {
-                        f.ca
-                    };
-                }
-                f
-            }
+            // Explicit files win over a directory's layout.
+            (_, Some(cert), Some(key), Some(ca)) => KeyFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            },
             _ => return Err(TlsArgsError::Partial),
         };
         let site = self.site.as_deref().ok_or(TlsArgsError::NoSite)?;

@@ -71,6 +71,18 @@ fn site_of(root: &Path) -> String {
     format!("site-{}", name.trim_matches('-'))
 }
 
+/// Waits until something listens on `addr` (a backup server that was just started).
+pub fn wait_listening(addr: &str) {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The scripted client.
 pub fn tool_bin() -> PathBuf {
     bin("clu-tool")

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clu_goofy::backup::BackupServer;
 use clu_goofy::wire::{self, Msg};
-use clu_tests::harness::{cell_keys, pager_bin, Pager, Tool};
+use clu_tests::harness::{cell_keys, pager_bin, wait_listening, Pager, Tool};
 use clu_transport::{KeyFiles, Transport};
 struct Backup {
     child: Child,
@@ -39,14 +39,7 @@ impl Backup {
             .stdin(Stdio::null())
             .spawn()
             .expect("start a backup server");
-        let t0 = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "backup did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_listening(addr);
         Backup {
             child,
             root: root.to_owned(),

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clu_goofy::wire::{self, Msg};
-use clu_tests::harness::{cell_keys, pager_bin, Pager, Tool};
+use clu_tests::harness::{cell_keys, pager_bin, wait_listening, Pager, Tool};
 use clu_transport::keys::{self, Issue};
 use clu_transport::{KeyFiles, Transport};
 
@@ -42,14 +42,7 @@ impl Backup {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start a backup server");
-        let t0 = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "backup did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_listening(addr);
         Backup { child, log }
     }
 
@@ -346,11 +339,7 @@ fn keys_rotated_by_sighup_serve_new_connections_while_commits_go_on() {
             .stderr(std::fs::OpenOptions::new().append(true).open(log).unwrap())
             .spawn()
             .unwrap();
-        let t0 = Instant::now();
-        while TcpStream::connect(&addr).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10));
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_listening(&addr);
         b
     };
     let backup = start(&log);

@@ -53,11 +53,6 @@ impl Stream {
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.tcp().set_read_timeout(t)
     }
-
-    /// Whether the connection is encrypted.
-    pub fn is_tls(&self) -> bool {
-        !matches!(self.0, Kind::Plain(_))
-    }
 }
 
 impl Read for Stream {

@@ -102,9 +102,7 @@ impl Image {
                             | Action::CopyToJournal(_)
                             | Action::CopyToPaging
                             | Action::FreeSlot
-                            | Action::Defer => {
-                                warn!(cluster = %self.id, "BUG: action {b:?} after a flush; ignored")
-                            }
+                            | Action::Defer => self.unexpected(*b, "the end of a flush"),
                         }
                     }
                 }
@@ -113,9 +111,7 @@ impl Image {
                 | Action::Unprotect
                 | Action::CopyToJournal(_)
                 | Action::FreeSlot
-                | Action::Defer => {
-                    warn!(cluster = %self.id, "BUG: action {a:?} asked of an eviction; ignored")
-                }
+                | Action::Defer => self.unexpected(*a, "an eviction"),
             }
         }
         st.pages[page as usize] = state;
@@ -154,7 +150,7 @@ impl Image {
     /// where the mapping is writable, without waiting for a fault. A page already mapped there
     /// ends its run early (EEXIST), which is harmless.
     pub(super) fn map_in_all(&self, pages: &[u64]) {
-        for mapper in &self.mappers_now() {
+        for mapper in self.mappers_now().iter() {
             let Some(u) = &mapper.uffd else { continue };
             for (first, n) in page_runs(pages, u64::MAX) {
                 for r in &mapper.regions {

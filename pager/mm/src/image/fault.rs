@@ -160,9 +160,7 @@ impl Image {
                 Action::WriteProtect
                 | Action::CopyToJournal(_)
                 | Action::CopyToPaging
-                | Action::Drop => {
-                    warn!(cluster = %self.id, "BUG: action {a:?} asked of a fault; ignored")
-                }
+                | Action::Drop => self.unexpected(*a, "a fault"),
             }
         }
         st.pages[f.page.index()] = next;

@@ -79,7 +79,8 @@ struct ImageState {
 /// Who maps the image, and how much it was shared during this use (J1, J2).
 #[derive(Default)]
 struct Mappers {
-    list: Vec<Mapper>,
+    /// Copy-on-write: the fault, eviction and commit paths take the list without copying it.
+    list: Arc<Vec<Mapper>>,
     sharing: usage::Sharing,
 }
 
@@ -211,8 +212,13 @@ impl Image {
 
     /// The mappers now, for the paths that act on every mapper (write protection, mapping
     /// ahead, collecting writes) without holding the mappers' lock across their system calls.
-    fn mappers_now(&self) -> Vec<Mapper> {
+    fn mappers_now(&self) -> Arc<Vec<Mapper>> {
         lock(&self.mappers).list.clone()
+    }
+
+    /// Reports an action the state machine asked of the wrong family (a bug).
+    fn unexpected(&self, a: crate::page_state::Action, family: &str) {
+        warn!(cluster = %self.id, "BUG: action {a:?} asked of {family}; ignored");
     }
 
     /// `n` more pages of this image are in memory.
@@ -239,7 +245,7 @@ impl Image {
                 format!("cluster {} is already mapped by this process", self.id),
             ));
         }
-        m.list.push(Mapper {
+        Arc::make_mut(&mut m.list).push(Mapper {
             conn,
             writable,
             uffd: None,
@@ -269,8 +275,7 @@ impl Image {
             )));
         }
         let mut mappers = lock(&self.mappers);
-        let m = mappers
-            .list
+        let m = Arc::make_mut(&mut mappers.list)
             .iter_mut()
             .find(|m| m.conn == conn)
             .ok_or_else(|| {
@@ -298,7 +303,7 @@ impl Image {
     /// with [`Image::forget_faults`], which needs the image's state.
     pub fn remove_mapper(&self, conn: ConnId) -> usize {
         let mut m = lock(&self.mappers);
-        m.list.retain(|m| m.conn != conn);
+        Arc::make_mut(&mut m.list).retain(|m| m.conn != conn);
         let n = m.list.len();
         m.sharing.mappers(n as u64);
         n

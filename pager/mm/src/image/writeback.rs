@@ -100,9 +100,7 @@ impl Image {
                 | Action::CopyToPaging
                 | Action::FreeSlot
                 | Action::Drop
-                | Action::Defer => {
-                    warn!(cluster = %self.id, "BUG: action {a:?} asked of a commit; ignored")
-                }
+                | Action::Defer => self.unexpected(*a, "a commit"),
             }
         }
         Ok(())
@@ -122,9 +120,7 @@ impl Image {
                         | Action::CopyToJournal(_)
                         | Action::CopyToPaging
                         | Action::Drop
-                        | Action::Defer => {
-                            warn!(cluster = %self.id, "BUG: action {a:?} at the end of a commit; ignored")
-                        }
+                        | Action::Defer => self.unexpected(*a, "the end of a commit"),
                     }
                 }
                 st.pages[p as usize] = next;
@@ -148,35 +144,44 @@ impl Image {
         let mut drop = Vec::new();
         let mut discarded = 0;
         for p in 0..st.pages.len() as u64 {
-            let state = st.pages[p as usize];
-            if !state.dirty() {
-                continue;
-            }
-            let Ok((next, actions)) = step(state, Event::Abort) else {
-                continue;
-            };
-            for a in actions {
-                match *a {
-                    Action::Drop => drop.push(p),
-                    Action::FreeSlot => self.free_slot(&mut st, p),
-                    Action::Supply { .. }
-                    | Action::MapResident { .. }
-                    | Action::Unprotect
-                    | Action::WriteProtect
-                    | Action::CopyToJournal(_)
-                    | Action::CopyToPaging
-                    | Action::Defer => {
-                        warn!(cluster = %self.id, "BUG: action {a:?} asked of an abort; ignored")
-                    }
+            if let Some(punch) = self.discard_page(&mut st, p) {
+                if punch {
+                    drop.push(p);
                 }
+                discarded += 1;
             }
-            st.pages[p as usize] = next;
-            discarded += 1;
         }
         self.punch_pages(&mut st, &drop);
         self.replay(&mut st);
         self.site.stats.aborts.inc();
         discarded
+    }
+
+    /// `Abort` for page `p` if it is dirty: frees its slot; returns whether the page must
+    /// leave memory (`Drop`, left to the caller, which punches runs at once), or `None` if
+    /// there was nothing to discard.
+    fn discard_page(&self, st: &mut ImageState, p: u64) -> Option<bool> {
+        let state = st.pages[p as usize];
+        if !state.dirty() {
+            return None;
+        }
+        let (next, actions) = step(state, Event::Abort).ok()?;
+        let mut punch = false;
+        for a in actions {
+            match *a {
+                Action::Drop => punch = true,
+                Action::FreeSlot => self.free_slot(st, p),
+                Action::Supply { .. }
+                | Action::MapResident { .. }
+                | Action::Unprotect
+                | Action::WriteProtect
+                | Action::CopyToJournal(_)
+                | Action::CopyToPaging
+                | Action::Defer => self.unexpected(*a, "an abort"),
+            }
+        }
+        st.pages[p as usize] = next;
+        Some(punch)
     }
 
     /// The last mapper is gone: each page takes the `Release` event, the image's memory is
@@ -188,27 +193,9 @@ impl Image {
             let mut st = lock(&self.state);
             let mut discarded = 0;
             for p in 0..st.pages.len() {
-                if st.pages[p].dirty() {
-                    if let Ok((next, actions)) = step(st.pages[p], Event::Abort) {
-                        for a in actions {
-                            match *a {
-                                // One punch of the whole memfd below does every `Drop`.
-                                Action::Drop => {}
-                                Action::FreeSlot => self.free_slot(&mut st, p as u64),
-                                Action::Supply { .. }
-                                | Action::MapResident { .. }
-                                | Action::Unprotect
-                                | Action::WriteProtect
-                                | Action::CopyToJournal(_)
-                                | Action::CopyToPaging
-                                | Action::Defer => {
-                                    warn!(cluster = %self.id, "BUG: action {a:?} asked of an abort; ignored")
-                                }
-                            }
-                        }
-                        st.pages[p] = next;
-                        discarded += 1;
-                    }
+                // One punch of the whole memfd below does every `Drop`.
+                if self.discard_page(&mut st, p as u64).is_some() {
+                    discarded += 1;
                 }
                 match step(st.pages[p], Event::Release) {
                     Ok((next, actions)) => {
@@ -223,9 +210,7 @@ impl Image {
                                 | Action::CopyToJournal(_)
                                 | Action::CopyToPaging
                                 | Action::FreeSlot
-                                | Action::Defer => {
-                                    warn!(cluster = %self.id, "BUG: action {a:?} asked of a release; ignored")
-                                }
+                                | Action::Defer => self.unexpected(*a, "a release"),
                             }
                         }
                         st.pages[p] = next;
