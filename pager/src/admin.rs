@@ -29,6 +29,21 @@ pub enum AdminCommand {
     /// Clusters: create, list, info, resize, destroy.
     #[command(subcommand)]
     Clu(CluCommand),
+    /// The site cache: the clean images kept resident after their last unmap.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+/// The site cache.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum CacheCommand {
+    /// Drops cached images (their memory is freed; the next map reads storage), of one
+    /// cluster or, without one, all of them. Mapped clusters are not touched. Root and the
+    /// pager's user only.
+    Drop {
+        /// The cluster id; all cached images if omitted.
+        id: Option<ClusterId>,
+    },
 }
 
 /// Volume administration.
@@ -212,6 +227,11 @@ impl AdminCommand {
                 }
                 out
             }
+            AdminCommand::Cache(CacheCommand::Drop { id }) => {
+                let mut out = w(&["cache", "drop"]);
+                out.extend(id.map(|id| id.to_string()));
+                out
+            }
             AdminCommand::Clu(c) => {
                 let mut out = w(&["clu"]);
                 match c {
@@ -312,6 +332,8 @@ mod tests {
             AdminCommand::Clu(CluCommand::Destroy { id }),
             AdminCommand::Clu(CluCommand::History { id, clear: true }),
             AdminCommand::Clu(CluCommand::History { id, clear: false }),
+            AdminCommand::Cache(CacheCommand::Drop { id: Some(id) }),
+            AdminCommand::Cache(CacheCommand::Drop { id: None }),
         ];
         for c in commands {
             assert_eq!(parse(&c.words()).ok(), Some(c.clone()), "{:?}", c.words());

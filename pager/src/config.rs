@@ -16,6 +16,8 @@ pub struct ServeConfig {
     pub socket: PathBuf,
     /// The resident budget, in pages, over all clusters.
     pub resident_pages: u64,
+    /// Whether a cluster's clean image stays resident after its last unmap (the site cache).
+    pub cache_images: bool,
     /// The paging partition's capacity, in pages.
     pub paging_pages: u32,
     /// How long a fault thread keeps polling for the next fault before it sleeps.

@@ -54,6 +54,10 @@ enum Command {
         /// Beyond it, clean pages are dropped and dirty ones go to the paging partition.
         #[arg(long, default_value_t = 65536)]
         resident_pages: u64,
+        /// Free a cluster's memory at its last unmap instead of keeping its clean image as the
+        /// site's cache (within the resident budget) for the next map.
+        #[arg(long, env = "CLU_NO_IMAGE_CACHE")]
+        no_image_cache: bool,
         /// The paging partition's capacity, in pages.
         #[arg(long, default_value_t = 1 << 22)]
         paging_pages: u32,
@@ -195,6 +199,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Serve {
             root,
             resident_pages,
+            no_image_cache,
             paging_pages,
             spin_us,
             socket_mode,
@@ -205,6 +210,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             root,
             socket: cli.socket,
             resident_pages,
+            cache_images: !no_image_cache,
             paging_pages,
             spin: Duration::from_micros(spin_us),
             socket_mode,

@@ -292,6 +292,9 @@ fn the_access_history_is_saved_at_unmap_and_replayed_at_the_next_map() {
     );
     clear(&id);
     assert_eq!(history(&id), "0 pages:");
+    // The history is for a map that starts from storage: the cached image goes.
+    let uncache = |id: &str| pager.admin(&["cache", "drop", id]);
+    uncache(&id);
     // A use with nothing to replay that reads three scattered pages: each fault brings in its
     // 16-page read-around block, recorded after the faulting page.
     a.ok(&format!("map {id}"));
@@ -306,6 +309,7 @@ fn the_access_history_is_saved_at_unmap_and_replayed_at_the_next_map() {
     );
     // The next map replays those 48 pages in the background; the data is right; the history
     // of this use is the replayed pages, then the pages that faulted.
+    uncache(&id);
     a.ok(&format!("map {id}"));
     wait_prefetched(48);
     a.ok(&format!("check {id} 4"));

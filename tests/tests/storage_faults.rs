@@ -178,6 +178,8 @@ fn an_io_error_reading_a_page_raises_sigbus_and_the_pager_survives() {
     a.ok(&format!("fill {id} 4"));
     a.ok(&format!("commit {id}"));
     a.ok(&format!("unmap {id}"));
+    // The next map must read storage, not the site cache.
+    pager.admin(&["cache", "drop", &id]);
     run("sync", &["-f", disk.dir.to_str().unwrap()]);
 
     // The disk fails: its capacity drops to nothing under the mounted file system.
@@ -231,6 +233,8 @@ fn a_flipped_bit_in_a_stored_page_raises_sigbus_on_that_page_only() {
     a.ok(&format!("fill {id} 5"));
     a.ok(&format!("commit {id}"));
     a.ok(&format!("unmap {id}"));
+    // The next map must read storage, not the site cache.
+    pager.admin(&["cache", "drop", &id]);
 
     // One bit of page 9 flips on the disk (the pager's reads go through the same page cache).
     let data = dir.path().join("root/vol-0001/clusters/0000.data");

@@ -215,6 +215,46 @@ pub fn continue_range(uffd: &Uffd, range: Range, wp: bool) -> io::Result<u64> {
     }
 }
 
+/// Maps every page of `range` that is in the page cache and not yet mapped, write-protected if
+/// `wp`, and wakes the waiters on the range. Unlike [`continue_range`], a page already mapped
+/// does not end the run: the kernel stops there (`EAGAIN` after a partial run, `EEXIST` at the
+/// first page), and the rest of the range is asked for again past it. Returns bytes newly
+/// mapped.
+pub fn continue_all(uffd: &Uffd, range: Range, wp: bool) -> io::Result<u64> {
+    let page = crate::PAGE_SIZE as u64;
+    let end = range.start + range.len;
+    let mut at = range.start;
+    let mut mapped = 0;
+    while at < end {
+        let mut c = UffdioContinue {
+            range: Range {
+                start: at,
+                len: end - at,
+            }
+            .into(),
+            mode: if wp { CONTINUE_MODE_WP } else { 0 },
+            mapped: 0,
+        };
+        // SAFETY: `c` is a valid uffdio_continue; the range lives in the uffd owner's address
+        // space (the kernel validates it), not in ours, so no memory of this process is touched.
+        match unsafe { ioctl::r#continue(uffd.as_raw_fd(), &mut c) } {
+            Ok(_) => return Ok(mapped + (end - at)),
+            Err(nix::Error::EAGAIN) if c.mapped > 0 => {
+                // Mapped up to a page that is present already: skip it.
+                mapped += c.mapped as u64;
+                at += c.mapped as u64 + page;
+            }
+            Err(nix::Error::EEXIST) | Err(nix::Error::EAGAIN) => at += page,
+            Err(e) => {
+                let _ = wake(uffd, range);
+                return Err(errno(e));
+            }
+        }
+    }
+    wake(uffd, range)?;
+    Ok(mapped)
+}
+
 /// Copies `src` (in this process) to `dst` in the uffd owner's space, allocating the pages, and
 /// wakes the waiters; write-protected if `wp`. Returns bytes copied; `EEXIST` counts as success.
 pub fn copy(uffd: &Uffd, dst: u64, src: &[u8], wp: bool) -> io::Result<u64> {

@@ -25,7 +25,7 @@ pub mod types;
 
 pub use error::Refusal;
 pub use image::{sigbus, Fault, Image, ImageView};
-pub use manager::{Manager, MapReply, MAX_CLUSTER_PAGES};
+pub use manager::{CacheScope, Manager, MapReply, MAX_CLUSTER_PAGES};
 pub use regions::{RegionError, RegionSet, UserRegion};
 pub use site::{Site, Stats};
 pub use types::{ConnId, PageNo, UserAddr};

@@ -113,6 +113,8 @@ pub trait Reclaim: Send + Sync {
     /// Evicts up to `want` pages from images other than `except`, without waiting for any
     /// lock; returns how many.
     fn reclaim(&self, except: ClusterId, want: u64) -> u64;
+    /// The same from cached images only (no process maps them), least recently used first.
+    fn reclaim_cached(&self, except: ClusterId, want: u64) -> u64;
 }
 
 /// The shared resources of a site's memory manager.
@@ -124,6 +126,10 @@ pub struct Site {
     /// The statistics.
     pub stats: Stats,
     reclaim: OnceLock<Weak<dyn Reclaim>>,
+    /// The site's clock: a count of uses, for the reclaim's least-recently-used order.
+    clock: AtomicU64,
+    /// Whether an image stays resident after its last unmap, as the site's cache.
+    cache_images: bool,
 }
 
 impl std::fmt::Debug for Site {
@@ -143,7 +149,26 @@ impl Site {
             paging,
             stats: Stats::default(),
             reclaim: OnceLock::new(),
+            clock: AtomicU64::new(0),
+            cache_images: true,
         }
+    }
+
+    /// The same, with images freed at their last unmap instead of kept as the site's cache
+    /// (`pager serve --no-image-cache`).
+    pub fn without_cache(mut self) -> Site {
+        self.cache_images = false;
+        self
+    }
+
+    /// Whether images stay resident after their last unmap.
+    pub fn caches_images(&self) -> bool {
+        self.cache_images
+    }
+
+    /// The next tick of the site's clock.
+    pub fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Tells the site how to reclaim from other images (once).
@@ -157,6 +182,15 @@ impl Site {
             .get()
             .and_then(Weak::upgrade)
             .map_or(0, |r| r.reclaim(except, want))
+    }
+
+    /// Evicts up to `want` pages from cached images other than `except`, least recently used
+    /// first; returns how many.
+    pub fn reclaim_cached(&self, except: ClusterId, want: u64) -> u64 {
+        self.reclaim
+            .get()
+            .and_then(Weak::upgrade)
+            .map_or(0, |r| r.reclaim_cached(except, want))
     }
 
     /// The longest read-ahead run the budget allows (an eighth of it).

@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use clu_goofy::{ReliableSpec, Ssf};
-use clu_mm::{Refusal, MAX_CLUSTER_PAGES};
+use clu_mm::{CacheScope, Refusal, MAX_CLUSTER_PAGES};
 use clu_proto::ErrorCode;
 use clu_storage::{ClusterDesc, VolumeParams};
 
 use super::{goofy_refusal, Daemon};
-use crate::admin::{self, AdminCommand, CluCommand, VolCommand};
+use crate::admin::{self, AdminCommand, CacheCommand, CluCommand, VolCommand};
 use crate::render::{self, ReliableView, RestoreView, Status};
 
 fn denied(what: &str) -> Refusal {
@@ -50,6 +50,12 @@ pub(super) fn execute(d: &Daemon, uid: u32, words: &[String]) -> Result<String, 
         AdminCommand::Vol(_) if !admin => Err(denied("volume administration")),
         AdminCommand::Vol(v) => volume(d, v),
         AdminCommand::Clu(c) => cluster(d, uid, admin, c),
+        AdminCommand::Cache(_) if !admin => Err(denied("dropping the site cache")),
+        AdminCommand::Cache(CacheCommand::Drop { id }) => {
+            let scope = id.map_or(CacheScope::All, CacheScope::Cluster);
+            let n = d.manager.drop_cached(scope);
+            Ok(format!("dropped {n} cached image(s)\n"))
+        }
     }
 }
 
@@ -59,6 +65,7 @@ fn status(d: &Daemon) -> Status {
     let site = m.site();
     let s = &site.stats;
     let c = |c: &clu_mm::site::Counter| c.get();
+    let images = m.images();
     Status {
         pid: std::process::id(),
         uptime_secs: render::milli(d.started.elapsed().as_secs_f64()),
@@ -122,7 +129,12 @@ fn status(d: &Daemon) -> Status {
                 total_pages: r.total_pages,
             })
             .collect(),
-        clusters: m.images().iter().map(Into::into).collect(),
+        clusters: images
+            .iter()
+            .filter(|i| !i.cached)
+            .map(Into::into)
+            .collect(),
+        cached: images.iter().filter(|i| i.cached).map(Into::into).collect(),
     }
 }
 
@@ -169,6 +181,7 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
         VolCommand::Restore { name, from } => restore(d, &name, &from, &mut out)?,
         VolCommand::Mount { vol } => {
             let entry = s.find(&vol)?;
+            d.manager.drop_cached(CacheScope::Volume(entry.vol));
             s.vol_mount(entry.vol)?;
             let _ = writeln!(out, "mounted volume {} ({})", entry.name, entry.vol);
         }
@@ -183,6 +196,7 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
                     ),
                 ));
             }
+            d.manager.drop_cached(CacheScope::Volume(entry.vol));
             s.vol_unmount(entry.vol)?;
             let _ = writeln!(out, "unmounted volume {} ({})", entry.name, entry.vol);
         }
@@ -217,6 +231,7 @@ fn restore(d: &Daemon, name: &str, from: &str, out: &mut String) -> Result<(), R
             .create_restored(vol, location, &params, &plan)
             .map_err(goofy_refusal)
     })?;
+    d.manager.drop_cached(CacheScope::Volume(entry.vol));
     let volume = s.vol_mount(entry.vol)?;
     let info = volume.info();
     let (epoch, lsn) = plan.origin;
@@ -283,6 +298,8 @@ fn cluster(d: &Daemon, uid: u32, admin: bool, cmd: CluCommand) -> Result<String,
             if !owner_ok(&desc) {
                 return Err(denied("resizing another user's cluster"));
             }
+            // The stored image changes size: a cached image of it goes first.
+            m.forget(id);
             out = render::cluster_info(&s.clu_resize(id, add)?, None);
         }
         CluCommand::History { id, clear } => {

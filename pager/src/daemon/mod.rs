@@ -185,7 +185,12 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let storage = Arc::new(storage);
     let paging = PagingPartition::create(&config.root.join("paging"), config.paging_pages)?;
     let listener = bind(&config.socket, config.socket_mode, config.socket_group)?;
-    let site = Arc::new(Site::new(config.resident_pages, paging));
+    let site = Site::new(config.resident_pages, paging);
+    let site = Arc::new(if config.cache_images {
+        site
+    } else {
+        site.without_cache()
+    });
     let daemon = Arc::new(Daemon {
         manager: Manager::new(storage.clone(), site),
         ssf,

@@ -219,8 +219,10 @@ pub struct Status {
     pub reliable_volumes: Vec<ReliableView>,
     /// Restorations under way.
     pub restoring: Vec<RestoreView>,
-    /// The cluster images.
+    /// The cluster images in use (mapped, or temporary clusters in memory).
     pub clusters: Vec<ClusterView>,
+    /// The site cache: clean images kept resident after their last unmap.
+    pub cached: Vec<ClusterView>,
 }
 
 fn backup_line(b: &BackupView) -> String {
@@ -323,6 +325,17 @@ impl Status {
                 "{:<10} {:>10} {:>10} {:>10} {:>10} {:>8}",
                 c.id, c.pages, c.resident, c.dirty, c.paged_out, c.mappers
             );
+        }
+        if !self.cached.is_empty() {
+            let total: u64 = self.cached.iter().map(|c| c.resident).sum();
+            let _ = writeln!(
+                out,
+                "\ncached (unmapped, clean; reclaimed first, least recently used first): {total} pages"
+            );
+            let _ = writeln!(out, "{:<10} {:>10} {:>10}", "CLUSTER", "PAGES", "RESIDENT");
+            for c in &self.cached {
+                let _ = writeln!(out, "{:<10} {:>10} {:>10}", c.id, c.pages, c.resident);
+            }
         }
         out
     }

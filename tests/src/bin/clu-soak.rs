@@ -102,6 +102,13 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Empties the pager's site cache (`pager cache drop`).
+fn drop_cache() {
+    if let Err(e) = api::admin(vec!["cache".into(), "drop".into()]) {
+        fail(&format!("pager cache drop: {e}"));
+    }
+}
+
 fn fds(pid: u32) -> usize {
     fd_list(pid).len()
 }
@@ -187,7 +194,9 @@ fn run(o: &Opts) -> i32 {
         })
         .collect();
     let pid = pager.id();
-    // The baseline: the pager with its clusters made and nobody connected but us.
+    // The baseline: the pager with its clusters made and nobody connected but us, and its
+    // cache empty (the images just made stay cached, one memfd each).
+    drop_cache();
     let (rss0, fds0, list0) = (rss_kib(pid), fds(pid), fd_list(pid));
     let me = std::env::current_exe().unwrap_or_else(|e| fail(&format!("current_exe: {e}")));
     let mut rng = splitmix(u64::from(std::process::id()));
@@ -299,6 +308,8 @@ fn run(o: &Opts) -> i32 {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The cached images hold a memfd each: the cache goes, then nothing else may stay.
+    drop_cache();
     // The last `pager status` connection is closed by the pager a moment after it answers: a
     // leak stays, that one goes.
     let t1 = Instant::now();

@@ -21,14 +21,18 @@ use crate::types::PageNo;
 const EVICT_BATCH: u64 = 32;
 
 impl Image {
-    /// Makes room for `need` more resident pages within the budget: evicts from this image
-    /// first, then from others.
+    /// Makes room for `need` more resident pages within the budget: evicts from the cached
+    /// images first (no process maps them; least recently used first), then from this image,
+    /// then from the other mapped ones.
     pub(super) fn make_room(&self, st: &mut ImageState, need: u64) {
         let Some(excess) = self.site.budget.excess(need) else {
             return;
         };
         let want = excess.max(EVICT_BATCH);
-        let freed = self.evict_some(st, want);
+        let mut freed = self.site.reclaim_cached(self.id, want);
+        if freed < want {
+            freed += self.evict_some(st, want - freed);
+        }
         if freed < want {
             self.site.reclaim_elsewhere(self.id, want - freed);
         }

@@ -82,7 +82,7 @@ fn replay(img: &Weak<Image>, pages: &[u32]) {
     let pages: Vec<u64> = pages.iter().map(|&p| u64::from(p)).collect();
     for (first, n) in page_runs(&pages, super::readahead::MAX_WINDOW) {
         let Some(img) = img.upgrade() else { return };
-        {
+        let commits = {
             let st = lock(&img.state);
             if st.closed || first + n > st.pages.len() as u64 {
                 return;
@@ -90,7 +90,8 @@ fn replay(img: &Weak<Image>, pages: &[u32]) {
             if (first..first + n).all(|p| st.pages[p as usize] != PageState::MapNone) {
                 continue;
             }
-        }
+            st.commits
+        };
         let budget = &img.site.budget;
         if budget.resident() + n > budget.limit() / 4 * 3 {
             break;
@@ -102,6 +103,11 @@ fn replay(img: &Weak<Image>, pages: &[u32]) {
         let mut st = lock(&img.state);
         if st.closed {
             return;
+        }
+        if st.commits != commits {
+            // A commit changed storage since the read: what was read may be older than what
+            // storage holds now. Those pages come in by faults instead.
+            continue;
         }
         let mut supplied = Vec::with_capacity(n as usize);
         for p in first..first + n {

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod evict;
@@ -74,6 +74,12 @@ struct ImageState {
     closed: bool,
     /// What the use in progress did to the pages (J3-J6).
     usage: usage::Usage,
+    /// This use brought pages into memory (its access history is worth saving; a use served
+    /// entirely by the cached image leaves the saved history as it was).
+    read_in: bool,
+    /// Commits that changed storage so far: a read of storage made without the lock is good
+    /// only if no commit came in between.
+    commits: u64,
 }
 
 /// Who maps the image, and how much it was shared during this use (J1, J2).
@@ -99,6 +105,8 @@ pub struct ImageView {
     pub paged_out: u64,
     /// Processes mapping it.
     pub mappers: usize,
+    /// Kept as the site's cache: no process maps it, its pages are clean.
+    pub cached: bool,
 }
 
 /// The image of one cluster on this site.
@@ -113,6 +121,12 @@ pub struct Image {
     mappers: Mutex<Mappers>,
     commit_lock: Mutex<()>,
     resize_lock: Mutex<()>,
+    /// Pages in memory, as `state.resident` (read without the state's lock by the reclaim,
+    /// which must not wait for it).
+    resident_now: AtomicU64,
+    /// When the image was last mapped or unmapped, on the site's clock (reclaim takes the
+    /// cached images least recently used first).
+    last_used: AtomicU64,
 }
 
 fn io(what: &str, e: impl std::fmt::Display) -> Refusal {
@@ -153,7 +167,6 @@ impl Image {
         let initial = if fresh { grown() } else { PageState::MapNone };
         Ok(Image {
             id,
-            site,
             vol,
             memfd,
             temporary: AtomicBool::new(false),
@@ -169,10 +182,15 @@ impl Image {
                 history: history::Recorder::default(),
                 closed: false,
                 usage: usage::Usage::default(),
+                read_in: false,
+                commits: 0,
             }),
             mappers: Mutex::new(Mappers::default()),
             commit_lock: Mutex::new(()),
             resize_lock: Mutex::new(()),
+            resident_now: AtomicU64::new(0),
+            last_used: AtomicU64::new(site.tick()),
+            site,
         })
     }
 
@@ -207,7 +225,32 @@ impl Image {
             dirty: st.pages.iter().filter(|p| p.dirty()).count() as u64,
             paged_out: st.slots.len() as u64,
             mappers,
+            cached: mappers == 0 && !self.is_temporary(),
         }
+    }
+
+    /// Pages in memory (without the state's lock: a reading that may be a moment old).
+    pub fn resident_pages(&self) -> u64 {
+        self.resident_now.load(Ordering::Relaxed)
+    }
+
+    /// When the image was last mapped or unmapped, on the site's clock.
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// The image is used now (mapped or unmapped).
+    pub fn touch(&self) {
+        self.last_used.store(self.site.tick(), Ordering::Relaxed);
+    }
+
+    /// Whether the image was read from `vol` (the volume mounted now): a cached image of a
+    /// volume unmounted and mounted again, or restored, is not the stored image any more.
+    pub fn is_of(&self, vol: &Arc<dyn Volume>) -> bool {
+        std::ptr::eq(
+            Arc::as_ptr(&self.vol) as *const (),
+            Arc::as_ptr(vol) as *const (),
+        )
     }
 
     /// The mappers now, for the paths that act on every mapper (write protection, mapping
@@ -224,6 +267,8 @@ impl Image {
     /// `n` more pages of this image are in memory.
     fn gained(&self, st: &mut ImageState, n: u64) {
         st.resident += n;
+        st.read_in = true;
+        self.resident_now.store(st.resident, Ordering::Relaxed);
         self.site.budget.add(n);
     }
 
@@ -231,6 +276,7 @@ impl Image {
     fn lost(&self, st: &mut ImageState, n: u64) {
         let n = n.min(st.resident);
         st.resident -= n;
+        self.resident_now.store(st.resident, Ordering::Relaxed);
         self.site.budget.sub(n);
     }
 

@@ -65,6 +65,8 @@ impl Image {
         };
         let written = self.vol.clu_write(self.id.clu(), &runs);
         let mut st = lock(&self.state);
+        // Even a failed commit may have reached storage (an error after the log write).
+        st.commits += 1;
         let ev = if written.is_ok() {
             Event::CommitDone
         } else {
@@ -182,6 +184,46 @@ impl Image {
         }
         st.pages[p as usize] = next;
         Some(punch)
+    }
+
+    /// The last mapper is gone and the image stays resident as the site's cache: its clean
+    /// pages stay in the memfd (the next map finds them), a page still dirty is discarded as
+    /// by an abort (see [`Image::release`]), the faults waiting for this use are dropped, and
+    /// the access history is saved if this use read from storage. The reclaim takes its pages
+    /// back like any other clean pages, the least recently used image first.
+    pub fn retire(&self) {
+        let (history, discarded) = {
+            let mut st = lock(&self.state);
+            self.harvest(&mut st);
+            let mut drop = Vec::new();
+            let mut discarded = 0;
+            for p in 0..st.pages.len() as u64 {
+                if let Some(punch) = self.discard_page(&mut st, p) {
+                    if punch {
+                        drop.push(p);
+                    }
+                    discarded += 1;
+                }
+            }
+            self.punch_pages(&mut st, &drop);
+            st.deferred.clear();
+            st.hinted.clear();
+            st.readahead = Default::default();
+            let history = std::mem::take(&mut st.read_in).then(|| st.history.take());
+            if history.is_none() {
+                st.history.take();
+            }
+            (history.unwrap_or_default(), discarded)
+        };
+        self.touch();
+        if discarded > 0 {
+            warn!(cluster = %self.id, pages = discarded, "pages modified after the last commit were discarded at the last unmap");
+        }
+        if !history.is_empty() {
+            if let Err(e) = self.vol.clu_set_history(self.id.clu(), &history) {
+                warn!(cluster = %self.id, "saving the access history: {e}");
+            }
+        }
     }
 
     /// The last mapper is gone: each page takes the `Release` event, the image's memory is

@@ -26,6 +26,17 @@ use crate::rights;
 use crate::site::{Reclaim, Site};
 use crate::types::ConnId;
 
+/// Which cached images [`Manager::drop_cached`] drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Every cached image.
+    All,
+    /// Those of one volume.
+    Volume(VolId),
+    /// That of one cluster.
+    Cluster(ClusterId),
+}
+
 /// The largest cluster a request may create or grow to, in pages (64 GiB).
 pub const MAX_CLUSTER_PAGES: u64 = 1 << 24;
 
@@ -167,6 +178,18 @@ impl Manager {
         let desc = self.storage.clu_get_desc(id)?;
         let writable = mode == MapMode::ReadWrite;
         rights::may_map(&desc, uid, writable)?;
+        if let Some(img) = self.table.image(id) {
+            // A cached image must be the stored image: one read from a volume since unmounted,
+            // restored or replaced, or of another size than the descriptor's, is dropped.
+            let current = self.storage.volume(id.vol())?;
+            if img.mappers() == 0
+                && !img.is_temporary()
+                && (!img.is_of(&current) || img.npages() != desc.npages)
+            {
+                info!(cluster = %id, "the cached image is not the stored one any more; dropped");
+                self.forget(id);
+            }
+        }
         let mut fresh: Option<(Arc<Image>, Vec<u32>)> = None;
         let img = loop {
             let mut table = self.table.lock();
@@ -200,6 +223,7 @@ impl Manager {
                 },
             }
         };
+        img.touch();
         let memfd = if writable {
             dup(img.memfd())
         } else {
@@ -280,8 +304,14 @@ impl Manager {
         img.remove_mapper(conn);
         // Ends the use (its statistics) once no process maps the image.
         img.end_use();
-        img.release();
-        self.table.remove(&entry);
+        if self.site.caches_images() {
+            // The image stays, clean, as the site's cache: the next map finds it warm.
+            img.retire();
+            entry.set_closing(false);
+        } else {
+            img.release();
+            self.table.remove(&entry);
+        }
         Ok(())
     }
 
@@ -328,22 +358,30 @@ impl Manager {
         self.table.lock().get(&id).map_or(0, |e| e.image.mappers())
     }
 
-    /// Drops the in-memory image of a cluster no process maps (a temporary cluster's, before
-    /// it is destroyed): its modifications are discarded as it is released.
-    pub fn forget(&self, id: ClusterId) {
-        let entry = {
+    /// Drops the in-memory image of a cluster no process maps (a cached image, or a temporary
+    /// cluster's before it is destroyed): its modifications are discarded as it is released.
+    /// Returns whether there was one. An image being closed is waited for first (its last
+    /// unmap writes it back, then it is cached or gone).
+    pub fn forget(&self, id: ClusterId) -> bool {
+        let entry = loop {
             let table = self.table.lock();
             match table.get(&id) {
-                Some(e) if !e.is_closing() && e.image.mappers() == 0 => {
-                    e.set_closing(true);
-                    e.clone()
+                Some(e) if e.is_closing() => {
+                    let e = e.clone();
+                    drop(table);
+                    e.wait_while_closing();
                 }
-                _ => return,
+                Some(e) if e.image.mappers() == 0 => {
+                    e.set_closing(true);
+                    break e.clone();
+                }
+                _ => return false,
             }
         };
         // Its modifications are discarded by the release (not counted as an abort).
         entry.image.release();
         self.table.remove(&entry);
+        true
     }
 
     /// `clu_Owner`: anyone may ask.
@@ -417,8 +455,35 @@ impl Manager {
         Ok(())
     }
 
-    /// Whether any process maps a cluster of the volume.
+    /// Whether any process maps a cluster of the volume, or a temporary cluster of it is in
+    /// memory (cached images do not count: [`Manager::drop_cached`] drops them).
     pub fn volume_in_use(&self, vol: VolId) -> bool {
-        self.table.lock().keys().any(|id| id.vol() == vol)
+        self.table
+            .lock()
+            .values()
+            .any(|e| e.image.id().vol() == vol && (e.image.mappers() > 0 || e.image.is_temporary()))
+    }
+
+    /// Drops the cached images (no process maps them) of the cluster `id`, or of every
+    /// cluster of volume `vol`, or all of them; returns how many. The administrator's changes
+    /// to stored images (a volume unmounted or restored, a cluster resized or destroyed) go
+    /// through here, so that a cached image is never served stale.
+    pub fn drop_cached(&self, which: CacheScope) -> usize {
+        let ids: Vec<ClusterId> = self
+            .table
+            .lock()
+            .values()
+            .filter(|e| {
+                let id = e.image.id();
+                !e.image.is_temporary()
+                    && match which {
+                        CacheScope::All => true,
+                        CacheScope::Volume(v) => id.vol() == v,
+                        CacheScope::Cluster(c) => id == c,
+                    }
+            })
+            .map(|e| e.image.id())
+            .collect();
+        ids.into_iter().filter(|&id| self.forget(id)).count()
     }
 }

@@ -86,17 +86,44 @@ impl ImageTable {
     }
 }
 
+impl ImageTable {
+    /// The images other than `except` that are open (not closing) and either cached (no
+    /// process maps them, `cached`) or mapped, without waiting for the table: `None` if it
+    /// is busy.
+    fn others(&self, except: ClusterId, cached: bool) -> Option<Vec<Arc<Image>>> {
+        let map = self.map.try_lock().ok()?;
+        Some(
+            map.values()
+                .filter(|e| e.image.id() != except && !e.is_closing())
+                .filter(|e| {
+                    let idle = e.image.mappers() == 0 && !e.image.is_temporary();
+                    idle == cached
+                })
+                .map(|e| e.image.clone())
+                .collect(),
+        )
+    }
+
+    /// Forgets the cached images the reclaim emptied (no page left in memory, no process maps
+    /// them), if the table is free now; their memfds go with the last reference.
+    fn sweep(&self) {
+        if let Ok(mut map) = self.map.try_lock() {
+            map.retain(|_, e| {
+                e.is_closing()
+                    || e.image.is_temporary()
+                    || e.image.mappers() > 0
+                    || e.image.resident_pages() > 0
+            });
+        }
+    }
+}
+
 impl Reclaim for ImageTable {
     fn reclaim(&self, except: ClusterId, want: u64) -> u64 {
         // Called from a fault path that holds another image's lock: never wait, neither for
         // the table nor for an image.
-        let others: Vec<Arc<Image>> = match self.map.try_lock() {
-            Ok(map) => map
-                .values()
-                .filter(|e| e.image.id() != except)
-                .map(|e| e.image.clone())
-                .collect(),
-            Err(_) => return 0,
+        let Some(others) = self.others(except, false) else {
+            return 0;
         };
         let mut left = want;
         for img in others {
@@ -105,6 +132,25 @@ impl Reclaim for ImageTable {
             }
             left -= img.try_evict(left).min(left);
         }
+        want - left
+    }
+
+    fn reclaim_cached(&self, except: ClusterId, want: u64) -> u64 {
+        let Some(mut cached) = self.others(except, true) else {
+            return 0;
+        };
+        if cached.is_empty() {
+            return 0;
+        }
+        cached.sort_by_key(|i| i.last_used());
+        let mut left = want;
+        for img in cached {
+            if left == 0 {
+                break;
+            }
+            left -= img.try_evict(left).min(left);
+        }
+        self.sweep();
         want - left
     }
 }
