@@ -233,6 +233,9 @@ impl Volume for ReliableVolume {
     fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
         self.0.inner.clu_prefetch(clu, first_page, npages)
     }
+    fn clu_uncache(&self, clu: CluId, first_page: u64, npages: u64) {
+        self.0.inner.clu_uncache(clu, first_page, npages)
+    }
     fn clu_history(&self, clu: CluId) -> Vec<u32> {
         self.0.inner.clu_history(clu)
     }

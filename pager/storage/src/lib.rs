@@ -111,6 +111,10 @@ pub trait Volume: Send + Sync {
     /// Hints that pages `first_page..first_page+npages` will be read soon (a service may start
     /// reading them in the background). The default does nothing.
     fn clu_prefetch(&self, _clu: CluId, _first_page: u64, _npages: u64) {}
+    /// Says that pages `first_page..first_page+npages` were read and are held by the caller
+    /// (the site's image): a service may drop its own cached copy, so that the data is in
+    /// memory once. The default does nothing.
+    fn clu_uncache(&self, _clu: CluId, _first_page: u64, _npages: u64) {}
     /// The cluster's access history (see [`history`]); empty if there is none.
     fn clu_history(&self, _clu: CluId) -> Vec<u32> {
         Vec::new()

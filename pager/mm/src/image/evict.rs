@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 
 use clu_proto::PAGE_SIZE;
+use clu_sys::sync::lock;
 use clu_sys::uffd;
 use nix::fcntl::{fallocate, FallocateFlags};
 use tracing::{debug, warn};
@@ -164,6 +165,48 @@ impl Image {
                 }
             }
         }
+    }
+
+    /// Maps ahead, in the process `conn`, every clean resident page of `region` (as
+    /// `MAP_POPULATE` would): a cluster mapped while its image is resident (cached, or mapped
+    /// elsewhere) then takes no fault at all where it is resident. Works a block of
+    /// [`super::fault::RESIDENT_RUN`] pages at a time under the state's lock, so that a page
+    /// is only ever mapped while it is clean and resident (write-protected in a writable
+    /// mapping), and faults and commits go on between blocks. Returns the pages mapped.
+    pub fn populate(&self, conn: crate::types::ConnId, region: crate::regions::UserRegion) -> u64 {
+        let block = super::fault::RESIDENT_RUN;
+        let (lo, hi) = (region.first_page.0, region.first_page.0 + region.npages);
+        let mut mapped = 0;
+        let mut at = lo;
+        while at < hi {
+            let end = (at + block).min(hi);
+            let st = lock(&self.state);
+            if st.closed {
+                break;
+            }
+            let mappers = self.mappers_now();
+            let Some(m) = mappers.iter().find(|m| m.conn == conn) else {
+                break;
+            };
+            let Some(u) = &m.uffd else { break };
+            let pages: Vec<u64> = (at..end.min(st.pages.len() as u64))
+                .filter(|&p| st.pages[p as usize] == PageState::Read)
+                .collect();
+            for (first, n) in page_runs(&pages, u64::MAX) {
+                if let Some(range) = region.range_of(PageNo(first), n) {
+                    match uffd::continue_all(u, range, m.writable) {
+                        Ok(b) => mapped += b / PAGE,
+                        Err(e) => {
+                            debug!(cluster = %self.id, conn = %conn, "populate: {e}");
+                            return mapped;
+                        }
+                    }
+                }
+            }
+            drop(st);
+            at = end;
+        }
+        mapped
     }
 
     /// Write-protect-async mappers write to clean pages without a fault (the kernel lifts the

@@ -19,6 +19,11 @@ use crate::page_state::{step, Action, Event, PageState, Source};
 use crate::regions::UserRegion;
 use crate::types::{ConnId, PageNo, UserAddr};
 
+/// The block of resident pages one fault maps at most (8 MiB): mapping a run of pages that
+/// are in the memfd costs about 0.1 us a page in one `UFFDIO_CONTINUE`, a fault round trip 5
+/// to 100 us on a VM (`scripts/bench faults`, `resident_*` rows).
+pub const RESIDENT_RUN: u64 = 2048;
+
 /// A fault read from a mapper's userfaultfd.
 pub struct Fault {
     /// The faulting process.
@@ -164,12 +169,13 @@ impl Image {
             }
         }
         st.pages[f.page.index()] = next;
-        if matches!(actions, [Action::MapResident { .. }]) {
-            self.map_around(st, &f);
-        }
         if let Some(wp) = map_wp {
             // A read-only mapping is not registered for write protection (and cannot write).
+            // The faulting page first, which wakes the thread; its neighbours after.
             f.map_page(wp && f.writable);
+        }
+        if matches!(actions, [Action::MapResident { .. }]) {
+            self.map_around(st, &f);
         }
     }
 
@@ -217,10 +223,11 @@ impl Image {
         self.gained(st, end - first);
         self.site.stats.storage_reads.add(end - first);
         st.usage.fault(FaultClass::Storage);
-        // Neighbours first, write-protected (clean; a read-only mapping has no write
-        // protection); the faulting page last, which wakes it.
-        f.map_neighbours(first, end, f.writable);
+        // The faulting page first, which wakes the thread; then its neighbours,
+        // write-protected (clean; a read-only mapping has no write protection), all under the
+        // state's lock, so that none of them changes state meanwhile.
         f.map_page(wp && f.writable);
+        f.map_neighbours(first, end, f.writable);
     }
 
     /// Reads pages `first..end` from storage into the memfd.
@@ -233,24 +240,28 @@ impl Image {
         self.vol.clu_read(self.id.clu(), first, buf)?;
         self.memfd
             .write_all_at(buf, first * PAGE)
-            .map_err(|e| io("filling the cluster's memory object", e))
+            .map_err(|e| io("filling the cluster's memory object", e))?;
+        // The image is the cache: the file's copy of these pages goes.
+        self.vol.clu_uncache(self.id.clu(), first, end - first);
+        Ok(())
     }
 
     /// Fault-around for a page already resident: maps in the faulting process, write-protected,
-    /// the clean resident pages next to it (the read-ahead window, within its region), so that
-    /// pages another process or the history prefetch brought in cost one fault per run, not
-    /// one per page. Stops at the first page that is not clean and resident.
+    /// the clean resident pages of the aligned block of [`RESIDENT_RUN`] pages around it
+    /// (within its region), so that a cached image, or pages another process or the history
+    /// prefetch brought in, cost one fault per block, not one per page. The run stops at the
+    /// first page that is not clean and resident.
     fn map_around(&self, st: &mut ImageState, f: &Fault) {
         let n = st.pages.len() as u64;
-        let (lo, hi) = st.readahead.plan(f.page.0, self.site.readahead_cap());
         let (rlo, rhi) = (
             f.region.first_page.0,
             f.region.first_page.0 + f.region.npages,
         );
+        let lo = f.page.0 / RESIDENT_RUN * RESIDENT_RUN;
+        let hi = lo + RESIDENT_RUN;
         let (first, end) = run_around(f.page.0, lo.max(rlo), hi.min(n).min(rhi), |p| {
             st.pages[p as usize] == PageState::Read
         });
-        st.readahead.ran_to(end);
         f.map_neighbours(first, end, f.writable);
     }
 
@@ -292,6 +303,7 @@ impl Image {
             Source::Storage => {
                 st.usage.fault(FaultClass::Storage);
                 self.vol.clu_read(self.id.clu(), page, buf)?;
+                self.vol.clu_uncache(self.id.clu(), page, 1);
                 stats.storage_reads.inc();
             }
             Source::Paging => {

@@ -133,6 +133,8 @@ fn replay(img: &Weak<Image>, pages: &[u32]) {
         }
         // Map them ahead of the faults in every process that maps the cluster.
         img.map_in_all(&supplied);
+        drop(st);
+        img.vol.clu_uncache(img.id.clu(), first, n);
     }
     debug!(pages = done, "history prefetch done");
 }

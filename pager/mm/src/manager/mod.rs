@@ -255,6 +255,20 @@ impl Manager {
     ) -> Result<(Arc<Image>, bool), Refusal> {
         let img = self.table.image(id).ok_or_else(|| not_mapped(id))?;
         let writable = img.attach(conn, uffd, pagemap, region)?;
+        if img.resident_pages() > 0 {
+            // The image is resident (cached, or mapped elsewhere): map it ahead in the
+            // background, as MAP_POPULATE would.
+            let bg = img.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("populate-{id}"))
+                .spawn(move || {
+                    let n = bg.populate(conn, region);
+                    tracing::debug!(cluster = %bg.id(), pages = n, "mapped ahead");
+                });
+            if let Err(e) = spawned {
+                warn!(cluster = %id, "no thread to map ahead: {e}");
+            }
+        }
         Ok((img, writable))
     }
 

@@ -497,6 +497,19 @@ impl Volume for LocalVolume {
         }
     }
 
+    fn clu_uncache(&self, clu: CluId, first_page: u64, npages: u64) {
+        if let Ok(c) = self.clusters.get(clu) {
+            // Clean cached pages of the range go at once (dirty ones, not yet written back
+            // by the journal's application, stay until they are).
+            let _ = nix::fcntl::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&c.file),
+                (first_page * PAGE) as i64,
+                (npages * PAGE) as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+        }
+    }
+
     fn clu_history(&self, clu: CluId) -> Vec<u32> {
         if self.clusters.get(clu).is_err() {
             return Vec::new();

@@ -58,6 +58,10 @@ pub struct ChildArgs {
     /// `US_PER_PAGE COMMIT_MS`.
     #[arg(long)]
     first_write: bool,
+    /// Instead: map the cluster, read every page, say `ready`, and keep it mapped until
+    /// stdin closes (the image stays resident, mapped by another process).
+    #[arg(long)]
+    hold: bool,
 }
 
 struct Sizes {
@@ -147,6 +151,62 @@ fn drop_cache(file: &File) -> Res<()> {
     Ok(())
 }
 
+/// Reads `file` whole, so that the page cache holds it (the `warm` cases).
+fn warm(file: &File) -> Res<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Drops the pager's cached image of `id` (`pager cache drop ID`): the next map starts from
+/// storage.
+fn uncache(id: ClusterId) -> Res<()> {
+    api::admin(vec!["cache".into(), "drop".into(), id.to_string()]).map_err(cerr)?;
+    Ok(())
+}
+
+/// The page cache and shmem in use (`Cached` in /proc/meminfo counts both), in bytes.
+fn cached_bytes() -> Res<u64> {
+    let info = fs::read_to_string("/proc/meminfo")?;
+    let kb = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Cached:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .ok_or("no Cached: line in /proc/meminfo")?;
+    Ok(kb * 1024)
+}
+
+/// Microseconds per page of mapping `id` and touching its pages in `order` (the map counted).
+fn map_touch(id: ClusterId, mode: MapMode, order: &[u64]) -> Res<(f64, Region)> {
+    let t = Instant::now();
+    let r = api::map(id, mode).map_err(cerr)?;
+    touch(&r, order, 0);
+    Ok((
+        t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64,
+        r,
+    ))
+}
+
+/// The same with the kernel: `mmap` of `file` and a traversal (the mmap counted).
+fn mmap_touch(file: &File, order: &[u64]) -> Res<f64> {
+    let t = Instant::now();
+    let len = file.metadata()?.len() as usize;
+    let m = Mapping::file(file.as_fd(), 0, len, false)?;
+    for &p in order {
+        std::hint::black_box(m.read_u8(p as usize * PAGE_SIZE));
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / order.len().max(1) as f64)
+}
+
 fn permutation(n: u64, seed: u64) -> Vec<u64> {
     let mut v: Vec<u64> = (0..n).collect();
     let mut x = seed;
@@ -210,12 +270,16 @@ impl Bench {
         let (floor_read, floor_write) = floor::measure(n)?;
         self.s.add(&k("floor", "fault"), floor_read);
         self.s.add(&k("floor", "first_write"), floor_write);
+        // Only the touched pages are unmapped (their neighbours stay mapped), so that each
+        // touch is one fault even though a fault on a resident page maps the resident block
+        // around it.
+        uncache(a)?;
         let r = api::map(a, MapMode::ReadWrite).map_err(cerr)?;
         touch(&r, &all, 0);
-        for &p in &all {
+        let strided: Vec<u64> = (0..n).step_by(16).collect();
+        for &p in &strided {
             r.drop_pte(p as usize * PAGE_SIZE)?;
         }
-        let strided: Vec<u64> = (0..n).step_by(16).collect();
         self.s.add(&k("pager", "fault"), touch(&r, &strided, 0));
         touch(&r, &all, 0);
         self.s.add(&k("pager", "first_write"), touch(&r, &all, 9));
@@ -236,7 +300,7 @@ impl Bench {
         drop(f);
         fs::remove_file(&path)?;
 
-        // Traversals after eviction (the pager frees a cluster's memory at the last unmap), with
+        // Traversals of a cluster whose image is not resident (its cached image dropped), with
         // the storage file in the page cache (warm) or dropped from it (cold).
         let cases: [(&str, &(ClusterId, File), bool, bool); 6] = [
             ("evicted_warm", evict, false, false),
@@ -253,17 +317,56 @@ impl Bench {
             } else {
                 (0..npages).collect()
             };
+            // The image not resident (the site cache dropped); the file in the page cache
+            // (warm) or not (cold), the same for both.
+            uncache(*id)?;
             if cold {
                 drop_cache(file)?;
+            } else {
+                warm(file)?;
             }
             let r = api::map(*id, MapMode::ReadOnly).map_err(cerr)?;
             self.s.add(&k("pager", case), touch(&r, &order, 0));
             api::unmap(*id).map_err(cerr)?;
             if cold {
                 drop_cache(file)?;
+            } else {
+                warm(file)?;
             }
             self.s.add(&k("kernel", case), touch_file(file, &order, 0)?);
         }
+
+        // The image resident: mapped by another process (resident_*), or cached after this
+        // process unmapped it (remap_after_unmap); against mmap of the file in the page cache.
+        // The map (mmap) is counted on both sides.
+        let (id, file) = scan;
+        let npages = file.metadata()?.len() / PAGE_SIZE as u64;
+        let seq: Vec<u64> = (0..npages).collect();
+        let rand = permutation(npages, 0x1234_5678);
+        let exe = std::env::current_exe()?;
+        let mut holder = Command::new(&exe)
+            .args(["faults-child", "--hold", "--id", &id.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().ok_or("holder stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            return Err(format!("holder: {line}").into());
+        }
+        for (case, order) in [("resident_seq", &seq), ("resident_rand", &rand)] {
+            let (us, _r) = map_touch(*id, MapMode::ReadOnly, order)?;
+            api::unmap(*id).map_err(cerr)?;
+            self.s.add(&k("pager", case), us);
+            warm(file)?;
+            self.s.add(&k("kernel", case), mmap_touch(file, order)?);
+        }
+        drop(holder.stdin.take());
+        holder.wait()?;
+        // Now cached only (the holder unmapped last): map again, traverse.
+        let (us, _r) = map_touch(*id, MapMode::ReadOnly, &seq)?;
+        api::unmap(*id).map_err(cerr)?;
+        self.s.add(&k("pager", "remap_after_unmap"), us);
         Ok(())
     }
 
@@ -272,11 +375,58 @@ impl Bench {
         run: usize,
         commit: ClusterId,
         scratch: &Path,
-        conc: &[ClusterId],
+        conc: &[(ClusterId, File)],
         hist: &[(ClusterId, File); 2],
         fw: ClusterId,
     ) -> Res<()> {
         let k = |who: &str, case: &str| Self::key("unpinned", who, case);
+        // What a cold traversal costs in memory: page cache and shmem growth over the data.
+        let (id, file) = &hist[1];
+        let npages = file.metadata()?.len() / PAGE_SIZE as u64;
+        let all: Vec<u64> = (0..npages).collect();
+        let data = (npages * PAGE_SIZE as u64) as f64;
+        uncache(*id)?;
+        drop_cache(file)?;
+        let before = cached_bytes()?;
+        let r = api::map(*id, MapMode::ReadOnly).map_err(cerr)?;
+        touch(&r, &all, 0);
+        let grown = cached_bytes()?.saturating_sub(before) as f64;
+        api::unmap(*id).map_err(cerr)?;
+        drop(r);
+        self.s.add(&k("pager", "footprint"), grown / data);
+        uncache(*id)?;
+        drop_cache(file)?;
+        let before = cached_bytes()?;
+        touch_file(file, &all, 0)?;
+        let grown = cached_bytes()?.saturating_sub(before) as f64;
+        self.s.add(&k("kernel", "footprint"), grown / data);
+        // Write one byte in every page of a cluster loaded from storage (file in the page
+        // cache, image not resident), then make it durable: commit vs mmap write + msync.
+        warm(file)?;
+        let t = Instant::now();
+        let r = api::map(*id, MapMode::ReadWrite).map_err(cerr)?;
+        touch(&r, &all, (run as u8) | 1);
+        api::commit(*id).map_err(cerr)?;
+        self.s.add(
+            &k("pager", "write_persist"),
+            t.elapsed().as_secs_f64() * 1e6 / npages as f64,
+        );
+        api::unmap(*id).map_err(cerr)?;
+        drop(r);
+        uncache(*id)?;
+        warm(file)?;
+        let t = Instant::now();
+        let len = file.metadata()?.len() as usize;
+        let m = Mapping::file(file.as_fd(), 0, len, true)?;
+        for &p in &all {
+            m.write_u8(p as usize * PAGE_SIZE, (run as u8) | 1);
+        }
+        m.sync_range(0, len)?;
+        self.s.add(
+            &k("kernel", "write_persist"),
+            t.elapsed().as_secs_f64() * 1e6 / npages as f64,
+        );
+        drop(m);
         // Thesis chapter VIII: a repeated random-order traversal, storage cold, with the access
         // history of the previous use replayed as prefetch, and with it forgotten.
         for (i, (id, file)) in hist.iter().enumerate() {
@@ -292,6 +442,7 @@ impl Bench {
                 ])
                 .map_err(cerr)?;
             }
+            uncache(*id)?;
             drop_cache(file)?;
             let r = api::map(*id, MapMode::ReadOnly).map_err(cerr)?;
             self.s.add(&k("pager", case), touch(&r, &order, 0));
@@ -376,9 +527,15 @@ impl Bench {
 
         // Concurrency: 1, 2 and 4 client processes, each reading its own cluster.
         for c in [1usize, 2, 4] {
+            // Each client's cluster from storage (the file in the page cache), not cached:
+            // the row measures the fault path, not reads of memory already mapped.
+            for (id, file) in &conc[..c] {
+                uncache(*id)?;
+                warm(file)?;
+            }
             let mut kids: Vec<Child> = conc[..c]
                 .iter()
-                .map(|id| {
+                .map(|(id, _)| {
                     Command::new(&exe)
                         .args(["faults-child", "--id", &id.to_string()])
                         .stdin(Stdio::piped())
@@ -432,6 +589,16 @@ impl ZeroFill for File {
 /// The hidden child of the concurrency row: maps, says `ready`, waits for a line, reads every
 /// page, says `done`.
 pub fn child(args: &ChildArgs) -> Res<()> {
+    if args.hold {
+        let r = api::map(args.id, MapMode::ReadOnly).map_err(cerr)?;
+        touch(&r, &(0..r.npages).collect::<Vec<_>>(), 0);
+        println!("ready");
+        std::io::stdout().flush()?;
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        api::unmap(args.id).map_err(cerr)?;
+        return Ok(());
+    }
     if args.first_write {
         let r = api::map(args.id, MapMode::ReadWrite).map_err(cerr)?;
         let all: Vec<u64> = (0..r.npages).collect();
@@ -530,8 +697,8 @@ pub fn run(args: &Args) -> Res<()> {
         prepared(&b.root, b.sizes.scan)?,
     ];
     let fw = prepared(&b.root, b.sizes.fault)?.0;
-    let conc: Vec<ClusterId> = (0..4)
-        .map(|_| prepared(&b.root, b.sizes.conc).map(|x| x.0))
+    let conc: Vec<(ClusterId, File)> = (0..4)
+        .map(|_| prepared(&b.root, b.sizes.conc))
         .collect::<Res<_>>()?;
     for run in 0..runs {
         for (name, cpu) in PINS {

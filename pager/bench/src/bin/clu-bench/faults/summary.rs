@@ -48,8 +48,41 @@ fn rows() -> Vec<Row> {
                     .vs(k("kernel", case), "kernel mmap"),
             );
         }
+        for (case, label) in [
+            ("resident_seq", "map + sequential read, image resident"),
+            ("resident_rand", "map + random read, image resident"),
+        ] {
+            rows.push(
+                Row::new(l(label), k("pager", case), "us/page")
+                    .vs(k("kernel", case), "kernel mmap, warm"),
+            );
+        }
+        rows.push(
+            Row::new(
+                l("unmap, map again, sequential read (site cache)"),
+                k("pager", "remap_after_unmap"),
+                "us/page",
+            )
+            .vs(k("kernel", "resident_seq"), "kernel mmap, warm"),
+        );
     }
     let k = |who: &str, case: &str| format!("unpinned/{who}/{case}");
+    rows.push(
+        Row::new(
+            "cold traversal: page cache + shmem growth / data",
+            k("pager", "footprint"),
+            "x",
+        )
+        .vs(k("kernel", "footprint"), "kernel mmap"),
+    );
+    rows.push(
+        Row::new(
+            "write a byte in every page, then commit (msync)",
+            k("pager", "write_persist"),
+            "us/page",
+        )
+        .vs(k("kernel", "write_persist"), "mmap write + msync"),
+    );
     rows.push(
         Row::new(
             "first write to a clean page, WP_ASYNC mode",
@@ -157,6 +190,19 @@ pub(super) fn report(s: &Samples, results: &Path) -> Res<()> {
                 s.ratio(&k("pager", case), &k("kernel", case)),
             ));
         }
+        for case in ["resident_seq", "resident_rand"] {
+            ratios.push((
+                format!("{case}_vs_kernel_warm{suffix}"),
+                s.ratio(&k("pager", case), &k("kernel", case)),
+            ));
+        }
+        ratios.push((
+            format!("remap_after_unmap_vs_kernel_warm{suffix}"),
+            s.ratio(
+                &k("pager", "remap_after_unmap"),
+                &k("kernel", "resident_seq"),
+            ),
+        ));
     }
     let k = |who: &str, case: &str| format!("unpinned/{who}/{case}");
     for n in [1, 100, 1000] {
@@ -168,6 +214,14 @@ pub(super) fn report(s: &Samples, results: &Path) -> Res<()> {
             ),
         ));
     }
+    ratios.push((
+        "cache_footprint_vs_data".into(),
+        s.stats(&k("pager", "footprint")).map(|x| x.0),
+    ));
+    ratios.push((
+        "write_persist_vs_kernel".into(),
+        s.ratio(&k("pager", "write_persist"), &k("kernel", "write_persist")),
+    ));
     ratios.push((
         "first_write_async_vs_sync".into(),
         s.ratio(
