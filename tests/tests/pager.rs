@@ -182,8 +182,10 @@ fn a_killed_pager_makes_faults_sigbus_not_zeros_and_not_hangs() {
     a.ok(&format!("fill {id} 3"));
     a.ok(&format!("commit {id}"));
     a.ok(&format!("unmap {id}"));
-    // No access-history prefetch: it would map every page ahead of the faults.
+    // No access-history prefetch and no cached image: either would map every page ahead of
+    // the faults.
     pager.admin(&["clu", "history", &id, "--clear"]);
+    pager.admin(&["cache", "drop", &id]);
     a.ok(&format!("map {id}"));
     let first = a.ok(&format!("r {id} 0"));
     pager.kill();

@@ -145,7 +145,8 @@ fn usage_statistics_follow_a_scripted_use_and_persist() {
     let j = info(&pager, &id);
     assert_eq!(j["uses"], 1, "{j}");
     assert_eq!(j["modified_per_use"], 5.0, "{j}");
-    assert_eq!(j["faults"]["zero"], 5, "{j}");
+    // One zero fault brings in the new pages of its block (16 here), not one each.
+    assert_eq!(j["faults"]["zero"], 1, "{j}");
     // Two processes mapped it for part of the use: the sharing rate is between 1 and 2.
     let rate = j["sharing_rate"].as_f64().expect("sharing_rate");
     assert!((1.0..=2.0).contains(&rate), "{j}");

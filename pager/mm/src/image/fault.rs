@@ -24,6 +24,9 @@ use crate::types::{ConnId, PageNo, UserAddr};
 /// to 100 us on a VM (`scripts/bench faults`, `resident_*` rows).
 pub const RESIDENT_RUN: u64 = 2048;
 
+/// The block of new (zero) pages one fault brings in at most (256 KiB).
+pub const ZERO_RUN: u64 = 64;
+
 /// A fault read from a mapper's userfaultfd.
 pub struct Fault {
     /// The faulting process.
@@ -144,6 +147,15 @@ impl Image {
         {
             return self.serve_from_storage(st, f, next, wp);
         }
+        if let [Action::Supply {
+            source: Source::Zero,
+            wp,
+        }] = *actions
+        {
+            if self.serve_zero_run(st, &f, next, wp) {
+                return;
+            }
+        }
         let mut map_wp = None;
         for a in actions {
             match *a {
@@ -155,7 +167,12 @@ impl Image {
                 }
                 Action::MapResident { wp } => map_wp = Some(wp),
                 Action::Unprotect => {
-                    if let Err(e) = uffd::writeprotect(&f.uffd, f.range(), false) {
+                    let range = if event == Event::WpFault && state == PageState::Read {
+                        self.write_around(st, &f)
+                    } else {
+                        f.range()
+                    };
+                    if let Err(e) = uffd::writeprotect(&f.uffd, range, false) {
                         debug!(cluster = %self.id, page = f.page.0, "unprotect: {e}");
                     }
                 }
@@ -230,6 +247,55 @@ impl Image {
         f.map_neighbours(first, end, f.writable);
     }
 
+    /// A fault on a new page (zero): the new pages of its aligned block of [`ZERO_RUN`]
+    /// pages (within its region) come in at once, allocated zero in the memfd by one
+    /// `fallocate`, and take the same transition as the faulting page (None to KWrite,
+    /// mapped writable, thesis D7). They are marked zero-backed: a commit skips those still
+    /// all zeros, so pages nobody wrote are not written. Returns false if the memfd could not
+    /// allocate the run (the caller supplies the faulting page alone).
+    fn serve_zero_run(&self, st: &mut ImageState, f: &Fault, next: PageState, wp: bool) -> bool {
+        let n = st.pages.len() as u64;
+        let page = f.page.0;
+        let (rlo, rhi) = (
+            f.region.first_page.0,
+            f.region.first_page.0 + f.region.npages,
+        );
+        let lo = page / ZERO_RUN * ZERO_RUN;
+        let (first, end) = run_around(page, lo.max(rlo), (lo + ZERO_RUN).min(n).min(rhi), |p| {
+            st.pages[p as usize] == PageState::None
+        });
+        self.make_room(st, end - first);
+        if let Err(e) = nix::fcntl::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&self.memfd),
+            nix::fcntl::FallocateFlags::empty(),
+            (first * PAGE) as i64,
+            ((end - first) * PAGE) as i64,
+        ) {
+            debug!(cluster = %self.id, first, end, "fallocate of zero pages: {e}");
+            return false;
+        }
+        if st.zero_backed.len() < n as usize {
+            st.zero_backed.resize(n as usize, false);
+        }
+        for p in first..end {
+            st.pages[p as usize] = next;
+            st.zero_backed[p as usize] = true;
+            st.history.record(p);
+        }
+        // The faulting page counts as modified (J3) now; the others when a commit finds
+        // them written (not all zeros).
+        if next.dirty() {
+            st.usage.modified(page);
+        }
+        self.gained(st, end - first);
+        self.site.stats.zero_fills.add(end - first);
+        st.usage.fault(FaultClass::Zero);
+        let wp = wp && f.writable;
+        f.map_page(wp);
+        f.map_neighbours(first, end, wp);
+        true
+    }
+
     /// Reads pages `first..end` from storage into the memfd.
     fn fill_run(&self, st: &mut ImageState, first: u64, end: u64) -> Result<(), Refusal> {
         let len = ((end - first) * PAGE) as usize;
@@ -263,6 +329,29 @@ impl Image {
             st.pages[p as usize] == PageState::Read
         });
         f.map_neighbours(first, end, f.writable);
+    }
+
+    /// A first write to a clean page: the clean pages after it, within the run the
+    /// [`readahead::WriteRun`] policy plans and the faulting region, take the same
+    /// transition (Read to KWrite, dirty) so that one `UFFDIO_WRITEPROTECT` lifts the
+    /// protection of all of them. Returns the range to unprotect in the faulting process.
+    fn write_around(&self, st: &mut ImageState, f: &Fault) -> Range {
+        let (_, hi) = st.write_run.plan(f.page.0);
+        let rhi = f.region.first_page.0 + f.region.npages;
+        let hi = hi.min(rhi).min(st.pages.len() as u64);
+        let mut end = f.page.0 + 1;
+        while end < hi && st.pages[end as usize] == PageState::Read {
+            match step(PageState::Read, Event::WpFault) {
+                Ok((next, _)) => st.pages[end as usize] = next,
+                Err(_) => break,
+            }
+            st.usage.modified(end);
+            end += 1;
+        }
+        st.write_run.ran_to(end);
+        f.region
+            .range_of(f.page, end - f.page.0)
+            .unwrap_or_else(|| f.range())
     }
 
     /// A fault that cannot be served with data: the access raises SIGBUS (`data_error`).
@@ -299,6 +388,10 @@ impl Image {
                 st.usage.fault(FaultClass::Zero);
                 buf.fill(0);
                 stats.zero_fills.inc();
+                if st.zero_backed.len() <= page as usize {
+                    st.zero_backed.resize(page as usize + 1, false);
+                }
+                st.zero_backed[page as usize] = true;
             }
             Source::Storage => {
                 st.usage.fault(FaultClass::Storage);

@@ -64,6 +64,11 @@ struct ImageState {
     hand: u64,
     resident: u64,
     readahead: Readahead,
+    write_run: readahead::WriteRun,
+    /// Pages whose stored image is zero and that came in as zero pages (a page of a new
+    /// cluster or grown over, not committed since): a commit need not write one that is
+    /// still all zeros.
+    zero_backed: Vec<bool>,
     /// The buffer of read-ahead runs, kept between faults (allocated and zeroed once).
     run_buf: Vec<u8>,
     /// Blocks of [`readahead::AROUND`] pages already hinted to storage.
@@ -177,6 +182,8 @@ impl Image {
                 hand: 0,
                 resident: 0,
                 readahead: Readahead::default(),
+                write_run: readahead::WriteRun::default(),
+                zero_backed: Vec::new(),
                 run_buf: Vec::new(),
                 hinted: Vec::new(),
                 history: history::Recorder::default(),

@@ -51,9 +51,90 @@ impl Readahead {
     }
 }
 
+/// The most pages one write-protect fault makes writable (1 MiB).
+pub const MAX_WRITE_RUN: u64 = 256;
+
+/// Consecutive first writes, one page each, before a run grows: a writer must show a
+/// sequential pattern first, so that scattered writes never make pages nobody writes dirty.
+pub const WRITE_STREAK: u64 = 4;
+
+/// Write-around for first writes to clean pages in the default (write-protect) mode: once
+/// [`WRITE_STREAK`] write-protect faults in a row each continued the previous one, every
+/// further one doubles the run (up to [`MAX_WRITE_RUN`]); any other fault starts over with
+/// the faulting page alone. The pages of a run become dirty together, so a sequential writer
+/// pays one round trip per run, not per page; a random writer pays exactly what it did; at
+/// most a run's worth of pages nobody wrote is committed (with the data it had) and counted
+/// as modified. Pure, like [`Readahead`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteRun {
+    /// The page right after the last run.
+    next: u64,
+    /// The last run, 0 before the first fault.
+    window: u64,
+    /// Faults in a row that continued the previous run.
+    streak: u64,
+}
+
+impl WriteRun {
+    /// The pages `[page, end)` to make writable for a write-protect fault at `page`.
+    pub fn plan(&mut self, page: u64) -> (u64, u64) {
+        let sequential = self.window > 0 && page == self.next;
+        self.streak = if sequential { self.streak + 1 } else { 0 };
+        self.window = if sequential && self.streak >= WRITE_STREAK {
+            (self.window * 2).min(MAX_WRITE_RUN)
+        } else {
+            1
+        };
+        (page, page + self.window)
+    }
+
+    /// Records where the run actually ended.
+    pub fn ran_to(&mut self, end: u64) {
+        self.next = end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequential_first_writes_grow_the_run_and_a_jump_starts_over() {
+        let mut w = WriteRun::default();
+        // A streak of single pages first.
+        for p in 10..10 + WRITE_STREAK {
+            assert_eq!(
+                w.plan(p),
+                (p, p + 1),
+                "page {p}: one page while the streak builds"
+            );
+            w.ran_to(p + 1);
+        }
+        let mut end = 10 + WRITE_STREAK;
+        assert_eq!(w.plan(end), (end, end + 2), "then the run doubles");
+        end += 2;
+        w.ran_to(end);
+        assert_eq!(w.plan(end), (end, end + 4));
+        end += 4;
+        w.ran_to(end);
+        for _ in 0..20 {
+            let (a, b) = w.plan(end);
+            assert_eq!(a, end);
+            assert!(b - a <= MAX_WRITE_RUN);
+            end = b;
+            w.ran_to(end);
+        }
+        assert_eq!(w.plan(end), (end, end + MAX_WRITE_RUN));
+        assert_eq!(w.plan(3), (3, 4), "a jump: one page again");
+        w.ran_to(4);
+        assert_eq!(w.plan(4), (4, 5), "and the streak builds again");
+        // Scattered writes, even close together, never make more than their page writable.
+        let mut s = WriteRun::default();
+        for p in [1u64, 2, 4, 6, 7, 9, 12] {
+            assert_eq!(s.plan(p), (p, p + 1));
+            s.ran_to(p + 1);
+        }
+    }
 
     #[test]
     fn sequential_runs_grow_the_window_and_random_faults_shrink_it() {

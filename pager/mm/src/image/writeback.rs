@@ -25,7 +25,7 @@ impl Image {
             // Never written to storage unless promoted (thesis G4): the pages stay dirty.
             return Ok(0);
         }
-        let (dirty, buf) = {
+        let (dirty, keep, buf) = {
             let mut st = lock(&self.state);
             self.harvest(&mut st);
             let dirty: Vec<u64> = (0..st.pages.len() as u64)
@@ -40,18 +40,27 @@ impl Image {
             let npages = st.pages.len() as u64;
             self.protect(PageNo(0), npages);
             let mut buf = vec![0u8; dirty.len() * PAGE_SIZE];
+            // The pages to write: a zero-backed page still all zeros is equal to its stored
+            // image already (its `CopyToJournal` is a no-op).
+            let mut keep = Vec::with_capacity(dirty.len());
             for (i, &p) in dirty.iter().enumerate() {
-                let chunk = &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                let at = keep.len() * PAGE_SIZE;
+                let chunk = &mut buf[at..at + PAGE_SIZE];
                 if let Err(e) = self.start_commit(&mut st, p, chunk) {
                     self.finish_commit(&mut st, &dirty[..=i], Event::CommitFailed);
                     return Err(e);
                 }
+                let zero_backed = st.zero_backed.get(p as usize).copied().unwrap_or(false);
+                if !(zero_backed && chunk.iter().all(|&b| b == 0)) {
+                    keep.push(p);
+                }
             }
-            (dirty, buf)
+            buf.truncate(keep.len() * PAGE_SIZE);
+            (dirty, keep, buf)
         };
         let runs: Vec<PageRun<'_>> = {
             let mut at = 0;
-            page_runs(&dirty, u64::MAX)
+            page_runs(&keep, u64::MAX)
                 .map(|(first, n)| {
                     let len = n as usize * PAGE_SIZE;
                     let run = PageRun {
@@ -63,8 +72,25 @@ impl Image {
                 })
                 .collect()
         };
-        let written = self.vol.clu_write(self.id.clu(), &runs);
+        let written = if runs.is_empty() {
+            Ok(Default::default())
+        } else {
+            self.vol.clu_write(self.id.clu(), &runs)
+        };
         let mut st = lock(&self.state);
+        if written.is_ok() {
+            // Their stored images are not zero any more; a zero page brought in beside a
+            // fault and written since counts as modified now (J3).
+            let st = &mut *st;
+            for &p in &keep {
+                if let Some(z) = st.zero_backed.get_mut(p as usize) {
+                    if *z {
+                        st.usage.modified(p);
+                    }
+                    *z = false;
+                }
+            }
+        }
         // Even a failed commit may have reached storage (an error after the log write).
         st.commits += 1;
         let ev = if written.is_ok() {
@@ -75,7 +101,7 @@ impl Image {
         self.finish_commit(&mut st, &dirty, ev);
         written?;
         self.site.stats.commits.inc();
-        self.site.stats.committed_pages.add(dirty.len() as u64);
+        self.site.stats.committed_pages.add(keep.len() as u64);
         Ok(dirty.len() as u64)
     }
 
