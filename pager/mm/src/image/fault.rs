@@ -70,13 +70,14 @@ impl Fault {
     }
 
     /// Maps in the faulting process, with write protection `wp`, the pages of `first..end`
-    /// other than the faulting one (read-ahead and fault-around). A page the process already
-    /// maps ends its run early (EEXIST), which is harmless.
+    /// other than the faulting one (read-ahead and fault-around), after the faulting page:
+    /// nobody waits on them, so nobody is woken. A page the process already maps ends its run
+    /// early (EEXIST), which is harmless.
     fn map_neighbours(&self, first: u64, end: u64, wp: bool) {
         let p = self.page.0;
         for (a, b) in [(first, p), (p + 1, end)] {
             if let Some(r) = self.region.range_of(PageNo(a), b.saturating_sub(a)) {
-                if let Err(e) = uffd::continue_range(&self.uffd, r, wp) {
+                if let Err(e) = uffd::continue_quiet(&self.uffd, r, wp) {
                     debug!(page = p, "continue (neighbours): {e}");
                 }
             }
