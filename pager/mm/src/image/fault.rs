@@ -19,9 +19,10 @@ use crate::page_state::{step, Action, Event, PageState, Source};
 use crate::regions::UserRegion;
 use crate::types::{ConnId, PageNo, UserAddr};
 
-/// The block of resident pages one fault maps at most (8 MiB): mapping a run of pages that
-/// are in the memfd costs about 0.1 us a page in one `UFFDIO_CONTINUE`, a fault round trip 5
-/// to 100 us on a VM (`scripts/bench faults`, `resident_*` rows).
+/// The block of resident pages mapped ahead under one hold of the image's lock (`populate`,
+/// 8 MiB), and the cap of a fault-around of resident pages: mapping pages that are in the
+/// memfd costs about 0.1 us a page in one `UFFDIO_CONTINUE`, a fault round trip 5 to 100 us on
+/// this VM (`scripts/bench faults`, `resident_*` rows).
 pub const RESIDENT_RUN: u64 = 2048;
 
 /// The block of new (zero) pages one fault brings in at most (256 KiB).
@@ -314,21 +315,24 @@ impl Image {
     }
 
     /// Fault-around for a page already resident: maps in the faulting process, write-protected,
-    /// the clean resident pages of the aligned block of [`RESIDENT_RUN`] pages around it
-    /// (within its region), so that a cached image, or pages another process or the history
-    /// prefetch brought in, cost one fault per block, not one per page. The run stops at the
-    /// first page that is not clean and resident.
+    /// the clean resident pages of a run around it (within its region; the read-ahead policy
+    /// over its own state, up to [`readahead::MAX_WINDOW`] pages), so that a cached image, or
+    /// pages another process or the history prefetch brought in, cost one fault per run, not
+    /// one per page; the rest of a resident image is mapped ahead by `populate`. The run stops
+    /// at the first page that is not clean and resident.
     fn map_around(&self, st: &mut ImageState, f: &Fault) {
         let n = st.pages.len() as u64;
         let (rlo, rhi) = (
             f.region.first_page.0,
             f.region.first_page.0 + f.region.npages,
         );
-        let lo = f.page.0 / RESIDENT_RUN * RESIDENT_RUN;
-        let hi = lo + RESIDENT_RUN;
+        // The same doubling policy as storage read-ahead, with its own state: 16 pages around
+        // a fault that starts over, doubling while faults continue the run.
+        let (lo, hi) = st.resident_ra.plan(f.page.0, RESIDENT_RUN);
         let (first, end) = run_around(f.page.0, lo.max(rlo), hi.min(n).min(rhi), |p| {
             st.pages[p as usize] == PageState::Read
         });
+        st.resident_ra.ran_to(end);
         f.map_neighbours(first, end, f.writable);
     }
 

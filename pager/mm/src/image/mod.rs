@@ -65,6 +65,8 @@ struct ImageState {
     resident: u64,
     readahead: Readahead,
     write_run: readahead::WriteRun,
+    /// Fault-around of resident pages (the read-ahead policy, its own state).
+    resident_ra: Readahead,
     /// Pages whose stored image is zero and that came in as zero pages (a page of a new
     /// cluster or grown over, not committed since): a commit need not write one that is
     /// still all zeros.
@@ -183,6 +185,7 @@ impl Image {
                 resident: 0,
                 readahead: Readahead::default(),
                 write_run: readahead::WriteRun::default(),
+                resident_ra: Readahead::default(),
                 zero_backed: Vec::new(),
                 run_buf: Vec::new(),
                 hinted: Vec::new(),

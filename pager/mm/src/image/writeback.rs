@@ -235,6 +235,7 @@ impl Image {
             st.deferred.clear();
             st.hinted.clear();
             st.readahead = Default::default();
+            st.resident_ra = Default::default();
             let history = std::mem::take(&mut st.read_in).then(|| st.history.take());
             if history.is_none() {
                 st.history.take();
