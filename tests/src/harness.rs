@@ -218,6 +218,12 @@ impl Pager {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// `pager status --json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let text = self.admin(&["status", "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status is not JSON ({e}): {text}"))
+    }
+
     /// The output of `pager status`.
     pub fn status(&self) -> String {
         self.admin(&["status"])
@@ -403,4 +409,13 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> std::process::Outp
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The cluster id that begins a `create` answer (`ID NPAGES`).
+pub fn id_of(created: &str) -> String {
+    created
+        .split_whitespace()
+        .next()
+        .expect("an id")
+        .to_string()
 }

@@ -3,19 +3,11 @@
 //! pages lift the protection of a run at once, and what a commit stores is still exactly what
 //! was written. Checked byte for byte after a restart (storage, not memory).
 
-use clu_tests::harness::{Pager, Tool};
+use clu_tests::harness::{id_of, Pager, Tool};
 use serde_json::Value;
 
-fn id_of(created: &str) -> String {
-    created
-        .split_whitespace()
-        .next()
-        .expect("an id")
-        .to_string()
-}
-
 fn status(p: &Pager) -> Value {
-    serde_json::from_str(&p.admin(&["status", "--json"])).expect("status is JSON")
+    p.status_json()
 }
 
 fn committed_pages(p: &Pager) -> u64 {

@@ -3,20 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use clu_tests::harness::{signal_of, Pager, Tool};
+use clu_tests::harness::{id_of, signal_of, Pager, Tool};
 
 const SIGBUS: i32 = 7;
 
 fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
-}
-
-fn id_of(created: &str) -> String {
-    created
-        .split_whitespace()
-        .next()
-        .expect("an id")
-        .to_string()
 }
 
 #[test]

@@ -4,18 +4,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use clu_tests::harness::{signal_of, Pager, Tool};
+use clu_tests::harness::{id_of, signal_of, Pager, Tool};
 
 const NOBODY: u32 = 65534;
 const SIGSEGV: i32 = 11;
-
-fn id_of(created: &str) -> String {
-    created
-        .split_whitespace()
-        .next()
-        .expect("an id")
-        .to_string()
-}
 
 /// A pager whose socket another user can reach.
 fn pager(budget: u64) -> (tempfile::TempDir, Pager) {

@@ -4,19 +4,11 @@
 //! by the administrator, a volume unmounted and mounted again). Real pager, real clients,
 //! data checked byte for byte.
 
-use clu_tests::harness::{Pager, Tool};
+use clu_tests::harness::{id_of, Pager, Tool};
 use serde_json::Value;
 
-fn id_of(created: &str) -> String {
-    created
-        .split_whitespace()
-        .next()
-        .expect("an id")
-        .to_string()
-}
-
 fn status(p: &Pager) -> Value {
-    serde_json::from_str(&p.admin(&["status", "--json"])).expect("status is JSON")
+    p.status_json()
 }
 
 /// Pages of `id` resident in the site cache, if it is cached.

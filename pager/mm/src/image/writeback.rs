@@ -168,20 +168,28 @@ impl Image {
     pub fn abort(&self) -> u64 {
         let _serial = lock(&self.commit_lock);
         let mut st = lock(&self.state);
-        self.harvest(&mut st);
+        let discarded = self.discard_all(&mut st);
+        self.replay(&mut st);
+        self.site.stats.aborts.inc();
+        discarded
+    }
+
+    /// `Abort` for every dirty page (after collecting the writes of write-protect-async
+    /// mappers), the pages that must leave memory punched a run at a time. Returns how many
+    /// pages were discarded.
+    fn discard_all(&self, st: &mut ImageState) -> u64 {
+        self.harvest(st);
         let mut drop = Vec::new();
         let mut discarded = 0;
         for p in 0..st.pages.len() as u64 {
-            if let Some(punch) = self.discard_page(&mut st, p) {
+            if let Some(punch) = self.discard_page(st, p) {
                 if punch {
                     drop.push(p);
                 }
                 discarded += 1;
             }
         }
-        self.punch_pages(&mut st, &drop);
-        self.replay(&mut st);
-        self.site.stats.aborts.inc();
+        self.punch_pages(st, &drop);
         discarded
     }
 
@@ -220,18 +228,7 @@ impl Image {
     pub fn retire(&self) {
         let (history, discarded) = {
             let mut st = lock(&self.state);
-            self.harvest(&mut st);
-            let mut drop = Vec::new();
-            let mut discarded = 0;
-            for p in 0..st.pages.len() as u64 {
-                if let Some(punch) = self.discard_page(&mut st, p) {
-                    if punch {
-                        drop.push(p);
-                    }
-                    discarded += 1;
-                }
-            }
-            self.punch_pages(&mut st, &drop);
+            let discarded = self.discard_all(&mut st);
             st.deferred.clear();
             st.hinted.clear();
             st.readahead = Default::default();
