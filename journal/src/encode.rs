@@ -2,6 +2,7 @@
 
 use crate::format::{payload_crc, FileId, RecordHeader, RecordKind, PAGE_SIZE};
 use crate::{JournalError, Lsn};
+use clu_sys::buf::PageBuf;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -37,15 +38,11 @@ pub(crate) fn op_span(runs: &[PageRun<'_>]) -> Result<u64, JournalError> {
 }
 
 /// The header pages of an operation whose first record goes at `offset` of file `id`: one page
-/// per run, the last one flagged END (the validation point).
-pub(crate) fn op_headers(
-    id: FileId,
-    offset: u64,
-    cluster: u32,
-    runs: &[PageRun<'_>],
-) -> Vec<Vec<u8>> {
+/// per run, the last one flagged END (the validation point), in one page-aligned buffer (page
+/// `i` is run `i`'s header).
+pub(crate) fn op_headers(id: FileId, offset: u64, cluster: u32, runs: &[PageRun<'_>]) -> PageBuf {
     let mut at = offset;
-    let mut out = Vec::with_capacity(runs.len());
+    let mut out = PageBuf::zeroed(runs.len() * PAGE_SIZE);
     for (index, run) in runs.iter().enumerate() {
         let h = RecordHeader {
             kind: RecordKind::Pages,
@@ -59,10 +56,8 @@ pub(crate) fn op_headers(
             payload_crc: payload_crc(&[run.pages]),
             salt: id.salt,
         };
-        let mut page = vec![0u8; PAGE_SIZE];
-        h.encode(&mut page);
+        h.encode(&mut out[index * PAGE_SIZE..(index + 1) * PAGE_SIZE]);
         at += h.span();
-        out.push(page);
     }
     out
 }
@@ -90,7 +85,10 @@ pub(crate) fn seal_page(id: FileId, offset: u64) -> Vec<u8> {
 /// writer's vectored write puts it on disk. Used by tests and tools that build logs in memory.
 pub fn op_bytes(id: FileId, offset: u64, cluster: u32, runs: &[PageRun<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (header, run) in op_headers(id, offset, cluster, runs).iter().zip(runs) {
+    for (header, run) in op_headers(id, offset, cluster, runs)
+        .chunks(PAGE_SIZE)
+        .zip(runs)
+    {
         out.extend_from_slice(header);
         out.extend_from_slice(run.pages);
     }

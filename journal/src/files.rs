@@ -139,6 +139,19 @@ pub(crate) fn create(
     Ok((file, id, len))
 }
 
+/// A second descriptor of log file `path` opened for direct I/O (`O_DIRECT`), through which the
+/// writer puts page-aligned operations on disk without copying them into the page cache; `None`
+/// where the file system refuses direct I/O (tmpfs before Linux 6.6, some FUSE), and the
+/// buffered descriptor is used instead.
+pub(crate) fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
+        .ok()
+}
+
 /// Writes a file of `size` bytes: `first` then zeroes; synced if `sync`. Removed on failure.
 fn zero_filled(path: &Path, first: &[u8], size: u64, sync: bool) -> Result<(), JournalError> {
     let fill = || -> std::io::Result<()> {

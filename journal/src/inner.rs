@@ -1,7 +1,7 @@
 //! The live state of an open journal: the writer (append, rotation), group commit, the
 //! background checkpoint thread, retention.
 //!
-//! Locks (each a leaf unless said): `writer` serialises appends and is held across the append's
+//! Locks (each a leaf unless said; `applier.queue` is a leaf too, see `apply`): `writer` serialises appends and is held across the append's
 //! `pwritev` and a rotation (a sealing `fdatasync` and building a log file): it is the order of
 //! the log, not a table. Inside it, `pending` and then `sync` are taken briefly. `sync` is never
 //! held across the group `fdatasync` (`syncing` marks it under way). `checkpoint` is held across
@@ -19,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use clu_sys::sync::{lock, wait};
 
 use crate::anchor::Anchor;
+use crate::apply::Applier;
 use crate::encode::seal_page;
 use crate::format::FileId;
 use crate::journal::PAGE;
@@ -26,6 +27,9 @@ use crate::{files, ApplyTarget, JournalConfig, JournalError, Lsn};
 
 pub(crate) struct Writer {
     pub(crate) file: Arc<File>,
+    /// The same file opened for direct I/O, if the file system allows it: operations whose
+    /// pages are page-aligned in memory go through it (no copy into the page cache).
+    pub(crate) direct: Option<File>,
     pub(crate) id: FileId,
     pub(crate) size: u64,
     pub(crate) offset: u64,
@@ -79,6 +83,8 @@ pub(crate) struct Inner {
     pub(crate) commits: AtomicU64,
     pub(crate) log_syncs: AtomicU64,
     pub(crate) checkpoints: AtomicU64,
+    /// Validated operations waiting to be applied (see `apply`).
+    pub(crate) applier: Applier,
 }
 
 pub(crate) fn pwritev_all(file: &File, mut bufs: Vec<&[u8]>, mut offset: u64) -> io::Result<()> {
@@ -131,6 +137,27 @@ impl Inner {
         tracing::error!(dir = %self.dir.display(), %reason, "journal stopped");
         lock(&self.stopped).get_or_insert(reason);
         self.synced_cv.notify_all();
+    }
+
+    /// The `journal-apply` thread: applies queued operations in order until shut down.
+    pub(crate) fn apply_loop(&self) {
+        while let Some(op) = self.applier.next() {
+            let mut ok = true;
+            for run in op.batch.runs() {
+                if let Err(e) = self.target.apply(op.cluster, run.first_page, run.pages) {
+                    self.stop(format!(
+                        "applying operation {} for cluster {:#010x} failed: {e}; it is durable in the log, remount the volume to replay it",
+                        op.lsn, op.cluster
+                    ));
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                lock(&self.pending).remove(&op.lsn);
+            }
+            self.applier.done(&op, ok);
+        }
     }
 
     /// Group commit: the first waiter syncs for everyone written so far; the others wait.
@@ -195,6 +222,7 @@ impl Inner {
         let rotations = w.rotations + 1;
         *w = Writer {
             file: file.clone(),
+            direct: files::open_direct(&files::log_path(&self.dir, id.seq)),
             id,
             size: len,
             offset: PAGE,

@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use clu_sys::buf::direct_io_ready;
 use clu_sys::sync::lock;
 
 use crate::anchor::Anchor;
+use crate::apply::{Batch, Queued};
 use crate::encode::{op_headers, op_span, PageRun};
 use crate::format::PAGE_SIZE;
 use crate::inner::{pwritev_all, Inner};
@@ -83,6 +85,7 @@ pub struct JournalStats {
 pub struct Journal {
     pub(crate) inner: Arc<Inner>,
     pub(crate) checkpointer: Option<JoinHandle<()>>,
+    pub(crate) applier: Option<JoinHandle<()>>,
 }
 
 /// A consumer's hold on the log (replication): files holding records at or after its position are
@@ -130,10 +133,68 @@ impl Journal {
     /// storage service holds a per-cluster lock); commits of different clusters share syncs.
     pub fn commit(&self, cluster: u32, runs: &[PageRun<'_>]) -> Result<Lsn, JournalError> {
         let inner = &*self.inner;
+        let Some(lsn) = self.log(cluster, runs)? else {
+            return Ok(self.log_lsn());
+        };
+        // This cluster's queued operations come first (they are earlier in the log).
+        inner
+            .applier
+            .wait_applied(Some(cluster), || inner.check_running())?;
+        for run in runs {
+            if let Err(source) = inner.target.apply(cluster, run.first_page, run.pages) {
+                inner.stop(format!("applying operation {lsn} failed: {source}"));
+                return Err(JournalError::Apply {
+                    lsn,
+                    cluster,
+                    source,
+                });
+            }
+        }
+        lock(&inner.pending).remove(&lsn);
+        Ok(lsn)
+    }
+
+    /// Commits one operation as [`Journal::commit`] does, but returns as soon as it is
+    /// validated in the log: the `journal-apply` thread writes it into the cluster files
+    /// afterwards (readers wait for it: [`Journal::wait_applied`]). A failure to apply it then
+    /// stops the journal; the operation is durable and recovery replays it at the next mount.
+    pub fn commit_batch(&self, cluster: u32, batch: Batch) -> Result<Lsn, JournalError> {
+        let logged = self.log(cluster, &batch.runs())?;
+        let Some(lsn) = logged else {
+            return Ok(self.log_lsn());
+        };
+        self.inner.applier.push(Queued {
+            lsn,
+            cluster,
+            batch,
+        });
+        Ok(lsn)
+    }
+
+    /// Waits until every operation of `cluster` that was committed is applied to its file, so
+    /// that reading the file gives the committed pages. Fails if the journal stopped because an
+    /// application failed.
+    pub fn wait_applied(&self, cluster: u32) -> Result<(), JournalError> {
+        let inner = &*self.inner;
+        inner
+            .applier
+            .wait_applied(Some(cluster), || inner.check_running())
+    }
+
+    /// Waits until every committed operation is applied.
+    pub fn drain(&self) -> Result<(), JournalError> {
+        let inner = &*self.inner;
+        inner.applier.wait_applied(None, || inner.check_running())
+    }
+
+    /// Logs and validates one operation (steps 1 and 2); returns its LSN, `None` if it has no
+    /// page. The operation is in `pending` until applied.
+    fn log(&self, cluster: u32, runs: &[PageRun<'_>]) -> Result<Option<Lsn>, JournalError> {
+        let inner = &*self.inner;
         inner.check_running()?;
         let span = op_span(runs)?;
         if runs.is_empty() {
-            return Ok(self.log_lsn());
+            return Ok(None);
         }
         let (lsn, end) = {
             let mut w = lock(&inner.writer);
@@ -143,13 +204,19 @@ impl Journal {
             let lsn = Lsn::new(w.id.seq, w.offset);
             let headers = op_headers(w.id, w.offset, cluster, runs);
             let mut bufs = Vec::with_capacity(2 * runs.len());
-            for (h, run) in headers.iter().zip(runs) {
-                bufs.push(h.as_slice());
+            for (h, run) in headers.chunks(PAGE_SIZE).zip(runs) {
+                bufs.push(h);
                 bufs.push(run.pages);
             }
+            // Page-aligned pages go to disk by direct I/O, without a copy into the page cache
+            // (the group `fdatasync` still validates them: it flushes the device's cache).
+            let file = match &w.direct {
+                Some(direct) if runs.iter().all(|r| direct_io_ready(r.pages)) => direct,
+                _ => &*w.file,
+            };
             // A failed write leaves nothing validated (no END record with a matching checksum);
             // the offset does not advance and the next operation overwrites the debris.
-            pwritev_all(&w.file, bufs, w.offset)
+            pwritev_all(file, bufs, w.offset)
                 .map_err(|e| JournalError::io(files::log_path(&inner.dir, w.id.seq), e))?;
             w.offset += span;
             let end = Lsn::new(w.id.seq, w.offset);
@@ -165,18 +232,7 @@ impl Journal {
         if inner.config.sync {
             inner.wait_synced(end)?;
         }
-        for run in runs {
-            if let Err(source) = inner.target.apply(cluster, run.first_page, run.pages) {
-                inner.stop(format!("applying operation {lsn} failed: {source}"));
-                return Err(JournalError::Apply {
-                    lsn,
-                    cluster,
-                    source,
-                });
-            }
-        }
-        lock(&inner.pending).remove(&lsn);
-        Ok(lsn)
+        Ok(Some(lsn))
     }
 
     /// Makes every applied operation durable in the cluster files, advances `durableLSN` in the
@@ -192,6 +248,11 @@ impl Journal {
     }
 
     fn stop_background(&mut self) {
+        // What is queued is applied first, so that the closing checkpoint covers it.
+        self.inner.applier.shut_down();
+        if let Some(t) = self.applier.take() {
+            let _ = t.join();
+        }
         self.inner.shutdown.store(true, Ordering::Release);
         self.inner.checkpoint_cv.notify_all();
         if let Some(t) = self.checkpointer.take() {

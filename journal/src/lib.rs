@@ -15,6 +15,9 @@
 //!    crash. Before that, a crash leaves no trace (recovery treats a partial operation as never
 //!    written). Concurrent commits of different clusters share one `fdatasync` (group commit).
 //! 3. **Apply**: write the pages into the cluster files (idempotent whole-page writes, I9).
+//!    [`Journal::commit`] does it before returning; [`Journal::commit_batch`] returns after step
+//!    2 and leaves it to the `journal-apply` thread (readers of a cluster file wait for it with
+//!    [`Journal::wait_applied`]): see the `apply` module.
 //! 4. **Checkpoint** (at log rotation, on request, at close): `fdatasync` the cluster files, then
 //!    write `logLSN` and `durableLSN` to the anchor, then delete log files below `durableLSN`
 //!    that no registered consumer retains (I12).
@@ -61,6 +64,7 @@
 //! as a pure function.
 
 mod anchor;
+mod apply;
 mod encode;
 mod error;
 mod files;
@@ -72,6 +76,7 @@ mod open;
 mod reader;
 pub mod recovery;
 
+pub use apply::{Batch, MAX_QUEUED_BYTES};
 pub use encode::{op_bytes, PageRun};
 pub use error::JournalError;
 pub use format::{FORMAT_VERSION, PAGE_SIZE};

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::anchor::Anchor;
+use crate::apply::Applier;
 use crate::format::{decode_file_header, PAGE_SIZE};
 use crate::inner::{Checkpoint, Inner, SyncState, Wake, Writer};
 use crate::journal::ANCHOR;
@@ -105,6 +106,7 @@ impl Journal {
         let file = Arc::new(file);
         let writer = Writer {
             file: file.clone(),
+            direct: files::open_direct(&files::log_path(dir, last_seq)),
             id,
             size: last.len() as u64,
             offset: plan.log_end.offset,
@@ -142,6 +144,7 @@ impl Journal {
             commits: AtomicU64::new(0),
             log_syncs: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            applier: Applier::default(),
         };
         let inner = Arc::new(inner);
         let checkpointer = {
@@ -151,10 +154,18 @@ impl Journal {
                 .spawn(move || inner.background())
                 .map_err(|e| JournalError::io(dir, e))?
         };
+        let applier = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("journal-apply".into())
+                .spawn(move || inner.apply_loop())
+                .map_err(|e| JournalError::io(dir, e))?
+        };
         Ok((
             Journal {
                 inner,
                 checkpointer: Some(checkpointer),
+                applier: Some(applier),
             },
             report,
         ))

@@ -66,6 +66,30 @@ pub fn as_page_runs(runs: &[(u64, Vec<u8>)]) -> Vec<PageRun<'_>> {
         .collect()
 }
 
+/// The same runs as an owned [`journal::Batch`] (the commit path that returns before the
+/// pages are applied to the cluster file).
+pub fn as_batch(runs: &[(u64, Vec<u8>)]) -> journal::Batch {
+    let total: usize = runs.iter().map(|(_, p)| p.len()).sum();
+    let mut at = 0;
+    let buf = clu_sys::buf::PageBuf::filled(total, |f| {
+        for (_, pages) in runs {
+            f.copy(at, pages)?;
+            at += pages.len();
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .expect("whole pages");
+    let mut batch = journal::Batch::new(buf);
+    let mut at = 0;
+    for (first, pages) in runs {
+        batch
+            .push(*first, at, pages.len() / PAGE_SIZE)
+            .expect("inside the buffer");
+        at += pages.len();
+    }
+    batch
+}
+
 /// The whole cluster image after versions 1..=`v` were committed.
 pub fn image_after(c: u32, v: u64) -> Vec<u8> {
     let mut img = vec![0u8; CLUSTER_PAGES * PAGE_SIZE];

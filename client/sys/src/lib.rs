@@ -7,6 +7,7 @@
 //! - [`mem`]: mappings owned by this process ([`mem::Mapping`]: a cluster's memfd, a file, or
 //!   anonymous memory), with bounds-checked volatile access, since their bytes are shared with
 //!   other processes and no Rust reference into them would be honest.
+//! - [`buf`]: [`buf::PageBuf`], page-aligned heap buffers for direct I/O.
 //! - [`scm`]: sending and receiving file descriptors beside a message (`SCM_RIGHTS`).
 //! - [`pagemap`]: `PAGEMAP_SCAN`, the written pages of a client in write-protect-async mode.
 //! - [`sync`]: lock helpers that carry on after a panic elsewhere (no system call, but the one
@@ -15,6 +16,7 @@
 //! The facts about userfaultfd that the design rests on, checked on the project's kernel, are in
 //! `docs/uffd-facts.md`.
 
+pub mod buf;
 pub mod mem;
 pub mod pagemap;
 pub mod scm;

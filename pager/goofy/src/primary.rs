@@ -22,7 +22,7 @@ use clu_storage::{
     ClusterDesc, Result, StorageError, StorageService, Volume, VolumeInfo, VolumeParams,
 };
 use clu_sys::sync::lock;
-use journal::{Lsn, PageRun};
+use journal::{Batch, Lsn, PageRun};
 use tracing::warn;
 
 use crate::conf::Conf;
@@ -175,6 +175,20 @@ impl Drop for ReliableVolume {
     }
 }
 
+impl ReliableVolume {
+    /// After operation `lsn` is validated on this site: wakes the links, and with `--sync K`
+    /// waits for K backups to have it.
+    fn propagated(&self, lsn: Lsn) -> Result<Lsn> {
+        let r = &self.0;
+        r.shared.committed(lsn);
+        r.shared.notify();
+        match r.shared.conf.sync {
+            0 => Ok(lsn),
+            k => r.wait_acks(lsn, k as usize).map(|()| lsn),
+        }
+    }
+}
+
 impl Volume for ReliableVolume {
     fn id(&self) -> VolId {
         self.0.inner.id()
@@ -223,12 +237,13 @@ impl Volume for ReliableVolume {
         let r = &self.0;
         r.check()?;
         let lsn = r.inner.clu_write(clu, runs)?;
-        r.shared.committed(lsn);
-        r.shared.notify();
-        match r.shared.conf.sync {
-            0 => Ok(lsn),
-            k => r.wait_acks(lsn, k as usize).map(|()| lsn),
-        }
+        self.propagated(lsn)
+    }
+    fn clu_commit(&self, clu: CluId, batch: Batch) -> Result<Lsn> {
+        let r = &self.0;
+        r.check()?;
+        let lsn = r.inner.clu_commit(clu, batch)?;
+        self.propagated(lsn)
     }
     fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
         self.0.inner.clu_prefetch(clu, first_page, npages)

@@ -25,7 +25,7 @@ pub mod ssr;
 use std::path::Path;
 
 use clu_proto::{CluId, ClusterKind, VolId};
-use journal::{Lsn, PageRun};
+use journal::{Batch, Lsn, PageRun};
 
 pub use catalog::{parse_mounts, Catalog, CatalogEntry, CatalogError};
 pub use descriptor::{
@@ -108,6 +108,13 @@ pub trait Volume: Send + Sync {
     fn clu_read(&self, clu: CluId, first_page: u64, buf: &mut [u8]) -> Result<()>;
     /// Writes runs of whole pages atomically: after a crash, either all or none are stored.
     fn clu_write(&self, clu: CluId, runs: &[PageRun<'_>]) -> Result<Lsn>;
+    /// Writes the runs of `batch` atomically, as [`Volume::clu_write`] does; the service may
+    /// return once they are durable and store them in the cluster's image afterwards (the
+    /// batch is its to keep), provided every later read sees them. The default writes them
+    /// with `clu_write`.
+    fn clu_commit(&self, clu: CluId, batch: Batch) -> Result<Lsn> {
+        self.clu_write(clu, &batch.runs())
+    }
     /// Hints that pages `first_page..first_page+npages` will be read soon (a service may start
     /// reading them in the background). The default does nothing.
     fn clu_prefetch(&self, _clu: CluId, _first_page: u64, _npages: u64) {}

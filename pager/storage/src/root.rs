@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use clu_proto::{ClusterId, ClusterKind, VolId};
 use clu_sys::sync::{lock, read, write};
-use journal::{JournalConfig, Lsn, PageRun};
+use journal::{Batch, JournalConfig, Lsn, PageRun};
 use nix::fcntl::Flock;
 
 use crate::catalog::{format_mounts, parse_mounts, valid_name, Catalog, CatalogEntry};
@@ -434,6 +434,12 @@ impl Storage {
     /// `vol_CluWrite`: atomic.
     pub fn clu_write(&self, id: ClusterId, runs: &[PageRun<'_>]) -> Result<Lsn> {
         self.volume(id.vol())?.clu_write(id.clu(), runs)
+    }
+
+    /// `vol_CluWrite` with owned pages: atomic, and may return before the pages are in the
+    /// cluster file (see [`Volume::clu_commit`]).
+    pub fn clu_commit(&self, id: ClusterId, batch: Batch) -> Result<Lsn> {
+        self.volume(id.vol())?.clu_commit(id.clu(), batch)
     }
 
     /// Unmounts everything (the mount table is kept: volumes come back at the next start).

@@ -1,5 +1,7 @@
 //! Commits versions of the crash test's clusters in a loop, one thread per cluster, and prints
 //! `ACK <cluster> <version>` after each commit returns. Killed by the test at a random moment.
+//! Even clusters commit with `clu_write` (applied before it returns), odd ones with
+//! `clu_commit` (applied by the journal's thread afterwards).
 //!
 //! Usage: commit-loop ROOT VERSION... (the last verified version of each cluster, in order)
 
@@ -9,7 +11,7 @@ use std::sync::Arc;
 
 use client::{CluId, ClusterId, VolId};
 use clu_storage::{Storage, StorageConfig};
-use clu_tests::{as_page_runs, version_runs};
+use clu_tests::{as_batch, as_page_runs, version_runs};
 use journal::JournalConfig;
 
 fn main() {
@@ -35,7 +37,12 @@ fn main() {
                 let id = ClusterId::new(VolId(1), CluId(i as u16));
                 for v in start + 1.. {
                     let runs = version_runs(id.0, v);
-                    storage.clu_write(id, &as_page_runs(&runs)).expect("commit");
+                    // Odd clusters take the path that applies after returning.
+                    if i % 2 == 1 {
+                        storage.clu_commit(id, as_batch(&runs)).expect("commit");
+                    } else {
+                        storage.clu_write(id, &as_page_runs(&runs)).expect("commit");
+                    }
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {i} {v}")
                         .and_then(|()| out.flush())

@@ -2,11 +2,11 @@
 //! machine (`Commit`, `CommitDone`, `CommitFailed`, `Abort`, `Release`), carried out here.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 
 use clu_proto::PAGE_SIZE;
+use clu_sys::buf::{Filler, PageBuf};
 use clu_sys::sync::lock;
-use journal::PageRun;
+use journal::Batch;
 use nix::fcntl::{fallocate, FallocateFlags};
 use tracing::warn;
 
@@ -39,50 +39,62 @@ impl Image {
             // page's `WriteProtect` action at once.
             let npages = st.pages.len() as u64;
             self.protect(PageNo(0), npages);
-            let mut buf = vec![0u8; dirty.len() * PAGE_SIZE];
-            // The pages to write: a zero-backed page still all zeros is equal to its stored
-            // image already (its `CopyToJournal` is a no-op).
-            let mut keep = Vec::with_capacity(dirty.len());
+            // Page-aligned, so that the journal writes it by direct I/O (no second copy).
+            let mut from = Vec::with_capacity(dirty.len());
             for (i, &p) in dirty.iter().enumerate() {
-                let at = keep.len() * PAGE_SIZE;
-                let chunk = &mut buf[at..at + PAGE_SIZE];
-                if let Err(e) = self.start_commit(&mut st, p, chunk) {
-                    self.finish_commit(&mut st, &dirty[..=i], Event::CommitFailed);
-                    return Err(e);
-                }
-                let zero_backed = st.zero_backed.get(p as usize).copied().unwrap_or(false);
-                if !(zero_backed && chunk.iter().all(|&b| b == 0)) {
-                    keep.push(p);
+                match self.start_commit(&mut st, p) {
+                    Ok(r) => from.push(r),
+                    Err(e) => {
+                        self.finish_commit(&mut st, &dirty[..=i], Event::CommitFailed);
+                        return Err(e);
+                    }
                 }
             }
-            buf.truncate(keep.len() * PAGE_SIZE);
+            let buf = match PageBuf::filled(dirty.len() * PAGE_SIZE, |buf| {
+                self.copy_dirty(&st, &dirty, &from, buf)
+            }) {
+                Ok(buf) => buf,
+                Err(e) => {
+                    self.finish_commit(&mut st, &dirty, Event::CommitFailed);
+                    return Err(e);
+                }
+            };
+            // The pages to write: a zero-backed page still all zeros is equal to its stored
+            // image already (its `CopyToJournal` is a no-op).
+            let keep: Vec<usize> = (0..dirty.len())
+                .filter(|&i| {
+                    let zero_backed = st.zero_backed.get(dirty[i] as usize).copied();
+                    let page = &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                    !(zero_backed == Some(true) && page.iter().all(|&b| b == 0))
+                })
+                .collect();
             (dirty, keep, buf)
         };
-        let runs: Vec<PageRun<'_>> = {
-            let mut at = 0;
-            page_runs(&keep, u64::MAX)
-                .map(|(first, n)| {
-                    let len = n as usize * PAGE_SIZE;
-                    let run = PageRun {
-                        first_page: first,
-                        pages: &buf[at..at + len],
-                    };
-                    at += len;
-                    run
-                })
-                .collect()
-        };
-        let written = if runs.is_empty() {
-            Ok(Default::default())
-        } else {
-            self.vol.clu_write(self.id.clu(), &runs)
+        // Runs of pages consecutive in the cluster; consecutive in `buf` too, since `dirty` is
+        // sorted and holds every dirty page between two kept ones.
+        let kept: Vec<u64> = keep.iter().map(|&i| dirty[i]).collect();
+        let mut batch = Batch::new(buf);
+        let mut k = 0;
+        let mut runs = Ok(());
+        for (first, n) in page_runs(&kept, u64::MAX) {
+            runs = runs.and(batch.push(first, keep[k] * PAGE_SIZE, n as usize));
+            k += n as usize;
+        }
+        // The volume owns the batch from here (it may apply it after returning).
+        let written = match runs {
+            Err(e) => Err(io("commit", e)),
+            Ok(()) if batch.is_empty() => Ok(Default::default()),
+            Ok(()) => self
+                .vol
+                .clu_commit(self.id.clu(), batch)
+                .map_err(Refusal::from),
         };
         let mut st = lock(&self.state);
         if written.is_ok() {
             // Their stored images are not zero any more; a zero page brought in beside a
             // fault and written since counts as modified now (J3).
             let st = &mut *st;
-            for &p in &keep {
+            for &p in &kept {
                 if let Some(z) = st.zero_backed.get_mut(p as usize) {
                     if *z {
                         st.usage.modified(p);
@@ -101,27 +113,22 @@ impl Image {
         self.finish_commit(&mut st, &dirty, ev);
         written?;
         self.site.stats.commits.inc();
-        self.site.stats.committed_pages.add(keep.len() as u64);
+        self.site.stats.committed_pages.add(kept.len() as u64);
         Ok(dirty.len() as u64)
     }
 
-    /// `Commit` for one dirty page: its actions copy it into `chunk`.
-    fn start_commit(&self, st: &mut ImageState, p: u64, chunk: &mut [u8]) -> Result<(), Refusal> {
+    /// `Commit` for one dirty page; returns where its `CopyToJournal` copies it from (done
+    /// for every page at once by [`Image::copy_dirty`]).
+    fn start_commit(&self, st: &mut ImageState, p: u64) -> Result<Residence, Refusal> {
         let (next, actions) =
             step(st.pages[p as usize], Event::Commit).map_err(|e| io("commit", e))?;
         st.pages[p as usize] = next;
+        let mut from = None;
         for a in actions {
             match *a {
                 // Done for the whole cluster before the copies.
                 Action::WriteProtect => {}
-                Action::CopyToJournal(Residence::Memory) => self
-                    .memfd
-                    .read_exact_at(chunk, p * PAGE)
-                    .map_err(|e| io("reading the cluster's memory object", e))?,
-                Action::CopyToJournal(Residence::Paging) => match st.slots.get(&p) {
-                    Some(&slot) => self.site.paging.load(slot, chunk)?,
-                    None => return Err(io("paging partition", "a dirty page has no slot")),
-                },
+                Action::CopyToJournal(r) => from = Some(r),
                 Action::Supply { .. }
                 | Action::MapResident { .. }
                 | Action::Unprotect
@@ -130,6 +137,44 @@ impl Image {
                 | Action::Drop
                 | Action::Defer => self.unexpected(*a, "a commit"),
             }
+        }
+        from.ok_or_else(|| io("commit", "a dirty page with nothing to copy"))
+    }
+
+    /// The `CopyToJournal` actions of a commit: page `dirty[i]` into page `i` of `buf`, from
+    /// its paging slot or from the memory object, one read per run of pages consecutive in
+    /// memory.
+    fn copy_dirty(
+        &self,
+        st: &ImageState,
+        dirty: &[u64],
+        from: &[Residence],
+        buf: &mut Filler<'_>,
+    ) -> Result<(), Refusal> {
+        let mut i = 0;
+        while i < dirty.len() {
+            let p = dirty[i];
+            if from[i] == Residence::Paging {
+                let mut page = vec![0u8; PAGE_SIZE];
+                match st.slots.get(&p) {
+                    Some(&slot) => self.site.paging.load(slot, &mut page)?,
+                    None => return Err(io("paging partition", "a dirty page has no slot")),
+                }
+                buf.copy(i * PAGE_SIZE, &page)
+                    .map_err(|e| io("the commit's buffer", e))?;
+                i += 1;
+                continue;
+            }
+            let mut n = 1;
+            while i + n < dirty.len()
+                && dirty[i + n] == p + n as u64
+                && from[i + n] == Residence::Memory
+            {
+                n += 1;
+            }
+            buf.read_at(i * PAGE_SIZE, n * PAGE_SIZE, &self.memfd, p * PAGE)
+                .map_err(|e| io("reading the cluster's memory object", e))?;
+            i += n;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clu_proto::{CluId, ClusterId, ClusterKind, VolId, PAGE_SIZE};
 use clu_sys::sync::{lock, read, write};
-use journal::{Journal, JournalConfig, LogReader, Lsn, PageRun, Retention};
+use journal::{Batch, Journal, JournalConfig, LogReader, Lsn, PageRun, Retention};
 
 use self::clusters::{Cluster, ClusterTable};
 use self::sums::PageSums;
@@ -426,7 +426,10 @@ impl Volume for LocalVolume {
         let c = self.clusters.get(clu)?;
         let _serial = lock(&c.commit);
         // No operation for this cluster may be left to replay once its files are gone.
-        self.with_journal(|j| Ok(j.checkpoint()?))?;
+        self.with_journal(|j| {
+            j.drain()?;
+            Ok(j.checkpoint()?)
+        })?;
         let dir = self.clusters.dir();
         let desc = ClusterTable::desc_path(dir, clu);
         fs::remove_file(&desc).map_err(|e| StorageError::io(&desc, e))?;
@@ -467,6 +470,8 @@ impl Volume for LocalVolume {
         let c = self.clusters.get(clu)?;
         let desc = *lock(&c.desc);
         self.range(&desc, first_page, buf.len())?;
+        // A commit that returned may not be in the file yet.
+        self.with_journal(|j| Ok(j.wait_applied(desc.id.0)?))?;
         let path = ClusterTable::data_path(self.clusters.dir(), clu);
         let sums = read(&c.sums);
         c.file
@@ -546,6 +551,18 @@ impl Volume for LocalVolume {
         }
         let _serial = lock(&c.commit);
         self.with_journal(|j| Ok(j.commit(desc.id.0, runs)?))
+    }
+
+    fn clu_commit(&self, clu: CluId, batch: Batch) -> Result<Lsn> {
+        let c = self.clusters.get(clu)?;
+        let desc = *lock(&c.desc);
+        for run in batch.runs() {
+            self.range(&desc, run.first_page, run.pages.len())?;
+        }
+        let _serial = lock(&c.commit);
+        // Returns once validated in the log; the journal applies it to the file afterwards,
+        // and `clu_read` waits for that.
+        self.with_journal(|j| Ok(j.commit_batch(desc.id.0, batch)?))
     }
 }
 

@@ -62,6 +62,10 @@ pub struct ChildArgs {
     /// stdin closes (the image stays resident, mapped by another process).
     #[arg(long)]
     hold: bool,
+    /// Instead: write the first N pages and commit them, 300 times over, and print the median
+    /// commit in ms (for profiling the commit path with `perf record`).
+    #[arg(long, value_name = "N")]
+    commit_loop: Option<u64>,
 }
 
 struct Sizes {
@@ -589,6 +593,24 @@ impl ZeroFill for File {
 /// The hidden child of the concurrency row: maps, says `ready`, waits for a line, reads every
 /// page, says `done`.
 pub fn child(args: &ChildArgs) -> Res<()> {
+    if let Some(n) = args.commit_loop {
+        let r = api::map(args.id, MapMode::ReadWrite).map_err(cerr)?;
+        let pages: Vec<u64> = (0..n.min(r.npages)).collect();
+        let mut ms = Vec::new();
+        for i in 0..300u32 {
+            touch(&r, &pages, (i as u8) | 1);
+            let t = Instant::now();
+            api::commit(args.id).map_err(cerr)?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "commit of {} pages: median {:.3} ms",
+            pages.len(),
+            crate::median(&mut ms)
+        );
+        api::unmap(args.id).map_err(cerr)?;
+        return Ok(());
+    }
     if args.hold {
         let r = api::map(args.id, MapMode::ReadOnly).map_err(cerr)?;
         touch(&r, &(0..r.npages).collect::<Vec<_>>(), 0);
