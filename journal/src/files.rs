@@ -152,7 +152,14 @@ pub(crate) fn open_direct(path: &Path) -> Option<File> {
         .ok()
 }
 
-/// Writes a file of `size` bytes: `first` then zeroes; synced if `sync`. Removed on failure.
+/// Bytes of a new log file written with zeros at most; the rest of a larger file (one built
+/// for an operation that does not fit in a normal one) is allocated with `fallocate`: it reads
+/// as zeros all the same, without writing its size twice on the commit's path. Only its first
+/// `fdatasync` costs more (it also writes the extent map).
+pub(crate) const ZERO_WRITTEN_MAX: u64 = 64 << 20;
+
+/// Writes a file of `size` bytes: `first` then zeroes (written up to [`ZERO_WRITTEN_MAX`],
+/// allocated beyond); synced if `sync`. Removed on failure.
 fn zero_filled(path: &Path, first: &[u8], size: u64, sync: bool) -> Result<(), JournalError> {
     let fill = || -> std::io::Result<()> {
         let mut f = OpenOptions::new()
@@ -162,7 +169,17 @@ fn zero_filled(path: &Path, first: &[u8], size: u64, sync: bool) -> Result<(), J
             .open(path)?;
         f.write_all(first)?;
         let zeros = vec![0u8; 1 << 20];
-        let mut left = size - first.len() as u64;
+        let written = size.min(ZERO_WRITTEN_MAX.max(first.len() as u64));
+        let mut left = written - first.len() as u64;
+        if size > written {
+            nix::fcntl::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                nix::fcntl::FallocateFlags::empty(),
+                written as i64,
+                (size - written) as i64,
+            )
+            .map_err(std::io::Error::from)?;
+        }
         while left > 0 {
             let n = left.min(zeros.len() as u64) as usize;
             f.write_all(&zeros[..n])?;

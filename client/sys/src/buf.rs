@@ -13,10 +13,38 @@ use std::ptr::NonNull;
 /// The alignment of a [`PageBuf`], and the granule direct I/O needs.
 pub const ALIGN: usize = 4096;
 
+/// From this size on a buffer is its own mapping, populated at once (`MAP_POPULATE`): one
+/// call instead of a page fault per page when it is first written, and given back to the
+/// kernel when dropped.
+pub const MAPPED_FROM: usize = 16 << 20;
+
 /// A zeroed, page-aligned, fixed-size byte buffer, owned (freed when dropped).
 pub struct PageBuf {
     ptr: NonNull<u8>,
     len: usize,
+    /// An anonymous mapping of `len` rounded up to a page (else a heap allocation).
+    mapped: bool,
+}
+
+/// `len` bytes of fresh anonymous memory (zeroed by the kernel), populated; `None` if the
+/// kernel refuses (the caller then uses the heap).
+fn map_populated(len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: a new private anonymous mapping at an address the kernel chooses: no existing
+    // memory of this process is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    NonNull::new(p.cast())
 }
 
 // SAFETY: a PageBuf owns its allocation exclusively, like a Box<[u8]>; nothing in it is tied to
@@ -35,13 +63,27 @@ impl PageBuf {
             return PageBuf {
                 ptr: NonNull::dangling(),
                 len: 0,
+                mapped: false,
             };
         }
         let layout = Self::layout(len);
+        if len >= MAPPED_FROM {
+            if let Some(ptr) = map_populated(layout.size()) {
+                return PageBuf {
+                    ptr,
+                    len,
+                    mapped: true,
+                };
+            }
+        }
         // SAFETY: the layout has a non-zero size (len > 0) and a power-of-two alignment.
         let raw = unsafe { alloc_zeroed(layout) };
         match NonNull::new(raw) {
-            Some(ptr) => PageBuf { ptr, len },
+            Some(ptr) => PageBuf {
+                ptr,
+                len,
+                mapped: false,
+            },
             None => handle_alloc_error(layout),
         }
     }
@@ -56,15 +98,25 @@ impl PageBuf {
         if len == 0 {
             return Ok(PageBuf::zeroed(0));
         }
-        let layout = Self::layout(len);
-        // SAFETY: the layout has a non-zero size (len > 0) and a power-of-two alignment. The
-        // memory is uninitialised: no reference to it is made before the Filler has written
-        // or zeroed every byte (below); dropping the buffer early only frees it.
-        let raw = unsafe { alloc(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            handle_alloc_error(layout)
+        let buf = if len >= MAPPED_FROM {
+            // Mapped memory is zeroed already; the copy below is the only pass over it.
+            PageBuf::zeroed(len)
+        } else {
+            let layout = Self::layout(len);
+            // SAFETY: the layout has a non-zero size (len > 0) and a power-of-two alignment.
+            // The memory is uninitialised: no reference to it is made before the Filler has
+            // written or zeroed every byte (below); dropping the buffer early only frees it.
+            let raw = unsafe { alloc(layout) };
+            let Some(ptr) = NonNull::new(raw) else {
+                handle_alloc_error(layout)
+            };
+            PageBuf {
+                ptr,
+                len,
+                mapped: false,
+            }
         };
-        let buf = PageBuf { ptr, len };
+        let ptr = buf.ptr;
         let mut filler = Filler {
             buf: &buf,
             written: vec![false; len.div_ceil(ALIGN)],
@@ -112,9 +164,17 @@ impl DerefMut for PageBuf {
 
 impl Drop for PageBuf {
     fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: allocated in `zeroed` with exactly this layout, and freed only here.
-            unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        if self.len == 0 {
+            return;
+        }
+        let layout = Self::layout(self.len);
+        if self.mapped {
+            // SAFETY: the mapping made by map_populated with this length, unmapped only here;
+            // no reference into it outlives self.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), layout.size()) };
+        } else {
+            // SAFETY: allocated with exactly this layout, and freed only here.
+            unsafe { dealloc(self.ptr.as_ptr(), layout) }
         }
     }
 }
@@ -263,6 +323,12 @@ mod tests {
         assert!(b[..ALIGN].iter().all(|&x| x == 0), "unwritten: zeroed");
         assert!(b[ALIGN..3 * ALIGN].iter().all(|&x| x == 5));
         assert!(b[3 * ALIGN..].iter().all(|&x| x == 9));
+        let big = PageBuf::filled(2 * MAPPED_FROM + 5, |w| w.copy(ALIGN, &[3u8; ALIGN])).unwrap();
+        assert_eq!(big.as_ptr() as usize % ALIGN, 0);
+        assert_eq!(
+            (big[0], big[ALIGN], big[2 * ALIGN], big[2 * MAPPED_FROM + 4]),
+            (0, 3, 0, 0)
+        );
         let failed = PageBuf::filled(ALIGN, |w| w.read_at(0, ALIGN, &f, 1 << 30));
         assert!(failed.is_err());
         assert!(direct_io_ready(&b[ALIGN..]));

@@ -597,11 +597,23 @@ pub fn child(args: &ChildArgs) -> Res<()> {
         let r = api::map(args.id, MapMode::ReadWrite).map_err(cerr)?;
         let pages: Vec<u64> = (0..n.min(r.npages)).collect();
         let mut ms = Vec::new();
-        for i in 0..300u32 {
+        let rounds = if n >= 10000 { 3 } else { 300 };
+        for i in 0..rounds {
+            if let Some(ms) = std::env::var("CLU_BENCH_GAP_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            let t = Instant::now();
             touch(&r, &pages, (i as u8) | 1);
+            let touched = t.elapsed().as_secs_f64() * 1e3;
             let t = Instant::now();
             api::commit(args.id).map_err(cerr)?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
+            if rounds < 10 {
+                println!("writes {touched:.1} ms, commit {:.1} ms", ms[ms.len() - 1]);
+            }
         }
         println!(
             "commit of {} pages: median {:.3} ms",
