@@ -35,6 +35,15 @@
 //!   and END reach the disk in one `fdatasync` (the write order inside it does not matter).
 //! - *Validation before the commit returns*: `commit` returns only after the `fdatasync` covering
 //!   its END record succeeded (with [`JournalConfig::sync`]).
+//! - *Direct I/O*: an operation whose page images are page-aligned in memory (a [`Batch`]) is
+//!   written through a second descriptor of the log file opened with `O_DIRECT` (none where the
+//!   file system refuses it); headers, seals and unaligned callers use the buffered one. The
+//!   same group `fdatasync` validates both: it flushes the device's write cache, which direct
+//!   writes, like buffered ones, may still sit in.
+//! - *Applied before read*: an operation committed with [`Journal::commit_batch`] may not be in
+//!   the cluster files yet; it stays in `pending` (so `durableLSN` stays before it) until the
+//!   `journal-apply` thread has written it, and readers of the cluster files call
+//!   [`Journal::wait_applied`] first. A clean close applies the queue before its checkpoint.
 //! - *Cluster files before `durableLSN`*: a checkpoint syncs every cluster file before the anchor
 //!   names a later `durableLSN`, and log files are deleted only after that anchor write is synced.
 //! - *Directory entries*: a new log file is built as `log-tmp`, zero-filled to its full size and

@@ -317,3 +317,39 @@ fn a_flipped_bit_in_a_stored_page_is_reported_not_served() {
     s.clu_destroy(d.id).unwrap();
     assert!(!dir.path().join("vol-0001/clusters/0000.sums").exists());
 }
+
+#[test]
+fn a_read_right_after_a_batch_commit_sees_it_and_destroy_waits_for_it() {
+    use clu_sys::buf::PageBuf;
+    use journal::Batch;
+    let dir = tmp();
+    let s = open(dir.path());
+    let v = s.vol_create("data", &VolumeParams::default()).unwrap().vol;
+    s.vol_mount(v).unwrap();
+    let d = s.clu_create(v, 256, 0, ClusterKind::Protected).unwrap();
+    // Large batches, read back at once: the journal's thread applies them after the commit
+    // returned, and the read must wait for it, every time.
+    let mut got = vec![0u8; 256 * P];
+    for round in 1..=40u8 {
+        let mut buf = PageBuf::zeroed(256 * P);
+        buf.fill(round);
+        let mut batch = Batch::new(buf);
+        batch.push(0, 0, 256).unwrap();
+        s.clu_commit(d.id, batch).unwrap();
+        s.clu_read(d.id, 0, &mut got).unwrap();
+        assert!(
+            got.iter().all(|&b| b == round),
+            "round {round}: a stale page was read"
+        );
+    }
+    let mut buf = PageBuf::zeroed(256 * P);
+    buf.fill(0xee);
+    let mut batch = Batch::new(buf);
+    batch.push(0, 0, 256).unwrap();
+    s.clu_commit(d.id, batch).unwrap();
+    s.clu_destroy(d.id).unwrap();
+    s.close().unwrap();
+    // Nothing of the destroyed cluster is left to replay, and the volume opens clean.
+    let s = open(dir.path());
+    assert!(s.volume(v).unwrap().clu_list().is_empty());
+}

@@ -599,12 +599,6 @@ pub fn child(args: &ChildArgs) -> Res<()> {
         let mut ms = Vec::new();
         let rounds = if n >= 10000 { 3 } else { 300 };
         for i in 0..rounds {
-            if let Some(ms) = std::env::var("CLU_BENCH_GAP_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                std::thread::sleep(Duration::from_millis(ms));
-            }
             let t = Instant::now();
             touch(&r, &pages, (i as u8) | 1);
             let touched = t.elapsed().as_secs_f64() * 1e3;
