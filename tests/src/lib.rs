@@ -124,6 +124,7 @@ mod tests {
     }
 }
 
+pub mod etcd;
 pub mod harness;
 pub mod raw;
 

@@ -4,7 +4,7 @@
 //! backup accepts connections and never answers. One client's last unmap on that volume then
 //! blocks in its write-back (up to the 30 s synchronous timeout). Meanwhile another client's
 //! create, map, write, commit and unmap on volume 1 must take no more than twice what they take
-//! on a quiet pager.
+//! on a quiet pager (the fastest of the rounds on each side).
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clu_tests::harness::{Pager, Tool};
 
 /// Rounds of the measured sequence, quiet and while the slow unmap waits.
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 9;
 
 /// A "backup" that takes every connection and never says a word.
 fn mute_backup() -> String {
@@ -48,9 +48,11 @@ fn sequence(t: &mut Tool, seed: u64) -> Duration {
     t0.elapsed()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// The fastest of the rounds: what the sequence costs when the machine (shared, 2 cores) lets it
+/// run. Blocking or slowing behind the waiting unmap raises every round, the fastest included;
+/// a noisy neighbour only raises some, which moved the median by 2.6x between two quiet windows.
+fn fastest(v: Vec<Duration>) -> Duration {
+    v.into_iter().min().expect("rounds")
 }
 
 #[test]
@@ -62,7 +64,7 @@ fn a_slow_last_unmap_does_not_hold_up_other_clients() {
 
     let mut b = Tool::start(&pager);
     sequence(&mut b, 1); // warm up: the client's connection and fault thread
-    let quiet = median(
+    let quiet = fastest(
         (0..ROUNDS)
             .map(|i| sequence(&mut b, 10 + i as u64))
             .collect(),
@@ -77,7 +79,7 @@ fn a_slow_last_unmap_does_not_hold_up_other_clients() {
     a.send(&format!("unmap {slow}"));
     std::thread::sleep(Duration::from_millis(300));
 
-    let busy = median(
+    let busy = fastest(
         (0..ROUNDS)
             .map(|i| sequence(&mut b, 100 + i as u64))
             .collect(),
@@ -90,7 +92,7 @@ fn a_slow_last_unmap_does_not_hold_up_other_clients() {
 
     assert!(
         busy <= quiet * 2,
-        "while one unmap waits for a backup, another client's sequence takes {busy:?} against {quiet:?} on a quiet pager"
+        "while one unmap waits for a backup, another client's sequence takes {busy:?} against {quiet:?} on a quiet pager (the fastest of {ROUNDS} rounds each)"
     );
     // The slow unmap was still waiting the whole time: the measurement saw the contention.
     assert_eq!(
