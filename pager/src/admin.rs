@@ -32,6 +32,21 @@ pub enum AdminCommand {
     /// The site cache: the clean images kept resident after their last unmap.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// The sites of this pager's cell (`pager serve --catalog`).
+    #[command(subcommand)]
+    Site(SiteCommand),
+}
+
+/// The cell's sites.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum SiteCommand {
+    /// Lists every site the cell has known: its address, whether its lease is alive, the
+    /// volumes it mounts.
+    List {
+        /// As JSON (one object per site, in an array).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The site cache.
@@ -76,7 +91,8 @@ pub enum VolCommand {
         #[arg(long, value_name = "HOST:PORT")]
         from: String,
     },
-    /// Lists the volumes of the catalog.
+    /// Lists the volumes of the catalog; in a cell, every volume of the cell with the site
+    /// that mounts it and its fencing epoch.
     List,
     /// Mounts a volume, now and at every start (recovers its journal).
     Mount {
@@ -227,6 +243,13 @@ impl AdminCommand {
                 }
                 out
             }
+            AdminCommand::Site(SiteCommand::List { json }) => {
+                let mut out = w(&["site", "list"]);
+                if *json {
+                    out.push("--json".into());
+                }
+                out
+            }
             AdminCommand::Cache(CacheCommand::Drop { id }) => {
                 let mut out = w(&["cache", "drop"]);
                 out.extend(id.map(|id| id.to_string()));
@@ -334,6 +357,8 @@ mod tests {
             AdminCommand::Clu(CluCommand::History { id, clear: false }),
             AdminCommand::Cache(CacheCommand::Drop { id: Some(id) }),
             AdminCommand::Cache(CacheCommand::Drop { id: None }),
+            AdminCommand::Site(SiteCommand::List { json: true }),
+            AdminCommand::Site(SiteCommand::List { json: false }),
         ];
         for c in commands {
             assert_eq!(parse(&c.words()).ok(), Some(c.clone()), "{:?}", c.words());

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clu_goofy::GoofyConfig;
 
+pub use crate::daemon::CellConfig;
+
 /// The settings of `pager serve`.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -28,4 +30,6 @@ pub struct ServeConfig {
     pub socket_group: Option<nix::unistd::Gid>,
     /// The reliable service's settings (and the journal settings of every volume).
     pub goofy: GoofyConfig,
+    /// The cell this site joins (`--catalog`); `None`: a site on its own.
+    pub cell: Option<CellConfig>,
 }

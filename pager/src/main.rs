@@ -83,6 +83,26 @@ enum Command {
             value_name = "MIB"
         )]
         goofy_retain_mb: u64,
+        /// Join a cell of sites whose catalog is on etcd, as site --site (the name in its
+        /// certificate): volume ids are allocated across the cell, and mounting a volume takes
+        /// its lock there (one site at a time). Without it the pager is a site on its own.
+        #[arg(long, value_name = "etcd://HOST:PORT[,HOST:PORT...]", requires_all = ["site", "listen"])]
+        catalog: Option<String>,
+        /// Where other sites of the cell reach this one, HOST:PORT, as recorded in the catalog.
+        #[arg(long, value_name = "HOST:PORT", requires = "catalog")]
+        listen: Option<String>,
+        /// The cell's name: its key prefix in etcd (several cells may share one etcd).
+        #[arg(long, default_value = "default", requires = "catalog")]
+        cell: String,
+        /// Seconds after its last renewal that a site which died or lost etcd loses its
+        /// mounts (its lease's TTL).
+        #[arg(
+            long,
+            default_value_t = 10,
+            value_name = "SECONDS",
+            requires = "catalog"
+        )]
+        lease_ttl: u64,
         #[command(flatten)]
         tls: tls_args::TlsArgs,
     },
@@ -140,6 +160,16 @@ enum ArgError {
     Mode(String),
     #[error("no group `{0}` on this machine; give a group name or a gid")]
     Group(String),
+    #[error("`{0}` is not HOST:PORT, like 10.0.0.1:7300")]
+    Address(String),
+}
+
+/// A `HOST:PORT` that names a port.
+fn check_address(s: &str) -> Result<String, ArgError> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
+        _ => Err(ArgError::Address(s.to_owned())),
+    }
 }
 
 fn octal(s: &str) -> Result<u32, ArgError> {
@@ -205,6 +235,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             socket_mode,
             socket_group,
             goofy_retain_mb,
+            catalog,
+            listen,
+            cell,
+            lease_ttl,
             tls,
         } => daemon::serve(ServeConfig {
             root,
@@ -219,6 +253,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 retain_bytes: goofy_retain_mb << 20,
                 transport: tls.transport()?,
                 ..GoofyConfig::default()
+            },
+            cell: match catalog {
+                Some(url) => Some(config::CellConfig {
+                    endpoints: clu_cell::parse_catalog(&url)?,
+                    site: tls.site().unwrap_or_default().to_owned(),
+                    listen: check_address(&listen.unwrap_or_default())?,
+                    cell,
+                    lease_ttl,
+                }),
+                None => None,
             },
         })?,
         Command::BackupServer { root, listen, tls } => {

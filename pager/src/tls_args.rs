@@ -51,6 +51,11 @@ pub enum TlsArgsError {
 }
 
 impl TlsArgs {
+    /// The site's name (`--site`).
+    pub fn site(&self) -> Option<&str> {
+        self.site.as_deref()
+    }
+
     /// The transport the flags describe: TLS, plaintext, or none (connections between sites
     /// refused with a message saying how to make keys).
     pub fn transport(&self) -> Result<Transport, TlsArgsError> {

@@ -76,6 +76,14 @@ impl Etcd {
         format!("etcd://{}", self.endpoint)
     }
 
+    /// SIGKILLs it (its data stays until the drop).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

@@ -104,6 +104,7 @@ pub struct Pager {
     pub socket: PathBuf,
     budget: u64,
     env: Vec<(String, String)>,
+    extra: Vec<String>,
 }
 
 impl Pager {
@@ -169,6 +170,7 @@ impl Pager {
             socket: socket.to_owned(),
             budget,
             env: env.to_vec(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         let t0 = Instant::now();
         loop {
@@ -192,17 +194,31 @@ impl Pager {
         let _ = self.child.wait();
     }
 
-    /// Kills it and starts a new one on the same root and socket.
+    /// Kills it and starts a new one on the same root and socket, with the same options.
     pub fn restart(&mut self) {
         self.kill();
         let env = std::mem::take(&mut self.env);
+        let extra = std::mem::take(&mut self.extra);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         *self = Self::start_at(
             &self.root.clone(),
             &self.socket.clone(),
             self.budget,
-            &[],
+            &extra,
             &env,
         );
+    }
+
+    /// Runs an administration command that must fail; returns what it printed on stderr.
+    pub fn admin_fails(&self, args: &[&str]) -> String {
+        let out = Command::new(pager_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run pager");
+        assert!(!out.status.success(), "pager {args:?} succeeded: {out:?}");
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
     }
 
     /// Runs an administration command (`pager ARGS... --socket SOCKET`) that must succeed;

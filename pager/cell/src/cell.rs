@@ -2,7 +2,7 @@
 //! lease, renewed in the background, and the mount locks bound to it).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,6 +137,7 @@ impl Cell {
         let s = &*self.shared;
         let ttl = ttl.clamp(1, 3600);
         let mut c = s.client.clone();
+        let granted_from = Instant::now();
         let lease = s
             .call("granting the site's lease", c.lease_grant(ttl as i64, None))?
             .id();
@@ -164,12 +165,11 @@ impl Cell {
             let _ = s.call("revoking an unused lease", c.lease_revoke(lease));
             return Err(CellError::SiteAlive(name.to_owned()));
         }
-        let lost = Arc::new(AtomicBool::new(false));
+        let clock = Arc::new(LeaseClock::new(granted_from, Duration::from_secs(ttl)));
         let keeper = s.rt.spawn(keep_alive(
             s.client.clone(),
             lease,
-            Duration::from_secs(ttl),
-            lost.clone(),
+            clock.clone(),
             name.to_owned(),
         ));
         tracing::info!(site = name, lease, ttl, "joined the cell");
@@ -177,7 +177,7 @@ impl Cell {
             cell: self.clone(),
             site: name.to_owned(),
             lease,
-            lost,
+            clock,
             keeper: Some(keeper),
             revoke_on_drop: true,
         })
@@ -300,7 +300,12 @@ impl Cell {
                 name: name.to_owned(),
                 service: service.to_owned(),
                 site: site.to_owned(),
-                location: location.to_owned(),
+                // By default where a storage root keeps it: `vol-<id>` under the site's root.
+                location: if location.is_empty() {
+                    format!("vol-{id}")
+                } else {
+                    location.to_owned()
+                },
             };
             let same_counter = match &counter {
                 Some(kv) => {
@@ -325,17 +330,103 @@ impl Cell {
     }
 }
 
+impl Cell {
+    /// Records a volume a site brings (made before the site joined, or on storage it shares
+    /// with the site that made it): creates its record if the cell has none under its id;
+    /// accepts one of the same name and service; refuses a different volume under that id.
+    pub fn adopt_volume(&self, record: &VolumeRecord) -> Result<(), CellError> {
+        let s = &*self.shared;
+        let key = s.keys.volume(VolId(record.id));
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(key.clone(), encode(record), None)])
+            .or_else(vec![TxnOp::get(key.clone(), None)]);
+        let resp = s.call("recording a volume", c.txn(txn))?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let existing = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        let Some(kv) = existing else {
+            return Err(CellError::Etcd {
+                op: "recording a volume",
+                reason: "the record changed during the call; try again".into(),
+            });
+        };
+        let theirs: VolumeRecord = decode(&key, kv.value())?;
+        if theirs.name == record.name && theirs.service == record.service {
+            return Ok(());
+        }
+        Err(CellError::IdCollision {
+            vol: VolId(record.id),
+            theirs: theirs.name,
+            site: theirs.site,
+            ours: record.name.clone(),
+        })
+    }
+
+    /// Deletes a volume's record (and its mount lock, if one was left).
+    pub fn forget_volume(&self, vol: VolId) -> Result<(), CellError> {
+        let s = &*self.shared;
+        let mut c = s.client.clone();
+        let txn = Txn::new().and_then(vec![
+            TxnOp::delete(s.keys.volume(vol), None),
+            TxnOp::delete(s.keys.mount(vol), None),
+        ]);
+        s.call("deleting a volume's record", c.txn(txn))?;
+        Ok(())
+    }
+}
+
+/// What this process knows of its lease: renewed when, gone on the server or not. The site
+/// counts its lease lost `ttl` after the last renewal it *sent* that etcd confirmed (etcd
+/// extends the lease from when it handles the renewal, which is later), so the site gives up
+/// its locks no later than etcd hands them to another site (clocks run at the same rate on
+/// both; no synchronisation between them is assumed).
+struct LeaseClock {
+    base: Instant,
+    ttl: Duration,
+    /// Nanoseconds after `base` of the last confirmed renewal's sending.
+    renewed_ns: AtomicU64,
+    /// The server said the lease is gone (expired or revoked).
+    gone: AtomicBool,
+}
+
+impl LeaseClock {
+    fn new(granted_from: Instant, ttl: Duration) -> LeaseClock {
+        LeaseClock {
+            base: granted_from,
+            ttl,
+            renewed_ns: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    fn renewed(&self, sent: Instant) {
+        let ns = sent.saturating_duration_since(self.base).as_nanos() as u64;
+        self.renewed_ns.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    fn is_lost(&self) -> bool {
+        if self.gone.load(Ordering::Acquire) {
+            return true;
+        }
+        let renewed = Duration::from_nanos(self.renewed_ns.load(Ordering::Acquire));
+        self.base.elapsed() >= renewed + self.ttl
+    }
+}
+
 /// Renews the lease every third of its TTL; on trouble, keeps trying until the lease would have
 /// expired, then marks the session lost.
-async fn keep_alive(
-    client: Client,
-    lease: i64,
-    ttl: Duration,
-    lost: Arc<AtomicBool>,
-    site: String,
-) {
-    let mut last_ok = Instant::now();
-    let period = ttl / 3;
+async fn keep_alive(client: Client, lease: i64, clock: Arc<LeaseClock>, site: String) {
+    let period = clock.ttl / 3;
     'outer: loop {
         let mut c = client.clone();
         let stream = tokio::time::timeout(
@@ -346,7 +437,7 @@ async fn keep_alive(
         let (mut keeper, mut stream) = match stream {
             Ok(Ok(pair)) => pair,
             _ => {
-                if last_ok.elapsed() >= ttl {
+                if clock.is_lost() {
                     break 'outer;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -354,16 +445,20 @@ async fn keep_alive(
             }
         };
         loop {
+            let sent = Instant::now();
             let renewed = async {
                 keeper.keep_alive().await?;
                 stream.message().await
             };
             match tokio::time::timeout(period.max(Duration::from_millis(100)), renewed).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Ok(Some(r))) if r.ttl() > 0 => clock.renewed(sent),
                 // The lease is gone on the server: it expired or was revoked.
-                Ok(Ok(Some(_))) => break 'outer,
+                Ok(Ok(Some(_))) => {
+                    clock.gone.store(true, Ordering::Release);
+                    break 'outer;
+                }
                 _ => {
-                    if last_ok.elapsed() >= ttl {
+                    if clock.is_lost() {
                         break 'outer;
                     }
                     continue 'outer; // a new stream
@@ -372,7 +467,7 @@ async fn keep_alive(
             tokio::time::sleep(period).await;
         }
     }
-    lost.store(true, Ordering::Release);
+    clock.gone.store(true, Ordering::Release);
     tracing::error!(
         site,
         lease,
@@ -386,7 +481,7 @@ pub struct Session {
     cell: Cell,
     site: String,
     lease: i64,
-    lost: Arc<AtomicBool>,
+    clock: Arc<LeaseClock>,
     keeper: Option<tokio::task::JoinHandle<()>>,
     revoke_on_drop: bool,
 }
@@ -404,7 +499,7 @@ impl Session {
 
     /// Whether the lease was lost (not renewed within its TTL): the mounts are gone.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        self.clock.is_lost()
     }
 
     fn check(&self) -> Result<(), CellError> {
@@ -474,6 +569,25 @@ impl Session {
         Ok(())
     }
 
+    /// Leaves the cell now: revokes the lease (the site's live key and its mount locks go at
+    /// once) and stops renewing it. Every later change is refused as after a lost lease.
+    pub fn leave(&self) {
+        if let Some(k) = &self.keeper {
+            k.abort();
+        }
+        if self.clock.gone.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let s = &*self.cell.shared;
+        let mut c = s.client.clone();
+        match s.call("leaving the cell", c.lease_revoke(self.lease)) {
+            Ok(_) => tracing::info!(site = self.site, "left the cell"),
+            Err(e) => {
+                tracing::warn!(site = self.site, error = %e, "leaving the cell failed; the site's lease expires by itself")
+            }
+        }
+    }
+
     /// Stops renewing the lease without revoking it, as a crashed pager would: the site stays
     /// alive in etcd until its TTL runs out. For tests of expiry.
     pub fn abandon(mut self) {
@@ -483,15 +597,10 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if let Some(k) = self.keeper.take() {
+        if self.revoke_on_drop {
+            self.leave();
+        } else if let Some(k) = self.keeper.take() {
             k.abort();
-        }
-        if self.revoke_on_drop && !self.is_lost() {
-            let s = &*self.cell.shared;
-            let mut c = s.client.clone();
-            if let Err(e) = s.call("leaving the cell", c.lease_revoke(self.lease)) {
-                tracing::warn!(site = self.site, error = %e, "leaving the cell failed; the site's lease expires by itself");
-            }
         }
     }
 }

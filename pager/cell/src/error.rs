@@ -54,6 +54,18 @@ pub enum CellError {
     /// The volume id space is used up (or the counter lost the race too often).
     #[error("no volume id left in the cell (ids 0001 to fffe are all taken, or allocation kept conflicting); delete unused volumes")]
     Exhausted,
+    /// The cell gives this id to another volume than the one a site brings.
+    #[error("volume id {vol} is `{theirs}` (created on site {site}) in the cell, but this site's storage has `{ours}` under that id; the two volumes were made in different cells: move one away before joining")]
+    IdCollision {
+        /// The id.
+        vol: VolId,
+        /// The name the cell records.
+        theirs: String,
+        /// The site the cell records.
+        site: String,
+        /// The name the joining site has.
+        ours: String,
+    },
     /// A volume the catalog does not know.
     #[error("volume {0} is not in the cell's catalog")]
     NoSuchVolume(VolId),

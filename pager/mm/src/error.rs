@@ -46,9 +46,10 @@ impl From<StorageError> for Refusal {
             | S::StillMounted(_)
             | S::VolumeNotEmpty { .. }
             | S::NameTaken(_)
-            | S::RootBusy(_) => ErrorCode::Busy,
+            | S::RootBusy(_)
+            | S::MountedElsewhere { .. } => ErrorCode::Busy,
             S::Io { .. } | S::Journal(_) | S::Corrupt { .. } => ErrorCode::Io,
-            S::Fenced { .. } => ErrorCode::Unavailable,
+            S::Fenced { .. } | S::Cell(_) | S::LockLost(_) => ErrorCode::Unavailable,
         };
         Refusal::new(code, e.to_string())
     }

@@ -10,7 +10,7 @@ use clu_proto::ErrorCode;
 use clu_storage::{ClusterDesc, VolumeParams};
 
 use super::{goofy_refusal, Daemon};
-use crate::admin::{self, AdminCommand, CacheCommand, CluCommand, VolCommand};
+use crate::admin::{self, AdminCommand, CacheCommand, CluCommand, SiteCommand, VolCommand};
 use crate::render::{self, ReliableView, RestoreView, Status};
 
 fn denied(what: &str) -> Refusal {
@@ -21,6 +21,32 @@ fn denied(what: &str) -> Refusal {
 }
 
 /// Runs an administration command for a client of uid `uid`; returns its text.
+/// This site's cell, or a refusal saying the pager is in none.
+fn in_cell(d: &Daemon) -> Result<&super::cell::CellSite, Refusal> {
+    d.cell.as_deref().ok_or_else(|| {
+        Refusal::invalid(
+            "this pager is a site on its own: start it with `pager serve --catalog etcd://HOST:PORT --site NAME --listen HOST:PORT` to join a cell",
+        )
+    })
+}
+
+fn cell_refusal(e: clu_cell::CellError) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, e.to_string())
+}
+
+/// `pager vol list`: this root's volumes; in a cell, the cell's, with this root's figures for
+/// those mounted here.
+fn vol_list(d: &Daemon) -> Result<String, Refusal> {
+    let local = d.manager.storage().volumes();
+    match &d.cell {
+        None => Ok(render::volume_list(&local)),
+        Some(site) => {
+            let cell = site.cell.volumes().map_err(cell_refusal)?;
+            Ok(render::cell_volume_list(&cell, &local))
+        }
+    }
+}
+
 pub(super) fn execute(d: &Daemon, uid: u32, words: &[String]) -> Result<String, Refusal> {
     let cmd = admin::parse(words).map_err(|e| Refusal::invalid(e.render().to_string()))?;
     let admin = uid == 0 || uid == nix::unistd::geteuid().as_raw();
@@ -44,8 +70,15 @@ pub(super) fn execute(d: &Daemon, uid: u32, words: &[String]) -> Result<String, 
                 render::stats_table(&all)
             })
         }
-        AdminCommand::Vol(VolCommand::List) => {
-            Ok(render::volume_list(&d.manager.storage().volumes()))
+        AdminCommand::Vol(VolCommand::List) => vol_list(d),
+        AdminCommand::Site(SiteCommand::List { json }) => {
+            let site = in_cell(d)?;
+            let sites = site.cell.sites().map_err(cell_refusal)?;
+            Ok(if json {
+                render::json(&sites)
+            } else {
+                render::site_list(&sites)
+            })
         }
         AdminCommand::Vol(_) if !admin => Err(denied("volume administration")),
         AdminCommand::Vol(v) => volume(d, v),

@@ -13,6 +13,7 @@
 //! the memfd and answering with `UFFDIO_CONTINUE`. All processes share one image.
 
 mod admin;
+mod cell;
 mod connection;
 mod faults;
 mod throttle;
@@ -36,6 +37,8 @@ use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 
 use crate::config::ServeConfig;
+pub use cell::CellConfig;
+use cell::CellSite;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,9 @@ pub enum ServeError {
     /// Signal setup.
     #[error("signals: {0}")]
     Signals(#[source] io::Error),
+    /// Joining the cell.
+    #[error(transparent)]
+    Cell(#[from] clu_cell::CellError),
 }
 
 /// The volume a new root gets, so that `clu_CreateMap(1, ...)` works at once.
@@ -82,6 +88,8 @@ pub(crate) struct Daemon {
     pub connections: Counter,
     /// Connections open now.
     pub live_connections: AtomicU64,
+    /// This site's membership of its cell, if it is in one.
+    pub cell: Option<Arc<CellSite>>,
 }
 
 /// The client-visible form of a reliable service error.
@@ -175,7 +183,14 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // The driver table: the services this pager offers, by the names catalogs record.
     let ssf = Arc::new(Ssf::new(config.goofy.clone()));
     let drivers = DriverTable::local(config.goofy.journal.clone()).with(ssf.clone());
-    let storage = Storage::open_with(&config.root, drivers)?;
+    // In a cell: join first (the site's lease), so that the root's volumes are mounted under
+    // their mount locks.
+    let cell = match &config.cell {
+        Some(c) => Some(Arc::new(CellSite::join(c)?)),
+        None => None,
+    };
+    let storage =
+        Storage::open_in_cell(&config.root, drivers, cell.as_ref().map(cell::as_catalog))?;
     if storage.volumes().is_empty() {
         let entry = storage.vol_create(DEFAULT_VOLUME, &VolumeParams::default())?;
         storage.vol_mount(entry.vol)?;
@@ -199,6 +214,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         started: Instant::now(),
         connections: Counter::default(),
         live_connections: AtomicU64::new(0),
+        cell: cell.clone(),
     });
     {
         let socket = config.socket.clone();
@@ -225,6 +241,10 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
                             warn!(vol = %v.entry.vol, "checkpoint at stop: {e}");
                         }
                     }
+                }
+                // Leave the cell: the lease is revoked, the mount locks go with it at once.
+                if let Some(c) = &cell {
+                    c.session.leave();
                 }
                 std::process::exit(0);
             })

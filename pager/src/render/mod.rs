@@ -2,9 +2,11 @@
 //! `pager status`, `vol list`, `clu list`, `clu info` and `stats`, from plain data. JSON is
 //! written by `serde_json` from the structs below, whose fields are the documented keys.
 
+mod cell;
 mod cluster;
 pub mod status;
 
+pub use cell::{cell_volume_list, site_list};
 pub use cluster::{cluster_info, cluster_info_json, cluster_list, stats_json, stats_table};
 pub use status::{ReliableView, RestoreView, Status};
 

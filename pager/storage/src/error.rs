@@ -103,6 +103,21 @@ pub enum StorageError {
         /// What the backup said.
         why: String,
     },
+    /// The cell's catalog refused or could not be reached (the reason says what to do).
+    #[error("the cell's catalog: {0}")]
+    Cell(String),
+    /// Another site of the cell holds the volume's mount lock.
+    #[error("volume {vol} is mounted by site `{site}` of the cell; unmount it there first (or wait for that site's lease to expire if it died)")]
+    MountedElsewhere {
+        /// The volume.
+        vol: VolId,
+        /// The site holding it.
+        site: String,
+    },
+    /// The mount lock of a volume went with this site's lease in the cell's catalog: another
+    /// site may mount the volume now, so this one must not change it.
+    #[error("volume {0} is no longer mounted by this site: its mount lock in the cell's catalog went with the site's lease (the catalog was unreachable for longer than the lease); restart the pager once etcd answers")]
+    LockLost(VolId),
     /// A persistent structure failed its checks.
     #[error("{path} is damaged ({reason}); restore the volume from a backup")]
     Corrupt {

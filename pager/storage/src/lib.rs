@@ -15,6 +15,7 @@
 //! | `vol_CluRead`, `vol_CluWrite` | [`Volume::clu_read`], [`Volume::clu_write`] (atomic, through the journal) |
 
 mod catalog;
+mod cell;
 mod descriptor;
 mod error;
 pub mod fsutil;
@@ -28,6 +29,7 @@ use clu_proto::{CluId, ClusterKind, VolId};
 use journal::{Batch, Lsn, PageRun};
 
 pub use catalog::{parse_mounts, Catalog, CatalogEntry, CatalogError};
+pub use cell::{CellCatalog, Fenced};
 pub use descriptor::{
     ClusterDesc, ClusterStats, FormatError, Grant, Grants, Means, VolumeMeta, MAX_GRANTS,
 };

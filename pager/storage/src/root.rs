@@ -12,6 +12,7 @@ use journal::{Batch, JournalConfig, Lsn, PageRun};
 use nix::fcntl::Flock;
 
 use crate::catalog::{format_mounts, parse_mounts, valid_name, Catalog, CatalogEntry};
+use crate::cell::{CellCatalog, Fenced};
 use crate::fsutil::{lock_root, sync_dir, write_atomic};
 use crate::ssr::Ssr;
 use crate::{ClusterDesc, Result, StorageError, StorageService, Volume, VolumeInfo, VolumeParams};
@@ -98,6 +99,8 @@ pub struct Storage {
     /// Volumes being mounted (a journal's recovery, a reliable volume's first contact with its
     /// backups take a while): mounted without holding `mounted`.
     mounting: Mutex<Vec<VolId>>,
+    /// The cell's catalog, when the root is one site of a cell (ids and mount locks).
+    cell: Option<Arc<dyn CellCatalog>>,
     _lock: Flock<File>,
 }
 
@@ -119,7 +122,19 @@ impl Storage {
     /// Opens (creating if needed) the storage root with the services of `drivers`, and mounts
     /// every volume of the mount table.
     pub fn open_with(root: &Path, drivers: DriverTable) -> Result<Storage> {
-        let lock = lock_root(root)?;
+        Self::open_in_cell(root, drivers, None)
+    }
+
+    /// Opens the storage root as one site of a cell whose catalog is `cell`: the volumes this
+    /// root has are recorded in the cell (refused if the cell gives one of their ids to another
+    /// volume), and those of the mount table are mounted under their mount locks. A volume that
+    /// another site holds stays unmounted here (with a warning) and in the mount table.
+    pub fn open_in_cell(
+        root: &Path,
+        drivers: DriverTable,
+        cell: Option<Arc<dyn CellCatalog>>,
+    ) -> Result<Storage> {
+        let root_lock = lock_root(root)?;
         let catalog_path = root.join(CATALOG);
         let catalog = match read_text(&catalog_path)? {
             Some(text) => Catalog::parse(&text)
@@ -134,10 +149,26 @@ impl Storage {
             creating: Mutex::new(Vec::new()),
             mounted: RwLock::new(HashMap::new()),
             mounting: Mutex::new(Vec::new()),
-            _lock: lock,
+            cell,
+            _lock: root_lock,
         };
+        if let Some(cell) = &storage.cell {
+            let entries: Vec<CatalogEntry> =
+                lock(&storage.catalog).volumes.values().cloned().collect();
+            for e in entries {
+                cell.adopt(e.vol, &e.name, &e.service, &e.location)?;
+            }
+        }
         for vol in storage.mount_table()? {
-            storage.mount_one(vol)?;
+            match storage.mount_one(vol) {
+                Ok(_) => {}
+                Err(StorageError::MountedElsewhere { vol, site }) => tracing::warn!(
+                    %vol,
+                    site,
+                    "not mounted at start: another site of the cell holds it"
+                ),
+                Err(e) => return Err(e),
+            }
         }
         Ok(storage)
     }
@@ -232,16 +263,49 @@ impl Storage {
                 self.drivers.names()
             ))
         })?;
+        if self.find(name).is_ok() {
+            return Err(StorageError::NameTaken(name.to_owned()).into());
+        }
+        // In a cell, the id comes from the cell's catalog (a call to another machine: no lock
+        // held); it is then this root's to use, and forgotten again if the creation fails.
+        let from_cell = match &self.cell {
+            Some(cell) => {
+                let vol = cell.allocate(name, svc.name(), "")?;
+                Some((cell, vol))
+            }
+            None => None,
+        };
+        let forget = |e: StorageError| -> E {
+            if let Some((cell, vol)) = from_cell {
+                if let Err(f) = cell.forget(vol) {
+                    tracing::warn!(%vol, "forgetting a volume whose creation failed: {f}");
+                }
+            }
+            e.into()
+        };
         let entry = {
             let catalog = lock(&self.catalog);
             let mut creating = lock(&self.creating);
             if catalog.find(name).is_some() || creating.iter().any(|e| e.name == name) {
-                return Err(StorageError::NameTaken(name.to_owned()).into());
+                drop((catalog, creating));
+                return Err(forget(StorageError::NameTaken(name.to_owned())));
             }
-            let vol = (1..VolId::FOREIGN_BIT)
-                .map(VolId)
-                .find(|v| !catalog.volumes.contains_key(v) && !creating.iter().any(|e| e.vol == *v))
-                .ok_or(StorageError::NoVolumeIds)?;
+            let free = |v: &VolId| {
+                !catalog.volumes.contains_key(v) && !creating.iter().any(|e| e.vol == *v)
+            };
+            let vol = match from_cell {
+                Some((_, vol)) if free(&vol) => vol,
+                Some((_, vol)) => {
+                    drop((catalog, creating));
+                    return Err(forget(StorageError::Cell(format!(
+                        "it gave id {vol}, which this root already uses; the cell's catalog lost a record: check `pager vol list`"
+                    ))));
+                }
+                None => (1..VolId::FOREIGN_BIT)
+                    .map(VolId)
+                    .find(free)
+                    .ok_or(StorageError::NoVolumeIds)?,
+            };
             let entry = CatalogEntry {
                 vol,
                 name: name.to_owned(),
@@ -253,6 +317,13 @@ impl Storage {
         };
         let result = self.create_reserved(&entry, svc, create);
         lock(&self.creating).retain(|e| e.vol != entry.vol);
+        if result.is_err() {
+            if let Some((cell, vol)) = from_cell {
+                if let Err(f) = cell.forget(vol) {
+                    tracing::warn!(%vol, "forgetting a volume whose creation failed: {f}");
+                }
+            }
+        }
         result.map(|()| entry)
     }
 
@@ -312,12 +383,25 @@ impl Storage {
             }
             mounting.push(vol);
         }
+        // In a cell, the mount lock first (a call to another machine, no lock held).
+        if let Some(cell) = &self.cell {
+            if let Err(e) = cell.lock_mount(vol) {
+                lock(&self.mounting).retain(|v| *v != vol);
+                return Err(e);
+            }
+        }
         let mounted = service.vol_mount(vol, &self.root.join(&entry.location));
         let result = mounted.map(|v| {
-            let v: Arc<dyn Volume> = Arc::from(v);
+            let mut v: Arc<dyn Volume> = Arc::from(v);
+            if let Some(cell) = &self.cell {
+                v = Arc::new(Fenced::new(v, cell.clone()));
+            }
             write(&self.mounted).insert(vol, v.clone());
             v
         });
+        if result.is_err() {
+            self.unlock_in_cell(vol);
+        }
         lock(&self.mounting).retain(|v| *v != vol);
         result
     }
@@ -343,7 +427,18 @@ impl Storage {
             .collect();
         self.set_mount_table(&table)?;
         drop(writes);
-        v.unmount()
+        let result = v.unmount();
+        self.unlock_in_cell(vol);
+        result
+    }
+
+    /// Releases `vol`'s mount lock in the cell, if the root is in one.
+    fn unlock_in_cell(&self, vol: VolId) {
+        if let Some(cell) = &self.cell {
+            if let Err(e) = cell.unlock_mount(vol) {
+                tracing::warn!(%vol, "releasing the mount lock: {e}; it goes with the site's lease");
+            }
+        }
     }
 
     /// `vol_Resize`: changes a volume's capacity.
@@ -369,7 +464,11 @@ impl Storage {
         self.update_catalog(|c| {
             c.volumes.remove(&vol);
         })?;
-        sync_dir(&self.root)
+        sync_dir(&self.root)?;
+        if let Some(cell) = &self.cell {
+            cell.forget(vol)?;
+        }
+        Ok(())
     }
 
     /// Every volume of the catalog.

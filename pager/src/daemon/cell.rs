@@ -1,0 +1,109 @@
+//! This site in its cell (`pager serve --catalog`): the storage root's [`CellCatalog`] carried
+//! out against the catalog on etcd (`clu-cell`), under this site's lease.
+
+use std::sync::Arc;
+
+use clu_cell::{Cell, CellError, Session, VolumeRecord};
+use clu_proto::VolId;
+use clu_storage::{CellCatalog, StorageError};
+use tracing::info;
+
+/// How this pager joins a cell.
+#[derive(Clone, Debug)]
+pub struct CellConfig {
+    /// The site's name (`--site`).
+    pub site: String,
+    /// Where other sites reach this one (`--listen`), recorded in the catalog.
+    pub listen: String,
+    /// The etcd endpoints (`--catalog`).
+    pub endpoints: Vec<String>,
+    /// The cell's name: the key prefix in etcd (`--cell`).
+    pub cell: String,
+    /// The lease's TTL in seconds (`--lease-ttl`): how long after its last renewal a site that
+    /// died or was cut off loses its mounts.
+    pub lease_ttl: u64,
+}
+
+/// This site's membership of the cell.
+pub struct CellSite {
+    /// The catalog.
+    pub cell: Cell,
+    /// The site's lease and mount locks.
+    pub session: Session,
+}
+
+impl CellSite {
+    /// Connects to the catalog and joins the cell.
+    pub fn join(config: &CellConfig) -> Result<CellSite, CellError> {
+        let cell = Cell::connect(&config.endpoints, &config.cell)?;
+        let session = cell.join(&config.site, &config.listen, config.lease_ttl)?;
+        info!(
+            site = config.site,
+            catalog = cell.endpoints(),
+            cell = config.cell,
+            "joined the cell"
+        );
+        Ok(CellSite { cell, session })
+    }
+
+    fn record(&self, vol: VolId, name: &str, service: &str, location: &str) -> VolumeRecord {
+        VolumeRecord {
+            id: vol.0,
+            name: name.to_owned(),
+            service: service.to_owned(),
+            site: self.session.site().to_owned(),
+            location: location.to_owned(),
+        }
+    }
+}
+
+/// The storage's view of a catalog error.
+fn refusal(e: CellError) -> StorageError {
+    match e {
+        CellError::MountedElsewhere { vol, site } => StorageError::MountedElsewhere { vol, site },
+        other => StorageError::Cell(other.to_string()),
+    }
+}
+
+impl CellCatalog for CellSite {
+    fn allocate(&self, name: &str, service: &str, _location: &str) -> Result<VolId, StorageError> {
+        let r = self
+            .cell
+            .create_volume(name, service, self.session.site(), "")
+            .map_err(refusal)?;
+        Ok(VolId(r.id))
+    }
+
+    fn adopt(
+        &self,
+        vol: VolId,
+        name: &str,
+        service: &str,
+        location: &str,
+    ) -> Result<(), StorageError> {
+        self.cell
+            .adopt_volume(&self.record(vol, name, service, location))
+            .map_err(refusal)
+    }
+
+    fn forget(&self, vol: VolId) -> Result<(), StorageError> {
+        self.cell.forget_volume(vol).map_err(refusal)
+    }
+
+    fn lock_mount(&self, vol: VolId) -> Result<u64, StorageError> {
+        self.session.mount(vol).map_err(refusal)
+    }
+
+    fn unlock_mount(&self, vol: VolId) -> Result<(), StorageError> {
+        self.session.unmount(vol).map_err(refusal)
+    }
+
+    fn holds_locks(&self) -> bool {
+        !self.session.is_lost()
+    }
+}
+
+/// The storage root's handle on the site (the daemon keeps its own, for listings).
+pub fn as_catalog(site: &Arc<CellSite>) -> Arc<dyn CellCatalog> {
+    site.clone()
+}

@@ -1,0 +1,123 @@
+//! A storage root in a cell of sites (thesis C5, C8, M2): volume ids come from the cell's
+//! catalog, so that no two volumes of the cell share one, and mounting a volume takes its
+//! mount lock there, so that one manager at a time mounts it. The daemon provides the catalog
+//! (on etcd, `clu-cell`); this crate knows only the [`CellCatalog`] trait. Without one, a root
+//! is a cell of its own, as before.
+//!
+//! A volume mounted in a cell is served through [`Fenced`]: once the site's lease (and with it
+//! the lock) is gone, every change to the volume is refused, since another site may mount it.
+
+use std::sync::Arc;
+
+use clu_proto::{CluId, ClusterKind, VolId};
+use journal::{Batch, Lsn, PageRun};
+
+use crate::{ClusterDesc, Result, StorageError, Volume, VolumeInfo};
+
+/// What a storage root asks of its cell's catalog. Every call may wait on another machine: the
+/// root calls them with none of its locks held.
+pub trait CellCatalog: Send + Sync {
+    /// Allocates an id no volume of the cell has, and records volume `name` of `service` at
+    /// `location` (relative to this site's root) under it.
+    fn allocate(&self, name: &str, service: &str, location: &str) -> Result<VolId>;
+    /// Records a volume this root had before it joined the cell (or that another site created
+    /// on storage this one shares); refuses if the cell knows another volume by that id.
+    fn adopt(&self, vol: VolId, name: &str, service: &str, location: &str) -> Result<()>;
+    /// Forgets a volume's record (its creation failed, or it was deleted).
+    fn forget(&self, vol: VolId) -> Result<()>;
+    /// Takes the volume's mount lock for this site; returns its fencing epoch. Refuses with
+    /// [`StorageError::MountedElsewhere`] when another site holds it.
+    fn lock_mount(&self, vol: VolId) -> Result<u64>;
+    /// Releases the volume's mount lock.
+    fn unlock_mount(&self, vol: VolId) -> Result<()>;
+    /// Whether this site still holds its locks (its lease is alive). Local, no I/O: it is
+    /// asked before every change to a volume.
+    fn holds_locks(&self) -> bool;
+}
+
+/// A volume of a cell: refuses changes once the site's mount locks are gone.
+pub struct Fenced {
+    inner: Arc<dyn Volume>,
+    cell: Arc<dyn CellCatalog>,
+}
+
+impl Fenced {
+    /// Serves `inner` while `cell` says the lock is held.
+    pub fn new(inner: Arc<dyn Volume>, cell: Arc<dyn CellCatalog>) -> Fenced {
+        Fenced { inner, cell }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.cell.holds_locks() {
+            Ok(())
+        } else {
+            Err(StorageError::LockLost(self.inner.id()))
+        }
+    }
+}
+
+impl Volume for Fenced {
+    fn id(&self) -> VolId {
+        self.inner.id()
+    }
+    fn info(&self) -> VolumeInfo {
+        self.inner.info()
+    }
+    fn set_capacity(&self, capacity_pages: u64) -> Result<()> {
+        self.check()?;
+        self.inner.set_capacity(capacity_pages)
+    }
+    fn checkpoint(&self) -> Result<()> {
+        // Makes durable what was committed while the lock was held: no new change.
+        self.inner.checkpoint()
+    }
+    fn unmount(&self) -> Result<()> {
+        self.inner.unmount()
+    }
+    fn clu_create(&self, npages: u64, owner: u32, kind: ClusterKind) -> Result<ClusterDesc> {
+        self.check()?;
+        self.inner.clu_create(npages, owner, kind)
+    }
+    fn clu_get_desc(&self, clu: CluId) -> Result<ClusterDesc> {
+        self.inner.clu_get_desc(clu)
+    }
+    fn clu_update(&self, clu: CluId, f: &mut dyn FnMut(&mut ClusterDesc)) -> Result<ClusterDesc> {
+        self.check()?;
+        self.inner.clu_update(clu, f)
+    }
+    fn clu_list(&self) -> Vec<ClusterDesc> {
+        self.inner.clu_list()
+    }
+    fn clu_destroy(&self, clu: CluId) -> Result<()> {
+        self.check()?;
+        self.inner.clu_destroy(clu)
+    }
+    fn clu_resize(&self, clu: CluId, add_pages: u64) -> Result<ClusterDesc> {
+        self.check()?;
+        self.inner.clu_resize(clu, add_pages)
+    }
+    fn clu_read(&self, clu: CluId, first_page: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.clu_read(clu, first_page, buf)
+    }
+    fn clu_write(&self, clu: CluId, runs: &[PageRun<'_>]) -> Result<Lsn> {
+        self.check()?;
+        self.inner.clu_write(clu, runs)
+    }
+    fn clu_commit(&self, clu: CluId, batch: Batch) -> Result<Lsn> {
+        self.check()?;
+        self.inner.clu_commit(clu, batch)
+    }
+    fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
+        self.inner.clu_prefetch(clu, first_page, npages)
+    }
+    fn clu_uncache(&self, clu: CluId, first_page: u64, npages: u64) {
+        self.inner.clu_uncache(clu, first_page, npages)
+    }
+    fn clu_history(&self, clu: CluId) -> Vec<u32> {
+        self.inner.clu_history(clu)
+    }
+    fn clu_set_history(&self, clu: CluId, pages: &[u32]) -> Result<()> {
+        self.check()?;
+        self.inner.clu_set_history(clu, pages)
+    }
+}

@@ -1,0 +1,169 @@
+//! Pagers of several sites in one cell, its catalog on a real etcd (issue 16, thesis C5, C8,
+//! M2, A6): volume ids allocated across the cell, mount = lock bound to the site's lease, a
+//! site SIGKILLed losing its mounts when its lease expires, a site that loses etcd refusing
+//! every change to its volumes.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clu_tests::etcd::{free_port, Etcd};
+use clu_tests::harness::{id_of, Pager, Tool};
+
+/// The lease's TTL the pagers of these tests run with, in seconds.
+const TTL: u64 = 2;
+
+fn site(root: &Path, etcd: &Etcd) -> Pager {
+    let listen = format!("127.0.0.1:{}", free_port());
+    Pager::start_with(
+        root,
+        1024,
+        &[
+            "--catalog",
+            &etcd.url(),
+            "--listen",
+            &listen,
+            "--lease-ttl",
+            &TTL.to_string(),
+        ],
+    )
+}
+
+/// The rows of a table whose first column is `first`.
+fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&first))
+        .unwrap_or_else(|| panic!("no row {first} in\n{table}"))
+}
+
+/// Waits until `pred` holds of `pager site list`, for at most `within`.
+fn until_sites(p: &Pager, within: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let s = p.admin(&["site", "list"]);
+        if pred(&s) {
+            return s;
+        }
+        assert!(t0.elapsed() < within, "site list never changed:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sites_share_one_catalog_and_a_dead_sites_mounts_go_with_its_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path());
+    let ra = dir.path().join("a");
+    let mut a = site(&ra, &etcd);
+    let b = site(&dir.path().join("b"), &etcd);
+
+    // Each new root's `default` volume got its id from the cell: 1 and 2, in start order.
+    let vols = b.admin(&["vol", "list"]);
+    assert_eq!(row(&vols, "0001")[3], "site-a", "{vols}");
+    assert_eq!(row(&vols, "0001")[4], "site-a", "{vols}");
+    assert_eq!(row(&vols, "0002")[4], "site-b", "{vols}");
+
+    // Volumes created on two sites at once get distinct ids.
+    let (ca, cb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.admin(&["vol", "create", "data"]));
+        let tb = s.spawn(|| b.admin(&["vol", "create", "more"]));
+        (ta.join().expect("a"), tb.join().expect("b"))
+    });
+    let vols = a.admin(&["vol", "list"]);
+    let data = row(&vols, "0003")[1].to_owned();
+    let more = row(&vols, "0004")[1].to_owned();
+    let mut names = [data.clone(), more.clone()];
+    names.sort();
+    assert_eq!(names, ["data", "more"], "{ca} / {cb}\n{vols}");
+    let data_id = if data == "data" { "0003" } else { "0004" };
+    let epoch_a: u64 = row(&vols, data_id)[5].parse().expect("an epoch");
+
+    // Both sites alive, each with its volumes.
+    let sites = b.admin(&["site", "list"]);
+    assert_eq!(row(&sites, "site-a")[2], "yes", "{sites}");
+    assert_eq!(row(&sites, "site-b")[2], "yes", "{sites}");
+
+    // Data committed on a, for the byte-for-byte check after the restart below.
+    let mut t = Tool::start(&a);
+    let id = id_of(&t.ok(&format!("create 8 protected {}", &data_id[2..])));
+    t.ok(&format!("fill {id} 7"));
+    t.ok(&format!("commit {id}"));
+    t.kill();
+
+    // A third site on a copy of a's storage (as if it shared a's disks): the cell lets it
+    // mount none of a's volumes while a holds them, and names a.
+    let rc = dir.path().join("c");
+    let cp = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(&ra)
+        .arg(&rc)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let c = site(&rc, &etcd);
+    let err = c.admin_fails(&["vol", "mount", "data"]);
+    assert!(err.contains("mounted by site `site-a`"), "{err}");
+
+    // SIGKILL a: its lease outlives it by at most TTL, then its mounts are gone.
+    a.kill();
+    let sites = until_sites(&b, Duration::from_secs(TTL * 3 + 2), |s| {
+        s.lines()
+            .any(|l| l.starts_with("site-a ") && l.contains(" no "))
+    });
+    assert_eq!(row(&sites, "site-a")[3], "-", "{sites}");
+    let vols = b.admin(&["vol", "list"]);
+    assert_eq!(row(&vols, data_id)[4], "-", "{vols}");
+
+    // Now c may mount it, under a higher epoch.
+    c.admin(&["vol", "mount", "data"]);
+    let vols = b.admin(&["vol", "list"]);
+    assert_eq!(row(&vols, data_id)[4], "site-c", "{vols}");
+    let epoch_c: u64 = row(&vols, data_id)[5].parse().expect("an epoch");
+    assert!(epoch_c > epoch_a, "epoch {epoch_c} after {epoch_a}\n{vols}");
+
+    // a restarts: it rejoins, remounts its default volume, and leaves `data` to c.
+    a.restart();
+    let vols = a.admin(&["vol", "list"]);
+    assert_eq!(row(&vols, "0001")[4], "site-a", "{vols}");
+    assert_eq!(row(&vols, data_id)[4], "site-c", "{vols}");
+    // c unmounts; a mounts it again and reads what it committed before the SIGKILL.
+    c.admin(&["vol", "unmount", "data"]);
+    a.admin(&["vol", "mount", "data"]);
+    let mut t = Tool::start(&a);
+    t.ok(&format!("map {id}"));
+    t.ok(&format!("check {id} 7"));
+}
+
+#[test]
+fn a_site_cut_off_from_etcd_refuses_every_change_once_its_lease_is_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut etcd = Etcd::start(dir.path());
+    let a = site(&dir.path().join("a"), &etcd);
+    let mut t = Tool::start(&a);
+    let id = id_of(&t.ok("create 8 protected 1"));
+    t.ok(&format!("fill {id} 3"));
+    t.ok(&format!("commit {id}"));
+    t.ok(&format!("fill {id} 4"));
+
+    etcd.kill();
+    std::thread::sleep(Duration::from_secs(TTL) + Duration::from_millis(500));
+    // The site can no longer know that nobody else mounted volume 1: the commit is refused
+    // (the pages stay dirty), and so is a new cluster.
+    let refused = t.cmd(&format!("commit {id}"));
+    assert!(
+        refused.contains("no longer mounted by this site"),
+        "{refused}"
+    );
+    let refused = t.cmd("create 8 protected 1");
+    assert!(
+        refused.contains("no longer mounted by this site"),
+        "{refused}"
+    );
+    // The catalog's own commands say what is wrong.
+    let err = a.admin_fails(&["vol", "create", "late"]);
+    assert!(err.contains("etcd"), "{err}");
+    // Abort works, and what was committed before is intact.
+    t.ok(&format!("abort {id}"));
+    t.ok(&format!("check {id} 3"));
+}
