@@ -103,6 +103,15 @@ enum Command {
             requires = "catalog"
         )]
         lease_ttl: u64,
+        /// Seconds a request to another site of the cell may wait for its answer: a fault on a
+        /// page only a dead or cut-off site holds fails (SIGBUS in the process) after this long.
+        #[arg(
+            long,
+            default_value_t = 10,
+            value_name = "SECONDS",
+            requires = "catalog"
+        )]
+        remote_timeout: u64,
         #[command(flatten)]
         tls: tls_args::TlsArgs,
     },
@@ -239,6 +248,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             listen,
             cell,
             lease_ttl,
+            remote_timeout,
             tls,
         } => daemon::serve(ServeConfig {
             root,
@@ -261,6 +271,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     listen: check_address(&listen.unwrap_or_default())?,
                     cell,
                     lease_ttl,
+                    remote_timeout: Duration::from_secs(remote_timeout.max(1)),
                 }),
                 None => None,
             },

@@ -11,6 +11,8 @@ use clu_tests::harness::{id_of, Pager, Tool};
 
 /// The lease's TTL the pagers of these tests run with, in seconds.
 const TTL: u64 = 2;
+/// How long a request to another site waits, in seconds.
+const REMOTE_TIMEOUT: u64 = 2;
 
 fn site(root: &Path, etcd: &Etcd) -> Pager {
     let listen = format!("127.0.0.1:{}", free_port());
@@ -24,6 +26,8 @@ fn site(root: &Path, etcd: &Etcd) -> Pager {
             &listen,
             "--lease-ttl",
             &TTL.to_string(),
+            "--remote-timeout",
+            &REMOTE_TIMEOUT.to_string(),
         ],
     )
 }
@@ -78,6 +82,10 @@ fn sites_share_one_catalog_and_a_dead_sites_mounts_go_with_its_lease() {
     assert_eq!(names, ["data", "more"], "{ca} / {cb}\n{vols}");
     let data_id = if data == "data" { "0003" } else { "0004" };
     let epoch_a: u64 = row(&vols, data_id)[5].parse().expect("an epoch");
+
+    let status = b.status();
+    assert!(status.contains("site site-b of cell default"), "{status}");
+    assert!(status.contains("lease alive"), "{status}");
 
     // Both sites alive, each with its volumes.
     let sites = b.admin(&["site", "list"]);
@@ -160,10 +168,68 @@ fn a_site_cut_off_from_etcd_refuses_every_change_once_its_lease_is_over() {
         refused.contains("no longer mounted by this site"),
         "{refused}"
     );
+    let status = a.status();
+    assert!(status.contains("lease LOST"), "{status}");
     // The catalog's own commands say what is wrong.
     let err = a.admin_fails(&["vol", "create", "late"]);
     assert!(err.contains("etcd"), "{err}");
     // Abort works, and what was committed before is intact.
     t.ok(&format!("abort {id}"));
     t.ok(&format!("check {id} 3"));
+}
+
+#[test]
+fn a_process_on_one_site_pages_a_volume_another_site_mounts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path());
+    let a = site(&dir.path().join("a"), &etcd);
+    let mut b = site(&dir.path().join("b"), &etcd);
+
+    // On a, a cluster of b's volume 2: created there, written here, committed there.
+    let mut ta = Tool::start(&a);
+    let id = id_of(&ta.ok("create 64 protected 2"));
+    assert!(id.starts_with("0002:"), "{id}");
+    ta.ok(&format!("fill {id} 5"));
+    ta.ok(&format!("commit {id}"));
+    ta.ok(&format!("unmap {id}"));
+
+    // b reads what a committed, from its own storage; changes it and commits.
+    let mut tb = Tool::start(&b);
+    tb.ok(&format!("map {id}"));
+    tb.ok(&format!("check {id} 5"));
+    tb.ok(&format!("fill {id} 6"));
+    tb.ok(&format!("commit {id}"));
+    tb.ok(&format!("unmap {id}"));
+
+    // a's last unmap kept no stale copy: a new map sees b's commit.
+    ta.ok(&format!("map {id}"));
+    ta.ok(&format!("check {id} 6"));
+    let status = a.status();
+    assert!(status.contains(&id), "{status}");
+
+    // b dies: a commit on a fails, its pages stay dirty; a map fails too, within the
+    // timeout, never hanging.
+    b.kill();
+    ta.ok(&format!("fill {id} 7"));
+    let t0 = Instant::now();
+    let refused = ta.cmd(&format!("commit {id}"));
+    assert!(refused.starts_with("err"), "{refused}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(REMOTE_TIMEOUT * 3),
+        "the failed commit took {:?}",
+        t0.elapsed()
+    );
+    let mut tc = Tool::start(&a);
+    let refused = tc.cmd("create 8 protected 2");
+    assert!(refused.starts_with("err"), "{refused}");
+
+    // b comes back (once its old lease is gone): the same commit now succeeds, and b has it.
+    std::thread::sleep(Duration::from_secs(TTL) + Duration::from_millis(500));
+    b.restart();
+    ta.ok(&format!("commit {id}"));
+    ta.ok(&format!("check {id} 7"));
+    ta.ok(&format!("unmap {id}"));
+    let mut tb = Tool::start(&b);
+    tb.ok(&format!("map {id}"));
+    tb.ok(&format!("check {id} 7"));
 }

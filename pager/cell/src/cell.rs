@@ -372,6 +372,31 @@ impl Cell {
         })
     }
 
+    /// The site that mounts volume `vol` now and its address, if a live site does.
+    pub fn holder(&self, vol: VolId) -> Result<Option<(String, String)>, CellError> {
+        let s = &*self.shared;
+        let mut c = s.client.clone();
+        let key = s.keys.mount(vol);
+        let resp = s.call("reading a mount lock", c.get(key.clone(), None))?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let site = kv.value_str().map_err(|e| CellError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let alive = s.keys.alive(site);
+        let resp = s.call("reading a site's address", c.get(alive.clone(), None))?;
+        let Some(addr) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let addr = addr.value_str().map_err(|e| CellError::Corrupt {
+            key: alive,
+            reason: e.to_string(),
+        })?;
+        Ok(Some((site.to_owned(), addr.to_owned())))
+    }
+
     /// Deletes a volume's record (and its mount lock, if one was left).
     pub fn forget_volume(&self, vol: VolId) -> Result<(), CellError> {
         let s = &*self.shared;

@@ -32,26 +32,7 @@ impl Refusal {
 
 impl From<StorageError> for Refusal {
     fn from(e: StorageError) -> Refusal {
-        use StorageError as S;
-        let code = match &e {
-            _ if e.is_no_space() => ErrorCode::NoSpace,
-            S::NoSuchVolume(_) | S::NoSuchCluster(_) | S::NotMounted(_) => ErrorCode::NotFound,
-            S::Quota { .. } | S::NoVolumeIds | S::NoClusterIds(_) => ErrorCode::NoSpace,
-            S::BadName(_)
-            | S::Invalid(_)
-            | S::OutOfRange { .. }
-            | S::ForeignVolume(_)
-            | S::UnknownService { .. } => ErrorCode::Invalid,
-            S::AlreadyMounted(_)
-            | S::StillMounted(_)
-            | S::VolumeNotEmpty { .. }
-            | S::NameTaken(_)
-            | S::RootBusy(_)
-            | S::MountedElsewhere { .. } => ErrorCode::Busy,
-            S::Io { .. } | S::Journal(_) | S::Corrupt { .. } => ErrorCode::Io,
-            S::Fenced { .. } | S::Cell(_) | S::LockLost(_) => ErrorCode::Unavailable,
-        };
-        Refusal::new(code, e.to_string())
+        Refusal::new(e.code(), e.to_string())
     }
 }
 

@@ -104,6 +104,12 @@ fn status(d: &Daemon) -> Status {
         uptime_secs: render::milli(d.started.elapsed().as_secs_f64()),
         root: m.storage().root().display().to_string(),
         socket: d.socket.display().to_string(),
+        cell: d.cell.as_ref().map(|c| render::status::CellView {
+            site: c.session.site().to_owned(),
+            cell: c.name.clone(),
+            catalog: c.cell.endpoints().to_owned(),
+            lease_alive: !c.session.is_lost(),
+        }),
         connections: render::status::Connections {
             live: d.live_connections.load(Ordering::Relaxed),
             total: d.connections.get(),

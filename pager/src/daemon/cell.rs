@@ -2,10 +2,13 @@
 //! out against the catalog on etcd (`clu-cell`), under this site's lease.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clu_cell::{Cell, CellError, Session, VolumeRecord};
 use clu_proto::VolId;
-use clu_storage::{CellCatalog, StorageError};
+use clu_remote::{Holder, RemoteVolume, Resolve};
+use clu_storage::{CellCatalog, StorageError, Volume};
+use clu_transport::Transport;
 use tracing::info;
 
 /// How this pager joins a cell.
@@ -22,6 +25,9 @@ pub struct CellConfig {
     /// The lease's TTL in seconds (`--lease-ttl`): how long after its last renewal a site that
     /// died or was cut off loses its mounts.
     pub lease_ttl: u64,
+    /// How long a request to another site may wait for its answer (`--remote-timeout`): a
+    /// fault on a page that only a dead site holds fails after this long, never hangs.
+    pub remote_timeout: Duration,
 }
 
 /// This site's membership of the cell.
@@ -30,11 +36,17 @@ pub struct CellSite {
     pub cell: Cell,
     /// The site's lease and mount locks.
     pub session: Session,
+    /// The cell's name (`--cell`).
+    pub name: String,
+    /// How this site reaches the others.
+    pub transport: Transport,
+    /// See [`CellConfig::remote_timeout`].
+    pub remote_timeout: Duration,
 }
 
 impl CellSite {
     /// Connects to the catalog and joins the cell.
-    pub fn join(config: &CellConfig) -> Result<CellSite, CellError> {
+    pub fn join(config: &CellConfig, transport: Transport) -> Result<CellSite, CellError> {
         let cell = Cell::connect(&config.endpoints, &config.cell)?;
         let session = cell.join(&config.site, &config.listen, config.lease_ttl)?;
         info!(
@@ -43,7 +55,13 @@ impl CellSite {
             cell = config.cell,
             "joined the cell"
         );
-        Ok(CellSite { cell, session })
+        Ok(CellSite {
+            cell,
+            session,
+            name: config.cell.clone(),
+            transport,
+            remote_timeout: config.remote_timeout,
+        })
     }
 
     fn record(&self, vol: VolId, name: &str, service: &str, location: &str) -> VolumeRecord {
@@ -96,6 +114,34 @@ impl CellCatalog for CellSite {
 
     fn unlock_mount(&self, vol: VolId) -> Result<(), StorageError> {
         self.session.unmount(vol).map_err(refusal)
+    }
+
+    fn remote(&self, vol: VolId) -> Result<Option<Arc<dyn Volume>>, StorageError> {
+        match self.cell.holder(vol).map_err(refusal)? {
+            Some((site, _)) if site == self.session.site() => Ok(None),
+            Some(_) => {
+                let cell = self.cell.clone();
+                let resolve: Resolve = Arc::new(move |vol| {
+                    match cell.holder(vol) {
+                    Ok(Some((site, address))) => Ok(Holder { site, address }),
+                    Ok(None) => Err(StorageError::Remote {
+                        site: "-".into(),
+                        code: clu_proto::ErrorCode::Unavailable,
+                        message: format!("no site of the cell mounts volume {vol} now; mount it somewhere (`pager vol mount`)"),
+                    }),
+                    Err(e) => Err(refusal(e)),
+                }
+                });
+                Ok(Some(Arc::new(RemoteVolume::new(
+                    vol,
+                    self.session.site(),
+                    self.transport.clone(),
+                    resolve,
+                    self.remote_timeout,
+                ))))
+            }
+            None => Ok(None),
+        }
     }
 
     fn holds_locks(&self) -> bool {

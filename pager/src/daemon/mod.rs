@@ -67,6 +67,18 @@ pub enum ServeError {
     /// Joining the cell.
     #[error(transparent)]
     Cell(#[from] clu_cell::CellError),
+    /// The transport between sites.
+    #[error("a site of a cell needs the cell's keys: {0}")]
+    Transport(#[from] clu_transport::TransportError),
+    /// The address for the other sites.
+    #[error("cannot listen on {addr} for the cell's other sites: {source}; pass another --listen")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The volume a new root gets, so that `clu_CreateMap(1, ...)` works at once.
@@ -134,7 +146,7 @@ fn bind(
 /// one left in a mounted volume is destroyed.
 fn purge_temporary(storage: &Storage) {
     for v in storage.volumes() {
-        let Ok(vol) = storage.volume(v.entry.vol) else {
+        let Ok(vol) = storage.mounted_here(v.entry.vol) else {
             continue;
         };
         for d in vol.clu_list() {
@@ -170,6 +182,28 @@ pub fn reload_on_sighup(transport: clu_transport::Transport) -> Result<(), Serve
     Ok(())
 }
 
+/// Listens for the other sites of the cell on `--listen` (remote paging of the volumes mounted
+/// here), on a thread of its own.
+fn serve_sites(storage: Arc<Storage>, c: &CellConfig, site: &CellSite) -> Result<(), ServeError> {
+    site.transport.check()?;
+    let listener = std::net::TcpListener::bind(&c.listen).map_err(|source| ServeError::Listen {
+        addr: c.listen.clone(),
+        source,
+    })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: c.listen.clone(),
+        source,
+    })?;
+    site.transport.check_listen(&local)?;
+    let (transport, me) = (site.transport.clone(), c.site.clone());
+    std::thread::Builder::new()
+        .name("remote-listen".into())
+        .spawn(move || clu_remote::server::serve(storage, listener, transport, me))
+        .map_err(ServeError::Signals)?;
+    info!(listen = %local, "serving this site's volumes to the cell");
+    Ok(())
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; SIGHUP rereads the TLS keys.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Block the stop signals in every thread; one thread waits for them.
@@ -186,7 +220,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // In a cell: join first (the site's lease), so that the root's volumes are mounted under
     // their mount locks.
     let cell = match &config.cell {
-        Some(c) => Some(Arc::new(CellSite::join(c)?)),
+        Some(c) => Some(Arc::new(CellSite::join(c, config.goofy.transport.clone())?)),
         None => None,
     };
     let storage =
@@ -198,6 +232,9 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     }
     purge_temporary(&storage);
     let storage = Arc::new(storage);
+    if let (Some(c), Some(site)) = (&config.cell, &cell) {
+        serve_sites(storage.clone(), c, site)?;
+    }
     let paging = PagingPartition::create(&config.root.join("paging"), config.paging_pages)?;
     let listener = bind(&config.socket, config.socket_mode, config.socket_group)?;
     let site = Site::new(config.resident_pages, paging);
@@ -236,7 +273,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
                 info!("{sig:?}: stopping; mapped clusters lose their uncommitted changes");
                 let _ = fs::remove_file(&socket);
                 for v in storage.volumes() {
-                    if let Ok(vol) = storage.volume(v.entry.vol) {
+                    if let Ok(vol) = storage.mounted_here(v.entry.vol) {
                         if let Err(e) = vol.checkpoint() {
                             warn!(vol = %v.entry.vol, "checkpoint at stop: {e}");
                         }

@@ -145,6 +145,19 @@ impl ReliableView {
     }
 }
 
+/// This site in its cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct CellView {
+    /// The site's name.
+    pub site: String,
+    /// The cell's name.
+    pub cell: String,
+    /// The catalog's etcd endpoints.
+    pub catalog: String,
+    /// Whether the site's lease (and so its mounts) holds.
+    pub lease_alive: bool,
+}
+
 /// A restoration under way.
 #[derive(Clone, Debug, Serialize)]
 pub struct RestoreView {
@@ -199,6 +212,8 @@ pub struct Status {
     pub root: String,
     /// Its socket.
     pub socket: String,
+    /// Its cell, if it is a site of one (`--catalog`).
+    pub cell: Option<CellView>,
     /// Its connections.
     pub connections: Connections,
     /// Pages of cluster memory held.
@@ -259,6 +274,20 @@ impl Status {
         let _ = writeln!(out, "uptime           {uptime:.0?}");
         let _ = writeln!(out, "root             {}", self.root);
         let _ = writeln!(out, "socket           {}", self.socket);
+        if let Some(c) = &self.cell {
+            let _ = writeln!(
+                out,
+                "cell             site {} of cell {}, catalog etcd://{}, lease {}",
+                c.site,
+                c.cell,
+                c.catalog,
+                if c.lease_alive {
+                    "alive"
+                } else {
+                    "LOST (no change to its volumes is accepted; restart once etcd answers)"
+                }
+            );
+        }
         let _ = writeln!(
             out,
             "connections      {} live, {} since start",

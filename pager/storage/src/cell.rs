@@ -30,6 +30,9 @@ pub trait CellCatalog: Send + Sync {
     fn lock_mount(&self, vol: VolId) -> Result<u64>;
     /// Releases the volume's mount lock.
     fn unlock_mount(&self, vol: VolId) -> Result<()>;
+    /// The volume as reached through the site that mounts it, if another site does (remote
+    /// paging); `None` if no site mounts it.
+    fn remote(&self, vol: VolId) -> Result<Option<Arc<dyn Volume>>>;
     /// Whether this site still holds its locks (its lease is alive). Local, no I/O: it is
     /// asked before every change to a volume.
     fn holds_locks(&self) -> bool;
@@ -119,5 +122,8 @@ impl Volume for Fenced {
     fn clu_set_history(&self, clu: CluId, pages: &[u32]) -> Result<()> {
         self.check()?;
         self.inner.clu_set_history(clu, pages)
+    }
+    fn cacheable(&self) -> bool {
+        self.inner.cacheable()
     }
 }

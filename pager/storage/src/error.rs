@@ -118,6 +118,16 @@ pub enum StorageError {
     /// site may mount the volume now, so this one must not change it.
     #[error("volume {0} is no longer mounted by this site: its mount lock in the cell's catalog went with the site's lease (the catalog was unreachable for longer than the lease); restart the pager once etcd answers")]
     LockLost(VolId),
+    /// The site that mounts a remote volume refused, or could not be reached.
+    #[error("site {site}: {message}")]
+    Remote {
+        /// The site (or its address, if it was not reached).
+        site: String,
+        /// The code the client gets.
+        code: clu_proto::ErrorCode,
+        /// What that site said, or why it was not reached.
+        message: String,
+    },
     /// A persistent structure failed its checks.
     #[error("{path} is damaged ({reason}); restore the volume from a backup")]
     Corrupt {
@@ -129,6 +139,31 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The code a client gets for this error.
+    pub fn code(&self) -> clu_proto::ErrorCode {
+        use clu_proto::ErrorCode;
+        use StorageError as S;
+        match self {
+            _ if self.is_no_space() => ErrorCode::NoSpace,
+            S::NoSuchVolume(_) | S::NoSuchCluster(_) | S::NotMounted(_) => ErrorCode::NotFound,
+            S::Quota { .. } | S::NoVolumeIds | S::NoClusterIds(_) => ErrorCode::NoSpace,
+            S::BadName(_)
+            | S::Invalid(_)
+            | S::OutOfRange { .. }
+            | S::ForeignVolume(_)
+            | S::UnknownService { .. } => ErrorCode::Invalid,
+            S::AlreadyMounted(_)
+            | S::StillMounted(_)
+            | S::VolumeNotEmpty { .. }
+            | S::NameTaken(_)
+            | S::RootBusy(_)
+            | S::MountedElsewhere { .. } => ErrorCode::Busy,
+            S::Io { .. } | S::Journal(_) | S::Corrupt { .. } => ErrorCode::Io,
+            S::Fenced { .. } | S::Cell(_) | S::LockLost(_) => ErrorCode::Unavailable,
+            S::Remote { code, .. } => *code,
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         StorageError::Io {

@@ -132,4 +132,10 @@ pub trait Volume: Send + Sync {
     fn clu_set_history(&self, _clu: CluId, _pages: &[u32]) -> Result<()> {
         Ok(())
     }
+    /// Whether a clean image of one of its clusters stays valid while no process of this site
+    /// maps it (the site cache): not when another site may change the cluster meanwhile (a
+    /// volume reached through the site that mounts it). The default is yes.
+    fn cacheable(&self) -> bool {
+        true
+    }
 }

@@ -99,6 +99,8 @@ pub struct Storage {
     /// Volumes being mounted (a journal's recovery, a reliable volume's first contact with its
     /// backups take a while): mounted without holding `mounted`.
     mounting: Mutex<Vec<VolId>>,
+    /// Volumes other sites of the cell mount, as reached through them (short sections).
+    remote: RwLock<HashMap<VolId, Arc<dyn Volume>>>,
     /// The cell's catalog, when the root is one site of a cell (ids and mount locks).
     cell: Option<Arc<dyn CellCatalog>>,
     _lock: Flock<File>,
@@ -149,6 +151,7 @@ impl Storage {
             creating: Mutex::new(Vec::new()),
             mounted: RwLock::new(HashMap::new()),
             mounting: Mutex::new(Vec::new()),
+            remote: RwLock::new(HashMap::new()),
             cell,
             _lock: root_lock,
         };
@@ -443,7 +446,7 @@ impl Storage {
 
     /// `vol_Resize`: changes a volume's capacity.
     pub fn vol_resize(&self, vol: VolId, capacity_pages: u64) -> Result<()> {
-        if let Ok(v) = self.volume(vol) {
+        if let Ok(v) = self.mounted_here(vol) {
             return v.set_capacity(capacity_pages);
         }
         self.refuse_if_mounting(vol)?;
@@ -454,7 +457,7 @@ impl Storage {
 
     /// `vol_Delete`: deletes an unmounted volume and its catalog entry.
     pub fn vol_delete(&self, vol: VolId, force: bool) -> Result<()> {
-        if self.volume(vol).is_ok() {
+        if self.mounted_here(vol).is_ok() {
             return Err(StorageError::StillMounted(vol));
         }
         self.refuse_if_mounting(vol)?;
@@ -487,6 +490,25 @@ impl Storage {
 
     /// A mounted volume.
     pub fn volume(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
+        let local = self.mounted_here(vol);
+        let Some(cell) = &self.cell else {
+            return local;
+        };
+        if local.is_ok() || vol.is_foreign() {
+            return local;
+        }
+        // Mounted by another site of the cell: reached through it (remote paging).
+        if let Some(v) = read(&self.remote).get(&vol) {
+            return Ok(v.clone());
+        }
+        match cell.remote(vol)? {
+            Some(v) => Ok(write(&self.remote).entry(vol).or_insert(v).clone()),
+            None => local,
+        }
+    }
+
+    /// A volume mounted by this root itself (never one reached through another site).
+    pub fn mounted_here(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
         if vol.is_foreign() {
             return Err(StorageError::ForeignVolume(vol));
         }

@@ -204,6 +204,12 @@ impl Image {
         })
     }
 
+    /// Whether the image may stay as the site's cache after its last unmap (its volume says
+    /// whether nobody else changes the cluster meanwhile).
+    pub fn cacheable(&self) -> bool {
+        self.vol.cacheable()
+    }
+
     /// The cluster.
     pub fn id(&self) -> ClusterId {
         self.id

@@ -318,7 +318,7 @@ impl Manager {
         img.remove_mapper(conn);
         // Ends the use (its statistics) once no process maps the image.
         img.end_use();
-        if self.site.caches_images() {
+        if self.site.caches_images() && img.cacheable() {
             // The image stays, clean, as the site's cache: the next map finds it warm.
             img.retire();
             entry.set_closing(false);
