@@ -59,15 +59,30 @@ impl Etcd {
         e
     }
 
+    /// Waits until the member answers `/health` with `"health":"true"` (it has a leader and
+    /// serves requests), not only until its port accepts connections.
     fn wait_serving(&self) {
+        use std::io::{Read, Write};
         let t = Instant::now();
-        while std::net::TcpStream::connect(&self.endpoint).is_err() {
+        loop {
+            let healthy = std::net::TcpStream::connect(&self.endpoint)
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    write!(c, "GET /health HTTP/1.0\r\nHost: {}\r\n\r\n", self.endpoint)?;
+                    let mut body = String::new();
+                    c.read_to_string(&mut body)?;
+                    Ok(body.contains("\"health\":\"true\""))
+                })
+                .unwrap_or(false);
+            if healthy {
+                return;
+            }
             assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "etcd did not start on {}",
+                t.elapsed() < Duration::from_secs(30),
+                "etcd did not become healthy on {}",
                 self.endpoint
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
