@@ -31,8 +31,14 @@ pub fn etcd_bin() -> PathBuf {
 impl Etcd {
     /// Starts a single-member etcd with its data under `dir`, and waits until it serves.
     pub fn start(dir: &Path) -> Etcd {
+        Self::start_on(dir, "127.0.0.1")
+    }
+
+    /// The same, listening for clients on `host` (an address of the host's end of a test's
+    /// namespace link, so that sites in namespaces reach it).
+    pub fn start_on(dir: &Path, host: &str) -> Etcd {
         let (cp, pp) = (free_port(), free_port());
-        let endpoint = format!("127.0.0.1:{cp}");
+        let endpoint = format!("{host}:{cp}");
         let data = dir.join("etcd-data");
         let child = Command::new(etcd_bin())
             .args(["--name", "e1", "--data-dir"])

@@ -30,6 +30,12 @@ pub fn pager_bin() -> PathBuf {
 /// certificate of site `site` in it (made with `pager keys issue` the first time it is asked
 /// for, valid for 127.0.0.1 and localhost). Returns the directory: `--keys DIR --site SITE`.
 pub fn cell_keys(site: &str) -> PathBuf {
+    cell_keys_for(site, &[])
+}
+
+/// The same, the certificate also valid for `hosts` (a site in a namespace of its own, at its
+/// address there). A site's certificate is made once: ask with the same hosts every time.
+pub fn cell_keys_for(site: &str, hosts: &[&str]) -> PathBuf {
     static CELL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     static ISSUE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let dir = CELL.get_or_init(|| {
@@ -46,10 +52,18 @@ pub fn cell_keys(site: &str) -> PathBuf {
     });
     let _one = ISSUE.lock().unwrap_or_else(|e| e.into_inner());
     if !dir.join(format!("{site}.crt")).exists() {
-        let st = Command::new(pager_bin())
-            .args(["keys", "issue"])
-            .arg(dir)
-            .args([site, "--host", "127.0.0.1", "--host", "localhost"])
+        let mut issue = Command::new(pager_bin());
+        issue.args(["keys", "issue"]).arg(dir).args([
+            site,
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+        ]);
+        for h in hosts {
+            issue.args(["--host", h]);
+        }
+        let st = issue
             .stdout(Stdio::null())
             .status()
             .expect("pager keys issue");
@@ -105,6 +119,8 @@ pub struct Pager {
     budget: u64,
     env: Vec<(String, String)>,
     extra: Vec<String>,
+    /// The network namespace it runs in, and its address there.
+    ns: Option<(String, String)>,
 }
 
 impl Pager {
@@ -117,7 +133,21 @@ impl Pager {
     /// The same, with more `pager serve` options.
     pub fn start_with(root: &Path, budget: u64, extra: &[&str]) -> Pager {
         let socket = root.with_extension("sock");
-        Self::start_at(root, &socket, budget, extra, &[])
+        Self::start_at(root, &socket, budget, extra, &[], None)
+    }
+
+    /// The same, in network namespace `ns` where its address is `ip` (its certificate names
+    /// that address too).
+    pub fn start_in(ns: &str, ip: &str, root: &Path, budget: u64, extra: &[&str]) -> Pager {
+        let socket = root.with_extension("sock");
+        Self::start_at(
+            root,
+            &socket,
+            budget,
+            extra,
+            &[],
+            Some((ns.to_owned(), ip.to_owned())),
+        )
     }
 
     /// The same, with environment variables (kept across [`Pager::restart`]).
@@ -127,7 +157,7 @@ impl Pager {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Self::start_at(root, &socket, budget, &[], &env)
+        Self::start_at(root, &socket, budget, &[], &env, None)
     }
 
     fn start_at(
@@ -136,19 +166,29 @@ impl Pager {
         budget: u64,
         extra: &[&str],
         env: &[(String, String)],
+        ns: Option<(String, String)>,
     ) -> Pager {
         // The cell's keys, unless the test gives its own.
         let mut keys: Vec<String> = Vec::new();
         if !extra.iter().any(|a| *a == "--keys" || *a == "--insecure") {
             let site = site_of(root);
+            let hosts: Vec<&str> = ns.iter().map(|(_, ip)| ip.as_str()).collect();
             keys = vec![
                 "--keys".into(),
-                cell_keys(&site).display().to_string(),
+                cell_keys_for(&site, &hosts).display().to_string(),
                 "--site".into(),
                 site,
             ];
         }
-        let child = Command::new(pager_bin())
+        let mut cmd = match &ns {
+            Some((name, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name]).arg(pager_bin());
+                c
+            }
+            None => Command::new(pager_bin()),
+        };
+        let child = cmd
             .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--root"])
             .arg(root)
@@ -171,6 +211,7 @@ impl Pager {
             budget,
             env: env.to_vec(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            ns,
         };
         let t0 = Instant::now();
         loop {
@@ -200,12 +241,14 @@ impl Pager {
         let env = std::mem::take(&mut self.env);
         let extra = std::mem::take(&mut self.extra);
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let ns = self.ns.take();
         *self = Self::start_at(
             &self.root.clone(),
             &self.socket.clone(),
             self.budget,
             &extra,
             &env,
+            ns,
         );
     }
 

@@ -126,6 +126,7 @@ mod tests {
 
 pub mod etcd;
 pub mod harness;
+pub mod netns;
 pub mod raw;
 
 /// Fills `page` (cluster page `p`) with the pattern of `seed`: every 8-byte word differs.
