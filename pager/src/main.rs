@@ -88,7 +88,8 @@ enum Command {
         /// its lock there (one site at a time). Without it the pager is a site on its own.
         #[arg(long, value_name = "etcd://HOST:PORT[,HOST:PORT...]", requires_all = ["site", "listen"])]
         catalog: Option<String>,
-        /// Where other sites of the cell reach this one, HOST:PORT, as recorded in the catalog.
+        /// Where this site serves its volumes to the cell's other sites (remote paging),
+        /// HOST:PORT, as recorded in the catalog.
         #[arg(long, value_name = "HOST:PORT", requires = "catalog")]
         listen: Option<String>,
         /// The cell's name: its key prefix in etcd (several cells may share one etcd).
