@@ -38,6 +38,7 @@ typedef uint32_t clu_id_t;              /* vol_id << 16 | clu_id */
 #define CLU_ENOSPC     (-28)            /* no space in the volume or on the disk */
 #define CLU_EPROTO     (-71)            /* client and pager do not understand each other */
 #define CLU_EUNAVAIL   (-107)           /* the pager is not running or the connection was lost */
+#define CLU_EREMOTE    (-66)            /* the cluster's image is held on another site: clu_Where names it */
 
 /* Creates a cluster of npages zero pages in volume vol_id, owned by the caller, and maps it. */
 int clu_CreateMap(uint16_t vol_id, size_t npages, int kind, clu_id_t *id, void **addr);
@@ -64,6 +65,9 @@ int clu_Revoke(clu_id_t id, uint32_t uid);
 int clu_Promote(clu_id_t id);
 /* The uid owning the cluster (a map refused with CLU_EACCES: ask this uid for a grant). */
 int clu_Owner(clu_id_t id, uint32_t *uid);
+/* Writes into site (len bytes at most, NUL-terminated) the name of the site holding the
+ * cluster's image now, or "" if none; 0 or a negative code. */
+int clu_Where(clu_id_t id, char *site, size_t len);
 
 #ifdef __cplusplus
 }

@@ -171,6 +171,15 @@ pub fn owner(id: ClusterId) -> Result<u32, CluError> {
     with(None, |s| s.owner(id))
 }
 
+/// `clu_Where`: the site of the cell holding the cluster's image now, or "" if none (or if the
+/// pager is a site on its own). After a map refused with [`ErrorCode::Remote`], the work is to
+/// run there (the thesis's *extension*).
+///
+/// [`ErrorCode::Remote`]: clu_proto::ErrorCode::Remote
+pub fn where_is(id: ClusterId) -> Result<String, CluError> {
+    with(None, |s| s.where_is(id))
+}
+
 /// Sends an administration command (`["status"]`, `["vol", "list"]`, ...) to the pager and
 /// returns its text answer.
 pub fn admin(words: Vec<String>) -> Result<String, CluError> {

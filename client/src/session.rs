@@ -356,6 +356,13 @@ impl Session {
         }
     }
 
+    pub(crate) fn where_is(&mut self, id: ClusterId) -> Result<String, CluError> {
+        match self.call(&Request::Where { id }, &[])? {
+            (Response::Text(site), _) => Ok(site),
+            (other, _) => Err(protocol(format_args!("unexpected answer {other:?}"))),
+        }
+    }
+
     pub(crate) fn admin(&mut self, words: Vec<String>) -> Result<String, CluError> {
         match self.call(&Request::Admin { words }, &[])? {
             (Response::Text(t), _) => Ok(t),

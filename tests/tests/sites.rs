@@ -233,3 +233,66 @@ fn a_process_on_one_site_pages_a_volume_another_site_mounts() {
     tb.ok(&format!("map {id}"));
     tb.ok(&format!("check {id} 7"));
 }
+
+#[test]
+fn one_image_per_cluster_a_second_site_is_redirected_to_the_holder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path());
+    let a = site(&dir.path().join("a"), &etcd);
+    let b = site(&dir.path().join("b"), &etcd);
+    let c = site(&dir.path().join("c"), &etcd);
+
+    // a maps a cluster of b's volume: its image is a's now, everywhere in the cell.
+    let mut ta = Tool::start(&a);
+    let id = id_of(&ta.ok("create 16 protected 2"));
+    ta.ok(&format!("fill {id} 1"));
+    ta.ok(&format!("commit {id}"));
+    for s in [&b, &c] {
+        let mut t = Tool::start(s);
+        let refused = t.cmd(&format!("map {id}"));
+        assert!(refused.starts_with("err -66"), "{refused}");
+        assert!(refused.contains("site-a"), "{refused}");
+        assert_eq!(t.ok(&format!("where {id}")), "site-a");
+    }
+    // A placement taken away (here deleted by hand, as its lease's expiry would): the site
+    // that mounts the volume refuses a's commit and applies nothing of it.
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoint,
+            "del",
+            &format!("/clu/default/images/{id}"),
+        ])
+        .output()
+        .expect("etcdctl (scripts/setup installs etcd-client)");
+    assert!(out.status.success(), "{out:?}");
+    ta.ok(&format!("fill {id} 4"));
+    let refused = ta.cmd(&format!("commit {id}"));
+    assert!(refused.contains("may not commit"), "{refused}");
+    ta.ok(&format!("abort {id}"));
+    ta.ok(&format!("check {id} 1"));
+
+    // Once a unmaps, the next site to map holds it.
+    ta.ok(&format!("unmap {id}"));
+    let mut tc = Tool::start(&c);
+    assert_eq!(tc.ok(&format!("where {id}")), "-");
+    tc.ok(&format!("map {id}"));
+    tc.ok(&format!("check {id} 1"));
+    assert_eq!(tc.ok(&format!("where {id}")), "site-c");
+    tc.ok(&format!("unmap {id}"));
+
+    // A cached image is dropped when another site held the cluster since: a's own volume.
+    let local = id_of(&ta.ok("create 16 protected 1"));
+    ta.ok(&format!("fill {local} 2"));
+    ta.ok(&format!("commit {local}"));
+    ta.ok(&format!("unmap {local}")); // a keeps the clean image, as its site cache
+    let mut tb = Tool::start(&b);
+    tb.ok(&format!("map {local}"));
+    tb.ok(&format!("check {local} 2"));
+    tb.ok(&format!("fill {local} 3"));
+    tb.ok(&format!("commit {local}"));
+    tb.ok(&format!("unmap {local}"));
+    ta.ok(&format!("map {local}"));
+    ta.ok(&format!("check {local} 3"));
+}

@@ -184,6 +184,27 @@ pub unsafe extern "C" fn clu_Owner(id: CluIdT, uid: *mut u32) -> c_int {
     })
 }
 
+/// `clu_Where`: writes into `site` (at most `len` bytes, NUL-terminated, truncated if need be)
+/// the name of the site holding the cluster's image now, or "" if none.
+///
+/// # Safety
+/// `site` is null or valid for `len` bytes of writes.
+#[no_mangle]
+pub unsafe extern "C" fn clu_Where(id: CluIdT, site: *mut c_char, len: usize) -> c_int {
+    guard(|| {
+        let name = api::where_is(ClusterId(id)).map_err(|e| e.code)?;
+        if !site.is_null() && len > 0 {
+            let n = name.len().min(len - 1);
+            // SAFETY: the caller passes a buffer valid for `len` bytes; n + 1 <= len.
+            unsafe {
+                std::ptr::copy_nonoverlapping(name.as_ptr().cast::<c_char>(), site, n);
+                site.add(n).write(0);
+            }
+        }
+        Ok(())
+    })
+}
+
 fn describe(err: c_int) -> &'static CStr {
     match ErrorCode::from_code(err) {
         Some(ErrorCode::NotFound) => c"no such cluster or volume",
@@ -194,6 +215,9 @@ fn describe(err: c_int) -> &'static CStr {
         Some(ErrorCode::NoSpace) => c"no space left in the volume or on the disk",
         Some(ErrorCode::Protocol) => c"protocol error between client and pager",
         Some(ErrorCode::Unavailable) => c"the pager is unavailable",
+        Some(ErrorCode::Remote) => {
+            c"the cluster's image is held on another site (clu_Where names it)"
+        }
         None if err == 0 => c"success",
         None => c"unknown error",
     }

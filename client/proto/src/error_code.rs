@@ -21,11 +21,14 @@ pub enum ErrorCode {
     Protocol = -71,
     /// The pager is not running or the connection was lost (`CLU_EUNAVAIL`).
     Unavailable = -107,
+    /// The cluster's image is held on another site of the cell (`CLU_EREMOTE`): `clu_Where`
+    /// names it.
+    Remote = -66,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::NotFound,
         ErrorCode::Io,
         ErrorCode::AccessDenied,
@@ -34,6 +37,7 @@ impl ErrorCode {
         ErrorCode::NoSpace,
         ErrorCode::Protocol,
         ErrorCode::Unavailable,
+        ErrorCode::Remote,
     ];
 
     /// The code with this value, if any.
@@ -52,6 +56,7 @@ impl ErrorCode {
             ErrorCode::NoSpace => "no space left in the volume or on the disk",
             ErrorCode::Protocol => "protocol error between client and pager",
             ErrorCode::Unavailable => "the pager is unavailable",
+            ErrorCode::Remote => "the cluster's image is held on another site (clu_Where names it)",
         }
     }
 }

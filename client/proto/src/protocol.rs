@@ -73,6 +73,9 @@ pub enum Request {
     Promote { id: ClusterId },
     /// `clu_Owner`: who owns the cluster (answered with [`Response::Owner`]).
     Owner { id: ClusterId },
+    /// `clu_Where`: the site holding the cluster's image now (answered with
+    /// [`Response::Text`], empty if none).
+    Where { id: ClusterId },
 }
 
 /// The pager's answer.
@@ -203,6 +206,7 @@ impl Request {
             Request::Revoke { id, uid } => frame(11).u32(id.0).u32(*uid),
             Request::Promote { id } => frame(12).u32(id.0),
             Request::Owner { id } => frame(13).u32(id.0),
+            Request::Where { id } => frame(14).u32(id.0),
         };
         finish(w)
     }
@@ -259,6 +263,7 @@ impl Request {
             },
             12 => Request::Promote { id: id(&mut r)? },
             13 => Request::Owner { id: id(&mut r)? },
+            14 => Request::Where { id: id(&mut r)? },
             t => return Err(ProtoError::Tag(t)),
         };
         r.finish()?;
@@ -358,6 +363,7 @@ mod tests {
             Request::Revoke { id, uid: 65534 },
             Request::Promote { id },
             Request::Owner { id },
+            Request::Where { id },
         ]
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clu_proto::VolId;
+use clu_proto::{ClusterId, VolId};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
     TxnOpResponse,
@@ -372,6 +372,17 @@ impl Cell {
         })
     }
 
+    /// The site holding cluster `id`'s image now, if any.
+    pub fn placed(&self, id: ClusterId) -> Result<Option<String>, CellError> {
+        let s = &*self.shared;
+        let mut c = s.client.clone();
+        let resp = s.call("reading a placement", c.get(s.keys.image(id), None))?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
     /// The site that mounts volume `vol` now and its address, if a live site does.
     pub fn holder(&self, vol: VolId) -> Result<Option<(String, String)>, CellError> {
         let s = &*self.shared;
@@ -576,6 +587,71 @@ impl Session {
                 reason: "the lock changed hands during the call; try again".into(),
             }),
         }
+    }
+
+    /// Places cluster `id`'s image on this site (one image per cluster in the cell, E1-E2):
+    /// refused with [`CellError::PlacedElsewhere`] while another site holds it. Returns whether
+    /// this site was also the last to hold it before (then an image it kept, clean, is still
+    /// the stored one; otherwise another site may have committed meanwhile). Placing again an
+    /// image this site holds returns `true`.
+    pub fn place(&self, id: ClusterId) -> Result<bool, CellError> {
+        self.check()?;
+        let s = &*self.cell.shared;
+        let (key, last) = (s.keys.image(id), s.keys.placed(id));
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![
+                TxnOp::get(last.clone(), None),
+                TxnOp::put(
+                    key.clone(),
+                    self.site.clone(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                ),
+                TxnOp::put(last, self.site.clone(), None),
+            ])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = s.call("placing a cluster's image", c.txn(txn))?;
+        let got = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
+            _ => None,
+        });
+        if resp.succeeded() {
+            // The previous holder, if any: this site, or another (or none: a new cluster).
+            let previous = got.flatten();
+            return Ok(previous.map_or(true, |kv| kv.value() == self.site.as_bytes()));
+        }
+        match got.flatten() {
+            Some(kv) if kv.lease() == self.lease => Ok(true),
+            Some(kv) => Err(CellError::PlacedElsewhere {
+                id,
+                site: String::from_utf8_lossy(kv.value()).into_owned(),
+            }),
+            None => Err(CellError::Etcd {
+                op: "placing a cluster's image",
+                reason: "the placement changed hands during the call; try again".into(),
+            }),
+        }
+    }
+
+    /// Gives up cluster `id`'s placement if this site holds it.
+    pub fn unplace(&self, id: ClusterId) -> Result<(), CellError> {
+        let s = &*self.cell.shared;
+        let key = s.keys.image(id);
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.site.clone(),
+            )])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        s.call("releasing a cluster's placement", c.txn(txn))?;
+        Ok(())
     }
 
     /// Releases volume `vol`'s mount lock if this site holds it.

@@ -40,6 +40,14 @@ pub enum CellError {
         /// The site holding the lock.
         site: String,
     },
+    /// Another site holds the cluster's image.
+    #[error("cluster {id}'s image is held on site {site}: run this work there (clu_Where names it), or unmap it there first")]
+    PlacedElsewhere {
+        /// The cluster.
+        id: clu_proto::ClusterId,
+        /// The site holding it.
+        site: String,
+    },
     /// This site's lease expired: it lost its mounts.
     #[error("site {0} lost its lease on the catalog (etcd unreachable for longer than its TTL): its mounts are gone; restart the pager to rejoin")]
     LeaseLost(String),

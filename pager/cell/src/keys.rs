@@ -7,6 +7,8 @@
 //! | `<cell>/volumes/<id>` | [`VolumeRecord`](crate::VolumeRecord) (JSON) | permanent |
 //! | `<cell>/next-volume` | the next volume id to try, decimal | permanent |
 //! | `<cell>/mounts/<id>` | the name of the site that mounts the volume | bound to that site's lease (mount = lock) |
+//! | `<cell>/images/<vvvv:cccc>` | the name of the site holding the cluster's image | bound to that site's lease (one image per cluster) |
+//! | `<cell>/placed/<vvvv:cccc>` | the site that last held it | permanent: whether a cached image is still the stored one |
 //!
 //! Ids are written as 4 hex digits, as everywhere else in the project (`0001`).
 
@@ -58,6 +60,14 @@ impl Keys {
     /// The prefix of every live site's key.
     pub fn alives(&self) -> String {
         format!("{}/alive/", self.prefix)
+    }
+    /// Where a cluster's image is now (lease-bound).
+    pub fn image(&self, id: clu_proto::ClusterId) -> String {
+        format!("{}/images/{id}", self.prefix)
+    }
+    /// Which site last held a cluster's image (permanent).
+    pub fn placed(&self, id: clu_proto::ClusterId) -> String {
+        format!("{}/placed/{id}", self.prefix)
     }
     /// A volume's record.
     pub fn volume(&self, vol: VolId) -> String {

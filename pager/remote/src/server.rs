@@ -85,7 +85,7 @@ fn connection(storage: &Storage, mut stream: Stream, peer: &Peer, me: &str) {
             Err(e) => Err(e),
         };
         let resp = match req {
-            Ok(req) => answer(storage, &mut pending, req),
+            Ok(req) => answer(storage, &site, &mut pending, req),
             Err(e) => {
                 // A frame that fails its checks: say so, and close (the stream may be out of
                 // step).
@@ -108,8 +108,8 @@ fn refusal(e: StorageError) -> Resp {
     Resp::Err(e.code(), e.to_string())
 }
 
-fn answer(storage: &Storage, pending: &mut Option<Pending>, req: Req) -> Resp {
-    match carry_out(storage, pending, req) {
+fn answer(storage: &Storage, site: &str, pending: &mut Option<Pending>, req: Req) -> Resp {
+    match carry_out(storage, site, pending, req) {
         Ok(r) => r,
         Err(e) => refusal(e),
     }
@@ -121,6 +121,7 @@ fn mounted(storage: &Storage, vol: clu_proto::VolId) -> Result<Arc<dyn Volume>, 
 
 fn carry_out(
     storage: &Storage,
+    site: &str,
     pending: &mut Option<Pending>,
     req: Req,
 ) -> Result<Resp, StorageError> {
@@ -215,6 +216,19 @@ fn carry_out(
             let Some(p) = pending.take() else {
                 return Err(StorageError::Invalid("no commit under way".into()));
             };
+            // Only the site holding the cluster's image may commit it: one whose placement was
+            // taken away (its lease expired, another site placed it) is refused, never applied.
+            let holder = storage.placed(id)?;
+            if holder.as_deref() != Some(site) {
+                return Err(StorageError::Remote {
+                    site: site.to_owned(),
+                    code: ErrorCode::Unavailable,
+                    message: format!(
+                        "may not commit cluster {id}: its image is {} now; the commit is refused and nothing of it applied (map the cluster again)",
+                        holder.map_or("placed nowhere".to_owned(), |h| format!("held by site {h}"))
+                    ),
+                });
+            }
             let batch = batch_of(p.runs)?;
             let lsn = vol.clu_commit(id.clu(), batch)?;
             Resp::Lsn(lsn.file, lsn.offset)

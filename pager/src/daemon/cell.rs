@@ -79,6 +79,7 @@ impl CellSite {
 fn refusal(e: CellError) -> StorageError {
     match e {
         CellError::MountedElsewhere { vol, site } => StorageError::MountedElsewhere { vol, site },
+        CellError::PlacedElsewhere { id, site } => StorageError::PlacedElsewhere { id, site },
         other => StorageError::Cell(other.to_string()),
     }
 }
@@ -142,6 +143,18 @@ impl CellCatalog for CellSite {
             }
             None => Ok(None),
         }
+    }
+
+    fn place(&self, id: clu_proto::ClusterId) -> Result<bool, StorageError> {
+        self.session.place(id).map_err(refusal)
+    }
+
+    fn unplace(&self, id: clu_proto::ClusterId) -> Result<(), StorageError> {
+        self.session.unplace(id).map_err(refusal)
+    }
+
+    fn placed(&self, id: clu_proto::ClusterId) -> Result<Option<String>, StorageError> {
+        self.cell.placed(id).map_err(refusal)
     }
 
     fn holds_locks(&self) -> bool {

@@ -261,6 +261,7 @@ impl Connection {
                 (Response::Ok, None)
             }
             Request::Owner { id } => (Response::Owner { uid: m.owner(id)? }, None),
+            Request::Where { id } => (Response::Text(m.where_is(id)?), None),
         })
     }
 

@@ -33,6 +33,14 @@ pub trait CellCatalog: Send + Sync {
     /// The volume as reached through the site that mounts it, if another site does (remote
     /// paging); `None` if no site mounts it.
     fn remote(&self, vol: VolId) -> Result<Option<Arc<dyn Volume>>>;
+    /// Places cluster `id`'s image on this site; refuses with
+    /// [`StorageError::PlacedElsewhere`] while another site holds it. `Ok(true)` when this
+    /// site also held it last (an image it kept is still the stored one).
+    fn place(&self, id: clu_proto::ClusterId) -> Result<bool>;
+    /// Gives up the placement of cluster `id`'s image.
+    fn unplace(&self, id: clu_proto::ClusterId) -> Result<()>;
+    /// The site holding cluster `id`'s image now, if any.
+    fn placed(&self, id: clu_proto::ClusterId) -> Result<Option<String>>;
     /// Whether this site still holds its locks (its lease is alive). Local, no I/O: it is
     /// asked before every change to a volume.
     fn holds_locks(&self) -> bool;

@@ -114,6 +114,14 @@ pub enum StorageError {
         /// The site holding it.
         site: String,
     },
+    /// Another site of the cell holds the cluster's image (one image per cluster).
+    #[error("cluster {id}'s image is held on site `{site}`: run this work there (clu_Where names it), or unmap it there first")]
+    PlacedElsewhere {
+        /// The cluster.
+        id: ClusterId,
+        /// The site holding it.
+        site: String,
+    },
     /// The mount lock of a volume went with this site's lease in the cell's catalog: another
     /// site may mount the volume now, so this one must not change it.
     #[error("volume {0} is no longer mounted by this site: its mount lock in the cell's catalog went with the site's lease (the catalog was unreachable for longer than the lease); restart the pager once etcd answers")]
@@ -161,6 +169,7 @@ impl StorageError {
             S::Io { .. } | S::Journal(_) | S::Corrupt { .. } => ErrorCode::Io,
             S::Fenced { .. } | S::Cell(_) | S::LockLost(_) => ErrorCode::Unavailable,
             S::Remote { code, .. } => *code,
+            S::PlacedElsewhere { .. } => ErrorCode::Remote,
         }
     }
 

@@ -507,6 +507,32 @@ impl Storage {
         }
     }
 
+    /// Places cluster `id`'s image on this site (in a cell; always granted otherwise): see
+    /// [`CellCatalog::place`].
+    pub fn place(&self, id: ClusterId) -> Result<bool> {
+        match &self.cell {
+            Some(c) => c.place(id),
+            None => Ok(true),
+        }
+    }
+
+    /// Gives up the placement of cluster `id`'s image (in a cell).
+    pub fn unplace(&self, id: ClusterId) {
+        if let Some(c) = &self.cell {
+            if let Err(e) = c.unplace(id) {
+                tracing::warn!(cluster = %id, "releasing a placement: {e}; it goes with the site's lease");
+            }
+        }
+    }
+
+    /// The site holding cluster `id`'s image now: `None` outside a cell.
+    pub fn placed(&self, id: ClusterId) -> Result<Option<String>> {
+        match &self.cell {
+            Some(c) => c.placed(id),
+            None => Ok(None),
+        }
+    }
+
     /// A volume mounted by this root itself (never one reached through another site).
     pub fn mounted_here(&self, vol: VolId) -> Result<Arc<dyn Volume>> {
         if vol.is_foreign() {

@@ -104,6 +104,9 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
             .map(|()| String::new())
             .map_err(e),
         Some("abort") => api::abort(id(w.get(1))?).map(|()| String::new()).map_err(e),
+        Some("where") => api::where_is(id(w.get(1))?)
+            .map(|s| if s.is_empty() { "-".into() } else { s })
+            .map_err(e),
         Some("resize") => {
             let r = api::resize(id(w.get(1))?, num(w.get(2).ok_or("-22 ADD")?)?).map_err(e)?;
             Ok(format!("{} {}", r.first_page, r.npages))

@@ -146,6 +146,10 @@ impl Manager {
         }
         let volume = self.storage.volume(vol)?;
         let desc = volume.clu_create(npages, uid, kind)?;
+        if let Err(e) = self.storage.place(desc.id) {
+            let _ = volume.clu_destroy(desc.id.clu());
+            return Err(e.into());
+        }
         let img = match Image::new(desc.id, self.site.clone(), volume.clone(), npages, true) {
             Ok(img) => img,
             Err(e) => {
@@ -178,6 +182,18 @@ impl Manager {
         let desc = self.storage.clu_get_desc(id)?;
         let writable = mode == MapMode::ReadWrite;
         rights::may_map(&desc, uid, writable)?;
+        // One image per cluster in the cell (E1-E2): unless a process here maps it already,
+        // the image is placed on this site first (a call to the catalog, no lock held),
+        // refused while another site holds it. If another site held it since this site last
+        // did, an image kept here may be older than the stored one: it goes.
+        let mapped_here = self.table.image(id).is_some_and(|i| i.mappers() > 0);
+        if !mapped_here
+            && !self.storage.place(id)?
+            && self.table.image(id).is_some_and(|i| i.mappers() == 0)
+        {
+            info!(cluster = %id, "another site held the cluster since: the cached image is dropped");
+            self.forget(id);
+        }
         if let Some(img) = self.table.image(id) {
             // A cached image must be the stored image: one read from a volume since unmounted,
             // restored or replaced, or of another size than the descriptor's, is dropped.
@@ -318,6 +334,9 @@ impl Manager {
         img.remove_mapper(conn);
         // Ends the use (its statistics) once no process maps the image.
         img.end_use();
+        // No process of this site maps it now: another site may place it (a call to the
+        // catalog, with the entry still closing so that a map here waits for it).
+        self.storage.unplace(id);
         if self.site.caches_images() && img.cacheable() {
             // The image stays, clean, as the site's cache: the next map finds it warm.
             img.retire();
@@ -396,6 +415,12 @@ impl Manager {
         entry.image.release();
         self.table.remove(&entry);
         true
+    }
+
+    /// `clu_Where`: the site holding the cluster's image now ("" if none, or outside a cell).
+    /// Anyone may ask.
+    pub fn where_is(&self, id: ClusterId) -> Result<String, Refusal> {
+        Ok(self.storage.placed(id)?.unwrap_or_default())
     }
 
     /// `clu_Owner`: anyone may ask.
