@@ -206,6 +206,22 @@ fn a_process_on_one_site_pages_a_volume_another_site_mounts() {
     ta.ok(&format!("check {id} 6"));
     let status = a.status();
     assert!(status.contains(&id), "{status}");
+    // a's figures of its traffic with b: faults served from b's storage, commits validated
+    // there, bytes both ways, round trips.
+    let json = a.status_json();
+    let peers = json["cell"]["remote_sites"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no remote_sites in {json}"));
+    let to_b = peers
+        .iter()
+        .find(|p| p["site"] == "site-b")
+        .unwrap_or_else(|| panic!("no site-b in {json}"));
+    assert!(to_b["reads"].as_u64() >= Some(1), "{to_b}");
+    assert!(to_b["pages_read"].as_u64() >= Some(64), "{to_b}");
+    assert!(to_b["commits"].as_u64() >= Some(1), "{to_b}");
+    assert!(to_b["bytes_sent"].as_u64() > Some(64 * 4096), "{to_b}");
+    assert!(to_b["mean_rtt_us"].as_u64() > Some(0), "{to_b}");
+    assert!(status.contains("site site-b"), "{status}");
 
     // b dies: a commit on a fails, its pages stay dirty; a map fails too, within the
     // timeout, never hanging.

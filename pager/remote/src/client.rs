@@ -1,7 +1,8 @@
 //! [`RemoteVolume`]: a volume another site mounts, as this site's memory manager sees it.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clu_proto::{CluId, ClusterId, ClusterKind, ErrorCode, VolId, PAGE_SIZE};
 use clu_storage::{ClusterDesc, Result, StorageError, Volume, VolumeInfo};
@@ -9,6 +10,7 @@ use clu_sys::sync::lock;
 use clu_transport::{Stream, Transport};
 use journal::{Batch, Lsn, PageRun};
 
+use crate::peers::{PeerStats, Peers};
 use crate::wire::{self, Req, Resp, MAX_RUN_PAGES};
 
 /// Who mounts a volume now.
@@ -26,6 +28,7 @@ pub type Resolve = Arc<dyn Fn(VolId) -> Result<Holder> + Send + Sync>;
 struct Conn {
     stream: Stream,
     site: String,
+    stats: Arc<PeerStats>,
 }
 
 /// A volume mounted by another site, reached over the transport. Cheap to share; every call
@@ -36,6 +39,7 @@ pub struct RemoteVolume {
     transport: Transport,
     resolve: Resolve,
     timeout: Duration,
+    peers: Arc<Peers>,
     /// Idle connections (short: taken and put back, never held across I/O).
     idle: Mutex<Vec<Conn>>,
     /// The figures of the last `info` that succeeded.
@@ -70,13 +74,14 @@ fn unexpected(site: &str, r: &Resp) -> StorageError {
 
 impl RemoteVolume {
     /// Volume `vol`, served by whichever site `resolve` names, reached by `transport` as site
-    /// `me`; each call waits at most `timeout` for an answer.
+    /// `me`; each call waits at most `timeout` for an answer, and is counted in `peers`.
     pub fn new(
         vol: VolId,
         me: &str,
         transport: Transport,
         resolve: Resolve,
         timeout: Duration,
+        peers: Arc<Peers>,
     ) -> RemoteVolume {
         RemoteVolume {
             vol,
@@ -84,6 +89,7 @@ impl RemoteVolume {
             transport,
             resolve,
             timeout,
+            peers,
             idle: Mutex::new(Vec::new()),
             last_info: Mutex::new(VolumeInfo {
                 vol,
@@ -111,6 +117,7 @@ impl RemoteVolume {
         let mut conn = Conn {
             stream,
             site: holder.site.clone(),
+            stats: self.peers.of(&holder.site),
         };
         match exchange(&mut conn, &hello)? {
             Resp::Site(s) if s == holder.site => Ok(conn),
@@ -179,13 +186,38 @@ impl RemoteVolume {
 
 /// Sends `req` and reads its answer; a failure of the connection is `Unavailable`.
 fn exchange(c: &mut Conn, req: &Req) -> Result<Resp> {
-    wire::send(&mut c.stream, &req.encode()).map_err(|e| unreachable(&c.site, e))?;
-    let payload = wire::recv(&mut c.stream).map_err(|e| unreachable(&c.site, e))?;
-    Resp::decode(&payload).map_err(|e| StorageError::Remote {
+    let s = c.stats.clone();
+    let failed = |e: &dyn std::fmt::Display| {
+        s.failures.fetch_add(1, Ordering::Relaxed);
+        unreachable(&c.site, e)
+    };
+    let t0 = Instant::now();
+    let bytes = req.encode();
+    wire::send(&mut c.stream, &bytes).map_err(|e| failed(&e))?;
+    let payload = wire::recv(&mut c.stream).map_err(|e| failed(&e))?;
+    let rtt = t0.elapsed().as_micros() as u64;
+    let add = |a: &std::sync::atomic::AtomicU64, n: u64| a.fetch_add(n, Ordering::Relaxed);
+    add(&s.requests, 1);
+    add(&s.bytes_sent, bytes.len() as u64 + 8);
+    add(&s.bytes_received, payload.len() as u64 + 8);
+    add(&s.total_rtt_us, rtt);
+    s.last_rtt_us.store(rtt, Ordering::Relaxed);
+    let resp = Resp::decode(&payload).map_err(|e| StorageError::Remote {
         site: c.site.clone(),
         code: ErrorCode::Protocol,
         message: format!("sent an answer that does not decode: {e}"),
-    })
+    })?;
+    match (req, &resp) {
+        (Req::Read(..), Resp::Pages(p)) => {
+            add(&s.reads, 1);
+            add(&s.pages_read, (p.len() / PAGE_SIZE) as u64);
+        }
+        (Req::Commit { last: true, .. }, Resp::Lsn(..)) => {
+            add(&s.commits, 1);
+        }
+        _ => {}
+    }
+    Ok(resp)
 }
 
 /// Sends `req`; its answer, a refusal becoming its error.

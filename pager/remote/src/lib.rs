@@ -16,7 +16,9 @@
 //! the cell's CA, names the site it claims). `docs/threat-model.md` says what that trusts.
 
 mod client;
+pub mod peers;
 pub mod server;
 pub mod wire;
 
 pub use client::{Holder, RemoteVolume, Resolve};
+pub use peers::{PeerView, Peers};

@@ -109,6 +109,23 @@ fn status(d: &Daemon) -> Status {
             cell: c.name.clone(),
             catalog: c.cell.endpoints().to_owned(),
             lease_alive: !c.session.is_lost(),
+            remote_sites: c
+                .peers
+                .views()
+                .into_iter()
+                .map(|p| render::status::RemoteSiteView {
+                    site: p.site,
+                    requests: p.requests,
+                    failures: p.failures,
+                    last_rtt_us: p.last_rtt_us,
+                    mean_rtt_us: p.mean_rtt_us,
+                    bytes_sent: p.bytes_sent,
+                    bytes_received: p.bytes_received,
+                    reads: p.reads,
+                    pages_read: p.pages_read,
+                    commits: p.commits,
+                })
+                .collect(),
         }),
         connections: render::status::Connections {
             live: d.live_connections.load(Ordering::Relaxed),

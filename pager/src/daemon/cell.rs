@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clu_cell::{Cell, CellError, Session, VolumeRecord};
 use clu_proto::VolId;
-use clu_remote::{Holder, RemoteVolume, Resolve};
+use clu_remote::{Holder, Peers, RemoteVolume, Resolve};
 use clu_storage::{CellCatalog, StorageError, Volume};
 use clu_transport::Transport;
 use tracing::info;
@@ -42,6 +42,8 @@ pub struct CellSite {
     pub transport: Transport,
     /// See [`CellConfig::remote_timeout`].
     pub remote_timeout: Duration,
+    /// What this site exchanged with each other site.
+    pub peers: Arc<Peers>,
 }
 
 impl CellSite {
@@ -61,6 +63,7 @@ impl CellSite {
             name: config.cell.clone(),
             transport,
             remote_timeout: config.remote_timeout,
+            peers: Arc::default(),
         })
     }
 
@@ -139,6 +142,7 @@ impl CellCatalog for CellSite {
                     self.transport.clone(),
                     resolve,
                     self.remote_timeout,
+                    self.peers.clone(),
                 ))))
             }
             None => Ok(None),

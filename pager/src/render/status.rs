@@ -156,6 +156,33 @@ pub struct CellView {
     pub catalog: String,
     /// Whether the site's lease (and so its mounts) holds.
     pub lease_alive: bool,
+    /// What this site exchanged with each other site (remote paging).
+    pub remote_sites: Vec<RemoteSiteView>,
+}
+
+/// This site's traffic with another site of the cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteSiteView {
+    /// The other site.
+    pub site: String,
+    /// Requests answered.
+    pub requests: u64,
+    /// Requests that failed on the connection.
+    pub failures: u64,
+    /// The last round trip, in microseconds.
+    pub last_rtt_us: u64,
+    /// The mean round trip, in microseconds.
+    pub mean_rtt_us: u64,
+    /// Bytes sent to it.
+    pub bytes_sent: u64,
+    /// Bytes received from it.
+    pub bytes_received: u64,
+    /// Faults (and read-ahead runs) it served from its storage.
+    pub reads: u64,
+    /// Pages those reads brought.
+    pub pages_read: u64,
+    /// Commits it validated for this site.
+    pub commits: u64,
 }
 
 /// A restoration under way.
@@ -287,6 +314,22 @@ impl Status {
                     "LOST (no change to its volumes is accepted; restart once etcd answers)"
                 }
             );
+            for r in &c.remote_sites {
+                let _ = writeln!(
+                    out,
+                    "  site {:<14} rtt {} us (mean {} us), {} requests ({} failed), {} B sent, {} B received, {} reads ({} pages), {} commits",
+                    r.site,
+                    r.last_rtt_us,
+                    r.mean_rtt_us,
+                    r.requests,
+                    r.failures,
+                    r.bytes_sent,
+                    r.bytes_received,
+                    r.reads,
+                    r.pages_read,
+                    r.commits
+                );
+            }
         }
         let _ = writeln!(
             out,
