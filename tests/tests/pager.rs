@@ -157,8 +157,19 @@ fn a_client_killed_mid_write_loses_only_its_uncommitted_changes() {
     }
     std::thread::sleep(Duration::from_millis(20));
     a.kill();
+    // The pager unmaps the dead process promptly (its connection closes, its uncommitted pages
+    // are discarded); then the cluster maps afresh. A map sent before the pager saw the death
+    // would share the image with the dead process's pages, as any second mapper does: wait
+    // for the death to be seen (the `pager status` connection itself is the one left).
+    let t0 = Instant::now();
+    while pager.status_json()["connections"]["live"].as_u64() != Some(1) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the pager did not see the client's death within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut b = Tool::start(&pager);
-    // The pager unmaps the dead process promptly; then the cluster maps afresh.
     b.ok(&format!("map {id}"));
     b.ok(&format!("check {id} 1"));
     assert!(pager.alive(), "the pager survived");

@@ -270,6 +270,9 @@ fn one_image_per_cluster_a_second_site_is_redirected_to_the_holder() {
         assert!(refused.contains("site-a"), "{refused}");
         assert_eq!(t.ok(&format!("where {id}")), "site-a");
     }
+    let sites = b.admin(&["site", "list"]);
+    assert_eq!(row(&sites, "site-a")[4], id, "{sites}");
+    assert_eq!(row(&sites, "site-b")[4], "-", "{sites}");
     // A placement taken away (here deleted by hand, as its lease's expiry would): the site
     // that mounts the volume refuses a's commit and applies nothing of it.
     let out = std::process::Command::new("etcdctl")

@@ -190,6 +190,15 @@ impl Cell {
         let records = s.get_prefix("listing the sites", &k.sites())?;
         let alive = s.get_prefix("listing the live sites", &k.alives())?;
         let mounts = self.mounts()?;
+        let images = s.get_prefix("listing the placements", &k.images())?;
+        let images: Vec<(String, String)> = images
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                let id = Keys::tail(key, &k.images())?.to_owned();
+                Some((id, String::from_utf8_lossy(kv.value()).into_owned()))
+            })
+            .collect();
         let alive: Vec<String> = alive
             .iter()
             .filter_map(|kv| {
@@ -209,6 +218,11 @@ impl Cell {
                     .iter()
                     .filter(|m| m.1 == record.name)
                     .map(|m| m.0 .0)
+                    .collect(),
+                clusters: images
+                    .iter()
+                    .filter(|(_, site)| *site == record.name)
+                    .map(|(id, _)| id.clone())
                     .collect(),
                 record,
             });

@@ -65,6 +65,10 @@ impl Keys {
     pub fn image(&self, id: clu_proto::ClusterId) -> String {
         format!("{}/images/{id}", self.prefix)
     }
+    /// The prefix of every placement.
+    pub fn images(&self) -> String {
+        format!("{}/images/", self.prefix)
+    }
     /// Which site last held a cluster's image (permanent).
     pub fn placed(&self, id: clu_proto::ClusterId) -> String {
         format!("{}/placed/{id}", self.prefix)

@@ -39,6 +39,8 @@ pub struct SiteStatus {
     pub alive: bool,
     /// The volumes it mounts.
     pub mounts: Vec<u16>,
+    /// The clusters whose image it holds (placements), as `vvvv:cccc`.
+    pub clusters: Vec<String>,
 }
 
 /// A volume with the site that mounts it now, if any, and the mount's fencing epoch.

@@ -10,8 +10,8 @@ pub fn site_list(sites: &[SiteStatus]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<24} {:<6} VOLUMES",
-        "SITE", "ADDRESS", "ALIVE"
+        "{:<20} {:<24} {:<6} {:<16} CLUSTERS",
+        "SITE", "ADDRESS", "ALIVE", "VOLUMES"
     );
     for s in sites {
         let vols: Vec<String> = s
@@ -19,17 +19,21 @@ pub fn site_list(sites: &[SiteStatus]) -> String {
             .iter()
             .map(|v| clu_proto::VolId(*v).to_string())
             .collect();
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.join(",")
+            }
+        };
         let _ = writeln!(
             out,
-            "{:<20} {:<24} {:<6} {}",
+            "{:<20} {:<24} {:<6} {:<16} {}",
             s.record.name,
             s.record.address,
             if s.alive { "yes" } else { "no" },
-            if vols.is_empty() {
-                "-".to_owned()
-            } else {
-                vols.join(",")
-            }
+            list(&vols),
+            list(&s.clusters)
         );
     }
     out
