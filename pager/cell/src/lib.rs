@@ -24,7 +24,9 @@ mod cell;
 mod error;
 pub mod keys;
 pub mod records;
+mod session;
 
-pub use cell::{parse_catalog, Cell, Session};
+pub use cell::{parse_catalog, Cell};
 pub use error::CellError;
 pub use records::{SiteRecord, SiteStatus, VolumeRecord, VolumeStatus};
+pub use session::Session;

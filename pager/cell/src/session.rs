@@ -1,0 +1,297 @@
+//! [`Session`]: a site's membership of the cell: its lease, renewed in the background, and
+//! what is bound to it (mount locks, placements).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clu_proto::{ClusterId, VolId};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+
+use crate::cell::Cell;
+use crate::CellError;
+
+/// What this process knows of its lease: renewed when, gone on the server or not. The site
+/// counts its lease lost `ttl` after the last renewal it *sent* that etcd confirmed (etcd
+/// extends the lease from when it handles the renewal, which is later), so the site gives up
+/// its locks no later than etcd hands them to another site (clocks run at the same rate on
+/// both; no synchronisation between them is assumed).
+pub(crate) struct LeaseClock {
+    base: Instant,
+    ttl: Duration,
+    /// Nanoseconds after `base` of the last confirmed renewal's sending.
+    renewed_ns: AtomicU64,
+    /// The server said the lease is gone (expired or revoked).
+    gone: AtomicBool,
+}
+
+impl LeaseClock {
+    pub(crate) fn new(granted_from: Instant, ttl: Duration) -> LeaseClock {
+        LeaseClock {
+            base: granted_from,
+            ttl,
+            renewed_ns: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    fn renewed(&self, sent: Instant) {
+        let ns = sent.saturating_duration_since(self.base).as_nanos() as u64;
+        self.renewed_ns.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    fn is_lost(&self) -> bool {
+        if self.gone.load(Ordering::Acquire) {
+            return true;
+        }
+        let renewed = Duration::from_nanos(self.renewed_ns.load(Ordering::Acquire));
+        self.base.elapsed() >= renewed + self.ttl
+    }
+}
+
+/// Renews the lease every third of its TTL; on trouble, keeps trying until the lease would have
+/// expired, then marks the session lost.
+pub(crate) async fn keep_alive(client: Client, lease: i64, clock: Arc<LeaseClock>, site: String) {
+    let period = clock.ttl / 3;
+    'outer: loop {
+        let mut c = client.clone();
+        let stream = tokio::time::timeout(
+            period.max(Duration::from_millis(100)),
+            c.lease_keep_alive(lease),
+        )
+        .await;
+        let (mut keeper, mut stream) = match stream {
+            Ok(Ok(pair)) => pair,
+            _ => {
+                if clock.is_lost() {
+                    break 'outer;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        loop {
+            let sent = Instant::now();
+            let renewed = async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            match tokio::time::timeout(period.max(Duration::from_millis(100)), renewed).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => clock.renewed(sent),
+                // The lease is gone on the server: it expired or was revoked.
+                Ok(Ok(Some(_))) => {
+                    clock.gone.store(true, Ordering::Release);
+                    break 'outer;
+                }
+                _ => {
+                    if clock.is_lost() {
+                        break 'outer;
+                    }
+                    continue 'outer; // a new stream
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+    clock.gone.store(true, Ordering::Release);
+    tracing::error!(
+        site,
+        lease,
+        "the site's lease on the catalog is lost: its mounts are gone"
+    );
+}
+
+/// A site's membership of the cell: its lease and what is bound to it. Dropping it leaves the
+/// cell (revokes the lease: the site's live key and mount locks go at once).
+pub struct Session {
+    pub(crate) cell: Cell,
+    pub(crate) site: String,
+    pub(crate) lease: i64,
+    pub(crate) clock: Arc<LeaseClock>,
+    pub(crate) keeper: Option<tokio::task::JoinHandle<()>>,
+    pub(crate) revoke_on_drop: bool,
+}
+
+impl Session {
+    /// The site's name.
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    /// The site's lease id in etcd.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// Whether the lease was lost (not renewed within its TTL): the mounts are gone.
+    pub fn is_lost(&self) -> bool {
+        self.clock.is_lost()
+    }
+
+    fn check(&self) -> Result<(), CellError> {
+        if self.is_lost() {
+            return Err(CellError::LeaseLost(self.site.clone()));
+        }
+        Ok(())
+    }
+
+    /// Takes volume `vol`'s mount lock for this site; returns the mount's fencing epoch (the
+    /// etcd revision that created the lock). Mounting again a volume this site holds returns
+    /// the same epoch.
+    pub fn mount(&self, vol: VolId) -> Result<u64, CellError> {
+        self.check()?;
+        let s = &*self.cell.shared;
+        let key = s.keys.mount(vol);
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                key.clone(),
+                self.site.clone(),
+                Some(PutOptions::new().with_lease(self.lease)),
+            )])
+            .or_else(vec![TxnOp::get(key.clone(), None)]);
+        let resp = s.call("taking a mount lock", c.txn(txn))?;
+        if resp.succeeded() {
+            let epoch = resp.header().map_or(0, |h| h.revision()) as u64;
+            tracing::info!(site = self.site, %vol, epoch, "mounted in the cell");
+            return Ok(epoch);
+        }
+        let holder = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        match holder {
+            Some(kv) if kv.lease() == self.lease => Ok(kv.create_revision() as u64),
+            Some(kv) => Err(CellError::MountedElsewhere {
+                vol,
+                site: String::from_utf8_lossy(kv.value()).into_owned(),
+            }),
+            // Released between the two halves of the transaction: try again once.
+            None => Err(CellError::Etcd {
+                op: "taking a mount lock",
+                reason: "the lock changed hands during the call; try again".into(),
+            }),
+        }
+    }
+
+    /// Places cluster `id`'s image on this site (one image per cluster in the cell, E1-E2):
+    /// refused with [`CellError::PlacedElsewhere`] while another site holds it. Returns whether
+    /// this site was also the last to hold it before (then an image it kept, clean, is still
+    /// the stored one; otherwise another site may have committed meanwhile). Placing again an
+    /// image this site holds returns `true`.
+    pub fn place(&self, id: ClusterId) -> Result<bool, CellError> {
+        self.check()?;
+        let s = &*self.cell.shared;
+        let (key, last) = (s.keys.image(id), s.keys.placed(id));
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![
+                TxnOp::get(last.clone(), None),
+                TxnOp::put(
+                    key.clone(),
+                    self.site.clone(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                ),
+                TxnOp::put(last, self.site.clone(), None),
+            ])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = s.call("placing a cluster's image", c.txn(txn))?;
+        let got = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
+            _ => None,
+        });
+        if resp.succeeded() {
+            // The previous holder, if any: this site, or another (or none: a new cluster).
+            let previous = got.flatten();
+            return Ok(previous.map_or(true, |kv| kv.value() == self.site.as_bytes()));
+        }
+        match got.flatten() {
+            Some(kv) if kv.lease() == self.lease => Ok(true),
+            Some(kv) => Err(CellError::PlacedElsewhere {
+                id,
+                site: String::from_utf8_lossy(kv.value()).into_owned(),
+            }),
+            None => Err(CellError::Etcd {
+                op: "placing a cluster's image",
+                reason: "the placement changed hands during the call; try again".into(),
+            }),
+        }
+    }
+
+    /// Gives up cluster `id`'s placement if this site holds it.
+    pub fn unplace(&self, id: ClusterId) -> Result<(), CellError> {
+        let s = &*self.cell.shared;
+        let key = s.keys.image(id);
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.site.clone(),
+            )])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        s.call("releasing a cluster's placement", c.txn(txn))?;
+        Ok(())
+    }
+
+    /// Releases volume `vol`'s mount lock if this site holds it.
+    pub fn unmount(&self, vol: VolId) -> Result<(), CellError> {
+        let s = &*self.cell.shared;
+        let key = s.keys.mount(vol);
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.site.clone(),
+            )])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        s.call("releasing a mount lock", c.txn(txn))?;
+        Ok(())
+    }
+
+    /// Leaves the cell now: revokes the lease (the site's live key and its mount locks go at
+    /// once) and stops renewing it. Every later change is refused as after a lost lease.
+    pub fn leave(&self) {
+        if let Some(k) = &self.keeper {
+            k.abort();
+        }
+        if self.clock.gone.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let s = &*self.cell.shared;
+        let mut c = s.client.clone();
+        match s.call("leaving the cell", c.lease_revoke(self.lease)) {
+            Ok(_) => tracing::info!(site = self.site, "left the cell"),
+            Err(e) => {
+                tracing::warn!(site = self.site, error = %e, "leaving the cell failed; the site's lease expires by itself")
+            }
+        }
+    }
+
+    /// Stops renewing the lease without revoking it, as a crashed pager would: the site stays
+    /// alive in etcd until its TTL runs out. For tests of expiry.
+    pub fn abandon(mut self) {
+        self.revoke_on_drop = false;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.revoke_on_drop {
+            self.leave();
+        } else if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
+    }
+}
