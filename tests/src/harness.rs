@@ -254,12 +254,7 @@ impl Pager {
 
     /// Runs an administration command that must fail; returns what it printed on stderr.
     pub fn admin_fails(&self, args: &[&str]) -> String {
-        let out = Command::new(pager_bin())
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .expect("run pager");
+        let out = self.run_admin(args);
         assert!(!out.status.success(), "pager {args:?} succeeded: {out:?}");
         String::from_utf8_lossy(&out.stderr).trim().to_string()
     }
@@ -267,14 +262,18 @@ impl Pager {
     /// Runs an administration command (`pager ARGS... --socket SOCKET`) that must succeed;
     /// returns its output, trimmed.
     pub fn admin(&self, args: &[&str]) -> String {
-        let out = Command::new(pager_bin())
+        let out = self.run_admin(args);
+        assert!(out.status.success(), "pager {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn run_admin(&self, args: &[&str]) -> std::process::Output {
+        Command::new(pager_bin())
             .args(args)
             .arg("--socket")
             .arg(&self.socket)
             .output()
-            .expect("run pager");
-        assert!(out.status.success(), "pager {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            .expect("run pager")
     }
 
     /// `pager status --json`, parsed.

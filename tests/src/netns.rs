@@ -77,29 +77,25 @@ impl Netns {
     /// nothing answers (no reset, no unreachable: packets are lost, as on a cut cable), and
     /// the host keeps its route to the namespace, so nothing leaks elsewhere.
     pub fn down(&self) {
-        ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "link",
-            "set",
-            &self.ns_if,
-            "down",
-        ]);
+        self.set_link("down");
     }
 
     /// Restores the link.
     pub fn up(&self) {
+        self.set_link("up");
+    }
+
+    fn set_link(&self, state: &str) {
+        let name = &self.name;
         ip(&[
             "netns",
             "exec",
-            &self.name,
+            name,
             "ip",
             "link",
             "set",
             &self.ns_if,
-            "up",
+            state,
         ]);
     }
 }

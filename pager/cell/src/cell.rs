@@ -75,6 +75,14 @@ impl Shared {
     }
 }
 
+/// The first key-value a transaction's reads returned, if any.
+pub(crate) fn first_get(resp: &etcd_client::TxnResponse) -> Option<KeyValue> {
+    resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
 /// The catalog of one cell, on etcd. Cheap to clone.
 #[derive(Clone)]
 pub struct Cell {
@@ -367,11 +375,7 @@ impl Cell {
         if resp.succeeded() {
             return Ok(());
         }
-        let existing = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-            _ => None,
-        });
-        let Some(kv) = existing else {
+        let Some(kv) = first_get(&resp) else {
             return Err(CellError::Etcd {
                 op: "recording a volume",
                 reason: "the record changed during the call; try again".into(),

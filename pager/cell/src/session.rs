@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clu_proto::{ClusterId, VolId};
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
-use crate::cell::Cell;
+use crate::cell::{first_get, Cell};
 use crate::CellError;
 
 /// What this process knows of its lease: renewed when, gone on the server or not. The site
@@ -161,11 +161,7 @@ impl Session {
             tracing::info!(site = self.site, %vol, epoch, "mounted in the cell");
             return Ok(epoch);
         }
-        let holder = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-            _ => None,
-        });
-        match holder {
+        match first_get(&resp) {
             Some(kv) if kv.lease() == self.lease => Ok(kv.create_revision() as u64),
             Some(kv) => Err(CellError::MountedElsewhere {
                 vol,
@@ -206,16 +202,13 @@ impl Session {
             ])
             .or_else(vec![TxnOp::get(key, None)]);
         let resp = s.call("placing a cluster's image", c.txn(txn))?;
-        let got = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
-            _ => None,
-        });
+        // On success, the previous holder (this site, another, or none: a new cluster);
+        // otherwise the current one.
+        let got = first_get(&resp);
         if resp.succeeded() {
-            // The previous holder, if any: this site, or another (or none: a new cluster).
-            let previous = got.flatten();
-            return Ok(previous.map_or(true, |kv| kv.value() == self.site.as_bytes()));
+            return Ok(got.map_or(true, |kv| kv.value() == self.site.as_bytes()));
         }
-        match got.flatten() {
+        match got {
             Some(kv) if kv.lease() == self.lease => Ok(true),
             Some(kv) => Err(CellError::PlacedElsewhere {
                 id,
@@ -230,24 +223,19 @@ impl Session {
 
     /// Gives up cluster `id`'s placement if this site holds it.
     pub fn unplace(&self, id: ClusterId) -> Result<(), CellError> {
-        let s = &*self.cell.shared;
-        let key = s.keys.image(id);
-        let mut c = s.client.clone();
-        let txn = Txn::new()
-            .when(vec![Compare::value(
-                key.clone(),
-                CompareOp::Equal,
-                self.site.clone(),
-            )])
-            .and_then(vec![TxnOp::delete(key, None)]);
-        s.call("releasing a cluster's placement", c.txn(txn))?;
-        Ok(())
+        let key = self.cell.shared.keys.image(id);
+        self.release(key, "releasing a cluster's placement")
     }
 
     /// Releases volume `vol`'s mount lock if this site holds it.
     pub fn unmount(&self, vol: VolId) -> Result<(), CellError> {
+        let key = self.cell.shared.keys.mount(vol);
+        self.release(key, "releasing a mount lock")
+    }
+
+    /// Deletes `key` if its value is this site's name (a lock or a placement it holds).
+    fn release(&self, key: String, op: &'static str) -> Result<(), CellError> {
         let s = &*self.cell.shared;
-        let key = s.keys.mount(vol);
         let mut c = s.client.clone();
         let txn = Txn::new()
             .when(vec![Compare::value(
@@ -256,7 +244,7 @@ impl Session {
                 self.site.clone(),
             )])
             .and_then(vec![TxnOp::delete(key, None)]);
-        s.call("releasing a mount lock", c.txn(txn))?;
+        s.call(op, c.txn(txn))?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clu_proto::{ClusterId, ErrorCode, PAGE_SIZE};
-use clu_storage::{Storage, StorageError, Volume};
+use clu_storage::{Storage, StorageError};
 use clu_sys::buf::PageBuf;
 use clu_transport::{Peer, Stream, Transport};
 use journal::Batch;
@@ -115,10 +115,6 @@ fn answer(storage: &Storage, site: &str, pending: &mut Option<Pending>, req: Req
     }
 }
 
-fn mounted(storage: &Storage, vol: clu_proto::VolId) -> Result<Arc<dyn Volume>, StorageError> {
-    storage.mounted_here(vol)
-}
-
 fn carry_out(
     storage: &Storage,
     site: &str,
@@ -129,7 +125,7 @@ fn carry_out(
     Ok(match req {
         Req::Hello { .. } => Resp::Err(ErrorCode::Protocol, "a second Hello".into()),
         Req::Info(vol) => {
-            let i = mounted(storage, vol)?.info();
+            let i = storage.mounted_here(vol)?.info();
             Resp::Info([
                 i.clusters as u64,
                 i.used_pages,
@@ -140,9 +136,10 @@ fn carry_out(
                 i.durable_lsn.offset,
             ])
         }
-        Req::GetDesc(id) => desc(mounted(storage, id.vol())?.clu_get_desc(id.clu())?),
+        Req::GetDesc(id) => desc(storage.mounted_here(id.vol())?.clu_get_desc(id.clu())?),
         Req::List(vol) => Resp::Descs(
-            mounted(storage, vol)?
+            storage
+                .mounted_here(vol)?
                 .clu_list()
                 .iter()
                 .map(|d| d.encode())
@@ -153,26 +150,30 @@ fn carry_out(
             npages,
             owner,
             kind,
-        } => desc(mounted(storage, vol)?.clu_create(npages, owner, kind)?),
+        } => desc(storage.mounted_here(vol)?.clu_create(npages, owner, kind)?),
         Req::SetDesc(id, bytes) => {
             let new = clu_storage::ClusterDesc::decode(&bytes).map_err(|e| {
                 StorageError::Invalid(format!("a descriptor that does not decode: {e}"))
             })?;
-            desc(mounted(storage, id.vol())?.clu_update(id.clu(), &mut |d| {
-                // The id and the size stay this site's: resize has its own request.
-                let (keep_id, keep_npages) = (d.id, d.npages);
-                *d = new;
-                d.id = keep_id;
-                d.npages = keep_npages;
-            })?)
+            desc(
+                storage
+                    .mounted_here(id.vol())?
+                    .clu_update(id.clu(), &mut |d| {
+                        // The id and the size stay this site's: resize has its own request.
+                        let (keep_id, keep_npages) = (d.id, d.npages);
+                        *d = new;
+                        d.id = keep_id;
+                        d.npages = keep_npages;
+                    })?,
+            )
         }
         Req::Destroy(id) => {
-            mounted(storage, id.vol())?.clu_destroy(id.clu())?;
+            storage.mounted_here(id.vol())?.clu_destroy(id.clu())?;
             Resp::Ok
         }
-        Req::Resize(id, add) => desc(mounted(storage, id.vol())?.clu_resize(id.clu(), add)?),
+        Req::Resize(id, add) => desc(storage.mounted_here(id.vol())?.clu_resize(id.clu(), add)?),
         Req::SetCapacity(vol, n) => {
-            mounted(storage, vol)?.set_capacity(n)?;
+            storage.mounted_here(vol)?.set_capacity(n)?;
             Resp::Ok
         }
         Req::Read(id, first, n) => {
@@ -183,11 +184,13 @@ fn carry_out(
                 )));
             }
             let mut buf = vec![0u8; n as usize * PAGE_SIZE];
-            mounted(storage, id.vol())?.clu_read(id.clu(), first, &mut buf)?;
+            storage
+                .mounted_here(id.vol())?
+                .clu_read(id.clu(), first, &mut buf)?;
             Resp::Pages(buf)
         }
         Req::Commit { id, last, runs } => {
-            let vol = mounted(storage, id.vol())?;
+            let vol = storage.mounted_here(id.vol())?;
             let npages = vol.clu_get_desc(id.clu())?.npages;
             let p = pending.get_or_insert_with(|| Pending {
                 id,
@@ -233,9 +236,11 @@ fn carry_out(
             let lsn = vol.clu_commit(id.clu(), batch)?;
             Resp::Lsn(lsn.file, lsn.offset)
         }
-        Req::History(id) => Resp::History(mounted(storage, id.vol())?.clu_history(id.clu())),
+        Req::History(id) => Resp::History(storage.mounted_here(id.vol())?.clu_history(id.clu())),
         Req::SetHistory(id, h) => {
-            mounted(storage, id.vol())?.clu_set_history(id.clu(), &h)?;
+            storage
+                .mounted_here(id.vol())?
+                .clu_set_history(id.clu(), &h)?;
             Resp::Ok
         }
     })

@@ -88,7 +88,7 @@ fn refusal(e: CellError) -> StorageError {
 }
 
 impl CellCatalog for CellSite {
-    fn allocate(&self, name: &str, service: &str, _location: &str) -> Result<VolId, StorageError> {
+    fn allocate(&self, name: &str, service: &str) -> Result<VolId, StorageError> {
         let r = self
             .cell
             .create_volume(name, service, self.session.site(), "")
@@ -164,9 +164,4 @@ impl CellCatalog for CellSite {
     fn holds_locks(&self) -> bool {
         !self.session.is_lost()
     }
-}
-
-/// The storage root's handle on the site (the daemon keeps its own, for listings).
-pub fn as_catalog(site: &Arc<CellSite>) -> Arc<dyn CellCatalog> {
-    site.clone()
 }

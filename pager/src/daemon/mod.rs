@@ -223,8 +223,11 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         Some(c) => Some(Arc::new(CellSite::join(c, config.goofy.transport.clone())?)),
         None => None,
     };
-    let storage =
-        Storage::open_in_cell(&config.root, drivers, cell.as_ref().map(cell::as_catalog))?;
+    let storage = Storage::open_in_cell(
+        &config.root,
+        drivers,
+        cell.clone().map(|c| c as Arc<dyn clu_storage::CellCatalog>),
+    )?;
     if storage.volumes().is_empty() {
         let entry = storage.vol_create(DEFAULT_VOLUME, &VolumeParams::default())?;
         storage.vol_mount(entry.vol)?;

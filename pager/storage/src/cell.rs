@@ -17,9 +17,9 @@ use crate::{ClusterDesc, Result, StorageError, Volume, VolumeInfo};
 /// What a storage root asks of its cell's catalog. Every call may wait on another machine: the
 /// root calls them with none of its locks held.
 pub trait CellCatalog: Send + Sync {
-    /// Allocates an id no volume of the cell has, and records volume `name` of `service` at
-    /// `location` (relative to this site's root) under it.
-    fn allocate(&self, name: &str, service: &str, location: &str) -> Result<VolId>;
+    /// Allocates an id no volume of the cell has, and records volume `name` of `service`
+    /// (at `vol-<id>` under this site's root) under it.
+    fn allocate(&self, name: &str, service: &str) -> Result<VolId>;
     /// Records a volume this root had before it joined the cell (or that another site created
     /// on storage this one shares); refuses if the cell knows another volume by that id.
     fn adopt(&self, vol: VolId, name: &str, service: &str, location: &str) -> Result<()>;

@@ -266,68 +266,66 @@ impl Storage {
                 self.drivers.names()
             ))
         })?;
+        // A name taken here is refused before the cell gives an id for it.
         if self.find(name).is_ok() {
             return Err(StorageError::NameTaken(name.to_owned()).into());
         }
         // In a cell, the id comes from the cell's catalog (a call to another machine: no lock
         // held); it is then this root's to use, and forgotten again if the creation fails.
         let from_cell = match &self.cell {
-            Some(cell) => {
-                let vol = cell.allocate(name, svc.name(), "")?;
-                Some((cell, vol))
-            }
+            Some(cell) => Some(cell.allocate(name, svc.name())?),
             None => None,
         };
-        let forget = |e: StorageError| -> E {
-            if let Some((cell, vol)) = from_cell {
-                if let Err(f) = cell.forget(vol) {
-                    tracing::warn!(%vol, "forgetting a volume whose creation failed: {f}");
-                }
-            }
-            e.into()
-        };
-        let entry = {
-            let catalog = lock(&self.catalog);
-            let mut creating = lock(&self.creating);
-            if catalog.find(name).is_some() || creating.iter().any(|e| e.name == name) {
-                drop((catalog, creating));
-                return Err(forget(StorageError::NameTaken(name.to_owned())));
-            }
-            let free = |v: &VolId| {
-                !catalog.volumes.contains_key(v) && !creating.iter().any(|e| e.vol == *v)
-            };
-            let vol = match from_cell {
-                Some((_, vol)) if free(&vol) => vol,
-                Some((_, vol)) => {
-                    drop((catalog, creating));
-                    return Err(forget(StorageError::Cell(format!(
-                        "it gave id {vol}, which this root already uses; the cell's catalog lost a record: check `pager vol list`"
-                    ))));
-                }
-                None => (1..VolId::FOREIGN_BIT)
-                    .map(VolId)
-                    .find(free)
-                    .ok_or(StorageError::NoVolumeIds)?,
-            };
-            let entry = CatalogEntry {
-                vol,
-                name: name.to_owned(),
-                service: svc.name().to_owned(),
-                location: format!("vol-{vol}"),
-            };
-            creating.push(entry.clone());
-            entry
-        };
-        let result = self.create_reserved(&entry, svc, create);
-        lock(&self.creating).retain(|e| e.vol != entry.vol);
-        if result.is_err() {
-            if let Some((cell, vol)) = from_cell {
-                if let Err(f) = cell.forget(vol) {
-                    tracing::warn!(%vol, "forgetting a volume whose creation failed: {f}");
-                }
+        let result = self
+            .reserve(name, svc, from_cell)
+            .map_err(E::from)
+            .and_then(|entry| {
+                let created = self.create_reserved(&entry, svc, create);
+                lock(&self.creating).retain(|e| e.vol != entry.vol);
+                created.map(|()| entry)
+            });
+        if let (Err(_), Some(cell), Some(vol)) = (&result, &self.cell, from_cell) {
+            if let Err(f) = cell.forget(vol) {
+                tracing::warn!(%vol, "forgetting a volume whose creation failed: {f}");
             }
         }
-        result.map(|()| entry)
+        result
+    }
+
+    /// Reserves the name and an id (`from_cell`'s, or the first free one) in `creating`.
+    fn reserve(
+        &self,
+        name: &str,
+        svc: &dyn StorageService,
+        from_cell: Option<VolId>,
+    ) -> Result<CatalogEntry> {
+        let catalog = lock(&self.catalog);
+        let mut creating = lock(&self.creating);
+        if catalog.find(name).is_some() || creating.iter().any(|e| e.name == name) {
+            return Err(StorageError::NameTaken(name.to_owned()));
+        }
+        let free =
+            |v: &VolId| !catalog.volumes.contains_key(v) && !creating.iter().any(|e| e.vol == *v);
+        let vol = match from_cell {
+            Some(vol) if free(&vol) => vol,
+            Some(vol) => {
+                return Err(StorageError::Cell(format!(
+                    "it gave id {vol}, which this root already uses; the cell's catalog lost a record: check `pager vol list`"
+                )))
+            }
+            None => (1..VolId::FOREIGN_BIT)
+                .map(VolId)
+                .find(free)
+                .ok_or(StorageError::NoVolumeIds)?,
+        };
+        let entry = CatalogEntry {
+            vol,
+            name: name.to_owned(),
+            service: svc.name().to_owned(),
+            location: format!("vol-{vol}"),
+        };
+        creating.push(entry.clone());
+        Ok(entry)
     }
 
     fn create_reserved<E: From<StorageError>>(
