@@ -32,4 +32,18 @@ pub struct ServeConfig {
     pub goofy: GoofyConfig,
     /// The cell this site joins (`--catalog`); `None`: a site on its own.
     pub cell: Option<CellConfig>,
+    /// Page evicted dirty pages to this memory server (`--paging-server HOST:PORT`) instead
+    /// of the local paging file.
+    pub paging_server: Option<PagingServerConfig>,
+}
+
+/// `--paging-server`: a memory server as the paging partition (thesis K2).
+#[derive(Clone, Debug)]
+pub struct PagingServerConfig {
+    /// Its address, `HOST:PORT`.
+    pub address: String,
+    /// This site's name, as its certificate names it.
+    pub site: String,
+    /// How long a request waits for its answer.
+    pub timeout: Duration,
 }

@@ -104,15 +104,17 @@ enum Command {
             requires = "catalog"
         )]
         lease_ttl: u64,
-        /// Seconds a request to another site of the cell may wait for its answer: a fault on a
-        /// page only a dead or cut-off site holds fails (SIGBUS in the process) after this long.
-        #[arg(
-            long,
-            default_value_t = 10,
-            value_name = "SECONDS",
-            requires = "catalog"
-        )]
+        /// Seconds a request to another site of the cell (or to the memory server) may wait
+        /// for its answer: a fault on a page only a dead or cut-off site holds fails (SIGBUS in
+        /// the process) after this long.
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
         remote_timeout: u64,
+        /// Send evicted dirty pages to the memory server at HOST:PORT (`pager memory-server`)
+        /// instead of the local paging file (thesis K2). No durability promise, as for the
+        /// local partition; if the server dies, faults on the pages it held raise SIGBUS in
+        /// their processes (abort still works). Needs the cell's keys (--keys, --site).
+        #[arg(long, value_name = "HOST:PORT", value_parser = check_address, requires = "site")]
+        paging_server: Option<String>,
         #[command(flatten)]
         tls: tls_args::TlsArgs,
     },
@@ -125,6 +127,19 @@ enum Command {
         /// The address to listen on, HOST:PORT.
         #[arg(long, value_name = "HOST:PORT")]
         listen: String,
+        #[command(flatten)]
+        tls: tls_args::TlsArgs,
+    },
+    /// Runs a memory server: this machine's RAM as the paging partition of other sites
+    /// (`pager serve --paging-server`, thesis K2), until killed. Execution memory only: the
+    /// pages it holds die with it.
+    MemoryServer {
+        /// The address to listen on, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: String,
+        /// How many pages it keeps at most, over all sites (allocated as they come).
+        #[arg(long, value_name = "N")]
+        pages: u32,
         #[command(flatten)]
         tls: tls_args::TlsArgs,
     },
@@ -250,6 +265,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             cell,
             lease_ttl,
             remote_timeout,
+            paging_server,
             tls,
         } => daemon::serve(ServeConfig {
             root,
@@ -276,7 +292,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }),
                 None => None,
             },
+            paging_server: paging_server.map(|address| config::PagingServerConfig {
+                address,
+                site: tls.site().unwrap_or_default().to_owned(),
+                timeout: Duration::from_secs(remote_timeout.max(1)),
+            }),
         })?,
+        Command::MemoryServer { listen, pages, tls } => {
+            let transport = tls.transport()?;
+            transport.check()?;
+            let listener = std::net::TcpListener::bind(&listen)
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            transport.check_listen(&listener.local_addr()?)?;
+            daemon::reload_on_sighup(transport.clone())?;
+            let me = tls.site().unwrap_or("memory-server").to_owned();
+            tracing::info!(listen = %listener.local_addr()?, pages, "memory server ready");
+            clu_remote::memory::serve(listener, transport, me, pages);
+        }
         Command::BackupServer { root, listen, tls } => {
             let transport = tls.transport()?;
             transport.check()?;

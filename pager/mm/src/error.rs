@@ -40,6 +40,7 @@ impl From<PagingError> for Refusal {
     fn from(e: PagingError) -> Refusal {
         let code = match e {
             PagingError::Full(_) => ErrorCode::NoSpace,
+            PagingError::Down(_) | PagingError::Server { .. } => ErrorCode::Unavailable,
             _ => ErrorCode::Io,
         };
         Refusal::new(code, e.to_string())

@@ -5,6 +5,11 @@
 //! A slot allocator (pure) over a scratch file. A slot holds one page; freed slots are reused
 //! first, and the file never grows past its capacity, so a full partition is an error the
 //! eviction path handles (the page then stays resident).
+//!
+//! Or another machine's memory (thesis K2, `pager serve --paging-server`): a [`PagingServer`]
+//! allocates the slots and holds the pages; the same promise (none beyond this run), and a
+//! server that cannot be reached is a failed store (the page stays resident) or a failed load
+//! (the fault raises SIGBUS in its process; abort still discards the page).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -33,6 +38,17 @@ pub enum PagingError {
     /// A buffer that is not one page.
     #[error("a paging slot holds one {PAGE_SIZE}-byte page, not {0} bytes")]
     BadLength(usize),
+    /// The memory server failed or refused.
+    #[error("paging server {server}: {message}")]
+    Server {
+        /// The server's address.
+        server: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The memory server was not reached a moment ago: not tried again yet.
+    #[error("paging server {0} was not reached a moment ago; the page stays resident")]
+    Down(String),
     /// The scratch file failed.
     #[error("paging partition {path}: {source}")]
     Io {
@@ -98,11 +114,35 @@ impl Slots {
     }
 }
 
-/// The paging partition: the allocator and its scratch file.
-pub struct PagingPartition {
-    path: PathBuf,
-    file: File,
-    slots: Mutex<Slots>,
+/// Another machine's memory as the paging partition: it allocates the slots and keeps the
+/// pages (implemented over the cell's transport by the daemon).
+pub trait PagingServer: Send + Sync {
+    /// Stores one page in a new slot.
+    fn store(&self, page: &[u8]) -> Result<Slot, PagingError>;
+    /// Reads a slot's page into `buf` (one page).
+    fn load(&self, slot: Slot, buf: &mut [u8]) -> Result<(), PagingError>;
+    /// Releases a slot.
+    fn free(&self, slot: Slot) -> Result<(), PagingError>;
+    /// Slots this site holds there.
+    fn in_use(&self) -> u32;
+    /// Its address, for `pager status`.
+    fn address(&self) -> String;
+}
+
+/// The paging partition: the allocator and its scratch file, or a memory server.
+pub struct PagingPartition(Backing);
+
+enum Backing {
+    File {
+        path: PathBuf,
+        file: File,
+        slots: Mutex<Slots>,
+    },
+    Server(std::sync::Arc<dyn PagingServer>),
+}
+
+fn at(slot: Slot) -> u64 {
+    u64::from(slot.0) * PAGE_SIZE as u64
 }
 
 impl PagingPartition {
@@ -120,22 +160,24 @@ impl PagingPartition {
             .create_new(true)
             .open(path)
             .map_err(io)?;
-        Ok(PagingPartition {
+        Ok(PagingPartition(Backing::File {
             path: path.to_owned(),
             file,
             slots: Mutex::new(Slots::new(capacity)),
-        })
+        }))
     }
 
-    fn io(&self, source: io::Error) -> PagingError {
-        PagingError::Io {
-            path: self.path.clone(),
-            source,
+    /// The partition kept by a memory server.
+    pub fn remote(server: std::sync::Arc<dyn PagingServer>) -> PagingPartition {
+        PagingPartition(Backing::Server(server))
+    }
+
+    /// The memory server's address, if the partition is one.
+    pub fn server(&self) -> Option<String> {
+        match &self.0 {
+            Backing::Server(s) => Some(s.address()),
+            Backing::File { .. } => None,
         }
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
-        lock(&self.slots)
     }
 
     /// Copies one page into a new slot.
@@ -143,15 +185,20 @@ impl PagingPartition {
         if page.len() != PAGE_SIZE {
             return Err(PagingError::BadLength(page.len()));
         }
-        let slot = self.slots().alloc()?;
-        if let Err(e) = self
-            .file
-            .write_all_at(page, u64::from(slot.0) * PAGE_SIZE as u64)
-        {
-            let _ = self.slots().free(slot);
-            return Err(self.io(e));
+        match &self.0 {
+            Backing::Server(server) => server.store(page),
+            Backing::File { path, file, slots } => {
+                let slot = lock(slots).alloc()?;
+                if let Err(source) = file.write_all_at(page, at(slot)) {
+                    let _ = lock(slots).free(slot);
+                    return Err(PagingError::Io {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+                Ok(slot)
+            }
         }
-        Ok(slot)
     }
 
     /// Reads a slot's page into `buf` (one page).
@@ -159,34 +206,44 @@ impl PagingPartition {
         if buf.len() != PAGE_SIZE {
             return Err(PagingError::BadLength(buf.len()));
         }
-        if !self
-            .slots()
-            .used
-            .get(slot.0 as usize)
-            .copied()
-            .unwrap_or(false)
-        {
-            return Err(PagingError::NotInUse(slot.0));
+        match &self.0 {
+            Backing::Server(server) => server.load(slot, buf),
+            Backing::File { path, file, slots } => {
+                let used = lock(slots).used.get(slot.0 as usize).copied();
+                if used != Some(true) {
+                    return Err(PagingError::NotInUse(slot.0));
+                }
+                file.read_exact_at(buf, at(slot))
+                    .map_err(|source| PagingError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+            }
         }
-        self.file
-            .read_exact_at(buf, u64::from(slot.0) * PAGE_SIZE as u64)
-            .map_err(|e| self.io(e))
     }
 
     /// Releases a slot.
     pub fn free(&self, slot: Slot) -> Result<(), PagingError> {
-        self.slots().free(slot)
+        match &self.0 {
+            Backing::Server(server) => server.free(slot),
+            Backing::File { slots, .. } => lock(slots).free(slot),
+        }
     }
 
     /// Slots in use.
     pub fn in_use(&self) -> u32 {
-        self.slots().in_use()
+        match &self.0 {
+            Backing::Server(server) => server.in_use(),
+            Backing::File { slots, .. } => lock(slots).in_use(),
+        }
     }
 }
 
 impl Drop for PagingPartition {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        if let Backing::File { path, .. } = &self.0 {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 

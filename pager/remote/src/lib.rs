@@ -10,12 +10,15 @@
 //! - `client`: [`RemoteVolume`], a pool of connections to the site that mounts the volume,
 //!   found again in the cell's catalog after a failure.
 //! - `server`: one thread per connection from another site.
+//! - `memory`: remote memory paging (K2): the memory server and the paging partition that
+//!   pages to it.
 //!
 //! B trusts A's pager for the caller's rights (A checks them against the descriptor, as for a
 //! local cluster): what B checks is that A is a site of the cell (its certificate, signed by
 //! the cell's CA, names the site it claims). `docs/threat-model.md` says what that trusts.
 
 mod client;
+pub mod memory;
 pub mod peers;
 pub mod server;
 pub mod wire;

@@ -124,6 +124,10 @@ fn carry_out(
     let desc = |d: clu_storage::ClusterDesc| Resp::Desc(d.encode());
     Ok(match req {
         Req::Hello { .. } => Resp::Err(ErrorCode::Protocol, "a second Hello".into()),
+        Req::MemHello { .. } | Req::PageOut(_) | Req::PageIn(_) | Req::PageFree(_) => Resp::Err(
+            ErrorCode::Protocol,
+            "this site serves volumes, not paged-out pages: give --paging-server the address of a `pager memory-server`".into(),
+        ),
         Req::Info(vol) => {
             let i = storage.mounted_here(vol)?.info();
             Resp::Info([

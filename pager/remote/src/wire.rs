@@ -91,6 +91,20 @@ pub enum Req {
     History(ClusterId),
     /// Replaces the access history.
     SetHistory(ClusterId, Vec<u32>),
+    /// The first message to a memory server: the caller's site and this run of its pager (a
+    /// new incarnation frees what an earlier run of the same site held there).
+    MemHello {
+        /// The caller's site.
+        site: String,
+        /// Its pager's run, random at its start.
+        incarnation: u64,
+    },
+    /// One evicted page, to keep in a new slot.
+    PageOut(Vec<u8>),
+    /// The page of a slot.
+    PageIn(u32),
+    /// Releases slots (at most [`MAX_RUN_PAGES`] at once).
+    PageFree(Vec<u32>),
 }
 
 /// An answer.
@@ -112,6 +126,16 @@ pub enum Resp {
     Lsn(u64, u64),
     /// An access history.
     History(Vec<u32>),
+    /// The memory server's slot for a page.
+    Slot(u32),
+    /// A memory server's answer to a hello: its name, and its run (random at its start: a
+    /// new one means the pages of the last run are gone).
+    Welcome {
+        /// The server's name.
+        server: String,
+        /// Its run.
+        incarnation: u64,
+    },
     /// A refusal: the code the client gets, and the serving site's message.
     Err(ErrorCode, String),
 }
@@ -130,6 +154,10 @@ mod kind {
     pub const COMMIT: u8 = 11;
     pub const HISTORY: u8 = 12;
     pub const SET_HISTORY: u8 = 13;
+    pub const MEM_HELLO: u8 = 32;
+    pub const PAGE_OUT: u8 = 33;
+    pub const PAGE_IN: u8 = 34;
+    pub const PAGE_FREE: u8 = 35;
 
     pub const OK: u8 = 64;
     pub const SITE: u8 = 65;
@@ -140,6 +168,8 @@ mod kind {
     pub const LSN: u8 = 70;
     pub const HISTORY_R: u8 = 71;
     pub const ERR: u8 = 72;
+    pub const SLOT: u8 = 73;
+    pub const WELCOME: u8 = 74;
 }
 
 fn start(k: u8) -> Writer {
@@ -212,6 +242,12 @@ impl Req {
                 }
                 w
             }
+            Req::MemHello { site, incarnation } => start(MEM_HELLO).str16(site).u64(*incarnation),
+            Req::PageOut(p) => start(PAGE_OUT).bytes32(p),
+            Req::PageIn(slot) => start(PAGE_IN).u32(*slot),
+            Req::PageFree(slots) => slots
+                .iter()
+                .fold(start(PAGE_FREE).u32(slots.len() as u32), |w, s| w.u32(*s)),
         }
         .finish()
     }
@@ -259,6 +295,31 @@ impl Req {
                 }
                 Req::SetHistory(id, h)
             }
+            MEM_HELLO => Req::MemHello {
+                site: r.str16()?,
+                incarnation: r.u64()?,
+            },
+            PAGE_OUT => {
+                let p = r.bytes32()?;
+                if p.len() != PAGE_SIZE {
+                    return Err(WireError::Malformed(
+                        "a paged-out page that is not one page",
+                    ));
+                }
+                Req::PageOut(p.to_vec())
+            }
+            PAGE_IN => Req::PageIn(r.u32()?),
+            PAGE_FREE => {
+                let n = r.count(4)?;
+                if n as u64 > MAX_RUN_PAGES {
+                    return Err(WireError::Malformed("too many slots in one free"));
+                }
+                let mut slots = Vec::with_capacity(n);
+                for _ in 0..n {
+                    slots.push(r.u32()?);
+                }
+                Req::PageFree(slots)
+            }
             _ => return Err(WireError::Malformed("unknown request")),
         };
         r.finish()?;
@@ -284,6 +345,11 @@ impl Resp {
                 .iter()
                 .fold(start(HISTORY_R).u32(h.len() as u32), |w, p| w.u32(*p)),
             Resp::Err(code, m) => start(ERR).u32(*code as i32 as u32).str16(m),
+            Resp::Slot(slot) => start(SLOT).u32(*slot),
+            Resp::Welcome {
+                server,
+                incarnation,
+            } => start(WELCOME).str16(server).u64(*incarnation),
         }
         .finish()
     }
@@ -326,6 +392,11 @@ impl Resp {
                     .ok_or(WireError::Malformed("unknown error code"))?;
                 Resp::Err(code, r.str16()?)
             }
+            SLOT => Resp::Slot(r.u32()?),
+            WELCOME => Resp::Welcome {
+                server: r.str16()?,
+                incarnation: r.u64()?,
+            },
             _ => return Err(WireError::Malformed("unknown answer")),
         };
         r.finish()?;
@@ -394,6 +465,13 @@ mod tests {
             },
             Req::History(id),
             Req::SetHistory(id, vec![1, 5, 2]),
+            Req::MemHello {
+                site: "a".into(),
+                incarnation: u64::MAX - 3,
+            },
+            Req::PageOut(vec![5u8; PAGE_SIZE]),
+            Req::PageIn(17),
+            Req::PageFree(vec![u32::MAX, 0, 3]),
         ];
         for r in reqs {
             assert_eq!(Req::decode(&r.encode()).ok(), Some(r.clone()), "{r:?}");
@@ -408,6 +486,11 @@ mod tests {
             Resp::Lsn(77, 4096),
             Resp::History(vec![3, 4]),
             Resp::Err(ErrorCode::Unavailable, "gone".into()),
+            Resp::Slot(9),
+            Resp::Welcome {
+                server: "m".into(),
+                incarnation: 77,
+            },
         ];
         for r in resps {
             assert_eq!(Resp::decode(&r.encode()).ok(), Some(r.clone()), "{r:?}");

@@ -134,6 +134,16 @@ fn status(d: &Daemon) -> Status {
         resident_pages: site.budget.resident(),
         budget_pages: site.budget.limit(),
         paging_slots: site.paging.in_use(),
+        paging_server: d.memory.as_ref().map(|m| {
+            let f = m.figures();
+            render::status::PagingServerView {
+                address: f.address,
+                server: f.server,
+                stored: f.stored,
+                loaded: f.loaded,
+                failures: f.failures,
+            }
+        }),
         faults: render::status::Faults {
             missing: c(&s.missing_faults),
             minor: c(&s.minor_faults),

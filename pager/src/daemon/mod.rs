@@ -32,6 +32,7 @@ use clu_mm::paging::{PagingError, PagingPartition};
 use clu_mm::site::Counter;
 use clu_mm::{ConnId, Manager, Refusal, Site};
 use clu_proto::ClusterKind;
+use clu_remote::memory::MemoryClient;
 use clu_storage::{DriverTable, Storage, StorageError, VolumeParams};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
@@ -102,6 +103,8 @@ pub(crate) struct Daemon {
     pub live_connections: AtomicU64,
     /// This site's membership of its cell, if it is in one.
     pub cell: Option<Arc<CellSite>>,
+    /// The memory server this site pages to (`--paging-server`), if any.
+    pub memory: Option<Arc<MemoryClient>>,
 }
 
 /// The client-visible form of a reliable service error.
@@ -238,7 +241,24 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     if let (Some(c), Some(site)) = (&config.cell, &cell) {
         serve_sites(storage.clone(), c, site)?;
     }
-    let paging = PagingPartition::create(&config.root.join("paging"), config.paging_pages)?;
+    let (paging, memory) = match &config.paging_server {
+        Some(p) => {
+            config.goofy.transport.check()?;
+            let client = Arc::new(MemoryClient::new(
+                &p.address,
+                &p.site,
+                config.goofy.transport.clone(),
+                p.timeout,
+            ));
+            client.check()?;
+            info!(server = %p.address, "paging to a memory server");
+            (PagingPartition::remote(client.clone()), Some(client))
+        }
+        None => (
+            PagingPartition::create(&config.root.join("paging"), config.paging_pages)?,
+            None,
+        ),
+    };
     let listener = bind(&config.socket, config.socket_mode, config.socket_group)?;
     let site = Site::new(config.resident_pages, paging);
     let site = Arc::new(if config.cache_images {
@@ -255,6 +275,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         connections: Counter::default(),
         live_connections: AtomicU64::new(0),
         cell: cell.clone(),
+        memory,
     });
     {
         let socket = config.socket.clone();

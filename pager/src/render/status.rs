@@ -8,6 +8,21 @@ use serde::Serialize;
 
 use super::{json, milli};
 
+/// The memory server a site pages to (`--paging-server`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PagingServerView {
+    /// Its address.
+    pub address: String,
+    /// Its name, as it answered.
+    pub server: String,
+    /// Pages sent there.
+    pub stored: u64,
+    /// Pages read back.
+    pub loaded: u64,
+    /// Requests that failed.
+    pub failures: u64,
+}
+
 /// Connections to the pager.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Connections {
@@ -249,6 +264,8 @@ pub struct Status {
     pub budget_pages: u64,
     /// Paging slots in use.
     pub paging_slots: u32,
+    /// The memory server the site pages to, if it does (`--paging-server`).
+    pub paging_server: Option<PagingServerView>,
     /// Faults by kind.
     pub faults: Faults,
     /// Pages supplied.
@@ -341,7 +358,18 @@ impl Status {
             "resident pages   {} of a budget of {}",
             self.resident_pages, self.budget_pages
         );
-        let _ = writeln!(out, "paging slots     {} in use", self.paging_slots);
+        match &self.paging_server {
+            None => {
+                let _ = writeln!(out, "paging slots     {} in use", self.paging_slots);
+            }
+            Some(m) => {
+                let _ = writeln!(
+                    out,
+                    "paging slots     {} in use on memory server {} ({}): {} pages sent, {} read back, {} requests failed",
+                    self.paging_slots, m.server, m.address, m.stored, m.loaded, m.failures
+                );
+            }
+        }
         let f = &self.faults;
         let _ = writeln!(
             out,

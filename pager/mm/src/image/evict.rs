@@ -86,7 +86,12 @@ impl Image {
                             Event::FlushDone
                         }
                         Err(e) => {
-                            warn!(cluster = %self.id, page, "eviction failed, the page stays resident: {e}");
+                            // A memory server that is not reached says so itself, once.
+                            if e.code == clu_proto::ErrorCode::Unavailable {
+                                tracing::debug!(cluster = %self.id, page, "eviction failed, the page stays resident: {e}");
+                            } else {
+                                warn!(cluster = %self.id, page, "eviction failed, the page stays resident: {e}");
+                            }
                             Event::FlushFailed
                         }
                     };

@@ -1,0 +1,345 @@
+//! [`MemoryClient`]: a memory server as this site's paging partition.
+//!
+//! The slots the memory manager holds are this client's own numbers, each mapped to the
+//! server's slot *and the server's run*: a server that restarted lost its pages, and a slot of
+//! its last run is refused here (a lost page: SIGBUS for a fault, nothing to free), never
+//! confused with a slot the new run handed out. A free that cannot be sent (the server is not
+//! reached) is owed, and sent at the next connection to the same run.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clu_mm::paging::{PagingError, PagingServer, Slot};
+use clu_proto::PAGE_SIZE;
+use clu_sys::sync::lock;
+use clu_transport::{Stream, Transport};
+use tracing::warn;
+
+use crate::wire::{self, Req, Resp, MAX_RUN_PAGES};
+
+/// After a failure to reach the server, evictions do not try it again for this long (they
+/// keep their pages resident at once instead of each waiting for the timeout).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What this site did with its memory server, for `pager status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryFigures {
+    /// The server's address.
+    pub address: String,
+    /// Its name, once it answered.
+    pub server: String,
+    /// Slots this site holds there.
+    pub in_use: u32,
+    /// Pages sent there.
+    pub stored: u64,
+    /// Pages read back.
+    pub loaded: u64,
+    /// Requests that failed (not reached, or refused).
+    pub failures: u64,
+}
+
+/// The client's slots and what it knows of the server (a leaf lock, never held across I/O).
+#[derive(Default)]
+struct Link {
+    /// The server's name and run, from its last welcome.
+    server: String,
+    run: Option<u64>,
+    /// Our slot: the server's run it was stored in, and the server's slot.
+    slots: HashMap<u32, (u64, u32)>,
+    next: u32,
+    /// Server slots freed here but not yet there, with the run they are of.
+    owed: Vec<(u64, u32)>,
+    /// The last failure to reach the server.
+    failed_at: Option<Instant>,
+}
+
+/// A request that failed: the connection is lost (out of step), or the server refused.
+enum Fail {
+    Lost(PagingError),
+    Refused(PagingError),
+}
+
+impl Fail {
+    fn error(self) -> PagingError {
+        match self {
+            Fail::Lost(e) | Fail::Refused(e) => e,
+        }
+    }
+}
+
+/// A memory server, as this site's paging partition. Connections are pooled (taken and put
+/// back, never held across I/O under a lock); each request waits at most the timeout.
+pub struct MemoryClient {
+    address: String,
+    me: String,
+    incarnation: u64,
+    transport: Transport,
+    timeout: Duration,
+    idle: Mutex<Vec<Stream>>,
+    link: Mutex<Link>,
+    stored: AtomicU64,
+    loaded: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl MemoryClient {
+    /// The memory server at `address`, reached by `transport` as site `me`, each request
+    /// waiting at most `timeout`. Its slots from an earlier run of this site are freed at the
+    /// first connection (a new incarnation).
+    pub fn new(address: &str, me: &str, transport: Transport, timeout: Duration) -> MemoryClient {
+        MemoryClient {
+            address: address.to_owned(),
+            me: me.to_owned(),
+            incarnation: RandomState::new().build_hasher().finish(),
+            transport,
+            timeout,
+            idle: Mutex::new(Vec::new()),
+            link: Mutex::new(Link::default()),
+            stored: AtomicU64::new(0),
+            loaded: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> PagingError {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        PagingError::Server {
+            server: self.address.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Connects (and says hello), so that a server that is not there is found at start.
+    pub fn check(&self) -> Result<(), PagingError> {
+        let s = self.connect()?;
+        lock(&self.idle).push(s);
+        Ok(())
+    }
+
+    fn connect(&self) -> Result<Stream, PagingError> {
+        let r = self.try_connect();
+        if let Err(e) = &r {
+            self.mark_down(e);
+        }
+        r
+    }
+
+    /// Notes a failure to reach the server, saying so when it was reached before.
+    fn mark_down(&self, e: &PagingError) {
+        let was_up = lock(&self.link).failed_at.replace(Instant::now()).is_none();
+        if was_up {
+            warn!("{e}: until it answers, evictions keep their pages resident and faults on the pages it holds raise SIGBUS");
+        }
+    }
+
+    fn try_connect(&self) -> Result<Stream, PagingError> {
+        let not_reached = |e: &dyn std::fmt::Display| {
+            self.error(format_args!(
+                "not reached ({e}); is `pager memory-server --listen {}` running?",
+                self.address
+            ))
+        };
+        let mut s = self
+            .transport
+            .connect(&self.address, self.timeout)
+            .map_err(|e| not_reached(&e))?;
+        s.set_read_timeout(Some(self.timeout))
+            .map_err(|e| not_reached(&e))?;
+        let hello = Req::MemHello {
+            site: self.me.clone(),
+            incarnation: self.incarnation,
+        };
+        let (server, run) = match self.exchange(&mut s, &hello).map_err(Fail::error)? {
+            Resp::Welcome {
+                server,
+                incarnation,
+            } => (server, incarnation),
+            other => return Err(self.error(format_args!("answered {other:?} to a hello"))),
+        };
+        let owed = {
+            let mut l = lock(&self.link);
+            if l.run.is_some_and(|r| r != run) {
+                let lost = l.slots.len();
+                warn!(
+                    server = %self.address,
+                    lost, "the memory server restarted: the pages it held are lost (a fault on one raises SIGBUS)"
+                );
+            }
+            l.run = Some(run);
+            l.server = server;
+            l.failed_at = None;
+            // Frees of the server's last run are moot: it lost those slots.
+            let owed: Vec<u32> = l
+                .owed
+                .drain(..)
+                .filter(|(r, _)| *r == run)
+                .map(|(_, n)| n)
+                .collect();
+            owed
+        };
+        for chunk in owed.chunks(MAX_RUN_PAGES as usize) {
+            if let Err(e) = self.exchange(&mut s, &Req::PageFree(chunk.to_vec())) {
+                warn!("owed frees not all accepted: {}", e.error());
+            }
+        }
+        Ok(s)
+    }
+
+    fn exchange(&self, s: &mut Stream, req: &Req) -> Result<Resp, Fail> {
+        let lost = |e: &dyn std::fmt::Display| Fail::Lost(self.error(e));
+        wire::send(s, &req.encode()).map_err(|e| lost(&format_args!("not reached ({e})")))?;
+        let payload = wire::recv(s).map_err(|e| lost(&format_args!("no answer ({e})")))?;
+        match Resp::decode(&payload) {
+            Ok(Resp::Err(code, m)) => Err(Fail::Refused(
+                self.error(format_args!("refused ({code:?}): {m}")),
+            )),
+            Ok(r) => Ok(r),
+            Err(e) => Err(lost(&format_args!("an answer that does not decode: {e}"))),
+        }
+    }
+
+    /// One request on a pooled connection; a stale pooled connection is retried once afresh
+    /// for the requests that may run twice (a load, a free). A connection that answered,
+    /// even with a refusal, goes back to the pool.
+    fn call(&self, req: &Req) -> Result<Resp, PagingError> {
+        self.call_or_fail(req).map_err(Fail::error)
+    }
+
+    fn call_or_fail(&self, req: &Req) -> Result<Resp, Fail> {
+        let pooled = lock(&self.idle).pop();
+        let from_pool = pooled.is_some();
+        let mut s = match pooled {
+            Some(s) => s,
+            None => self.connect().map_err(Fail::Lost)?,
+        };
+        let mut r = self.exchange(&mut s, req);
+        let again = matches!(req, Req::PageIn(_) | Req::PageFree(_));
+        if from_pool && again && matches!(r, Err(Fail::Lost(_))) {
+            s = self.connect().map_err(Fail::Lost)?;
+            r = self.exchange(&mut s, req);
+        }
+        match r {
+            Err(Fail::Lost(e)) => {
+                self.mark_down(&e);
+                Err(Fail::Lost(e))
+            }
+            r => {
+                lock(&self.link).failed_at = None;
+                lock(&self.idle).push(s);
+                r
+            }
+        }
+    }
+
+    fn recently_failed(&self) -> bool {
+        lock(&self.link)
+            .failed_at
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER)
+    }
+
+    /// The server's slot for `slot`, if it is of the server's current run.
+    fn server_slot(&self, slot: Slot) -> Result<u32, PagingError> {
+        let l = lock(&self.link);
+        match l.slots.get(&slot.0) {
+            Some((run, n)) if Some(*run) == l.run => Ok(*n),
+            Some(_) => Err(self.error(format_args!(
+                "the page of slot {} was lost when the memory server restarted",
+                slot.0
+            ))),
+            None => Err(PagingError::NotInUse(slot.0)),
+        }
+    }
+
+    /// The figures.
+    pub fn figures(&self) -> MemoryFigures {
+        let l = lock(&self.link);
+        MemoryFigures {
+            address: self.address.clone(),
+            server: l.server.clone(),
+            in_use: l.slots.len() as u32,
+            stored: self.stored.load(Ordering::Relaxed),
+            loaded: self.loaded.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl PagingServer for MemoryClient {
+    fn store(&self, page: &[u8]) -> Result<Slot, PagingError> {
+        if self.recently_failed() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(PagingError::Down(self.address.clone()));
+        }
+        match self.call(&Req::PageOut(page.to_vec()))? {
+            Resp::Slot(n) => {
+                self.stored.fetch_add(1, Ordering::Relaxed);
+                let mut l = lock(&self.link);
+                let Some(run) = l.run else {
+                    return Err(self.error("a slot before a welcome"));
+                };
+                let mut ours = l.next;
+                while l.slots.contains_key(&ours) {
+                    ours = ours.wrapping_add(1);
+                }
+                l.next = ours.wrapping_add(1);
+                l.slots.insert(ours, (run, n));
+                Ok(Slot(ours))
+            }
+            other => Err(self.error(format_args!("answered {other:?} to a page-out"))),
+        }
+    }
+
+    fn load(&self, slot: Slot, buf: &mut [u8]) -> Result<(), PagingError> {
+        let n = self.server_slot(slot)?;
+        match self.call(&Req::PageIn(n))? {
+            Resp::Pages(p) if p.len() == PAGE_SIZE && buf.len() == PAGE_SIZE => {
+                buf.copy_from_slice(&p);
+                self.loaded.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            other => Err(self.error(format_args!("answered {other:?} to a page-in"))),
+        }
+    }
+
+    fn free(&self, slot: Slot) -> Result<(), PagingError> {
+        // The slot is this site's no more, whatever the server says; a server that cannot be
+        // reached is owed the free.
+        let (run, n) = {
+            let mut l = lock(&self.link);
+            match l.slots.remove(&slot.0) {
+                Some((run, n)) if Some(run) == l.run => (run, n),
+                Some(_) => return Ok(()), // lost with the server's last run
+                None => return Err(PagingError::NotInUse(slot.0)),
+            }
+        };
+        let owe = |why: &dyn std::fmt::Display| {
+            lock(&self.link).owed.push((run, n));
+            tracing::debug!("free of slot {n} owed to the memory server: {why}");
+        };
+        if self.recently_failed() {
+            owe(&"not reached a moment ago");
+            return Ok(());
+        }
+        match self.call_or_fail(&Req::PageFree(vec![n])) {
+            Ok(Resp::Ok) => Ok(()),
+            Ok(other) => Err(self.error(format_args!("answered {other:?} to a free"))),
+            Err(Fail::Lost(e)) => {
+                owe(&e);
+                Ok(())
+            }
+            Err(Fail::Refused(e)) => Err(e),
+        }
+    }
+
+    fn in_use(&self) -> u32 {
+        lock(&self.link).slots.len() as u32
+    }
+
+    fn address(&self) -> String {
+        self.address.clone()
+    }
+}
