@@ -92,6 +92,10 @@ enum Command {
         /// HOST:PORT, as recorded in the catalog.
         #[arg(long, value_name = "HOST:PORT", requires = "catalog")]
         listen: Option<String>,
+        /// The address the other sites are told to reach this one at, if not --listen (a
+        /// relay, a NAT or a proxy in between); its certificate must name that host too.
+        #[arg(long, value_name = "HOST:PORT", requires = "listen", value_parser = check_address)]
+        advertise: Option<String>,
         /// The cell's name: its key prefix in etcd (several cells may share one etcd).
         #[arg(long, default_value = "default", requires = "catalog")]
         cell: String,
@@ -262,6 +266,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             goofy_retain_mb,
             catalog,
             listen,
+            advertise,
             cell,
             lease_ttl,
             remote_timeout,
@@ -285,6 +290,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 Some(url) => Some(config::CellConfig {
                     endpoints: clu_cell::parse_catalog(&url)?,
                     site: tls.site().unwrap_or_default().to_owned(),
+                    advertise: match advertise {
+                        Some(a) => a,
+                        None => check_address(listen.as_deref().unwrap_or_default())?,
+                    },
                     listen: check_address(&listen.unwrap_or_default())?,
                     cell,
                     lease_ttl,

@@ -16,8 +16,11 @@ use tracing::info;
 pub struct CellConfig {
     /// The site's name (`--site`).
     pub site: String,
-    /// Where other sites reach this one (`--listen`), recorded in the catalog.
+    /// Where this site listens for the others (`--listen`).
     pub listen: String,
+    /// The address recorded in the catalog, where the other sites reach this one (`--advertise`;
+    /// `listen` unless a relay or a NAT stands between).
+    pub advertise: String,
     /// The etcd endpoints (`--catalog`).
     pub endpoints: Vec<String>,
     /// The cell's name: the key prefix in etcd (`--cell`).
@@ -50,7 +53,7 @@ impl CellSite {
     /// Connects to the catalog and joins the cell.
     pub fn join(config: &CellConfig, transport: Transport) -> Result<CellSite, CellError> {
         let cell = Cell::connect(&config.endpoints, &config.cell)?;
-        let session = cell.join(&config.site, &config.listen, config.lease_ttl)?;
+        let session = cell.join(&config.site, &config.advertise, config.lease_ttl)?;
         info!(
             site = config.site,
             catalog = cell.endpoints(),

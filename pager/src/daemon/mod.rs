@@ -251,6 +251,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
                 p.timeout,
             ));
             client.check()?;
+            client.start_freeing().map_err(ServeError::Signals)?;
             info!(server = %p.address, "paging to a memory server");
             (PagingPartition::remote(client.clone()), Some(client))
         }

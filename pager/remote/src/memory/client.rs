@@ -3,14 +3,16 @@
 //! The slots the memory manager holds are this client's own numbers, each mapped to the
 //! server's slot *and the server's run*: a server that restarted lost its pages, and a slot of
 //! its last run is refused here (a lost page: SIGBUS for a fault, nothing to free), never
-//! confused with a slot the new run handed out. A free that cannot be sent (the server is not
-//! reached) is owed, and sent at the next connection to the same run.
+//! confused with a slot the new run handed out. Frees leave the fault path: they are owed, and
+//! sent in batches by the `memory-free` thread (every [`FLUSH_EVERY`], or as soon as
+//! [`FLUSH_AT`] are owed), or at the next connection; a fault from the memory server is then
+//! one round trip, not two.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use clu_mm::paging::{PagingError, PagingServer, Slot};
@@ -20,6 +22,11 @@ use clu_transport::{Stream, Transport};
 use tracing::warn;
 
 use crate::wire::{self, Req, Resp, MAX_RUN_PAGES};
+
+/// How often owed frees are sent.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Owed frees that wake the sender at once.
+pub const FLUSH_AT: usize = 256;
 
 /// After a failure to reach the server, evictions do not try it again for this long (they
 /// keep their pages resident at once instead of each waiting for the timeout).
@@ -81,6 +88,8 @@ pub struct MemoryClient {
     timeout: Duration,
     idle: Mutex<Vec<Stream>>,
     link: Mutex<Link>,
+    /// Wakes the `memory-free` thread (with `link`).
+    owed_ready: Condvar,
     stored: AtomicU64,
     loaded: AtomicU64,
     failures: AtomicU64,
@@ -99,6 +108,7 @@ impl MemoryClient {
             timeout,
             idle: Mutex::new(Vec::new()),
             link: Mutex::new(Link::default()),
+            owed_ready: Condvar::new(),
             stored: AtomicU64::new(0),
             loaded: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -110,6 +120,46 @@ impl MemoryClient {
         PagingError::Server {
             server: self.address.clone(),
             message: message.to_string(),
+        }
+    }
+
+    /// Starts the `memory-free` thread, which sends the owed frees in batches while the
+    /// client lives.
+    pub fn start_freeing(self: &Arc<Self>) -> std::io::Result<()> {
+        let weak: Weak<MemoryClient> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("memory-free".into())
+            .spawn(move || loop {
+                let Some(c) = weak.upgrade() else { return };
+                c.flush_owed();
+                drop(c);
+            })?;
+        Ok(())
+    }
+
+    /// Waits until frees are owed (at most [`FLUSH_EVERY`]), then sends those of the
+    /// server's current run; on a failure they stay owed.
+    fn flush_owed(&self) {
+        let batch: Vec<(u64, u32)> = {
+            let l = lock(&self.link);
+            let (mut l, _) = self
+                .owed_ready
+                .wait_timeout_while(l, FLUSH_EVERY, |l| l.owed.len() < FLUSH_AT)
+                .unwrap_or_else(|e| e.into_inner());
+            let run = l.run;
+            l.owed.retain(|(r, _)| Some(*r) == run);
+            let n = l.owed.len().min(MAX_RUN_PAGES as usize);
+            l.owed.drain(..n).collect()
+        };
+        if batch.is_empty() || self.recently_failed() {
+            lock(&self.link).owed.extend(batch);
+            return;
+        }
+        let slots: Vec<u32> = batch.iter().map(|(_, n)| *n).collect();
+        match self.call_or_fail(&Req::PageFree(slots)) {
+            Ok(_) => {}
+            Err(Fail::Lost(_)) => lock(&self.link).owed.extend(batch),
+            Err(Fail::Refused(e)) => warn!("frees refused by the memory server: {e}"),
         }
     }
 
@@ -306,33 +356,18 @@ impl PagingServer for MemoryClient {
     }
 
     fn free(&self, slot: Slot) -> Result<(), PagingError> {
-        // The slot is this site's no more, whatever the server says; a server that cannot be
-        // reached is owed the free.
-        let (run, n) = {
-            let mut l = lock(&self.link);
-            match l.slots.remove(&slot.0) {
-                Some((run, n)) if Some(run) == l.run => (run, n),
-                Some(_) => return Ok(()), // lost with the server's last run
-                None => return Err(PagingError::NotInUse(slot.0)),
-            }
-        };
-        let owe = |why: &dyn std::fmt::Display| {
-            lock(&self.link).owed.push((run, n));
-            tracing::debug!("free of slot {n} owed to the memory server: {why}");
-        };
-        if self.recently_failed() {
-            owe(&"not reached a moment ago");
-            return Ok(());
+        // The slot is this site's no more at once; the server is told by the `memory-free`
+        // thread.
+        let mut l = lock(&self.link);
+        match l.slots.remove(&slot.0) {
+            Some((run, n)) if Some(run) == l.run => l.owed.push((run, n)),
+            Some(_) => return Ok(()), // lost with the server's last run
+            None => return Err(PagingError::NotInUse(slot.0)),
         }
-        match self.call_or_fail(&Req::PageFree(vec![n])) {
-            Ok(Resp::Ok) => Ok(()),
-            Ok(other) => Err(self.error(format_args!("answered {other:?} to a free"))),
-            Err(Fail::Lost(e)) => {
-                owe(&e);
-                Ok(())
-            }
-            Err(Fail::Refused(e)) => Err(e),
+        if l.owed.len() >= FLUSH_AT {
+            self.owed_ready.notify_one();
         }
+        Ok(())
     }
 
     fn in_use(&self) -> u32 {

@@ -6,10 +6,13 @@
 //! - `clu-bench goofy [--quick]` measures reliable volumes against local ones (thesis fig. 7.5).
 //! - `clu-bench faults [--quick]` measures the pager's fault paths against the kernel's own file
 //!   pager and a bare userfaultfd resolver (thesis chapter V, section 3 of the digest).
+//! - `clu-bench sites [--quick]` measures remote paging against local paging and the link
+//!   (thesis V.2.3), over a network namespace's link as is and shaped like a LAN.
 
 mod faults;
 mod goofy;
 mod journal;
+mod sites;
 
 use std::fs;
 use std::path::PathBuf;
@@ -57,6 +60,16 @@ enum Bench {
         #[arg(long)]
         backup_dir: Option<PathBuf>,
     },
+    /// Remote paging (thesis V.2.3): faults, a sequential traversal, a commit and paging
+    /// served by another site or a memory server, beside the same link's ping-pong, stream and
+    /// transfer (as root: it makes a network namespace).
+    Sites(sites::Args),
+    /// Internal: one run of the paging case of `sites`.
+    #[command(hide = true)]
+    SitesPaging(sites::PagingArgs),
+    /// Internal: the TCP peer of `sites`.
+    #[command(hide = true)]
+    SitesPeer(sites::PeerArgs),
     /// Internal: the plaintext row of `goofy`.
     #[command(hide = true)]
     GoofyPlain {
@@ -115,6 +128,9 @@ fn main() -> std::process::ExitCode {
         } => goofy::run(quick, runs, &dir, backup_dir.as_deref(), false),
         Bench::GoofyPlain { runs, dir } => goofy::run(false, Some(runs), &dir, None, true),
         Bench::FaultsChild(args) => faults::child(&args),
+        Bench::Sites(args) => sites::run(&args),
+        Bench::SitesPaging(args) => sites::paging_child(&args),
+        Bench::SitesPeer(args) => sites::peer_main(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
