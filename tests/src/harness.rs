@@ -85,6 +85,25 @@ fn site_of(root: &Path) -> String {
     format!("site-{}", name.trim_matches('-'))
 }
 
+/// The `pager serve` options of a site of the cell whose catalog is `catalog` (an
+/// `etcd://` URL): listening on `listen`, with a lease of `ttl` seconds and requests to other
+/// sites waiting at most `remote_timeout` seconds.
+pub fn site_args(catalog: &str, listen: &str, ttl: u64, remote_timeout: u64) -> Vec<String> {
+    [
+        "--catalog",
+        catalog,
+        "--listen",
+        listen,
+        "--lease-ttl",
+        &ttl.to_string(),
+        "--remote-timeout",
+        &remote_timeout.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Waits until something listens on `addr` (a backup server that was just started).
 pub fn wait_listening(addr: &str) {
     let t0 = Instant::now();
@@ -168,6 +187,17 @@ impl Pager {
         env: &[(String, String)],
         ns: Option<(String, String)>,
     ) -> Pager {
+        Self::try_start_at(root, socket, budget, extra, env, ns).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_at(
+        root: &Path,
+        socket: &Path,
+        budget: u64,
+        extra: &[&str],
+        env: &[(String, String)],
+        ns: Option<(String, String)>,
+    ) -> Result<Pager, String> {
         // The cell's keys, unless the test gives its own.
         let mut keys: Vec<String> = Vec::new();
         if !extra.iter().any(|a| *a == "--keys" || *a == "--insecure") {
@@ -216,10 +246,10 @@ impl Pager {
         let t0 = Instant::now();
         loop {
             if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return p;
+                return Ok(p);
             }
             if let Ok(Some(st)) = p.child.try_wait() {
-                panic!("pager exited at start: {st}");
+                return Err(format!("pager exited at start: {st}"));
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
@@ -250,6 +280,37 @@ impl Pager {
             &env,
             ns,
         );
+    }
+
+    /// SIGKILLs it and starts it again as soon as it can start: a site of a cell is refused
+    /// while its last run's lease is alive, so this retries for at most `within`.
+    pub fn restart_when_lease_ends(&mut self, within: Duration) {
+        self.kill();
+        let t0 = Instant::now();
+        let extra: Vec<String> = self.extra.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        loop {
+            match Self::try_start_at(
+                &self.root.clone(),
+                &self.socket.clone(),
+                self.budget,
+                &extra,
+                &self.env.clone(),
+                self.ns.clone(),
+            ) {
+                Ok(p) => {
+                    *self = p;
+                    return;
+                }
+                Err(e) => {
+                    assert!(
+                        t0.elapsed() < within,
+                        "not restarted within {within:?}: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
     }
 
     /// Runs an administration command that must fail; returns what it printed on stderr.

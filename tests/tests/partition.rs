@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use clu_tests::etcd::{free_port, Etcd};
-use clu_tests::harness::{id_of, signal_of, Pager, Tool};
+use clu_tests::harness::{id_of, signal_of, site_args, Pager, Tool};
 use clu_tests::netns::Netns;
 
 /// b's lease outlives the partition, so that b still mounts its volume when the link is back.
@@ -20,18 +20,7 @@ fn a_partition_fails_faults_and_commits_in_bounded_time_and_heals() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ns = Netns::new(0);
     let etcd = Etcd::start_on(dir.path(), &ns.host_ip);
-    let common = |listen: String| {
-        vec![
-            "--catalog".to_owned(),
-            etcd.url(),
-            "--listen".to_owned(),
-            listen,
-            "--lease-ttl".to_owned(),
-            TTL.to_string(),
-            "--remote-timeout".to_owned(),
-            REMOTE_TIMEOUT.to_string(),
-        ]
-    };
+    let common = |listen: String| site_args(&etcd.url(), &listen, TTL, REMOTE_TIMEOUT);
     let a_args = common(format!("{}:{}", ns.host_ip, free_port()));
     let b_args = common(format!("{}:{}", ns.ns_ip, free_port()));
     let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();

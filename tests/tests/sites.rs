@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clu_tests::etcd::{free_port, Etcd};
-use clu_tests::harness::{id_of, Pager, Tool};
+use clu_tests::harness::{id_of, site_args, Pager, Tool};
 
 /// The lease's TTL the pagers of these tests run with, in seconds.
 const TTL: u64 = 2;
@@ -16,20 +16,9 @@ const REMOTE_TIMEOUT: u64 = 2;
 
 fn site(root: &Path, etcd: &Etcd) -> Pager {
     let listen = format!("127.0.0.1:{}", free_port());
-    Pager::start_with(
-        root,
-        1024,
-        &[
-            "--catalog",
-            &etcd.url(),
-            "--listen",
-            &listen,
-            "--lease-ttl",
-            &TTL.to_string(),
-            "--remote-timeout",
-            &REMOTE_TIMEOUT.to_string(),
-        ],
-    )
+    let args = site_args(&etcd.url(), &listen, TTL, REMOTE_TIMEOUT);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Pager::start_with(root, 1024, &args)
 }
 
 /// The rows of a table whose first column is `first`.
@@ -314,4 +303,38 @@ fn one_image_per_cluster_a_second_site_is_redirected_to_the_holder() {
     tb.ok(&format!("unmap {local}"));
     ta.ok(&format!("map {local}"));
     ta.ok(&format!("check {local} 3"));
+}
+
+#[test]
+fn resize_and_extend_work_across_sites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path());
+    let a = site(&dir.path().join("a"), &etcd);
+    let b = site(&dir.path().join("b"), &etcd);
+
+    // On a, a cluster of b's volume 2, grown by one process and extended in another.
+    let mut t1 = Tool::start(&a);
+    let mut t2 = Tool::start(&a);
+    let id = id_of(&t1.ok("create 4 protected 2"));
+    t1.ok(&format!("fill {id} 8"));
+    t2.ok(&format!("map {id}"));
+    assert_eq!(t2.ok(&format!("extend {id}")), "0");
+    assert_eq!(t1.ok(&format!("resize {id} 6")), "4 6");
+    t1.ok(&format!("fill {id} 9 4 6"));
+    assert_eq!(t2.ok(&format!("extend {id}")), "6");
+    t2.ok(&format!("check {id} 9 4 6"));
+    t1.ok(&format!("commit {id}"));
+    t1.ok(&format!("unmap {id}"));
+    t2.ok(&format!("unmap {id}"));
+    // b, which mounts the volume, has the new size and the pages committed from a.
+    let list = b.admin(&["clu", "list", "2"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id) && l.split_whitespace().any(|w| w == "10")),
+        "{list}"
+    );
+    let mut tb = Tool::start(&b);
+    assert_eq!(tb.ok(&format!("map {id}")), "10");
+    tb.ok(&format!("check {id} 8 0 4"));
+    tb.ok(&format!("check {id} 9 4 6"));
 }

@@ -76,7 +76,21 @@ fn connection(storage: &Storage, mut stream: Stream, peer: &Peer, me: &str) {
     info!(peer = peer.name(), site, "a site connected");
     let mut pending: Option<Pending> = None;
     loop {
-        let req = match wire::recv(&mut stream) {
+        // The placement check of a commit's last part (one etcd read) runs while its pages
+        // arrive, not after.
+        let (received, early) = std::thread::scope(|scope| {
+            let r = wire::recv_peeking(&mut stream, |head| {
+                wire::last_commit_of(head).map(|id| (id, scope.spawn(move || storage.placed(id))))
+            });
+            match r {
+                Ok((payload, early)) => {
+                    let early = early.and_then(|(id, h)| h.join().ok().map(|r| (id, r)));
+                    (Ok(payload), early)
+                }
+                Err(e) => (Err(e), None),
+            }
+        });
+        let req = match received {
             Ok(p) => Req::decode(&p),
             Err(WireError::Io(e)) => {
                 debug!(site, "connection closed: {e}");
@@ -85,7 +99,7 @@ fn connection(storage: &Storage, mut stream: Stream, peer: &Peer, me: &str) {
             Err(e) => Err(e),
         };
         let resp = match req {
-            Ok(req) => answer(storage, &site, &mut pending, req),
+            Ok(req) => answer(storage, &site, &mut pending, req, early),
             Err(e) => {
                 // A frame that fails its checks: say so, and close (the stream may be out of
                 // step).
@@ -108,8 +122,17 @@ fn refusal(e: StorageError) -> Resp {
     Resp::Err(e.code(), e.to_string())
 }
 
-fn answer(storage: &Storage, site: &str, pending: &mut Option<Pending>, req: Req) -> Resp {
-    match carry_out(storage, site, pending, req) {
+/// The placement of a commit's cluster, read while the commit arrived.
+type Early = Option<(ClusterId, Result<Option<String>, StorageError>)>;
+
+fn answer(
+    storage: &Storage,
+    site: &str,
+    pending: &mut Option<Pending>,
+    req: Req,
+    early: Early,
+) -> Resp {
+    match carry_out(storage, site, pending, req, early) {
         Ok(r) => r,
         Err(e) => refusal(e),
     }
@@ -120,6 +143,7 @@ fn carry_out(
     site: &str,
     pending: &mut Option<Pending>,
     req: Req,
+    early: Early,
 ) -> Result<Resp, StorageError> {
     let desc = |d: clu_storage::ClusterDesc| Resp::Desc(d.encode());
     Ok(match req {
@@ -225,7 +249,10 @@ fn carry_out(
             };
             // Only the site holding the cluster's image may commit it: one whose placement was
             // taken away (its lease expired, another site placed it) is refused, never applied.
-            let holder = storage.placed(id)?;
+            let holder = match early {
+                Some((seen, placed)) if seen == id => placed?,
+                _ => storage.placed(id)?,
+            };
             if holder.as_deref() != Some(site) {
                 return Err(StorageError::Remote {
                     site: site.to_owned(),

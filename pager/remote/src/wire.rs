@@ -415,6 +415,45 @@ pub fn send(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     w.flush()
 }
 
+/// Bytes of a payload that [`last_commit_of`] needs.
+pub const PEEK: usize = 7;
+
+/// The cluster of a request whose first bytes are `head`, if it is the last part of a commit
+/// (not yet checked against its checksum: a hint, for work that may start early).
+pub fn last_commit_of(head: &[u8]) -> Option<ClusterId> {
+    match head {
+        [VERSION, kind::COMMIT, a, b, c, d, 1, ..] => {
+            Some(ClusterId(u32::from_le_bytes([*a, *b, *c, *d])))
+        }
+        _ => None,
+    }
+}
+
+/// Reads one framed payload, calling `peek` on its first [`PEEK`] bytes (fewer for a shorter
+/// one) before reading the rest: work on a large frame can start while it arrives.
+pub fn recv_peeking<T>(
+    r: &mut impl Read,
+    peek: impl FnOnce(&[u8]) -> T,
+) -> Result<(Vec<u8>, T), WireError> {
+    let mut head = [0u8; 8];
+    r.read_exact(&mut head)?;
+    let mut h = Reader::new(&head);
+    let len = h.u32()? as usize;
+    let crc = h.u32()?;
+    if len > MAX_FRAME {
+        return Err(WireError::Oversized(len));
+    }
+    let mut payload = vec![0u8; len];
+    let first = len.min(PEEK);
+    r.read_exact(&mut payload[..first])?;
+    let early = peek(&payload[..first]);
+    r.read_exact(&mut payload[first..])?;
+    if crc32c::crc32c(&payload) != crc {
+        return Err(WireError::Checksum);
+    }
+    Ok((payload, early))
+}
+
 /// Reads one framed payload.
 pub fn recv(r: &mut impl Read) -> Result<Vec<u8>, WireError> {
     let mut head = [0u8; 8];
@@ -515,6 +554,32 @@ mod tests {
             recv(&mut huge.as_slice()),
             Err(WireError::Oversized(_))
         ));
+    }
+
+    #[test]
+    fn the_last_part_of_a_commit_is_seen_from_its_first_bytes() {
+        let id = ClusterId(0x0002_0009);
+        let part = |last| {
+            let mut buf = Vec::new();
+            let req = Req::Commit {
+                id,
+                last,
+                runs: vec![(0, vec![1u8; PAGE_SIZE])],
+            };
+            send(&mut buf, &req.encode()).expect("send");
+            buf
+        };
+        let seen = |buf: Vec<u8>| {
+            let (payload, early) = recv_peeking(&mut buf.as_slice(), last_commit_of).expect("recv");
+            assert!(Req::decode(&payload).is_ok());
+            early
+        };
+        assert_eq!(seen(part(true)), Some(id));
+        assert_eq!(seen(part(false)), None);
+        let mut info = Vec::new();
+        send(&mut info, &Req::Info(VolId(2)).encode()).expect("send");
+        assert_eq!(seen(info), None);
+        assert_eq!(last_commit_of(&[VERSION]), None);
     }
 
     proptest! {
