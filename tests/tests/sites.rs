@@ -338,3 +338,73 @@ fn resize_and_extend_work_across_sites() {
     tb.ok(&format!("check {id} 8 0 4"));
     tb.ok(&format!("check {id} 9 4 6"));
 }
+
+#[test]
+fn read_copies_of_a_shareable_cluster_on_several_sites_and_no_writer_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path());
+    let a = site(&dir.path().join("a"), &etcd);
+    let b = site(&dir.path().join("b"), &etcd);
+    let c = site(&dir.path().join("c"), &etcd);
+
+    // A shareable cluster of b's volume 2, written there.
+    let mut tb = Tool::start(&b);
+    let id = id_of(&tb.ok("create 16 shareable 2"));
+    tb.ok(&format!("fill {id} 3"));
+    tb.ok(&format!("commit {id}"));
+    tb.ok(&format!("unmap {id}"));
+
+    // Read-only maps on a and c at once: a read copy on each.
+    let mut ta = Tool::start(&a);
+    let mut tc = Tool::start(&c);
+    ta.ok(&format!("map {id} ro"));
+    tc.ok(&format!("map {id} ro"));
+    ta.ok(&format!("check {id} 3"));
+    tc.ok(&format!("check {id} 3"));
+    let sites = b.admin(&["site", "list"]);
+    for s in ["site-a", "site-c"] {
+        assert!(
+            row(&sites, s).last() == Some(&format!("{id}(ro)").as_str()),
+            "{sites}"
+        );
+    }
+    let holder = tb.ok(&format!("where {id}"));
+    assert!(holder == "site-a" || holder == "site-c", "{holder}");
+
+    // While read copies exist, no site maps it read-write, not even the one that mounts it;
+    // the refusal names the sites holding them.
+    let refused = tb.cmd(&format!("map {id}"));
+    assert!(refused.starts_with("err -66"), "{refused}");
+    assert!(
+        refused.contains("site-a") && refused.contains("site-c"),
+        "{refused}"
+    );
+    let mut ta2 = Tool::start(&a);
+    let refused = ta2.cmd(&format!("map {id}"));
+    assert!(
+        refused.starts_with("err -66") && refused.contains("site-c"),
+        "{refused}"
+    );
+
+    // Once c's copy is gone, a (which holds the only read copy) may write: its copy becomes
+    // the cluster's one writable image, and c's read-only map is refused meanwhile.
+    tc.ok(&format!("unmap {id}"));
+    ta2.ok(&format!("map {id}"));
+    assert_eq!(tb.ok(&format!("where {id}")), "site-a");
+    let refused = tc.cmd(&format!("map {id} ro"));
+    assert!(
+        refused.starts_with("err -66") && refused.contains("site-a"),
+        "{refused}"
+    );
+    ta2.ok(&format!("fill {id} 4"));
+    ta2.ok(&format!("commit {id}"));
+    ta.ok(&format!("check {id} 4"));
+    ta2.ok(&format!("unmap {id}"));
+    ta.ok(&format!("unmap {id}"));
+
+    // Read copies again, of the new version.
+    tc.ok(&format!("map {id} ro"));
+    tc.ok(&format!("check {id} 4"));
+    tb.ok(&format!("map {id} ro"));
+    tb.ok(&format!("check {id} 4"));
+}

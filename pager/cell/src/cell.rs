@@ -210,6 +210,15 @@ impl Cell {
                 Some((id, String::from_utf8_lossy(kv.value()).into_owned()))
             })
             .collect();
+        let readers: Vec<(String, String)> = s
+            .get_prefix("listing the read copies", &k.all_readers())?
+            .iter()
+            .filter_map(|kv| {
+                let rest = kv.key_str().ok()?.strip_prefix(&k.all_readers())?;
+                let (id, site) = rest.split_once('/')?;
+                Some((id.to_owned(), site.to_owned()))
+            })
+            .collect();
         let alive: Vec<String> = alive
             .iter()
             .filter_map(|kv| {
@@ -231,6 +240,11 @@ impl Cell {
                     .map(|m| m.0 .0)
                     .collect(),
                 clusters: images
+                    .iter()
+                    .filter(|(_, site)| *site == record.name)
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+                read_copies: readers
                     .iter()
                     .filter(|(_, site)| *site == record.name)
                     .map(|(id, _)| id.clone())
@@ -393,7 +407,26 @@ impl Cell {
         })
     }
 
-    /// The site holding cluster `id`'s image now, if any.
+    /// The site holding cluster `id`'s image for writing now, or else the first site holding
+    /// a read copy of it, if any (what `clu_Where` answers).
+    pub fn where_is(&self, id: ClusterId) -> Result<Option<String>, CellError> {
+        if let Some(site) = self.placed(id)? {
+            return Ok(Some(site));
+        }
+        Ok(self.readers(id)?.into_iter().next())
+    }
+
+    /// The sites holding read copies of cluster `id`.
+    pub fn readers(&self, id: ClusterId) -> Result<Vec<String>, CellError> {
+        let s = &*self.shared;
+        let prefix = s.keys.readers(id);
+        Ok(s.get_prefix("listing a cluster's read copies", &prefix)?
+            .iter()
+            .filter_map(|kv| Keys::tail(kv.key_str().ok()?, &prefix).map(str::to_owned))
+            .collect())
+    }
+
+    /// The site holding cluster `id`'s image for writing now, if any.
     pub fn placed(&self, id: ClusterId) -> Result<Option<String>, CellError> {
         let s = &*self.shared;
         let mut c = s.client.clone();

@@ -48,6 +48,14 @@ pub enum CellError {
         /// The site holding it.
         site: String,
     },
+    /// Read copies of the cluster are mapped on other sites: no site may write it meanwhile.
+    #[error("cluster {id} has read copies on site(s) {sites}: it cannot be mapped read-write until they unmap it (read copies are not recalled)")]
+    ReadCopies {
+        /// The cluster.
+        id: clu_proto::ClusterId,
+        /// The sites holding read copies, comma-separated.
+        sites: String,
+    },
     /// This site's lease expired: it lost its mounts.
     #[error("site {0} lost its lease on the catalog (etcd unreachable for longer than its TTL): its mounts are gone; restart the pager to rejoin")]
     LeaseLost(String),

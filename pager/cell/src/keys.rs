@@ -8,7 +8,8 @@
 //! | `<cell>/next-volume` | the next volume id to try, decimal | permanent |
 //! | `<cell>/mounts/<id>` | the name of the site that mounts the volume | bound to that site's lease (mount = lock) |
 //! | `<cell>/images/<vvvv:cccc>` | the name of the site holding the cluster's image | bound to that site's lease (one image per cluster) |
-//! | `<cell>/placed/<vvvv:cccc>` | the site that last held it | permanent: whether a cached image is still the stored one |
+//! | `<cell>/readers/<vvvv:cccc>/<site>` | the site holding a read copy of a shareable cluster | bound to that site's lease; none while `images/` holds the cluster |
+//! | `<cell>/placed/<vvvv:cccc>` | the site that last held it for writing | permanent: whether a cached image is still the stored one |
 //!
 //! Ids are written as 4 hex digits, as everywhere else in the project (`0001`).
 
@@ -68,6 +69,18 @@ impl Keys {
     /// The prefix of every placement.
     pub fn images(&self) -> String {
         format!("{}/images/", self.prefix)
+    }
+    /// Site `site`'s read copy of a cluster (lease-bound).
+    pub fn reader(&self, id: clu_proto::ClusterId, site: &str) -> String {
+        format!("{}/readers/{id}/{site}", self.prefix)
+    }
+    /// The prefix of a cluster's read copies.
+    pub fn readers(&self, id: clu_proto::ClusterId) -> String {
+        format!("{}/readers/{id}/", self.prefix)
+    }
+    /// The prefix of every read copy.
+    pub fn all_readers(&self) -> String {
+        format!("{}/readers/", self.prefix)
     }
     /// Which site last held a cluster's image (permanent).
     pub fn placed(&self, id: clu_proto::ClusterId) -> String {

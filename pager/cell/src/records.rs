@@ -41,6 +41,8 @@ pub struct SiteStatus {
     pub mounts: Vec<u16>,
     /// The clusters whose image it holds (placements), as `vvvv:cccc`.
     pub clusters: Vec<String>,
+    /// The shareable clusters it holds a read copy of.
+    pub read_copies: Vec<String>,
 }
 
 /// A volume with the site that mounts it now, if any, and the mount's fencing epoch.

@@ -206,6 +206,26 @@ impl Session {
         // otherwise the current one.
         let got = first_get(&resp);
         if resp.succeeded() {
+            // Read copies elsewhere forbid writing. A read copy placed before the put above
+            // is seen here; one tried after it saw the put and was refused: never both.
+            let others: Vec<String> = self
+                .cell
+                .readers(id)?
+                .into_iter()
+                .filter(|r| *r != self.site)
+                .collect();
+            if !others.is_empty() {
+                self.release(s.keys.image(id), "backing out of a placement")?;
+                return Err(CellError::ReadCopies {
+                    id,
+                    sites: others.join(","),
+                });
+            }
+            // This site's own read copy, if it had one, is the writable image now.
+            self.release(
+                s.keys.reader(id, &self.site),
+                "dropping a read copy's placement",
+            )?;
             return Ok(got.map_or(true, |kv| kv.value() == self.site.as_bytes()));
         }
         match got {
@@ -221,10 +241,58 @@ impl Session {
         }
     }
 
-    /// Gives up cluster `id`'s placement if this site holds it.
-    pub fn unplace(&self, id: ClusterId) -> Result<(), CellError> {
-        let key = self.cell.shared.keys.image(id);
-        self.release(key, "releasing a cluster's placement")
+    /// Places a read copy of shareable cluster `id` on this site (F8): refused with
+    /// [`CellError::PlacedElsewhere`] while another site holds it for writing; any number of
+    /// sites may hold read copies at once. Returns, as [`Session::place`], whether no other
+    /// site held it for writing since this site last did (an image kept here is current).
+    pub fn place_read(&self, id: ClusterId) -> Result<bool, CellError> {
+        self.check()?;
+        let s = &*self.cell.shared;
+        let (key, last) = (s.keys.image(id), s.keys.placed(id));
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![
+                TxnOp::get(last, None),
+                TxnOp::put(
+                    s.keys.reader(id, &self.site),
+                    self.site.clone(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                ),
+            ])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = s.call("placing a read copy", c.txn(txn))?;
+        let got = first_get(&resp);
+        if resp.succeeded() {
+            return Ok(got.map_or(true, |kv| kv.value() == self.site.as_bytes()));
+        }
+        match got {
+            // This site holds it for writing: its image serves the read-only map too.
+            Some(kv) if kv.lease() == self.lease => Ok(true),
+            Some(kv) => Err(CellError::PlacedElsewhere {
+                id,
+                site: String::from_utf8_lossy(kv.value()).into_owned(),
+            }),
+            None => Err(CellError::Etcd {
+                op: "placing a read copy",
+                reason: "the placement changed hands during the call; try again".into(),
+            }),
+        }
+    }
+
+    /// Gives up cluster `id`'s placement if this site holds it: its read copy (`read_copy`),
+    /// or the writable image.
+    pub fn unplace(&self, id: ClusterId, read_copy: bool) -> Result<(), CellError> {
+        let keys = &self.cell.shared.keys;
+        if read_copy {
+            self.release(keys.reader(id, &self.site), "releasing a read copy")
+        } else {
+            self.release(keys.image(id), "releasing a cluster's placement")
+        }
     }
 
     /// Releases volume `vol`'s mount lock if this site holds it.

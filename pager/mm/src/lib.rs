@@ -17,6 +17,7 @@ pub mod image;
 pub mod manager;
 pub mod page_state;
 pub mod paging;
+pub mod placement;
 pub mod regions;
 pub mod rights;
 pub mod runs;

@@ -86,6 +86,7 @@ fn refusal(e: CellError) -> StorageError {
     match e {
         CellError::MountedElsewhere { vol, site } => StorageError::MountedElsewhere { vol, site },
         CellError::PlacedElsewhere { id, site } => StorageError::PlacedElsewhere { id, site },
+        CellError::ReadCopies { id, sites } => StorageError::ReadCopies { id, sites },
         other => StorageError::Cell(other.to_string()),
     }
 }
@@ -152,16 +153,24 @@ impl CellCatalog for CellSite {
         }
     }
 
-    fn place(&self, id: clu_proto::ClusterId) -> Result<bool, StorageError> {
-        self.session.place(id).map_err(refusal)
+    fn place(&self, id: clu_proto::ClusterId, read_copy: bool) -> Result<bool, StorageError> {
+        if read_copy {
+            self.session.place_read(id).map_err(refusal)
+        } else {
+            self.session.place(id).map_err(refusal)
+        }
     }
 
-    fn unplace(&self, id: clu_proto::ClusterId) -> Result<(), StorageError> {
-        self.session.unplace(id).map_err(refusal)
+    fn unplace(&self, id: clu_proto::ClusterId, read_copy: bool) -> Result<(), StorageError> {
+        self.session.unplace(id, read_copy).map_err(refusal)
     }
 
     fn placed(&self, id: clu_proto::ClusterId) -> Result<Option<String>, StorageError> {
         self.cell.placed(id).map_err(refusal)
+    }
+
+    fn where_is(&self, id: clu_proto::ClusterId) -> Result<Option<String>, StorageError> {
+        self.cell.where_is(id).map_err(refusal)
     }
 
     fn holds_locks(&self) -> bool {

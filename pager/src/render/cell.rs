@@ -33,7 +33,13 @@ pub fn site_list(sites: &[SiteStatus]) -> String {
             s.record.address,
             if s.alive { "yes" } else { "no" },
             list(&vols),
-            list(&s.clusters)
+            list(
+                &s.clusters
+                    .iter()
+                    .cloned()
+                    .chain(s.read_copies.iter().map(|c| format!("{c}(ro)")))
+                    .collect::<Vec<_>>()
+            )
         );
     }
     out

@@ -35,12 +35,17 @@ pub trait CellCatalog: Send + Sync {
     fn remote(&self, vol: VolId) -> Result<Option<Arc<dyn Volume>>>;
     /// Places cluster `id`'s image on this site; refuses with
     /// [`StorageError::PlacedElsewhere`] while another site holds it. `Ok(true)` when this
-    /// site also held it last (an image it kept is still the stored one).
-    fn place(&self, id: clu_proto::ClusterId) -> Result<bool>;
-    /// Gives up the placement of cluster `id`'s image.
-    fn unplace(&self, id: clu_proto::ClusterId) -> Result<()>;
-    /// The site holding cluster `id`'s image now, if any.
+    /// site also held it last (an image it kept is still the stored one). With `read_copy`
+    /// (a shareable cluster mapped read-only), a read copy: any number of sites may hold one
+    /// while no site holds it for writing; a placement for writing is refused with
+    /// [`StorageError::ReadCopies`] while other sites hold read copies.
+    fn place(&self, id: clu_proto::ClusterId, read_copy: bool) -> Result<bool>;
+    /// Gives up the placement of cluster `id`'s image (its read copy, with `read_copy`).
+    fn unplace(&self, id: clu_proto::ClusterId, read_copy: bool) -> Result<()>;
+    /// The site holding cluster `id`'s image for writing now, if any.
     fn placed(&self, id: clu_proto::ClusterId) -> Result<Option<String>>;
+    /// That site, or else the first holding a read copy (what `clu_Where` answers).
+    fn where_is(&self, id: clu_proto::ClusterId) -> Result<Option<String>>;
     /// Whether this site still holds its locks (its lease is alive). Local, no I/O: it is
     /// asked before every change to a volume.
     fn holds_locks(&self) -> bool;

@@ -122,6 +122,14 @@ pub enum StorageError {
         /// The site holding it.
         site: String,
     },
+    /// Other sites hold read copies of the cluster: it may not be mapped for writing.
+    #[error("cluster {id} has read copies on site(s) {sites}: it cannot be mapped read-write until they unmap it (read copies are not recalled)")]
+    ReadCopies {
+        /// The cluster.
+        id: ClusterId,
+        /// The sites, comma-separated.
+        sites: String,
+    },
     /// The mount lock of a volume went with this site's lease in the cell's catalog: another
     /// site may mount the volume now, so this one must not change it.
     #[error("volume {0} is no longer mounted by this site: its mount lock in the cell's catalog went with the site's lease (the catalog was unreachable for longer than the lease); restart the pager once etcd answers")]
@@ -169,7 +177,7 @@ impl StorageError {
             S::Io { .. } | S::Journal(_) | S::Corrupt { .. } => ErrorCode::Io,
             S::Fenced { .. } | S::Cell(_) | S::LockLost(_) => ErrorCode::Unavailable,
             S::Remote { code, .. } => *code,
-            S::PlacedElsewhere { .. } => ErrorCode::Remote,
+            S::PlacedElsewhere { .. } | S::ReadCopies { .. } => ErrorCode::Remote,
         }
     }
 

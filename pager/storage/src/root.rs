@@ -507,23 +507,32 @@ impl Storage {
 
     /// Places cluster `id`'s image on this site (in a cell; always granted otherwise): see
     /// [`CellCatalog::place`].
-    pub fn place(&self, id: ClusterId) -> Result<bool> {
+    pub fn place(&self, id: ClusterId, read_copy: bool) -> Result<bool> {
         match &self.cell {
-            Some(c) => c.place(id),
+            Some(c) => c.place(id, read_copy),
             None => Ok(true),
         }
     }
 
     /// Gives up the placement of cluster `id`'s image (in a cell).
-    pub fn unplace(&self, id: ClusterId) {
+    pub fn unplace(&self, id: ClusterId, read_copy: bool) {
         if let Some(c) = &self.cell {
-            if let Err(e) = c.unplace(id) {
+            if let Err(e) = c.unplace(id, read_copy) {
                 tracing::warn!(cluster = %id, "releasing a placement: {e}; it goes with the site's lease");
             }
         }
     }
 
-    /// The site holding cluster `id`'s image now: `None` outside a cell.
+    /// The site holding cluster `id`'s image for writing, or else a read copy of it:
+    /// `None` outside a cell.
+    pub fn where_is(&self, id: ClusterId) -> Result<Option<String>> {
+        match &self.cell {
+            Some(c) => c.where_is(id),
+            None => Ok(None),
+        }
+    }
+
+    /// The site holding cluster `id`'s image for writing now: `None` outside a cell.
     pub fn placed(&self, id: ClusterId) -> Result<Option<String>> {
         match &self.cell {
             Some(c) => c.placed(id),

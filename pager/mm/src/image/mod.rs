@@ -15,7 +15,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+pub use crate::placement::Placement;
 use std::sync::{Arc, Mutex};
 
 mod evict;
@@ -124,6 +126,8 @@ pub struct Image {
     memfd: File,
     /// A temporary cluster: never written to storage (commit keeps its pages in memory).
     temporary: AtomicBool,
+    /// How the cell placed the image on this site while processes map it ([`Placement`]).
+    placement: AtomicU8,
     state: Mutex<ImageState>,
     mappers: Mutex<Mappers>,
     commit_lock: Mutex<()>,
@@ -177,6 +181,7 @@ impl Image {
             vol,
             memfd,
             temporary: AtomicBool::new(false),
+            placement: AtomicU8::new(Placement::None as u8),
             state: Mutex::new(ImageState {
                 pages: vec![initial; npages as usize],
                 slots: HashMap::new(),
@@ -218,6 +223,25 @@ impl Image {
     /// Marks the image as a temporary cluster's, or not.
     pub fn set_temporary(&self, t: bool) {
         self.temporary.store(t, Ordering::Release);
+    }
+
+    /// How the image is placed in the cell now.
+    pub fn placement(&self) -> Placement {
+        match self.placement.load(Ordering::Acquire) {
+            2 => Placement::Write,
+            1 => Placement::ReadCopy,
+            _ => Placement::None,
+        }
+    }
+
+    /// Records a placement (kept at the stronger of the two while processes map the image;
+    /// cleared at the last unmap, when the cell's placement is given up).
+    pub fn set_placement(&self, p: Placement) {
+        if p == Placement::None {
+            self.placement.store(p as u8, Ordering::Release);
+        } else {
+            self.placement.fetch_max(p as u8, Ordering::AcqRel);
+        }
     }
 
     /// Whether the image is a temporary cluster's.

@@ -20,7 +20,7 @@ use userfaultfd::Uffd;
 
 use self::table::{Entry, ImageTable};
 use crate::error::Refusal;
-use crate::image::{spawn_replay, Image, ImageView};
+use crate::image::{spawn_replay, Image, ImageView, Placement};
 use crate::regions::UserRegion;
 use crate::rights;
 use crate::site::{Reclaim, Site};
@@ -146,7 +146,7 @@ impl Manager {
         }
         let volume = self.storage.volume(vol)?;
         let desc = volume.clu_create(npages, uid, kind)?;
-        if let Err(e) = self.storage.place(desc.id) {
+        if let Err(e) = self.storage.place(desc.id, false) {
             let _ = volume.clu_destroy(desc.id.clu());
             return Err(e.into());
         }
@@ -158,6 +158,7 @@ impl Manager {
             }
         };
         img.set_temporary(kind == ClusterKind::Temporary);
+        img.set_placement(Placement::Write);
         img.add_mapper(conn, true)?;
         let memfd = dup(img.memfd())?;
         self.table.lock().insert(desc.id, Entry::new(Arc::new(img)));
@@ -182,13 +183,20 @@ impl Manager {
         let desc = self.storage.clu_get_desc(id)?;
         let writable = mode == MapMode::ReadWrite;
         rights::may_map(&desc, uid, writable)?;
-        // One image per cluster in the cell (E1-E2): unless a process here maps it already,
-        // the image is placed on this site first (a call to the catalog, no lock held),
-        // refused while another site holds it. If another site held it since this site last
-        // did, an image kept here may be older than the stored one: it goes.
-        let mapped_here = self.table.image(id).is_some_and(|i| i.mappers() > 0);
-        if !mapped_here
-            && !self.storage.place(id)?
+        // One image per cluster in the cell (E1-E2, F8): unless the image here is placed
+        // as this map needs already, it is placed on this site first (a call to the catalog,
+        // no lock held), refused while another site holds it for writing; a read-only map of
+        // a shareable cluster needs only a read copy, which other sites may hold too. If
+        // another site held it for writing since this site last did, an image kept here may
+        // be older than the stored one: it goes.
+        let need = Placement::needed(desc.kind, writable);
+        let held = self
+            .table
+            .image(id)
+            .filter(|i| i.mappers() > 0)
+            .map_or(Placement::None, |i| i.placement());
+        if held < need
+            && !self.storage.place(id, need == Placement::ReadCopy)?
             && self.table.image(id).is_some_and(|i| i.mappers() == 0)
         {
             info!(cluster = %id, "another site held the cluster since: the cached image is dropped");
@@ -216,11 +224,13 @@ impl Manager {
                 }
                 Some(entry) => {
                     entry.image.add_mapper(conn, writable)?;
+                    entry.image.set_placement(need);
                     break entry.image.clone();
                 }
                 None => match fresh.take() {
                     Some((img, history)) => {
                         img.add_mapper(conn, writable)?;
+                        img.set_placement(need);
                         table.insert(id, Entry::new(img.clone()));
                         drop(table);
                         if !history.is_empty() {
@@ -336,7 +346,9 @@ impl Manager {
         img.end_use();
         // No process of this site maps it now: another site may place it (a call to the
         // catalog, with the entry still closing so that a map here waits for it).
-        self.storage.unplace(id);
+        self.storage
+            .unplace(id, img.placement() == Placement::ReadCopy);
+        img.set_placement(Placement::None);
         if self.site.caches_images() && img.cacheable() {
             // The image stays, clean, as the site's cache: the next map finds it warm.
             img.retire();
@@ -420,7 +432,7 @@ impl Manager {
     /// `clu_Where`: the site holding the cluster's image now ("" if none, or outside a cell).
     /// Anyone may ask.
     pub fn where_is(&self, id: ClusterId) -> Result<String, Refusal> {
-        Ok(self.storage.placed(id)?.unwrap_or_default())
+        Ok(self.storage.where_is(id)?.unwrap_or_default())
     }
 
     /// `clu_Owner`: anyone may ask.
