@@ -408,3 +408,70 @@ fn read_copies_of_a_shareable_cluster_on_several_sites_and_no_writer_meanwhile()
     tb.ok(&format!("map {id} ro"));
     tb.ok(&format!("check {id} 4"));
 }
+
+/// The live sites in `p`'s status (its watch of the cell), once `pred` holds of them.
+fn until_alive(p: &Pager, within: Duration, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let json = p.status_json();
+        let alive: Vec<String> = json["cell"]["sites_alive"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no cell.sites_alive in {json}"))
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        if pred(&alive) {
+            return alive;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "sites alive never changed: {alive:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_manager_added_at_run_time_is_seen_by_the_others_and_pages_at_once_even_with_no_volume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = Etcd::start(dir.path());
+    let a = site(&dir.path().join("a"), &etcd);
+    let b = site(&dir.path().join("b"), &etcd);
+    let both = until_alive(&a, Duration::from_secs(5), |s| s.len() == 2);
+    assert_eq!(both, vec!["site-a", "site-b"]);
+    let mut tb = Tool::start(&b);
+    let id = id_of(&tb.ok("create 32 protected 2"));
+    tb.ok(&format!("fill {id} 6"));
+    tb.ok(&format!("commit {id}"));
+    tb.ok(&format!("unmap {id}"));
+
+    // c joins while a and b run: a's watch sees it (its status asks etcd nothing), and c
+    // pages b's volume at once.
+    let mut c = site(&dir.path().join("c"), &etcd);
+    let t0 = Instant::now();
+    until_alive(&a, Duration::from_secs(5), |s| {
+        s.iter().any(|x| x == "site-c")
+    });
+    eprintln!("site-c seen by site-a's watch after {:?}", t0.elapsed());
+    assert!(a
+        .status()
+        .contains("sites alive      3 (site-a, site-b, site-c)"));
+    // A site with no storage of its own (K4): c unmounts its volume, and still pages b's.
+    c.admin(&["vol", "unmount", "default"]);
+    let sites = b.admin(&["site", "list"]);
+    assert_eq!(row(&sites, "site-c")[3], "-", "{sites}");
+    let mut tc = Tool::start(&c);
+    tc.ok(&format!("map {id}"));
+    tc.ok(&format!("check {id} 6"));
+    tc.ok(&format!("unmap {id}"));
+    drop(tc);
+
+    // c dies: its departure is seen when its lease ends.
+    c.kill();
+    let t0 = Instant::now();
+    until_alive(&a, Duration::from_secs(TTL * 5), |s| {
+        !s.iter().any(|x| x == "site-c")
+    });
+    eprintln!("site-c's death seen after {:?}", t0.elapsed());
+    until_alive(&b, Duration::from_secs(TTL * 5), |s| s.len() == 2);
+}

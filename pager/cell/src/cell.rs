@@ -184,11 +184,20 @@ impl Cell {
             name.to_owned(),
         ));
         tracing::info!(site = name, lease, ttl, "joined the cell");
+        let members = Arc::new(crate::Members::default());
+        let watcher = s.rt.spawn(crate::members::watch(
+            s.client.clone(),
+            s.keys.clone(),
+            members.clone(),
+            name.to_owned(),
+        ));
         Ok(Session {
             cell: self.clone(),
             site: name.to_owned(),
             lease,
             clock,
+            members,
+            watcher,
             keeper: Some(keeper),
             revoke_on_drop: true,
         })

@@ -23,10 +23,12 @@
 mod cell;
 mod error;
 pub mod keys;
+pub mod members;
 pub mod records;
 mod session;
 
 pub use cell::{parse_catalog, Cell};
 pub use error::CellError;
+pub use members::Members;
 pub use records::{SiteRecord, SiteStatus, VolumeRecord, VolumeStatus};
 pub use session::Session;

@@ -109,6 +109,9 @@ pub struct Session {
     pub(crate) lease: i64,
     pub(crate) clock: Arc<LeaseClock>,
     pub(crate) keeper: Option<tokio::task::JoinHandle<()>>,
+    /// The live sites, kept by a watch on `alive/`.
+    pub(crate) members: Arc<crate::Members>,
+    pub(crate) watcher: tokio::task::JoinHandle<()>,
     pub(crate) revoke_on_drop: bool,
 }
 
@@ -316,12 +319,18 @@ impl Session {
         Ok(())
     }
 
+    /// The cell's live sites as this site's watch sees them (no call to etcd).
+    pub fn members(&self) -> Vec<(String, String)> {
+        self.members.alive()
+    }
+
     /// Leaves the cell now: revokes the lease (the site's live key and its mount locks go at
     /// once) and stops renewing it. Every later change is refused as after a lost lease.
     pub fn leave(&self) {
         if let Some(k) = &self.keeper {
             k.abort();
         }
+        self.watcher.abort();
         if self.clock.gone.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -344,6 +353,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.watcher.abort();
         if self.revoke_on_drop {
             self.leave();
         } else if let Some(k) = self.keeper.take() {

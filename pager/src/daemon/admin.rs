@@ -109,6 +109,7 @@ fn status(d: &Daemon) -> Status {
             cell: c.name.clone(),
             catalog: c.cell.endpoints().to_owned(),
             lease_alive: !c.session.is_lost(),
+            sites_alive: c.session.members().into_iter().map(|(s, _)| s).collect(),
             remote_sites: c
                 .peers
                 .views()

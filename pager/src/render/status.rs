@@ -171,6 +171,8 @@ pub struct CellView {
     pub catalog: String,
     /// Whether the site's lease (and so its mounts) holds.
     pub lease_alive: bool,
+    /// The cell's live sites, as this site's watch sees them.
+    pub sites_alive: Vec<String>,
     /// What this site exchanged with each other site (remote paging).
     pub remote_sites: Vec<RemoteSiteView>,
 }
@@ -330,6 +332,12 @@ impl Status {
                 } else {
                     "LOST (no change to its volumes is accepted; restart once etcd answers)"
                 }
+            );
+            let _ = writeln!(
+                out,
+                "sites alive      {} ({})",
+                c.sites_alive.len(),
+                c.sites_alive.join(", ")
             );
             for r in &c.remote_sites {
                 let _ = writeln!(
