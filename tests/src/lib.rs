@@ -126,6 +126,7 @@ mod tests {
 
 pub mod etcd;
 pub mod harness;
+pub mod lan;
 pub mod netns;
 pub mod raw;
 

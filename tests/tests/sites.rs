@@ -1,24 +1,34 @@
 //! Pagers of several sites in one cell, its catalog on a real etcd (issue 16, thesis C5, C8,
 //! M2, A6): volume ids allocated across the cell, mount = lock bound to the site's lease, a
 //! site SIGKILLed losing its mounts when its lease expires, a site that loses etcd refusing
-//! every change to its volumes.
+//! every change to its volumes. Every site runs in a network namespace of its own, on a
+//! bridge with the host (where etcd listens).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clu_tests::etcd::{free_port, Etcd};
 use clu_tests::harness::{id_of, site_args, Pager, Tool};
+use clu_tests::lan::Lan;
 
 /// The lease's TTL the pagers of these tests run with, in seconds.
 const TTL: u64 = 2;
 /// How long a request to another site waits, in seconds.
 const REMOTE_TIMEOUT: u64 = 2;
 
-fn site(root: &Path, etcd: &Etcd) -> Pager {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args = site_args(&etcd.url(), &listen, TTL, REMOTE_TIMEOUT);
+/// A site on root `root` (named `site-` and the root's directory name), in a network
+/// namespace of its own on the test's LAN.
+fn site(lan: &mut Lan, root: &Path, etcd: &Etcd) -> Pager {
+    let name = format!(
+        "site-{}",
+        root.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let at = lan.site(&name);
+    let listen = format!("{}:{}", at.ip, free_port());
+    let mut args = site_args(&etcd.url(), &listen, TTL, REMOTE_TIMEOUT);
+    args.extend(at.key_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Pager::start_with(root, 1024, &args)
+    Pager::start_in(&at.ns, &at.ip, root, 1024, &args)
 }
 
 /// The rows of a table whose first column is `first`.
@@ -46,10 +56,11 @@ fn until_sites(p: &Pager, within: Duration, pred: impl Fn(&str) -> bool) -> Stri
 #[test]
 fn sites_share_one_catalog_and_a_dead_sites_mounts_go_with_its_lease() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
+    let mut lan = Lan::new(dir.path());
+    let etcd = Etcd::start_on(dir.path(), &lan.host_ip);
     let ra = dir.path().join("a");
-    let mut a = site(&ra, &etcd);
-    let b = site(&dir.path().join("b"), &etcd);
+    let mut a = site(&mut lan, &ra, &etcd);
+    let b = site(&mut lan, &dir.path().join("b"), &etcd);
 
     // Each new root's `default` volume got its id from the cell: 1 and 2, in start order.
     let vols = b.admin(&["vol", "list"]);
@@ -98,7 +109,7 @@ fn sites_share_one_catalog_and_a_dead_sites_mounts_go_with_its_lease() {
         .status()
         .expect("cp");
     assert!(cp.success());
-    let c = site(&rc, &etcd);
+    let c = site(&mut lan, &rc, &etcd);
     let err = c.admin_fails(&["vol", "mount", "data"]);
     assert!(err.contains("mounted by site `site-a`"), "{err}");
 
@@ -135,8 +146,9 @@ fn sites_share_one_catalog_and_a_dead_sites_mounts_go_with_its_lease() {
 #[test]
 fn a_site_cut_off_from_etcd_refuses_every_change_once_its_lease_is_over() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut etcd = Etcd::start(dir.path());
-    let a = site(&dir.path().join("a"), &etcd);
+    let mut lan = Lan::new(dir.path());
+    let mut etcd = Etcd::start_on(dir.path(), &lan.host_ip);
+    let a = site(&mut lan, &dir.path().join("a"), &etcd);
     let mut t = Tool::start(&a);
     let id = id_of(&t.ok("create 8 protected 1"));
     t.ok(&format!("fill {id} 3"));
@@ -170,9 +182,10 @@ fn a_site_cut_off_from_etcd_refuses_every_change_once_its_lease_is_over() {
 #[test]
 fn a_process_on_one_site_pages_a_volume_another_site_mounts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
-    let a = site(&dir.path().join("a"), &etcd);
-    let mut b = site(&dir.path().join("b"), &etcd);
+    let mut lan = Lan::new(dir.path());
+    let etcd = Etcd::start_on(dir.path(), &lan.host_ip);
+    let a = site(&mut lan, &dir.path().join("a"), &etcd);
+    let mut b = site(&mut lan, &dir.path().join("b"), &etcd);
 
     // On a, a cluster of b's volume 2: created there, written here, committed there.
     let mut ta = Tool::start(&a);
@@ -242,10 +255,11 @@ fn a_process_on_one_site_pages_a_volume_another_site_mounts() {
 #[test]
 fn one_image_per_cluster_a_second_site_is_redirected_to_the_holder() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
-    let a = site(&dir.path().join("a"), &etcd);
-    let b = site(&dir.path().join("b"), &etcd);
-    let c = site(&dir.path().join("c"), &etcd);
+    let mut lan = Lan::new(dir.path());
+    let etcd = Etcd::start_on(dir.path(), &lan.host_ip);
+    let a = site(&mut lan, &dir.path().join("a"), &etcd);
+    let b = site(&mut lan, &dir.path().join("b"), &etcd);
+    let c = site(&mut lan, &dir.path().join("c"), &etcd);
 
     // a maps a cluster of b's volume: its image is a's now, everywhere in the cell.
     let mut ta = Tool::start(&a);
@@ -308,9 +322,10 @@ fn one_image_per_cluster_a_second_site_is_redirected_to_the_holder() {
 #[test]
 fn resize_and_extend_work_across_sites() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
-    let a = site(&dir.path().join("a"), &etcd);
-    let b = site(&dir.path().join("b"), &etcd);
+    let mut lan = Lan::new(dir.path());
+    let etcd = Etcd::start_on(dir.path(), &lan.host_ip);
+    let a = site(&mut lan, &dir.path().join("a"), &etcd);
+    let b = site(&mut lan, &dir.path().join("b"), &etcd);
 
     // On a, a cluster of b's volume 2, grown by one process and extended in another.
     let mut t1 = Tool::start(&a);
@@ -342,10 +357,11 @@ fn resize_and_extend_work_across_sites() {
 #[test]
 fn read_copies_of_a_shareable_cluster_on_several_sites_and_no_writer_meanwhile() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
-    let a = site(&dir.path().join("a"), &etcd);
-    let b = site(&dir.path().join("b"), &etcd);
-    let c = site(&dir.path().join("c"), &etcd);
+    let mut lan = Lan::new(dir.path());
+    let etcd = Etcd::start_on(dir.path(), &lan.host_ip);
+    let a = site(&mut lan, &dir.path().join("a"), &etcd);
+    let b = site(&mut lan, &dir.path().join("b"), &etcd);
+    let c = site(&mut lan, &dir.path().join("c"), &etcd);
 
     // A shareable cluster of b's volume 2, written there.
     let mut tb = Tool::start(&b);
@@ -434,9 +450,10 @@ fn until_alive(p: &Pager, within: Duration, pred: impl Fn(&[String]) -> bool) ->
 #[test]
 fn a_manager_added_at_run_time_is_seen_by_the_others_and_pages_at_once_even_with_no_volume() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
-    let a = site(&dir.path().join("a"), &etcd);
-    let b = site(&dir.path().join("b"), &etcd);
+    let mut lan = Lan::new(dir.path());
+    let etcd = Etcd::start_on(dir.path(), &lan.host_ip);
+    let a = site(&mut lan, &dir.path().join("a"), &etcd);
+    let b = site(&mut lan, &dir.path().join("b"), &etcd);
     let both = until_alive(&a, Duration::from_secs(5), |s| s.len() == 2);
     assert_eq!(both, vec!["site-a", "site-b"]);
     let mut tb = Tool::start(&b);
@@ -447,7 +464,7 @@ fn a_manager_added_at_run_time_is_seen_by_the_others_and_pages_at_once_even_with
 
     // c joins while a and b run: a's watch sees it (its status asks etcd nothing), and c
     // pages b's volume at once.
-    let mut c = site(&dir.path().join("c"), &etcd);
+    let mut c = site(&mut lan, &dir.path().join("c"), &etcd);
     let t0 = Instant::now();
     until_alive(&a, Duration::from_secs(5), |s| {
         s.iter().any(|x| x == "site-c")

@@ -3,26 +3,30 @@
 //! SIGKILLed and started again. After each kill, the cluster holds exactly one committed
 //! version (every page of the same version, never a torn one), and that version is the last
 //! acknowledged one or the one in flight: no acknowledged commit is lost. Read on b from its
-//! storage and on a across the network. `CLU_SITES_CRASH_ROUNDS` sets the rounds (6).
+//! storage and on a across the network. Each site in a network namespace of its own. `CLU_SITES_CRASH_ROUNDS` sets the rounds (6).
 
 use std::time::{Duration, Instant};
 
 use clu_tests::etcd::{free_port, Etcd};
 use clu_tests::harness::{id_of, site_args, Pager, Tool};
+use clu_tests::lan::Lan;
 
 const TTL: u64 = 2;
 const REMOTE_TIMEOUT: u64 = 2;
 const PAGES: u64 = 16;
 
-fn site(root: &std::path::Path, etcd: &Etcd) -> Pager {
-    let args = site_args(
-        &etcd.url(),
-        &format!("127.0.0.1:{}", free_port()),
-        TTL,
-        REMOTE_TIMEOUT,
+/// A site in a network namespace of its own on the test's LAN.
+fn site(lan: &mut Lan, root: &std::path::Path, etcd: &Etcd) -> Pager {
+    let name = format!(
+        "site-{}",
+        root.file_name().unwrap_or_default().to_string_lossy()
     );
+    let at = lan.site(&name);
+    let listen = format!("{}:{}", at.ip, free_port());
+    let mut args = site_args(&etcd.url(), &listen, TTL, REMOTE_TIMEOUT);
+    args.extend(at.key_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Pager::start_with(root, 1024, &args)
+    Pager::start_in(&at.ns, &at.ip, root, 1024, &args)
 }
 
 /// The version every page holds, read by a fresh process on `p` (retried while the cluster's
@@ -53,9 +57,10 @@ fn kill_9_of_either_site_during_remote_commits_loses_no_acknowledged_commit() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     let dir = tempfile::tempdir().expect("tempdir");
-    let etcd = Etcd::start(dir.path());
-    let mut a = site(&dir.path().join("a"), &etcd);
-    let mut b = site(&dir.path().join("b"), &etcd);
+    let mut lan = Lan::new(dir.path());
+    let etcd = Etcd::start_on(dir.path(), &lan.host_ip);
+    let mut a = site(&mut lan, &dir.path().join("a"), &etcd);
+    let mut b = site(&mut lan, &dir.path().join("b"), &etcd);
 
     // A cluster of b's volume 2, created from a.
     let id = {

@@ -1,0 +1,147 @@
+//! A LAN of a test's own: a bridge on the host and one network namespace per site, each joined
+//! to the bridge by a veth pair, so that sites reach each other (and etcd, on the host's
+//! address on the bridge) through real network stacks. The LAN has its own cell keys, each
+//! site's certificate naming its address there. Root only (CI is); everything goes on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::harness::pager_bin;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bridge and the namespaces on it.
+pub struct Lan {
+    bridge: String,
+    /// The host's address on the bridge (where etcd listens).
+    pub host_ip: String,
+    net: String,
+    tag: String,
+    keys: PathBuf,
+    namespaces: Vec<String>,
+    links: Vec<String>,
+}
+
+/// A site's place on the LAN.
+pub struct LanSite {
+    /// Its namespace.
+    pub ns: String,
+    /// Its address.
+    pub ip: String,
+    /// `--keys DIR --site NAME`: its certificate, valid for its address.
+    pub key_args: Vec<String>,
+}
+
+impl Lan {
+    /// A new LAN; its keys under `dir`.
+    pub fn new(dir: &Path) -> Lan {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("{}{k}", pid % 10_000);
+        // 10.(100+k).X.0/24: X from the process, so that test processes do not collide.
+        let net = format!("10.{}.{}", 100 + k % 100, pid % 250);
+        let lan = Lan {
+            bridge: format!("clb{tag}"),
+            host_ip: format!("{net}.1"),
+            net,
+            tag,
+            keys: dir.join("lan-keys"),
+            namespaces: Vec::new(),
+            links: Vec::new(),
+        };
+        let _ = Command::new("ip")
+            .args(["link", "del", &lan.bridge])
+            .output();
+        ip(&["link", "add", &lan.bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", lan.host_ip),
+            "dev",
+            &lan.bridge,
+        ]);
+        ip(&["link", "set", &lan.bridge, "up"]);
+        let st = Command::new(pager_bin())
+            .args(["keys", "init"])
+            .arg(&lan.keys)
+            .stdout(Stdio::null())
+            .status()
+            .expect("pager keys init");
+        assert!(st.success(), "pager keys init failed");
+        lan
+    }
+
+    /// A namespace for site `name` on the LAN, and its certificate.
+    pub fn site(&mut self, name: &str) -> LanSite {
+        let i = self.namespaces.len() + 2;
+        let ns = format!("clu-{}-{}", self.tag, i);
+        let (h, n) = (
+            format!("clv{}h{i}", self.tag),
+            format!("clv{}n{i}", self.tag),
+        );
+        let addr = format!("{}.{i}", self.net);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        ip(&["link", "add", &h, "type", "veth", "peer", "name", &n]);
+        self.links.push(h.clone());
+        ip(&["link", "set", &n, "netns", &ns]);
+        ip(&["link", "set", &h, "master", &self.bridge]);
+        ip(&["link", "set", &h, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["addr", "add", &format!("{addr}/24"), "dev", &n]);
+        inside(&["link", "set", &n, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        if !self.keys.join(format!("{name}.crt")).exists() {
+            let st = Command::new(pager_bin())
+                .args(["keys", "issue"])
+                .arg(&self.keys)
+                .args([name, "--host", &addr])
+                .stdout(Stdio::null())
+                .status()
+                .expect("pager keys issue");
+            assert!(st.success(), "pager keys issue {name} failed");
+        }
+        LanSite {
+            ns,
+            ip: addr,
+            key_args: vec![
+                "--keys".into(),
+                self.keys.display().to_string(),
+                "--site".into(),
+                name.into(),
+            ],
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        for l in &self.links {
+            let _ = Command::new("ip").args(["link", "del", l]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
