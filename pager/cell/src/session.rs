@@ -11,11 +11,23 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use crate::cell::{first_get, Cell};
 use crate::CellError;
 
+/// The share of the TTL a site gives up as a margin for clock rates: it counts its lease lost
+/// `ttl / RATE_MARGIN` early, so that a clock here running up to that much slower than etcd's
+/// still stops the site before etcd hands its locks to another.
+pub const RATE_MARGIN: u32 = 8;
+
+/// When a lease renewed (its renewal sent) at `renewed` counts as lost here: `ttl` later, less
+/// the margin (see [`RATE_MARGIN`]). Pure.
+pub fn lost_at(renewed: Duration, ttl: Duration) -> Duration {
+    renewed + ttl - ttl / RATE_MARGIN
+}
+
 /// What this process knows of its lease: renewed when, gone on the server or not. The site
-/// counts its lease lost `ttl` after the last renewal it *sent* that etcd confirmed (etcd
-/// extends the lease from when it handles the renewal, which is later), so the site gives up
-/// its locks no later than etcd hands them to another site (clocks run at the same rate on
-/// both; no synchronisation between them is assumed).
+/// counts its lease lost before `ttl` after the last renewal it *sent* that etcd confirmed
+/// ([`lost_at`]; etcd extends the lease from when it handles the renewal, which is later), so
+/// the site gives up its locks, and refuses every change, before etcd hands them to another
+/// site, as long as its clock runs no more than `1/RATE_MARGIN` slower than etcd's (no
+/// synchronisation between the clocks is assumed).
 pub(crate) struct LeaseClock {
     base: Instant,
     ttl: Duration,
@@ -45,7 +57,7 @@ impl LeaseClock {
             return true;
         }
         let renewed = Duration::from_nanos(self.renewed_ns.load(Ordering::Acquire));
-        self.base.elapsed() >= renewed + self.ttl
+        self.base.elapsed() >= lost_at(renewed, self.ttl)
     }
 }
 
@@ -358,6 +370,30 @@ impl Drop for Session {
             self.leave();
         } else if let Some(k) = self.keeper.take() {
             k.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_counts_as_lost_before_etcd_can_expire_it() {
+        for ttl_ms in [1000u64, 2000, 10_000, 60_000] {
+            let ttl = Duration::from_millis(ttl_ms);
+            for renewed_ms in [0u64, 1, 700, 123_456] {
+                let renewed = Duration::from_millis(renewed_ms);
+                let lost = lost_at(renewed, ttl);
+                // etcd expires the lease `ttl` after it handled the renewal, which is after it
+                // was sent; a clock here 1/RATE_MARGIN slower still reaches `lost` first.
+                let etcd_expiry = renewed + ttl;
+                assert!(lost < etcd_expiry);
+                let slow = (lost - renewed).as_secs_f64() * (1.0 + 1.0 / f64::from(RATE_MARGIN));
+                assert!(slow <= ttl.as_secs_f64() + 1e-9, "{ttl:?} {renewed:?}");
+                // Never sooner than needed: most of the lease is still used.
+                assert!(lost - renewed >= ttl * (RATE_MARGIN - 1) / RATE_MARGIN);
+            }
         }
     }
 }
