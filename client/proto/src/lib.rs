@@ -10,6 +10,7 @@
 pub mod channel;
 pub mod codec;
 mod error_code;
+pub mod frame;
 mod ids;
 pub mod protocol;
 

@@ -14,6 +14,7 @@
 use std::io::{self, Read, Write};
 
 use clu_proto::codec::{DecodeError, Reader, Writer};
+use clu_proto::frame::{self, FrameError};
 use clu_proto::{ClusterKind, PAGE_SIZE};
 use clu_storage::ClusterDesc;
 use journal::{Lsn, PageRun};
@@ -421,31 +422,16 @@ impl Msg {
 
 /// Writes one framed message.
 pub fn send(w: &mut impl Write, msg: &Msg) -> io::Result<()> {
-    let payload = msg.encode();
-    let frame = Writer::new()
-        .u32(payload.len() as u32)
-        .u32(crc32c::crc32c(&payload))
-        .raw(&payload)
-        .finish();
-    w.write_all(&frame)?;
-    w.flush()
+    frame::send(w, &msg.encode())
 }
 
 /// Reads one framed message.
 pub fn recv(r: &mut impl Read) -> Result<Msg, WireError> {
-    let mut head = [0u8; 8];
-    r.read_exact(&mut head)?;
-    let mut h = Reader::new(&head);
-    let len = h.u32()? as usize;
-    let crc = h.u32()?;
-    if len > MAX_FRAME {
-        return Err(WireError::Oversized(len));
-    }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)?;
-    if crc32c::crc32c(&payload) != crc {
-        return Err(WireError::Checksum);
-    }
+    let payload = frame::recv(r, MAX_FRAME).map_err(|e| match e {
+        FrameError::Io(e) => WireError::Io(e),
+        FrameError::Oversized { len, .. } => WireError::Oversized(len),
+        FrameError::Checksum => WireError::Checksum,
+    })?;
     Msg::decode(&payload)
 }
 

@@ -9,6 +9,7 @@
 use std::io::{self, Read, Write};
 
 use clu_proto::codec::{DecodeError, Reader, Writer};
+use clu_proto::frame::{self, FrameError};
 use clu_proto::{ClusterId, ClusterKind, ErrorCode, VolId, PAGE_SIZE};
 
 const VERSION: u8 = 1;
@@ -406,13 +407,7 @@ impl Resp {
 
 /// Writes one framed payload.
 pub fn send(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
-    let head = Writer::new()
-        .u32(payload.len() as u32)
-        .u32(crc32c::crc32c(payload))
-        .finish();
-    w.write_all(&head)?;
-    w.write_all(payload)?;
-    w.flush()
+    frame::send(w, payload)
 }
 
 /// Bytes of a payload that [`last_commit_of`] needs.
@@ -429,47 +424,28 @@ pub fn last_commit_of(head: &[u8]) -> Option<ClusterId> {
     }
 }
 
+impl From<FrameError> for WireError {
+    fn from(e: FrameError) -> WireError {
+        match e {
+            FrameError::Io(e) => WireError::Io(e),
+            FrameError::Oversized { len, .. } => WireError::Oversized(len),
+            FrameError::Checksum => WireError::Checksum,
+        }
+    }
+}
+
 /// Reads one framed payload, calling `peek` on its first [`PEEK`] bytes (fewer for a shorter
 /// one) before reading the rest: work on a large frame can start while it arrives.
 pub fn recv_peeking<T>(
     r: &mut impl Read,
     peek: impl FnOnce(&[u8]) -> T,
 ) -> Result<(Vec<u8>, T), WireError> {
-    let mut head = [0u8; 8];
-    r.read_exact(&mut head)?;
-    let mut h = Reader::new(&head);
-    let len = h.u32()? as usize;
-    let crc = h.u32()?;
-    if len > MAX_FRAME {
-        return Err(WireError::Oversized(len));
-    }
-    let mut payload = vec![0u8; len];
-    let first = len.min(PEEK);
-    r.read_exact(&mut payload[..first])?;
-    let early = peek(&payload[..first]);
-    r.read_exact(&mut payload[first..])?;
-    if crc32c::crc32c(&payload) != crc {
-        return Err(WireError::Checksum);
-    }
-    Ok((payload, early))
+    Ok(frame::recv_peeking(r, MAX_FRAME, PEEK, peek)?)
 }
 
 /// Reads one framed payload.
 pub fn recv(r: &mut impl Read) -> Result<Vec<u8>, WireError> {
-    let mut head = [0u8; 8];
-    r.read_exact(&mut head)?;
-    let mut h = Reader::new(&head);
-    let len = h.u32()? as usize;
-    let crc = h.u32()?;
-    if len > MAX_FRAME {
-        return Err(WireError::Oversized(len));
-    }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)?;
-    if crc32c::crc32c(&payload) != crc {
-        return Err(WireError::Checksum);
-    }
-    Ok(payload)
+    Ok(frame::recv(r, MAX_FRAME)?)
 }
 
 #[cfg(test)]
