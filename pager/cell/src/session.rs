@@ -191,10 +191,11 @@ impl Session {
     }
 
     /// Places cluster `id`'s image on this site (one image per cluster in the cell, E1-E2):
-    /// refused with [`CellError::PlacedElsewhere`] while another site holds it. Returns whether
-    /// this site was also the last to hold it before (then an image it kept, clean, is still
-    /// the stored one; otherwise another site may have committed meanwhile). Placing again an
-    /// image this site holds returns `true`.
+    /// refused with [`CellError::PlacedElsewhere`] while another site holds it, and with
+    /// [`CellError::ReadCopies`] while other sites hold read copies. Returns whether this site
+    /// was also the last to hold it before (then an image it kept, clean, is still the stored
+    /// one; otherwise another site may have committed meanwhile). Placing again an image this
+    /// site holds returns `true`.
     pub fn place(&self, id: ClusterId) -> Result<bool, CellError> {
         self.check()?;
         let s = &*self.cell.shared;
@@ -213,16 +214,35 @@ impl Session {
                     self.site.clone(),
                     Some(PutOptions::new().with_lease(self.lease)),
                 ),
-                TxnOp::put(last, self.site.clone(), None),
             ])
-            .or_else(vec![TxnOp::get(key, None)]);
+            .or_else(vec![TxnOp::get(key.clone(), None)]);
         let resp = s.call("placing a cluster's image", c.txn(txn))?;
         // On success, the previous holder (this site, another, or none: a new cluster);
         // otherwise the current one.
         let got = first_get(&resp);
-        if resp.succeeded() {
-            // Read copies elsewhere forbid writing. A read copy placed before the put above
-            // is seen here; one tried after it saw the put and was refused: never both.
+        let current = if resp.succeeded() {
+            got.map_or(true, |kv| kv.value() == self.site.as_bytes())
+        } else {
+            match got {
+                Some(kv) if kv.lease() == self.lease => true,
+                Some(kv) => {
+                    return Err(CellError::PlacedElsewhere {
+                        id,
+                        site: String::from_utf8_lossy(kv.value()).into_owned(),
+                    })
+                }
+                None => {
+                    return Err(CellError::Etcd {
+                        op: "placing a cluster's image",
+                        reason: "the placement changed hands during the call; try again".into(),
+                    })
+                }
+            }
+        };
+        // Read copies elsewhere forbid writing. A read copy placed before the put above is
+        // seen here; one tried after it saw the put and was refused: never both. Only then is
+        // this site recorded as the last writer; on any failure the placement is given back.
+        let finish = || -> Result<(), CellError> {
             let others: Vec<String> = self
                 .cell
                 .readers(id)?
@@ -230,30 +250,34 @@ impl Session {
                 .filter(|r| *r != self.site)
                 .collect();
             if !others.is_empty() {
-                self.release(s.keys.image(id), "backing out of a placement")?;
                 return Err(CellError::ReadCopies {
                     id,
                     sites: others.join(","),
                 });
             }
-            // This site's own read copy, if it had one, is the writable image now.
-            self.release(
-                s.keys.reader(id, &self.site),
-                "dropping a read copy's placement",
+            let mut c = s.client.clone();
+            s.call(
+                "recording a cluster's last holder",
+                c.put(last.clone(), self.site.clone(), None),
             )?;
-            return Ok(got.map_or(true, |kv| kv.value() == self.site.as_bytes()));
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            if resp.succeeded() {
+                if let Err(back) = self.release(key, "backing out of a placement") {
+                    tracing::warn!(cluster = %id, "{back}; the placement goes with the lease");
+                }
+            }
+            return Err(e);
         }
-        match got {
-            Some(kv) if kv.lease() == self.lease => Ok(true),
-            Some(kv) => Err(CellError::PlacedElsewhere {
-                id,
-                site: String::from_utf8_lossy(kv.value()).into_owned(),
-            }),
-            None => Err(CellError::Etcd {
-                op: "placing a cluster's image",
-                reason: "the placement changed hands during the call; try again".into(),
-            }),
+        // This site's own read copy, if it had one, is the writable image now.
+        if let Err(e) = self.release(
+            s.keys.reader(id, &self.site),
+            "dropping a read copy's placement",
+        ) {
+            tracing::warn!(cluster = %id, "{e}; it goes at the last unmap or with the lease");
         }
+        Ok(current)
     }
 
     /// Places a read copy of shareable cluster `id` on this site (F8): refused with
@@ -299,15 +323,25 @@ impl Session {
         }
     }
 
-    /// Gives up cluster `id`'s placement if this site holds it: its read copy (`read_copy`),
-    /// or the writable image.
-    pub fn unplace(&self, id: ClusterId, read_copy: bool) -> Result<(), CellError> {
-        let keys = &self.cell.shared.keys;
-        if read_copy {
-            self.release(keys.reader(id, &self.site), "releasing a read copy")
-        } else {
-            self.release(keys.image(id), "releasing a cluster's placement")
-        }
+    /// Gives up cluster `id`'s placement on this site, in one transaction: the writable
+    /// image if this site holds it, and this site's read copy if it has one.
+    pub fn unplace(&self, id: ClusterId) -> Result<(), CellError> {
+        let s = &*self.cell.shared;
+        let (image, reader) = (s.keys.image(id), s.keys.reader(id, &self.site));
+        let mut c = s.client.clone();
+        let txn = Txn::new()
+            .when(vec![Compare::value(
+                image.clone(),
+                CompareOp::Equal,
+                self.site.clone(),
+            )])
+            .and_then(vec![
+                TxnOp::delete(image, None),
+                TxnOp::delete(reader.clone(), None),
+            ])
+            .or_else(vec![TxnOp::delete(reader, None)]);
+        s.call("releasing a cluster's placement", c.txn(txn))?;
+        Ok(())
     }
 
     /// Releases volume `vol`'s mount lock if this site holds it.

@@ -79,8 +79,14 @@ fn connection(storage: &Storage, mut stream: Stream, peer: &Peer, me: &str) {
         // The placement check of a commit's last part (one etcd read) runs while its pages
         // arrive, not after.
         let (received, early) = std::thread::scope(|scope| {
+            // Without a thread (none to be had), the check runs after the frame, as before.
             let r = wire::recv_peeking(&mut stream, |head| {
-                wire::last_commit_of(head).map(|id| (id, scope.spawn(move || storage.placed(id))))
+                let id = wire::last_commit_of(head)?;
+                std::thread::Builder::new()
+                    .name("remote-placed".into())
+                    .spawn_scoped(scope, move || storage.placed(id))
+                    .ok()
+                    .map(|h| (id, h))
             });
             match r {
                 Ok((payload, early)) => {

@@ -445,7 +445,15 @@ pub fn recv_peeking<T>(
 
 /// Reads one framed payload.
 pub fn recv(r: &mut impl Read) -> Result<Vec<u8>, WireError> {
-    Ok(frame::recv(r, MAX_FRAME)?)
+    recv_at_most(r, MAX_FRAME)
+}
+
+/// The largest request a memory server takes: one page, or a free of [`MAX_RUN_PAGES`] slots.
+pub const MEM_MAX_FRAME: usize = PAGE_SIZE + 64;
+
+/// Reads one framed payload of at most `max` bytes.
+pub fn recv_at_most(r: &mut impl Read, max: usize) -> Result<Vec<u8>, WireError> {
+    Ok(frame::recv(r, max)?)
 }
 
 #[cfg(test)]

@@ -161,8 +161,8 @@ impl CellCatalog for CellSite {
         }
     }
 
-    fn unplace(&self, id: clu_proto::ClusterId, read_copy: bool) -> Result<(), StorageError> {
-        self.session.unplace(id, read_copy).map_err(refusal)
+    fn unplace(&self, id: clu_proto::ClusterId) -> Result<(), StorageError> {
+        self.session.unplace(id).map_err(refusal)
     }
 
     fn placed(&self, id: clu_proto::ClusterId) -> Result<Option<String>, StorageError> {

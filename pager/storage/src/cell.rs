@@ -40,8 +40,9 @@ pub trait CellCatalog: Send + Sync {
     /// while no site holds it for writing; a placement for writing is refused with
     /// [`StorageError::ReadCopies`] while other sites hold read copies.
     fn place(&self, id: clu_proto::ClusterId, read_copy: bool) -> Result<bool>;
-    /// Gives up the placement of cluster `id`'s image (its read copy, with `read_copy`).
-    fn unplace(&self, id: clu_proto::ClusterId, read_copy: bool) -> Result<()>;
+    /// Gives up the placement of cluster `id`'s image on this site: its writable image and
+    /// its read copy, whichever this site holds.
+    fn unplace(&self, id: clu_proto::ClusterId) -> Result<()>;
     /// The site holding cluster `id`'s image for writing now, if any.
     fn placed(&self, id: clu_proto::ClusterId) -> Result<Option<String>>;
     /// That site, or else the first holding a read copy (what `clu_Where` answers).

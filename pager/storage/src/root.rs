@@ -515,9 +515,9 @@ impl Storage {
     }
 
     /// Gives up the placement of cluster `id`'s image (in a cell).
-    pub fn unplace(&self, id: ClusterId, read_copy: bool) {
+    pub fn unplace(&self, id: ClusterId) {
         if let Some(c) = &self.cell {
-            if let Err(e) = c.unplace(id, read_copy) {
+            if let Err(e) = c.unplace(id) {
                 tracing::warn!(cluster = %id, "releasing a placement: {e}; it goes with the site's lease");
             }
         }

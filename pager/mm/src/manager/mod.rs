@@ -25,6 +25,7 @@ use crate::regions::UserRegion;
 use crate::rights;
 use crate::site::{Reclaim, Site};
 use crate::types::ConnId;
+use clu_storage::ClusterDesc;
 
 /// Which cached images [`Manager::drop_cached`] drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,13 +196,31 @@ impl Manager {
             .image(id)
             .filter(|i| i.mappers() > 0)
             .map_or(Placement::None, |i| i.placement());
-        if held < need
+        let placing = held < need;
+        if placing
             && !self.storage.place(id, need == Placement::ReadCopy)?
             && self.table.image(id).is_some_and(|i| i.mappers() == 0)
         {
             info!(cluster = %id, "another site held the cluster since: the cached image is dropped");
             self.forget(id);
         }
+        let mapped = self.map_placed(conn, id, &desc, writable, need);
+        if mapped.is_err() && placing && !self.table.image(id).is_some_and(|i| i.mappers() > 0) {
+            // Placed for a map that failed, and no process here maps it: give it back.
+            self.storage.unplace(id);
+        }
+        mapped
+    }
+
+    /// The rest of `clu_Map`, once the image is placed on this site as the map needs.
+    fn map_placed(
+        &self,
+        conn: ConnId,
+        id: ClusterId,
+        desc: &ClusterDesc,
+        writable: bool,
+        need: Placement,
+    ) -> Result<MapReply, Refusal> {
         if let Some(img) = self.table.image(id) {
             // A cached image must be the stored image: one read from a volume since unmounted,
             // restored or replaced, or of another size than the descriptor's, is dropped.
@@ -346,8 +365,7 @@ impl Manager {
         img.end_use();
         // No process of this site maps it now: another site may place it (a call to the
         // catalog, with the entry still closing so that a map here waits for it).
-        self.storage
-            .unplace(id, img.placement() == Placement::ReadCopy);
+        self.storage.unplace(id);
         img.set_placement(Placement::None);
         if self.site.caches_images() && img.cacheable() {
             // The image stays, clean, as the site's cache: the next map finds it warm.

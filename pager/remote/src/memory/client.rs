@@ -3,10 +3,13 @@
 //! The slots the memory manager holds are this client's own numbers, each mapped to the
 //! server's slot *and the server's run*: a server that restarted lost its pages, and a slot of
 //! its last run is refused here (a lost page: SIGBUS for a fault, nothing to free), never
-//! confused with a slot the new run handed out. Frees leave the fault path: they are owed, and
-//! sent in batches by the `memory-free` thread (every [`FLUSH_EVERY`], or as soon as
-//! [`FLUSH_AT`] are owed), or at the next connection; a fault from the memory server is then
-//! one round trip, not two.
+//! confused with a slot the new run handed out. Every pooled connection carries the run its
+//! welcome named, and a request about a slot goes only on a connection of the slot's run.
+//! Frees leave the fault path: they are owed, and sent in batches by the `memory-free` thread
+//! (every [`FLUSH_EVERY`], or as soon as [`FLUSH_AT`] are owed); a fault from the memory server
+//! is then one round trip, not two. A free whose outcome is unknown (sent, no answer) is never
+//! sent again: the server may have reused the slot for a live page; the slot is leaked until
+//! this site's next run.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -64,18 +67,30 @@ struct Link {
     failed_at: Option<Instant>,
 }
 
-/// A request that failed: the connection is lost (out of step), or the server refused.
+/// A request that failed.
 enum Fail {
+    /// Nothing was sent: the server was not reached (connection or hello).
+    NotSent(PagingError),
+    /// Sent, and the answer is missing, malformed or of the wrong kind: the connection is out
+    /// of step and dropped; the request's outcome is unknown.
     Lost(PagingError),
+    /// The server refused (or the request does not belong on this connection); the
+    /// connection is in step.
     Refused(PagingError),
 }
 
 impl Fail {
     fn error(self) -> PagingError {
         match self {
-            Fail::Lost(e) | Fail::Refused(e) => e,
+            Fail::NotSent(e) | Fail::Lost(e) | Fail::Refused(e) => e,
         }
     }
+}
+
+/// A connection and the server run its welcome named.
+struct Pooled {
+    s: Stream,
+    run: u64,
 }
 
 /// A memory server, as this site's paging partition. Connections are pooled (taken and put
@@ -86,7 +101,7 @@ pub struct MemoryClient {
     incarnation: u64,
     transport: Transport,
     timeout: Duration,
-    idle: Mutex<Vec<Stream>>,
+    idle: Mutex<Vec<Pooled>>,
     link: Mutex<Link>,
     /// Wakes the `memory-free` thread (with `link`).
     owed_ready: Condvar,
@@ -138,7 +153,8 @@ impl MemoryClient {
     }
 
     /// Waits until frees are owed (at most [`FLUSH_EVERY`]), then sends those of the
-    /// server's current run; on a failure they stay owed.
+    /// server's current run. Not sent (the server not reached): they stay owed, and the thread
+    /// waits a full period before trying again. Sent without an answer: they are dropped.
     fn flush_owed(&self) {
         let batch: Vec<(u64, u32)> = {
             let l = lock(&self.link);
@@ -151,26 +167,51 @@ impl MemoryClient {
             let n = l.owed.len().min(MAX_RUN_PAGES as usize);
             l.owed.drain(..n).collect()
         };
-        if batch.is_empty() || self.recently_failed() {
-            lock(&self.link).owed.extend(batch);
+        if batch.is_empty() {
             return;
         }
-        let slots: Vec<u32> = batch.iter().map(|(_, n)| *n).collect();
-        match self.call_or_fail(&Req::PageFree(slots)) {
-            Ok(_) => {}
-            Err(Fail::Lost(_)) => lock(&self.link).owed.extend(batch),
+        if self.recently_failed() {
+            lock(&self.link).owed.extend(batch);
+            std::thread::sleep(FLUSH_EVERY);
+            return;
+        }
+        let sent = self.with_conn(false, |s, run| {
+            // Slots of another run than this connection's are moot: that run is over.
+            let slots: Vec<u32> = batch
+                .iter()
+                .filter(|(r, _)| *r == run)
+                .map(|(_, n)| *n)
+                .collect();
+            if slots.is_empty() {
+                return Ok(());
+            }
+            self.exchange(s, &Req::PageFree(slots), |r| matches!(r, Resp::Ok))
+                .map(|_| ())
+        });
+        match sent {
+            Ok(()) => {}
+            Err(Fail::NotSent(_)) => {
+                lock(&self.link).owed.extend(batch);
+                std::thread::sleep(FLUSH_EVERY);
+            }
+            Err(Fail::Lost(e)) => {
+                warn!(
+                    slots = batch.len(),
+                    "frees sent without an answer are not sent again (the slots stay held there until this site's next run): {e}"
+                );
+            }
             Err(Fail::Refused(e)) => warn!("frees refused by the memory server: {e}"),
         }
     }
 
     /// Connects (and says hello), so that a server that is not there is found at start.
     pub fn check(&self) -> Result<(), PagingError> {
-        let s = self.connect()?;
-        lock(&self.idle).push(s);
+        let c = self.connect()?;
+        lock(&self.idle).push(c);
         Ok(())
     }
 
-    fn connect(&self) -> Result<Stream, PagingError> {
+    fn connect(&self) -> Result<Pooled, PagingError> {
         let r = self.try_connect();
         if let Err(e) = &r {
             self.mark_down(e);
@@ -186,7 +227,7 @@ impl MemoryClient {
         }
     }
 
-    fn try_connect(&self) -> Result<Stream, PagingError> {
+    fn try_connect(&self) -> Result<Pooled, PagingError> {
         let not_reached = |e: &dyn std::fmt::Display| {
             self.error(format_args!(
                 "not reached ({e}); is `pager memory-server --listen {}` running?",
@@ -203,43 +244,33 @@ impl MemoryClient {
             site: self.me.clone(),
             incarnation: self.incarnation,
         };
-        let (server, run) = match self.exchange(&mut s, &hello).map_err(Fail::error)? {
-            Resp::Welcome {
-                server,
-                incarnation,
-            } => (server, incarnation),
-            other => return Err(self.error(format_args!("answered {other:?} to a hello"))),
+        let welcome = self
+            .exchange(&mut s, &hello, |r| matches!(r, Resp::Welcome { .. }))
+            .map_err(Fail::error)?;
+        let Resp::Welcome {
+            server,
+            incarnation: run,
+        } = welcome
+        else {
+            return Err(self.error("answered a hello with something else"));
         };
-        let owed = {
-            let mut l = lock(&self.link);
-            if l.run.is_some_and(|r| r != run) {
-                let lost = l.slots.len();
-                warn!(
-                    server = %self.address,
-                    lost, "the memory server restarted: the pages it held are lost (a fault on one raises SIGBUS)"
-                );
-            }
-            l.run = Some(run);
-            l.server = server;
-            l.failed_at = None;
-            // Frees of the server's last run are moot: it lost those slots.
-            let owed: Vec<u32> = l
-                .owed
-                .drain(..)
-                .filter(|(r, _)| *r == run)
-                .map(|(_, n)| n)
-                .collect();
-            owed
-        };
-        for chunk in owed.chunks(MAX_RUN_PAGES as usize) {
-            if let Err(e) = self.exchange(&mut s, &Req::PageFree(chunk.to_vec())) {
-                warn!("owed frees not all accepted: {}", e.error());
-            }
+        let mut l = lock(&self.link);
+        if l.run.is_some_and(|r| r != run) {
+            let lost = l.slots.len();
+            warn!(
+                server = %self.address,
+                lost, "the memory server restarted: the pages it held are lost (a fault on one raises SIGBUS)"
+            );
         }
-        Ok(s)
+        l.run = Some(run);
+        l.server = server;
+        l.failed_at = None;
+        Ok(Pooled { s, run })
     }
 
-    fn exchange(&self, s: &mut Stream, req: &Req) -> Result<Resp, Fail> {
+    /// Sends `req` and reads its answer, which must be of the kind `want` accepts (or a
+    /// refusal): anything else leaves the connection out of step.
+    fn exchange(&self, s: &mut Stream, req: &Req, want: fn(&Resp) -> bool) -> Result<Resp, Fail> {
         let lost = |e: &dyn std::fmt::Display| Fail::Lost(self.error(e));
         wire::send(s, &req.encode()).map_err(|e| lost(&format_args!("not reached ({e})")))?;
         let payload = wire::recv(s).map_err(|e| lost(&format_args!("no answer ({e})")))?;
@@ -247,30 +278,32 @@ impl MemoryClient {
             Ok(Resp::Err(code, m)) => Err(Fail::Refused(
                 self.error(format_args!("refused ({code:?}): {m}")),
             )),
-            Ok(r) => Ok(r),
+            Ok(r) if want(&r) => Ok(r),
+            Ok(r) => Err(lost(&format_args!(
+                "answered {r:?}, which does not answer the request"
+            ))),
             Err(e) => Err(lost(&format_args!("an answer that does not decode: {e}"))),
         }
     }
 
-    /// One request on a pooled connection; a stale pooled connection is retried once afresh
-    /// for the requests that may run twice (a load, a free). A connection that answered,
-    /// even with a refusal, goes back to the pool.
-    fn call(&self, req: &Req) -> Result<Resp, PagingError> {
-        self.call_or_fail(req).map_err(Fail::error)
-    }
-
-    fn call_or_fail(&self, req: &Req) -> Result<Resp, Fail> {
+    /// Runs `f` on a pooled connection, or a new one, with the server run it belongs to. A
+    /// stale pooled connection is replaced once when `retry` (for a request that may run
+    /// twice: a load). A connection that answered, even with a refusal, goes back to the pool.
+    fn with_conn<T>(
+        &self,
+        retry: bool,
+        f: impl Fn(&mut Stream, u64) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
         let pooled = lock(&self.idle).pop();
         let from_pool = pooled.is_some();
-        let mut s = match pooled {
-            Some(s) => s,
-            None => self.connect().map_err(Fail::Lost)?,
+        let mut c = match pooled {
+            Some(c) => c,
+            None => self.connect().map_err(Fail::NotSent)?,
         };
-        let mut r = self.exchange(&mut s, req);
-        let again = matches!(req, Req::PageIn(_) | Req::PageFree(_));
-        if from_pool && again && matches!(r, Err(Fail::Lost(_))) {
-            s = self.connect().map_err(Fail::Lost)?;
-            r = self.exchange(&mut s, req);
+        let mut r = f(&mut c.s, c.run);
+        if from_pool && retry && matches!(r, Err(Fail::Lost(_))) {
+            c = self.connect().map_err(Fail::NotSent)?;
+            r = f(&mut c.s, c.run);
         }
         match r {
             Err(Fail::Lost(e)) => {
@@ -279,7 +312,7 @@ impl MemoryClient {
             }
             r => {
                 lock(&self.link).failed_at = None;
-                lock(&self.idle).push(s);
+                lock(&self.idle).push(c);
                 r
             }
         }
@@ -291,17 +324,21 @@ impl MemoryClient {
             .is_some_and(|t| t.elapsed() < RETRY_AFTER)
     }
 
-    /// The server's slot for `slot`, if it is of the server's current run.
-    fn server_slot(&self, slot: Slot) -> Result<u32, PagingError> {
+    /// The server's run and slot for `slot`, if it is of the server's current run.
+    fn server_slot(&self, slot: Slot) -> Result<(u64, u32), PagingError> {
         let l = lock(&self.link);
         match l.slots.get(&slot.0) {
-            Some((run, n)) if Some(*run) == l.run => Ok(*n),
-            Some(_) => Err(self.error(format_args!(
-                "the page of slot {} was lost when the memory server restarted",
-                slot.0
-            ))),
+            Some((run, n)) if Some(*run) == l.run => Ok((*run, *n)),
+            Some(_) => Err(self.lost_page(slot)),
             None => Err(PagingError::NotInUse(slot.0)),
         }
+    }
+
+    fn lost_page(&self, slot: Slot) -> PagingError {
+        self.error(format_args!(
+            "the page of slot {} was lost when the memory server restarted",
+            slot.0
+        ))
     }
 
     /// The figures.
@@ -324,35 +361,50 @@ impl PagingServer for MemoryClient {
             self.failures.fetch_add(1, Ordering::Relaxed);
             return Err(PagingError::Down(self.address.clone()));
         }
-        match self.call(&Req::PageOut(page.to_vec()))? {
-            Resp::Slot(n) => {
-                self.stored.fetch_add(1, Ordering::Relaxed);
-                let mut l = lock(&self.link);
-                let Some(run) = l.run else {
-                    return Err(self.error("a slot before a welcome"));
-                };
-                let mut ours = l.next;
-                while l.slots.contains_key(&ours) {
-                    ours = ours.wrapping_add(1);
+        let req = Req::PageOut(page.to_vec());
+        let (run, n) = self
+            .with_conn(false, |s, run| {
+                match self.exchange(s, &req, |r| matches!(r, Resp::Slot(_)))? {
+                    Resp::Slot(n) => Ok((run, n)),
+                    _ => Err(Fail::Lost(self.error("not a slot"))),
                 }
-                l.next = ours.wrapping_add(1);
-                l.slots.insert(ours, (run, n));
-                Ok(Slot(ours))
-            }
-            other => Err(self.error(format_args!("answered {other:?} to a page-out"))),
+            })
+            .map_err(Fail::error)?;
+        self.stored.fetch_add(1, Ordering::Relaxed);
+        let mut l = lock(&self.link);
+        let mut ours = l.next;
+        while l.slots.contains_key(&ours) {
+            ours = ours.wrapping_add(1);
         }
+        l.next = ours.wrapping_add(1);
+        l.slots.insert(ours, (run, n));
+        Ok(Slot(ours))
     }
 
     fn load(&self, slot: Slot, buf: &mut [u8]) -> Result<(), PagingError> {
-        let n = self.server_slot(slot)?;
-        match self.call(&Req::PageIn(n))? {
-            Resp::Pages(p) if p.len() == PAGE_SIZE && buf.len() == PAGE_SIZE => {
-                buf.copy_from_slice(&p);
-                self.loaded.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            other => Err(self.error(format_args!("answered {other:?} to a page-in"))),
+        let (run, n) = self.server_slot(slot)?;
+        let page = self
+            .with_conn(true, |s, conn_run| {
+                if conn_run != run {
+                    // The server restarted since the page went there: it is gone.
+                    return Err(Fail::Refused(self.lost_page(slot)));
+                }
+                match self.exchange(
+                    s,
+                    &Req::PageIn(n),
+                    |r| matches!(r, Resp::Pages(p) if p.len() == PAGE_SIZE),
+                )? {
+                    Resp::Pages(p) => Ok(p),
+                    _ => Err(Fail::Lost(self.error("not a page"))),
+                }
+            })
+            .map_err(Fail::error)?;
+        if buf.len() != PAGE_SIZE {
+            return Err(PagingError::BadLength(buf.len()));
         }
+        buf.copy_from_slice(&page);
+        self.loaded.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn free(&self, slot: Slot) -> Result<(), PagingError> {

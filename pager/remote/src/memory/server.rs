@@ -46,7 +46,9 @@ fn refuse(stream: &mut Stream, code: ErrorCode, why: impl std::fmt::Display) {
 }
 
 fn connection(store: &Mutex<Store>, mut stream: Stream, peer: &Peer, me: &str, incarnation: u64) {
-    let site = match wire::recv(&mut stream).and_then(|p| Req::decode(&p)) {
+    let site = match wire::recv_at_most(&mut stream, wire::MEM_MAX_FRAME)
+        .and_then(|p| Req::decode(&p))
+    {
         Ok(Req::MemHello { site, incarnation }) => {
             if let Err(e) = peer.check_site(&site) {
                 warn!(peer = peer.name(), site, "refused: {e}");
@@ -84,7 +86,7 @@ fn connection(store: &Mutex<Store>, mut stream: Stream, peer: &Peer, me: &str, i
     let _ = stream.set_read_timeout(None);
     debug!(site, "a site connected");
     loop {
-        let req = match wire::recv(&mut stream) {
+        let req = match wire::recv_at_most(&mut stream, wire::MEM_MAX_FRAME) {
             Ok(p) => Req::decode(&p),
             Err(WireError::Io(e)) => {
                 debug!(site, "connection closed: {e}");
