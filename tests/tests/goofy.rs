@@ -505,3 +505,78 @@ fn a_primary_killed_and_restarted_waits_for_repair_and_its_backups_catch_up() {
     wait_in_sync(&pager, 2);
     assert_volume_equal(&vol_dir, &b, uid, "backup b at the end");
 }
+
+/// Waits until `path` is gone (a cluster file the backup destroyed).
+fn wait_gone(path: &Path, what: &str) {
+    let t0 = Instant::now();
+    while path.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{what}: {path:?} still there"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_destroyed_cluster_is_destroyed_on_every_backup_even_one_that_was_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = Backup::start(&dir.path().join("backup-a"), &a_addr);
+    let mut b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    let mut pager = Pager::start(&dir.path().join("root"), 4096);
+    pager.admin(&[
+        "vol", "create", "rel", "--backup", &a_addr, "--backup", &b_addr,
+    ]);
+    let vol_dir = dir.path().join("root/vol-0002");
+    let uid = uid_of(&vol_dir);
+    let mut t = Tool::start(&pager);
+    let gone = create_cluster(&mut t, 16);
+    let kept = create_cluster(&mut t, 16);
+    for id in [&gone, &kept] {
+        t.ok(&format!("fill {id} 5"));
+        t.ok(&format!("commit {id}"));
+        t.ok(&format!("unmap {id}"));
+    }
+    wait_in_sync(&pager, 2);
+    let image = |bk: &Backup, n: u16| {
+        BackupServer::image_dir(&bk.root, uid).join(format!("clusters/{n:04x}.data"))
+    };
+    assert!(image(&a, 0).exists() && image(&b, 0).exists());
+
+    // b is down when the cluster is destroyed: a destroys it at once; the primary records
+    // that b is still to be told, across a restart of its own.
+    b.kill();
+    pager.admin(&["clu", "destroy", &gone]);
+    wait_gone(&image(&a, 0), "backup a");
+    let conf = std::fs::read_to_string(vol_dir.join("goofy.conf")).unwrap();
+    assert!(conf.contains("destroyed 0"), "{conf}");
+    pager.restart();
+    let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    wait_gone(&image(&b, 0), "backup b, back");
+    assert!(
+        image(&a, 1).exists() && image(&b, 1).exists(),
+        "the other cluster stays"
+    );
+    // Both told: the record goes.
+    let t0 = Instant::now();
+    loop {
+        let conf = std::fs::read_to_string(vol_dir.join("goofy.conf")).unwrap();
+        if !conf.contains("destroyed") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{conf}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A restoration from a backup does not bring it back.
+    pager.kill();
+    let new = Pager::start(&dir.path().join("root-new"), 4096);
+    new.admin(&["vol", "restore", "rel", "--from", &b_addr]);
+    let list = new.admin(&["clu", "list", "2"]);
+    assert!(!list.contains(&gone), "{list}");
+    assert!(list.contains(&kept), "{list}");
+    let mut t = Tool::start(&new);
+    t.ok(&format!("map {kept}"));
+    t.ok(&format!("check {kept} 5"));
+}

@@ -8,6 +8,7 @@
 //! origin 0 0 0                the history this journal continues: epoch, LSN (file offset)
 //! source 127.0.0.1:7701       the backup a restored volume was fetched from
 //! backup 127.0.0.1:7701       one line per backup server
+//! destroyed 17                a cluster destroyed here that some backup may still hold
 //! ```
 
 use std::path::Path;
@@ -56,6 +57,8 @@ pub struct Conf {
     /// The backup a restored volume was fetched from (empty otherwise): the only one known to
     /// hold exactly the origin's pages.
     pub source: String,
+    /// Clusters destroyed here whose destruction not every backup acknowledged yet.
+    pub destroyed: Vec<u16>,
 }
 
 impl Conf {
@@ -77,6 +80,9 @@ impl Conf {
         for b in &self.backups {
             s.push_str(&format!("backup {b}\n"));
         }
+        for c in &self.destroyed {
+            s.push_str(&format!("destroyed {c}\n"));
+        }
         s
     }
 
@@ -86,6 +92,7 @@ impl Conf {
         let mut origin = (0, Lsn::default());
         let mut name = String::new();
         let mut source = String::new();
+        let mut destroyed = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let bad = |what: &'static str| ConfError::Line { line: i + 1, what };
             match line.split_once(' ') {
@@ -97,6 +104,9 @@ impl Conf {
                 Some(("epoch", v)) => epoch = Some(v.parse().map_err(|_| bad("bad epoch"))?),
                 Some(("sync", v)) => sync = v.parse().map_err(|_| bad("bad sync"))?,
                 Some(("backup", v)) if !v.is_empty() => backups.push(v.to_string()),
+                Some(("destroyed", v)) => {
+                    destroyed.push(v.parse().map_err(|_| bad("bad destroyed cluster"))?)
+                }
                 Some(("origin", v)) => {
                     let n: Vec<u64> = v
                         .split(' ')
@@ -120,6 +130,7 @@ impl Conf {
             backups,
             origin,
             source,
+            destroyed,
         })
     }
 
@@ -150,6 +161,7 @@ mod tests {
             backups: vec!["127.0.0.1:1".into(), "[::1]:2".into()],
             origin: (2, Lsn::new(9, 8192)),
             source: "127.0.0.1:1".into(),
+            destroyed: vec![3, 65535],
         };
         assert_eq!(Conf::parse(&c.format()), Ok(c));
         assert!(Conf::parse("uid zz\nepoch 1\n").is_err());

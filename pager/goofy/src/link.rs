@@ -10,14 +10,14 @@
 //! the retention bound is marked stale: its hold is released, and it gets a full copy when it
 //! returns.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::io::BufReader;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use clu_proto::{ClusterId, PAGE_SIZE};
+use clu_proto::{CluId, ClusterId, PAGE_SIZE};
 use clu_storage::ssr::LocalVolume;
 use clu_storage::{StorageError, Volume};
 use clu_sys::sync::{lock, wait_timeout_while};
@@ -76,6 +76,12 @@ impl LinkState {
 pub struct Shared {
     /// The volume's name.
     pub name: String,
+    /// Its directory (where `goofy.conf` is).
+    pub location: std::path::PathBuf,
+    /// Clusters destroyed here that not every backup acknowledged destroying (as in
+    /// `goofy.conf`), each with the backups that did. Held to change the table and rewrite
+    /// the file, nothing else.
+    pub destroyed: Mutex<BTreeMap<u16, BTreeSet<String>>>,
     /// Its replication settings.
     pub conf: Conf,
     /// Its primary copy.
@@ -99,6 +105,53 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Records that cluster `clu` was destroyed here: in `goofy.conf` (durably), then for the
+    /// links, which tell their backups.
+    pub fn destroyed(&self, clu: CluId) -> clu_storage::Result<()> {
+        let mut d = lock(&self.destroyed);
+        d.entry(clu.0).or_default();
+        self.store_destroyed(&d)?;
+        drop(d);
+        self.notify();
+        Ok(())
+    }
+
+    fn store_destroyed(&self, d: &BTreeMap<u16, BTreeSet<String>>) -> clu_storage::Result<()> {
+        let conf = Conf {
+            destroyed: d.keys().copied().collect(),
+            ..self.conf.clone()
+        };
+        conf.store(&self.location)
+    }
+
+    /// The destroyed clusters backup `addr` was not told of yet.
+    fn to_tell(&self, addr: &str) -> Vec<u16> {
+        lock(&self.destroyed)
+            .iter()
+            .filter(|(_, told)| !told.contains(addr))
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// Backup `addr` has destroyed `clus` (or never had them); a destruction every backup
+    /// has is forgotten.
+    fn told(&self, addr: &str, clus: &[u16]) {
+        let mut d = lock(&self.destroyed);
+        let before = d.len();
+        for c in clus {
+            if let Some(told) = d.get_mut(c) {
+                told.insert(addr.to_owned());
+            }
+        }
+        let all = self.conf.backups.len();
+        d.retain(|_, told| told.len() < all);
+        if d.len() != before {
+            if let Err(e) = self.store_destroyed(&d) {
+                warn!(volume = %self.name, "recording the destructions still to tell: {e}");
+            }
+        }
+    }
+
     /// Wakes the links and the commits that wait for acknowledgements.
     pub fn notify(&self) {
         let (m, cv) = &self.progress;
@@ -351,6 +404,17 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
         if shared.stop.load(Ordering::Acquire) {
             return Err(End::Stopped);
         }
+        // Destructions first: a destroyed cluster's operations are not sent any more.
+        for clu in shared.to_tell(&link.addr) {
+            call(
+                &mut conn,
+                &Msg::Destroy {
+                    epoch: conf.epoch,
+                    clu,
+                },
+            )?;
+            shared.told(&link.addr, &[clu]);
+        }
         let Some(op) = reader.next(pos)? else {
             set_state(link, LinkState::InSync);
             shared.wait(Duration::from_millis(200));
@@ -438,6 +502,8 @@ fn full_copy(shared: &Shared, link: &Link, conn: &mut Conn) -> Result<Lsn, End> 
     // copy reads them is sent again from the log afterwards (whole pages, in order).
     let from = volume.applied_lsn()?;
     let hold = volume.retain_from(from)?;
+    // Destroyed before the list is taken: the copy does not have them.
+    let gone = shared.to_tell(&link.addr);
     let descs = volume.clu_list();
     let total: u64 = descs.iter().map(|d| d.npages).sum();
     {
@@ -474,6 +540,8 @@ fn full_copy(shared: &Shared, link: &Link, conn: &mut Conn) -> Result<Lsn, End> 
         complete: true,
     };
     call(conn, &Msg::CopyEnd { epoch, position })?;
+    // The copy emptied the backup's image first: it holds none of those clusters.
+    shared.told(&link.addr, &gone);
     let mut l = lock(&link.inner);
     l.stale = false;
     l.copy = None;

@@ -223,7 +223,10 @@ impl Volume for ReliableVolume {
     }
     fn clu_destroy(&self, clu: CluId) -> Result<()> {
         self.0.check()?;
-        self.0.inner.clu_destroy(clu)
+        self.0.inner.clu_destroy(clu)?;
+        // The links tell the backups; until every one acknowledged it, the destruction is
+        // recorded in goofy.conf (a restart tells them again).
+        self.0.shared.destroyed(clu)
     }
     fn clu_resize(&self, clu: CluId, add_pages: u64) -> Result<ClusterDesc> {
         self.0.check()?;
@@ -340,6 +343,7 @@ impl Ssf {
             backups: spec.backups.clone(),
             origin: (0, Lsn::default()),
             source: String::new(),
+            destroyed: Vec::new(),
         };
         Ok(conf.store(location)?)
     }
@@ -375,6 +379,7 @@ impl Ssf {
             backups: plan.backups.clone(),
             origin: plan.origin,
             source: plan.source.clone(),
+            destroyed: Vec::new(),
         };
         Ok(conf.store(location)?)
     }
@@ -396,7 +401,7 @@ impl Ssf {
         out
     }
 
-    fn start(&self, vol: VolId, conf: Conf, inner: LocalVolume) -> ReliableVolume {
+    fn start(&self, vol: VolId, location: &Path, conf: Conf, inner: LocalVolume) -> ReliableVolume {
         let inner = Arc::new(inner);
         let name = conf.name.clone();
         let links: Vec<Arc<Link>> = conf
@@ -406,6 +411,13 @@ impl Ssf {
             .collect();
         let shared = Arc::new(Shared {
             name: name.clone(),
+            location: location.to_owned(),
+            destroyed: Mutex::new(
+                conf.destroyed
+                    .iter()
+                    .map(|c| (*c, Default::default()))
+                    .collect(),
+            ),
             conf,
             volume: inner.clone(),
             stop: AtomicBool::new(false),
@@ -466,6 +478,6 @@ impl StorageService for Ssf {
                 .unwrap_or_default();
         }
         let inner = LocalVolume::mount(vol, location, self.config.journal.clone())?;
-        Ok(Box::new(self.start(vol, conf, inner)))
+        Ok(Box::new(self.start(vol, location, conf, inner)))
     }
 }

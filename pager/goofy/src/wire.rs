@@ -22,7 +22,7 @@ use journal::{Lsn, PageRun};
 pub use crate::position::Position;
 use crate::state::State;
 
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 /// The largest payload: one operation of 16 MiB of pages, with room for its headers.
 pub const MAX_FRAME: usize = (16 << 20) + 4096;
 
@@ -146,6 +146,9 @@ pub enum Msg {
     /// Restorer to backup: send your image of `uid` (a `CopyBegin`, `CopyPages`, `CopyEnd`
     /// stream); the restorer's `epoch` must be the newest.
     Fetch { site: String, uid: u64, epoch: u64 },
+    /// Primary to backup: cluster `clu` was destroyed (cluster numbers are not reused while a
+    /// destruction is pending); answered with an `Ack` of the backup's position.
+    Destroy { epoch: u64, clu: u16 },
 }
 
 impl Msg {
@@ -165,6 +168,7 @@ impl Msg {
             Msg::Image(_) => "Image",
             Msg::Fence { .. } => "Fence",
             Msg::Fetch { .. } => "Fetch",
+            Msg::Destroy { .. } => "Destroy",
         }
     }
 }
@@ -329,6 +333,7 @@ impl Msg {
                 .text(&i.writer),
             Msg::Fence { site, uid, epoch } => start(11).text(site).u64(*uid).u64(*epoch),
             Msg::Fetch { site, uid, epoch } => start(12).text(site).u64(*uid).u64(*epoch),
+            Msg::Destroy { epoch, clu } => start(14).u64(*epoch).u16(*clu),
             Msg::Fenced { why } => start(13).text(why),
         }
         .u8(0xee)
@@ -411,6 +416,10 @@ impl Msg {
                 epoch: r.u64()?,
             },
             13 => Msg::Fenced { why: r.str32()? },
+            14 => Msg::Destroy {
+                epoch: r.u64()?,
+                clu: r.u16()?,
+            },
             _ => return Err(WireError::Malformed("unknown kind")),
         };
         if r.u8()? != 0xee || r.remaining() != 0 {

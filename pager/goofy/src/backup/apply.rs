@@ -25,7 +25,8 @@ pub(super) fn handle(
         Msg::Op { epoch, .. }
         | Msg::CopyBegin { epoch, .. }
         | Msg::CopyPages { epoch, .. }
-        | Msg::CopyEnd { epoch, .. } => *epoch,
+        | Msg::CopyEnd { epoch, .. }
+        | Msg::Destroy { epoch, .. } => *epoch,
         other => {
             return Err(BackupError::Protocol(format!(
                 "unexpected {} in a primary's session",
@@ -110,6 +111,18 @@ pub(super) fn handle(
             img.save_state()?;
             info!(name = %img.state.name, position = ?img.state.position, "full copy received");
             Ok(position.lsn)
+        }
+        Msg::Destroy { clu, .. } => {
+            // Destroyed on the primary: gone here too (told again after a primary's restart,
+            // or for a cluster this image never had: nothing to do).
+            match img.volume.clu_destroy(CluId(clu)) {
+                Ok(()) => {
+                    info!(name = %img.state.name, clu, "cluster destroyed on the primary: destroyed here")
+                }
+                Err(clu_storage::StorageError::NoSuchCluster(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(img.state.position.lsn)
         }
         _ => unreachable!("filtered above"),
     }

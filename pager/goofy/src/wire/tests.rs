@@ -79,6 +79,10 @@ fn samples() -> Vec<Msg> {
         Msg::Fenced {
             why: "epoch 3 here".into(),
         },
+        Msg::Destroy {
+            epoch: 5,
+            clu: 65535,
+        },
     ]
 }
 
