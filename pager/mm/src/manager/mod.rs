@@ -46,6 +46,27 @@ pub struct Manager {
     storage: Arc<Storage>,
     site: Arc<Site>,
     table: Arc<ImageTable>,
+    /// Maps under way, by cluster: while one is, a last unmap here keeps the cell's placement
+    /// (the map counts on it). A leaf: taken under the table lock, held for no I/O.
+    pins: std::sync::Mutex<std::collections::HashMap<ClusterId, u32>>,
+}
+
+/// A map under way, pinning its cluster's placement on this site until dropped.
+struct Pin<'a> {
+    manager: &'a Manager,
+    id: ClusterId,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut pins = clu_sys::sync::lock(&self.manager.pins);
+        if let Some(n) = pins.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Manager {
@@ -104,6 +125,7 @@ impl Manager {
             storage,
             site,
             table,
+            pins: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -191,11 +213,7 @@ impl Manager {
         // another site held it for writing since this site last did, an image kept here may
         // be older than the stored one: it goes.
         let need = Placement::needed(desc.kind, writable);
-        let held = self
-            .table
-            .image(id)
-            .filter(|i| i.mappers() > 0)
-            .map_or(Placement::None, |i| i.placement());
+        let (pin, held) = self.pin(id);
         let placing = held < need;
         if placing
             && !self.storage.place(id, need == Placement::ReadCopy)?
@@ -205,11 +223,49 @@ impl Manager {
             self.forget(id);
         }
         let mapped = self.map_placed(conn, id, &desc, writable, need);
-        if mapped.is_err() && placing && !self.table.image(id).is_some_and(|i| i.mappers() > 0) {
-            // Placed for a map that failed, and no process here maps it: give it back.
+        if mapped.is_err()
+            && self.pin_count(id) == 1
+            && !self.table.image(id).is_some_and(|i| i.mappers() > 0)
+        {
+            // Placed for (or kept for) a map that failed, no process here maps it, and no
+            // other map is under way: give it back.
             self.storage.unplace(id);
+            if let Some(img) = self.table.image(id) {
+                img.set_placement(Placement::None);
+            }
         }
+        drop(pin);
         mapped
+    }
+
+    /// Pins cluster `id`'s placement for a map under way, once no close of its image is under
+    /// way here (a close in progress may be giving the placement up: the map waits for it);
+    /// returns how the image here is placed now.
+    fn pin(&self, id: ClusterId) -> (Pin<'_>, Placement) {
+        loop {
+            let table = self.table.lock();
+            match table.get(&id).cloned() {
+                Some(entry) if entry.is_closing() => {
+                    drop(table);
+                    entry.wait_while_closing();
+                }
+                found => {
+                    *clu_sys::sync::lock(&self.pins).entry(id).or_insert(0) += 1;
+                    let held = found
+                        .filter(|e| e.image.mappers() > 0)
+                        .map_or(Placement::None, |e| e.image.placement());
+                    return (Pin { manager: self, id }, held);
+                }
+            }
+        }
+    }
+
+    /// Maps of `id` under way on this site.
+    fn pin_count(&self, id: ClusterId) -> u32 {
+        clu_sys::sync::lock(&self.pins)
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The rest of `clu_Map`, once the image is placed on this site as the map needs.
@@ -365,8 +421,12 @@ impl Manager {
         img.end_use();
         // No process of this site maps it now: another site may place it (a call to the
         // catalog, with the entry still closing so that a map here waits for it).
-        self.storage.unplace(id);
-        img.set_placement(Placement::None);
+        // A map under way here counts on the placement (it pinned it before this close began):
+        // it stays.
+        if self.pin_count(id) == 0 {
+            self.storage.unplace(id);
+            img.set_placement(Placement::None);
+        }
         if self.site.caches_images() && img.cacheable() {
             // The image stays, clean, as the site's cache: the next map finds it warm.
             img.retire();
