@@ -104,9 +104,13 @@ impl Cell {
             .enable_all()
             .build()
             .map_err(|e| unreachable(format!("starting the client's runtime: {e}")))?;
+        // HTTP/2 pings every 2 s, idle or not: a link cut silently ends the lease's renewal
+        // stream and the members' watch within seconds (they start again), not never.
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(CALL_TIMEOUT);
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
         let client = match rt.block_on(async {
             tokio::time::timeout(CALL_TIMEOUT, Client::connect(endpoints, Some(options))).await
         }) {
