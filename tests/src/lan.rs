@@ -7,20 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::harness::pager_bin;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::harness::{pager_bin, site_args, Pager};
+use crate::netns::ip;
 
 /// A bridge and the namespaces on it.
 pub struct Lan {
@@ -129,6 +117,25 @@ impl Lan {
                 name.into(),
             ],
         }
+    }
+}
+
+impl Lan {
+    /// Starts a pager on `root` as a site of the cell whose catalog is `catalog`, in a
+    /// namespace of its own (named `site-` and the root's directory name), listening on a free
+    /// port, with a lease of `ttl` seconds and requests to other sites waiting at most
+    /// `remote_timeout` seconds.
+    pub fn pager(&mut self, root: &Path, catalog: &str, ttl: u64, remote_timeout: u64) -> Pager {
+        let name = format!(
+            "site-{}",
+            root.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let at = self.site(&name);
+        let listen = format!("{}:{}", at.ip, crate::etcd::free_port());
+        let mut args = site_args(catalog, &listen, ttl, remote_timeout);
+        args.extend(at.key_args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Pager::start_in(&at.ns, &at.ip, root, 1024, &args)
     }
 }
 

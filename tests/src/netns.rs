@@ -18,7 +18,8 @@ pub struct Netns {
     pub ns_ip: String,
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS`, which must succeed.
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()

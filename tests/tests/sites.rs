@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clu_tests::etcd::{free_port, Etcd};
-use clu_tests::harness::{id_of, site_args, Pager, Tool};
+use clu_tests::etcd::Etcd;
+use clu_tests::harness::{id_of, Pager, Tool};
 use clu_tests::lan::Lan;
 
 /// The lease's TTL the pagers of these tests run with, in seconds.
@@ -16,19 +16,9 @@ const TTL: u64 = 2;
 /// How long a request to another site waits, in seconds.
 const REMOTE_TIMEOUT: u64 = 2;
 
-/// A site on root `root` (named `site-` and the root's directory name), in a network
-/// namespace of its own on the test's LAN.
+/// A site on root `root` in a network namespace of its own on the test's LAN.
 fn site(lan: &mut Lan, root: &Path, etcd: &Etcd) -> Pager {
-    let name = format!(
-        "site-{}",
-        root.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let at = lan.site(&name);
-    let listen = format!("{}:{}", at.ip, free_port());
-    let mut args = site_args(&etcd.url(), &listen, TTL, REMOTE_TIMEOUT);
-    args.extend(at.key_args);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Pager::start_in(&at.ns, &at.ip, root, 1024, &args)
+    lan.pager(root, &etcd.url(), TTL, REMOTE_TIMEOUT)
 }
 
 /// The rows of a table whose first column is `first`.

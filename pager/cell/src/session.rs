@@ -197,48 +197,9 @@ impl Session {
     /// one; otherwise another site may have committed meanwhile). Placing again an image this
     /// site holds returns `true`.
     pub fn place(&self, id: ClusterId) -> Result<bool, CellError> {
-        self.check()?;
         let s = &*self.cell.shared;
         let (key, last) = (s.keys.image(id), s.keys.placed(id));
-        let mut c = s.client.clone();
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![
-                TxnOp::get(last.clone(), None),
-                TxnOp::put(
-                    key.clone(),
-                    self.site.clone(),
-                    Some(PutOptions::new().with_lease(self.lease)),
-                ),
-            ])
-            .or_else(vec![TxnOp::get(key.clone(), None)]);
-        let resp = s.call("placing a cluster's image", c.txn(txn))?;
-        // On success, the previous holder (this site, another, or none: a new cluster);
-        // otherwise the current one.
-        let got = first_get(&resp);
-        let current = if resp.succeeded() {
-            got.map_or(true, |kv| kv.value() == self.site.as_bytes())
-        } else {
-            match got {
-                Some(kv) if kv.lease() == self.lease => true,
-                Some(kv) => {
-                    return Err(CellError::PlacedElsewhere {
-                        id,
-                        site: String::from_utf8_lossy(kv.value()).into_owned(),
-                    })
-                }
-                None => {
-                    return Err(CellError::Etcd {
-                        op: "placing a cluster's image",
-                        reason: "the placement changed hands during the call; try again".into(),
-                    })
-                }
-            }
-        };
+        let (created, current) = self.claim(id, key.clone(), "placing a cluster's image")?;
         // Read copies elsewhere forbid writing. A read copy placed before the put above is
         // seen here; one tried after it saw the put and was refused: never both. Only then is
         // this site recorded as the last writer; on any failure the placement is given back.
@@ -263,7 +224,7 @@ impl Session {
             Ok(())
         };
         if let Err(e) = finish() {
-            if resp.succeeded() {
+            if created {
                 if let Err(back) = self.release(key, "backing out of a placement") {
                     tracing::warn!(cluster = %id, "{back}; the placement goes with the lease");
                 }
@@ -285,39 +246,58 @@ impl Session {
     /// sites may hold read copies at once. Returns, as [`Session::place`], whether no other
     /// site held it for writing since this site last did (an image kept here is current).
     pub fn place_read(&self, id: ClusterId) -> Result<bool, CellError> {
+        let reader = self.cell.shared.keys.reader(id, &self.site);
+        Ok(self.claim(id, reader, "placing a read copy")?.1)
+    }
+
+    /// While no site holds cluster `id`'s image for writing, puts `key` (this site's name,
+    /// bound to its lease) and reads `placed/`; refused with [`CellError::PlacedElsewhere`]
+    /// when another site holds it. Returns whether `key` was put (`false`: this site holds
+    /// the image already), and whether this site was the last writer (or there was none).
+    fn claim(
+        &self,
+        id: ClusterId,
+        key: String,
+        op: &'static str,
+    ) -> Result<(bool, bool), CellError> {
         self.check()?;
         let s = &*self.cell.shared;
-        let (key, last) = (s.keys.image(id), s.keys.placed(id));
+        let image = s.keys.image(id);
         let mut c = s.client.clone();
         let txn = Txn::new()
             .when(vec![Compare::create_revision(
-                key.clone(),
+                image.clone(),
                 CompareOp::Equal,
                 0,
             )])
             .and_then(vec![
-                TxnOp::get(last, None),
+                TxnOp::get(s.keys.placed(id), None),
                 TxnOp::put(
-                    s.keys.reader(id, &self.site),
+                    key,
                     self.site.clone(),
                     Some(PutOptions::new().with_lease(self.lease)),
                 ),
             ])
-            .or_else(vec![TxnOp::get(key, None)]);
-        let resp = s.call("placing a read copy", c.txn(txn))?;
+            .or_else(vec![TxnOp::get(image, None)]);
+        let resp = s.call(op, c.txn(txn))?;
+        // On success, the last writer (this site, another, or none: a new cluster);
+        // otherwise the current holder.
         let got = first_get(&resp);
         if resp.succeeded() {
-            return Ok(got.map_or(true, |kv| kv.value() == self.site.as_bytes()));
+            return Ok((
+                true,
+                got.map_or(true, |kv| kv.value() == self.site.as_bytes()),
+            ));
         }
         match got {
-            // This site holds it for writing: its image serves the read-only map too.
-            Some(kv) if kv.lease() == self.lease => Ok(true),
+            // This site holds it for writing: its image serves this map too.
+            Some(kv) if kv.lease() == self.lease => Ok((false, true)),
             Some(kv) => Err(CellError::PlacedElsewhere {
                 id,
                 site: String::from_utf8_lossy(kv.value()).into_owned(),
             }),
             None => Err(CellError::Etcd {
-                op: "placing a read copy",
+                op,
                 reason: "the placement changed hands during the call; try again".into(),
             }),
         }

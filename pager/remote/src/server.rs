@@ -27,15 +27,28 @@ struct Pending {
 /// Accepts connections from other sites on `listener` and serves each on a thread of its own,
 /// until the listener fails. `me` is this site's name (what a Hello is answered with).
 pub fn serve(storage: Arc<Storage>, listener: TcpListener, transport: Transport, me: String) {
+    accept_each(listener, transport, "remote-peer", move |stream, peer| {
+        connection(&storage, stream, &peer, &me)
+    });
+}
+
+/// Accepts connections on `listener` until it fails, each on a thread `name` of its own that
+/// completes the TLS handshake (within [`HELLO_TIMEOUT`]) and runs `serve` on it.
+pub(crate) fn accept_each(
+    listener: TcpListener,
+    transport: Transport,
+    name: &str,
+    serve: impl Fn(Stream, Peer) + Clone + Send + 'static,
+) {
     for tcp in listener.incoming() {
         let Ok(tcp) = tcp else { continue };
-        let (storage, transport, me) = (storage.clone(), transport.clone(), me.clone());
+        let (serve, transport) = (serve.clone(), transport.clone());
         let spawned = std::thread::Builder::new()
-            .name("remote-peer".into())
+            .name(name.into())
             .spawn(move || {
                 let _ = tcp.set_read_timeout(Some(HELLO_TIMEOUT));
                 match transport.accept(tcp) {
-                    Ok((stream, peer)) => connection(&storage, stream, &peer, &me),
+                    Ok((stream, peer)) => serve(stream, peer),
                     Err(e) => warn!("a site's connection refused: {e}"),
                 }
             });

@@ -5,7 +5,6 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use clu_proto::ErrorCode;
 use clu_sys::sync::lock;
@@ -13,32 +12,17 @@ use clu_transport::{Peer, Stream, Transport};
 use tracing::{debug, info, warn};
 
 use super::store::{Store, StoreError};
+use crate::server::accept_each;
 use crate::wire::{self, Req, Resp, WireError};
-
-/// How long a handshake and its hello may take.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `pages` pages of this machine's memory to the sites that connect on `listener`, one
 /// thread per connection, until the listener fails. `me` names this server in its answers.
 pub fn serve(listener: TcpListener, transport: Transport, me: String, pages: u32) {
     let store = Arc::new(Mutex::new(Store::new(pages)));
     let incarnation = RandomState::new().build_hasher().finish();
-    for tcp in listener.incoming() {
-        let Ok(tcp) = tcp else { continue };
-        let (store, transport, me) = (store.clone(), transport.clone(), me.clone());
-        let spawned = std::thread::Builder::new()
-            .name("memory-peer".into())
-            .spawn(move || {
-                let _ = tcp.set_read_timeout(Some(HELLO_TIMEOUT));
-                match transport.accept(tcp) {
-                    Ok((stream, peer)) => connection(&store, stream, &peer, &me, incarnation),
-                    Err(e) => warn!("a site's connection refused: {e}"),
-                }
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start a thread for a site's connection: {e}");
-        }
-    }
+    accept_each(listener, transport, "memory-peer", move |stream, peer| {
+        connection(&store, stream, &peer, &me, incarnation)
+    });
 }
 
 fn refuse(stream: &mut Stream, code: ErrorCode, why: impl std::fmt::Display) {

@@ -15,7 +15,7 @@ use crate::{machine_facts, median};
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Kills its processes when dropped.
-struct Procs(Vec<Child>);
+pub(crate) struct Procs(pub(crate) Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {

@@ -10,7 +10,7 @@ mod link;
 mod peer;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Args as ClapArgs;
 use client::{api, ClusterId, ClusterKind, MapMode, Region, PAGE_SIZE};
 
+use crate::goofy::Procs;
 use crate::{machine_facts, median};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -57,18 +58,6 @@ pub struct PeerArgs {
     /// Where to listen.
     #[arg(long)]
     listen: String,
-}
-
-/// Kills its processes when dropped.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn cerr(e: client::CluError) -> Box<dyn std::error::Error> {
