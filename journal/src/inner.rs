@@ -23,6 +23,7 @@ use crate::apply::Applier;
 use crate::encode::seal_page;
 use crate::format::FileId;
 use crate::journal::PAGE;
+use crate::tail::TailCache;
 use crate::{files, ApplyTarget, JournalConfig, JournalError, Lsn};
 
 pub(crate) struct Writer {
@@ -85,6 +86,10 @@ pub(crate) struct Inner {
     pub(crate) checkpoints: AtomicU64,
     /// Validated operations waiting to be applied (see `apply`).
     pub(crate) applier: Applier,
+    /// The operations just written, for readers (see `tail`); `None` unless asked for.
+    pub(crate) tail: Mutex<Option<TailCache>>,
+    /// Called after each write to the log, before its sync (see `Journal::on_written`).
+    pub(crate) on_written: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 pub(crate) fn pwritev_all(file: &File, mut bufs: Vec<&[u8]>, mut offset: u64) -> io::Result<()> {

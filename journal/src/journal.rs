@@ -15,7 +15,8 @@ use crate::apply::{Batch, Queued};
 use crate::encode::{op_headers, op_span, PageRun};
 use crate::format::PAGE_SIZE;
 use crate::inner::{pwritev_all, Inner};
-use crate::reader::LogReader;
+use crate::reader::{LogReader, LoggedOp};
+use crate::tail::TailCache;
 use crate::{files, JournalError, Lsn};
 
 pub(crate) const PAGE: u64 = PAGE_SIZE as u64;
@@ -132,26 +133,53 @@ impl Journal {
     /// Returns the operation's LSN. Callers must not commit the same cluster concurrently (the
     /// storage service holds a per-cluster lock); commits of different clusters share syncs.
     pub fn commit(&self, cluster: u32, runs: &[PageRun<'_>]) -> Result<Lsn, JournalError> {
-        let inner = &*self.inner;
-        let Some(lsn) = self.log(cluster, runs)? else {
-            return Ok(self.log_lsn());
-        };
-        // This cluster's queued operations come first (they are earlier in the log).
-        inner
-            .applier
-            .wait_applied(Some(cluster), || inner.check_running())?;
-        for run in runs {
-            if let Err(source) = inner.target.apply(cluster, run.first_page, run.pages) {
-                inner.stop(format!("applying operation {lsn} failed: {source}"));
-                return Err(JournalError::Apply {
-                    lsn,
-                    cluster,
-                    source,
-                });
-            }
+        match self.commit_many(&[(cluster, runs)])?.first() {
+            Some(lsn) => Ok(*lsn),
+            None => Ok(self.log_lsn()),
         }
-        lock(&inner.pending).remove(&lsn);
-        Ok(lsn)
+    }
+
+    /// Commits several operations, each as [`Journal::commit`] does, in this order and
+    /// validated by one `fdatasync`: the operations follow each other in one log file, so
+    /// recovery, which ends the log at the first operation not validated, keeps a prefix of
+    /// them (after a crash, a later one is never kept without the earlier ones). Operations of
+    /// different clusters or of one cluster; an operation with no run is left out. Returns the
+    /// LSN of each operation logged.
+    ///
+    /// Not one atomic operation: a crash before the call returns may keep the first ones and
+    /// drop the rest. When they do not fit together in one log file they are committed one
+    /// after the other (one sync each), which keeps the same guarantee.
+    pub fn commit_many(&self, ops: &[(u32, &[PageRun<'_>])]) -> Result<Vec<Lsn>, JournalError> {
+        let inner = &*self.inner;
+        let lsns = match self.log_many(ops)? {
+            Some(lsns) => lsns,
+            None => {
+                let mut lsns = Vec::with_capacity(ops.len());
+                for op in ops {
+                    lsns.extend(self.log_many(std::slice::from_ref(op))?.unwrap_or_default());
+                }
+                lsns
+            }
+        };
+        for (&lsn, (cluster, runs)) in lsns.iter().zip(ops.iter().filter(|(_, r)| !r.is_empty())) {
+            let cluster = *cluster;
+            // This cluster's queued operations come first (they are earlier in the log).
+            inner
+                .applier
+                .wait_applied(Some(cluster), || inner.check_running())?;
+            for run in *runs {
+                if let Err(source) = inner.target.apply(cluster, run.first_page, run.pages) {
+                    inner.stop(format!("applying operation {lsn} failed: {source}"));
+                    return Err(JournalError::Apply {
+                        lsn,
+                        cluster,
+                        source,
+                    });
+                }
+            }
+            lock(&inner.pending).remove(&lsn);
+        }
+        Ok(lsns)
     }
 
     /// Commits one operation as [`Journal::commit`] does, but returns as soon as it is
@@ -159,16 +187,42 @@ impl Journal {
     /// afterwards (readers wait for it: [`Journal::wait_applied`]). A failure to apply it then
     /// stops the journal; the operation is durable and recovery replays it at the next mount.
     pub fn commit_batch(&self, cluster: u32, batch: Batch) -> Result<Lsn, JournalError> {
-        let logged = self.log(cluster, &batch.runs())?;
-        let Some(lsn) = logged else {
-            return Ok(self.log_lsn());
+        match self.commit_batches(vec![(cluster, batch)])?.first() {
+            Some(lsn) => Ok(*lsn),
+            None => Ok(self.log_lsn()),
+        }
+    }
+
+    /// Commits several operations as [`Journal::commit_many`] does (one sync, and a crash
+    /// keeps a prefix of them), each applied afterwards as [`Journal::commit_batch`] does.
+    pub fn commit_batches(&self, ops: Vec<(u32, Batch)>) -> Result<Vec<Lsn>, JournalError> {
+        let logged = {
+            let runs: Vec<Vec<PageRun<'_>>> = ops.iter().map(|(_, b)| b.runs()).collect();
+            let refs: Vec<(u32, &[PageRun<'_>])> = ops
+                .iter()
+                .zip(&runs)
+                .map(|((c, _), r)| (*c, r.as_slice()))
+                .collect();
+            match self.log_many(&refs)? {
+                Some(lsns) => lsns,
+                None => {
+                    let mut lsns = Vec::with_capacity(refs.len());
+                    for op in &refs {
+                        lsns.extend(self.log_many(std::slice::from_ref(op))?.unwrap_or_default());
+                    }
+                    lsns
+                }
+            }
         };
-        self.inner.applier.push(Queued {
-            lsn,
-            cluster,
-            batch,
-        });
-        Ok(lsn)
+        for ((cluster, batch), &lsn) in ops.into_iter().filter(|(_, b)| !b.is_empty()).zip(&logged)
+        {
+            self.inner.applier.push(Queued {
+                lsn,
+                cluster,
+                batch,
+            });
+        }
+        Ok(logged)
     }
 
     /// Waits until every operation of `cluster` that was committed is applied to its file, so
@@ -187,52 +241,100 @@ impl Journal {
         inner.applier.wait_applied(None, || inner.check_running())
     }
 
-    /// Logs and validates one operation (steps 1 and 2); returns its LSN, `None` if it has no
-    /// page. The operation is in `pending` until applied.
-    fn log(&self, cluster: u32, runs: &[PageRun<'_>]) -> Result<Option<Lsn>, JournalError> {
+    /// Logs and validates operations (steps 1 and 2), one after the other in one log file,
+    /// then waits for one sync; returns their LSNs (none for an operation without a page), or
+    /// `None`, having written nothing, when several do not fit together in one file. Each
+    /// operation is in `pending` until applied.
+    fn log_many(&self, ops: &[(u32, &[PageRun<'_>])]) -> Result<Option<Vec<Lsn>>, JournalError> {
         let inner = &*self.inner;
         inner.check_running()?;
-        let span = op_span(runs)?;
-        if runs.is_empty() {
-            return Ok(None);
+        let mut spans = Vec::with_capacity(ops.len());
+        for (_, runs) in ops {
+            spans.push(op_span(runs)?);
         }
-        let (lsn, end) = {
+        let total: u64 = spans.iter().sum();
+        if total == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let mut lsns = Vec::with_capacity(ops.len());
+        let end = {
             let mut w = lock(&inner.writer);
-            if w.sealed || w.offset + span + PAGE > w.size {
-                inner.rotate(&mut w, span)?;
+            if w.sealed || w.offset + total + PAGE > w.size {
+                if ops.iter().filter(|(_, r)| !r.is_empty()).count() > 1
+                    && total + 2 * PAGE > inner.config.rotate_bytes.max(PAGE)
+                {
+                    return Ok(None);
+                }
+                inner.rotate(&mut w, total)?;
             }
-            let lsn = Lsn::new(w.id.seq, w.offset);
-            let headers = op_headers(w.id, w.offset, cluster, runs);
-            let mut bufs = Vec::with_capacity(2 * runs.len());
-            for (h, run) in headers.chunks(PAGE_SIZE).zip(runs) {
-                bufs.push(h);
-                bufs.push(run.pages);
+            let first = Lsn::new(w.id.seq, w.offset);
+            let mut bufs = Vec::new();
+            let mut headers = Vec::with_capacity(ops.len());
+            let mut at = w.offset;
+            for ((cluster, runs), span) in ops.iter().zip(&spans) {
+                if runs.is_empty() {
+                    continue;
+                }
+                headers.push((op_headers(w.id, at, *cluster, runs), *runs));
+                lsns.push(Lsn::new(w.id.seq, at));
+                at += span;
+            }
+            for (h, runs) in &headers {
+                for (h, run) in h.chunks(PAGE_SIZE).zip(runs.iter()) {
+                    bufs.push(h);
+                    bufs.push(run.pages);
+                }
             }
             // Page-aligned pages go to disk by direct I/O, without a copy into the page cache
             // (the group `fdatasync` still validates them: it flushes the device's cache).
+            let aligned = ops
+                .iter()
+                .all(|(_, runs)| runs.iter().all(|r| direct_io_ready(r.pages)));
             let file = match &w.direct {
-                Some(direct) if runs.iter().all(|r| direct_io_ready(r.pages)) => direct,
+                Some(direct) if aligned => direct,
                 _ => &*w.file,
             };
             // A failed write leaves nothing validated (no END record with a matching checksum);
             // the offset does not advance and the next operation overwrites the debris.
-            pwritev_all(file, bufs, w.offset)
+            pwritev_all(file, bufs, first.offset)
                 .map_err(|e| JournalError::io(files::log_path(&inner.dir, w.id.seq), e))?;
-            w.offset += span;
+            // Kept for the readers before they can see it written.
+            if let Some(tail) = lock(&inner.tail).as_mut() {
+                let mut ends = lsns.iter().skip(1).copied().chain([Lsn::new(w.id.seq, at)]);
+                for ((cluster, runs), &lsn) in ops.iter().filter(|(_, r)| !r.is_empty()).zip(&lsns)
+                {
+                    tail.push(LoggedOp {
+                        lsn,
+                        end: ends.next().unwrap_or(lsn),
+                        cluster: *cluster,
+                        runs: runs
+                            .iter()
+                            .map(|r| (r.first_page, r.pages.to_vec()))
+                            .collect(),
+                    });
+                }
+            }
+            w.offset = at;
             let end = Lsn::new(w.id.seq, w.offset);
-            lock(&inner.pending).insert(lsn);
+            lock(&inner.pending).extend(lsns.iter().copied());
             let mut s = lock(&inner.sync);
             s.written = end;
             if !inner.config.sync {
                 s.synced = end;
             }
-            (lsn, end)
+            end
         };
-        inner.commits.fetch_add(1, Ordering::Relaxed);
+        inner
+            .commits
+            .fetch_add(lsns.len() as u64, Ordering::Relaxed);
+        let hook = lock(&inner.on_written).clone();
+        if let Some(hook) = hook {
+            hook();
+        }
         if inner.config.sync {
             inner.wait_synced(end)?;
         }
-        Ok(Some(lsn))
+        Ok(Some(lsns))
     }
 
     /// Makes every applied operation durable in the cluster files, advances `durableLSN` in the
@@ -272,6 +374,26 @@ impl Journal {
         let pending = lock(&self.inner.pending);
         let synced = lock(&self.inner.sync).synced;
         pending.first().map_or(synced, |&p| p.min(synced))
+    }
+
+    /// Keeps the operations written last, up to `max_bytes` of pages, in memory for the
+    /// readers ([`LogReader::next_written`]): a backup's link then sends them without reading
+    /// them back from the disk.
+    pub fn keep_tail(&self, max_bytes: usize) {
+        *lock(&self.inner.tail) = Some(TailCache::new(max_bytes));
+    }
+
+    /// Calls `hook` after each write to the log, before the write is synced: a reader
+    /// following [`LogReader::next_written`] can start on it while the commit waits for its
+    /// sync.
+    pub fn on_written(&self, hook: Arc<dyn Fn() + Send + Sync>) {
+        *lock(&self.inner.on_written) = Some(hook);
+    }
+
+    /// The end of what was written to the log, validated or not yet (at least
+    /// [`Journal::log_lsn`]).
+    pub fn written_lsn(&self) -> Lsn {
+        lock(&self.inner.sync).written
     }
 
     /// A reader of the validated operations in the log (see [`LogReader`]).

@@ -84,6 +84,7 @@ mod lsn;
 mod open;
 mod reader;
 pub mod recovery;
+mod tail;
 
 pub use apply::{Batch, MAX_QUEUED_BYTES};
 pub use encode::{op_bytes, PageRun};

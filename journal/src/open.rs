@@ -145,6 +145,8 @@ impl Journal {
             log_syncs: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             applier: Applier::default(),
+            tail: Mutex::new(None),
+            on_written: Mutex::new(None),
         };
         let inner = Arc::new(inner);
         let checkpointer = {

@@ -15,6 +15,7 @@ use crate::files;
 use crate::format::{decode_file_header, payload_crc, FileId, RecordHeader, RecordKind, PAGE_SIZE};
 use crate::inner::Inner;
 use crate::{JournalError, Lsn};
+use clu_sys::sync::lock;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -77,9 +78,37 @@ impl LogReader {
     /// The first validated operation at or after `pos` that ends at or before `logLSN`, or
     /// `None` when the log has nothing more. `pos` must be where an operation starts or where
     /// the previous one ended (an operation's `end`), or the start of a file.
-    pub fn next(&mut self, mut pos: Lsn) -> Result<Option<LoggedOp>, JournalError> {
+    pub fn next(&mut self, pos: Lsn) -> Result<Option<LoggedOp>, JournalError> {
+        self.next_before(pos, false)
+    }
+
+    /// As [`LogReader::next`], but also an operation written and not yet synced (its commit
+    /// has not returned): a synchronous backup gets it while the primary syncs it. Such an
+    /// operation is complete in the log but may still be lost here if the machine crashes
+    /// before the sync; a consumer must then not trust what it got of it (see the Goofy
+    /// links' rule: a backup ahead of what this run of the primary validated is copied in
+    /// full). Taken from the tail kept in memory when it is there.
+    pub fn next_written(&mut self, pos: Lsn) -> Result<Option<LoggedOp>, JournalError> {
+        self.next_before(pos, true)
+    }
+
+    fn next_before(
+        &mut self,
+        mut pos: Lsn,
+        written: bool,
+    ) -> Result<Option<LoggedOp>, JournalError> {
         loop {
-            let log_end = self.inner.log_lsn();
+            let log_end = if written {
+                lock(&self.inner.sync).written
+            } else {
+                self.inner.log_lsn()
+            };
+            if written {
+                let kept = lock(&self.inner.tail).as_ref().and_then(|t| t.get(pos));
+                if let Some(op) = kept.filter(|op| op.end <= log_end) {
+                    return Ok(Some((*op).clone()));
+                }
+            }
             if pos >= log_end {
                 return Ok(None);
             }

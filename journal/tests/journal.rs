@@ -479,3 +479,78 @@ fn a_journal_can_start_after_another_ones_lsns() {
     let op = j.reader().next(Lsn::new(17, 0)).unwrap().unwrap();
     assert_eq!(op.runs, vec![(0, fill(7, 2))]);
 }
+
+#[test]
+fn several_operations_share_one_sync_and_a_crash_keeps_a_prefix_of_them() {
+    let s = setup(&small());
+    let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
+    let before = j.stats();
+    let (a, b) = (fill(7, 2), fill(8, 1));
+    let lsns = j
+        .commit_many(&[
+            (
+                1,
+                &[PageRun {
+                    first_page: 3,
+                    pages: &a,
+                }][..],
+            ),
+            (2, &[][..]),
+            (
+                9,
+                &[PageRun {
+                    first_page: 0,
+                    pages: &b,
+                }][..],
+            ),
+        ])
+        .unwrap();
+    let after = j.stats();
+    assert_eq!(lsns.len(), 2, "the operation without a run is left out");
+    assert!(lsns[0] < lsns[1]);
+    assert_eq!(after.commits - before.commits, 2);
+    assert_eq!(
+        after.log_syncs - before.log_syncs,
+        1,
+        "one fdatasync for both"
+    );
+    let end = j.log_lsn();
+    std::mem::forget(j); // crash: no checkpoint
+                         // Tear the second operation: its first operation is kept, it is not.
+    let log = s.jdir.join("log-0000000000000001");
+    damage(&log, end.offset - 10);
+    // Replayed into fresh cluster files (the old ones got both when they were committed).
+    let t = DirTarget::new(&s.cdir.with_file_name("replayed"));
+    let (j, report) = Journal::open(&s.jdir, small(), t.clone()).unwrap();
+    assert_eq!(report.replayed_ops, 1);
+    assert_eq!(report.truncated_bytes, 2 * P as u64);
+    assert!(t.page(1, 3) == fill(7, 1) && t.page(1, 4) == fill(7, 1));
+    assert!(
+        t.page(9, 0) == fill(0, 1),
+        "the torn second operation was replayed"
+    );
+    // Operations that do not fit together in one log file (64 pages here) are committed one
+    // after the other, in order.
+    let (big, small_op) = (fill(3, 40), fill(4, 30));
+    let lsns = j
+        .commit_many(&[
+            (
+                5,
+                &[PageRun {
+                    first_page: 0,
+                    pages: &big,
+                }][..],
+            ),
+            (
+                6,
+                &[PageRun {
+                    first_page: 0,
+                    pages: &small_op,
+                }][..],
+            ),
+        ])
+        .unwrap();
+    assert_eq!(lsns.len(), 2);
+    assert!(lsns[0] < lsns[1]);
+    assert!(t.page(5, 39) == fill(3, 1) && t.page(6, 29) == fill(4, 1));
+}

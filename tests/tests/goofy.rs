@@ -132,6 +132,24 @@ fn assert_volume_equal(vol_dir: &Path, bk: &Backup, uid: u64, what: &str) {
 }
 
 /// A file's identity: inode and birth time (an inode number alone can be reused).
+/// The LSN (file, offset) the status line of backup `addr` says it acknowledged.
+fn acknowledged(status: &str, addr: &str) -> (u64, u64) {
+    let line = status
+        .lines()
+        .find(|l| l.contains(&format!("backup {addr}:")))
+        .unwrap_or_else(|| panic!("no backup {addr} in {status}"));
+    let lsn = line
+        .split("acknowledged ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no acknowledged LSN in {line}"));
+    let (file, offset) = lsn.split_once(":0x").expect("an LSN");
+    (
+        file.parse().unwrap(),
+        u64::from_str_radix(offset, 16).unwrap(),
+    )
+}
+
 fn inode(p: &Path) -> (u64, std::time::SystemTime) {
     let m = std::fs::metadata(p).unwrap();
     (m.ino(), m.created().unwrap())
@@ -184,7 +202,36 @@ fn backups_follow_the_primary_and_refuse_garbage_and_stale_epochs() {
         "{status}"
     );
     drop(t);
+    // What b acknowledged before it died is where it stands when it comes back (its image's
+    // note, written with the pages in one sync): asked while the primary is stopped.
+    let acked = acknowledged(&pager.status(), &b_addr);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pager.pid() as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    let t_old = Transport::tls(KeyFiles::in_dir(&cell_keys("site-x"), "site-x"), "site-x").unwrap();
+    let mut conn = BufReader::new(t_old.connect(&b_addr, Duration::from_secs(3)).unwrap());
+    let inquire = Msg::Inquire {
+        site: "site-x".into(),
+        name: "rel".into(),
+    };
+    wire::send(conn.get_mut(), &inquire).unwrap();
+    let answer = wire::recv(&mut conn);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pager.pid() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    match answer {
+        Ok(Msg::Image(i)) => assert!(
+            (i.position.lsn.file, i.position.lsn.offset) >= acked && i.position.complete,
+            "b restarted at {:?}, having acknowledged {acked:?}",
+            i.position
+        ),
+        other => panic!("b did not say where it stands: {other:?}"),
+    }
     wait_in_sync(&pager, 2);
     assert_equal(&data, &image(&a), "backup a after the loop");
     assert_equal(&data, &image(&b), "backup b, restarted and caught up");

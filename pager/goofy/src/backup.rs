@@ -8,9 +8,9 @@
 //! <root>/v-<uid>/goofy.state           identity, epoch, position, settings (two slots)
 //! ```
 //!
-//! An operation is applied through the local journal (atomic, durable), then `goofy.state`
-//! records its position, then it is acknowledged. A crash in between makes the primary send it
-//! again, and applying whole pages twice is harmless. A full copy first marks the image
+//! An operation is applied through the local journal together with its position (the image's
+//! note, [`LocalVolume::clu_write_noted`]: one `fdatasync` for both), then acknowledged. A crash
+//! in between makes the primary send it again, and applying whole pages twice is harmless. A full copy first marks the image
 //! incomplete (a crash during it leaves an image that asks for another copy). A primary or a
 //! restorer whose epoch is older than the one recorded is refused (fencing).
 
@@ -62,6 +62,13 @@ impl VolumeImage {
             .map_err(|e| StorageError::io(&self.path, e))?;
         self.seq = seq;
         Ok(())
+    }
+
+    /// Records the position held, durably: in the image's note (where operations record it
+    /// with their pages), then in `goofy.state`.
+    fn save_position(&mut self) -> Result<(), StorageError> {
+        self.volume.write_note(&self.state.position.encode_note())?;
+        self.save_state()
     }
 
     /// Refuses a request of an epoch older than the newest seen.
@@ -253,6 +260,12 @@ impl BackupServer {
             .into());
         }
         let volume = LocalVolume::mount(VolId(1), &dir, Default::default())?;
+        let mut state = state;
+        // Operations record the position in the image's note, with their pages; goofy.state
+        // has it as of the last full copy (and is all an image older than notes has).
+        if let Some(p) = volume.note()?.as_deref().and_then(Position::decode_note) {
+            state.position = p;
+        }
         info!(uid = format_args!("{uid:016x}"), name = %state.name, position = ?state.position, "backup image mounted");
         Ok(VolumeImage {
             volume,

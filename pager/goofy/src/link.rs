@@ -102,6 +102,9 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// How to reach the backups.
     pub transport: Transport,
+    /// Where the log ended when this primary mounted the volume: what it knows validated
+    /// (see [`History::trusted_end`]).
+    pub run_start: Lsn,
 }
 
 impl Shared {
@@ -159,11 +162,16 @@ impl Shared {
         cv.notify_all();
     }
 
-    /// Waits for the next notification, at most `timeout`.
-    pub fn wait(&self, timeout: Duration) {
+    /// The notifications so far: taken *before* looking at what a notification announces,
+    /// then given to [`Shared::wait`], so that one arriving in between is not missed.
+    pub fn seen(&self) -> u64 {
+        *lock(&self.progress.0)
+    }
+
+    /// Waits for a notification after `seen` (see [`Shared::seen`]), at most `timeout`.
+    pub fn wait(&self, seen: u64, timeout: Duration) {
         let (m, cv) = &self.progress;
         let g = lock(m);
-        let seen = *g;
         drop(wait_timeout_while(cv, g, timeout, |n| {
             *n == seen && !self.stop.load(Ordering::Acquire)
         }));
@@ -194,11 +202,14 @@ impl Shared {
         self.volume.log_lsn().unwrap_or_default()
     }
 
-    fn history(&self) -> History {
+    /// The history as backup `link` may resume in it.
+    fn history(&self, link: &Link) -> History {
+        let sent = lock(&link.inner).sent;
         History {
             epoch: self.conf.epoch,
             origin: self.conf.origin,
-            log_end: self.log_end(),
+            log_end: self.volume.written_lsn().unwrap_or_default(),
+            trusted_end: self.run_start.max(sent),
         }
     }
 }
@@ -225,6 +236,9 @@ pub struct LinkInner {
     pub copy: Option<(u64, u64)>,
     /// Propagation lags (commit to acknowledgement) of the latest operations, in seconds.
     pub lags: VecDeque<f64>,
+    /// The end of the last operation this run of the primary sent the backup (see
+    /// [`History::trusted_end`]).
+    pub sent: Lsn,
     hold: Option<Retention>,
 }
 
@@ -236,6 +250,7 @@ impl Link {
             inner: Mutex::new(LinkInner {
                 state: LinkState::Unreachable("not connected yet".into()),
                 acked: Lsn::default(),
+                sent: Lsn::default(),
                 tried: false,
                 stale: false,
                 copy: None,
@@ -378,7 +393,7 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
         } else {
             Provenance::Other
         };
-        resume(position, shared.history(), source)
+        resume(position, shared.history(link), source)
     };
     let mut pos = match decision {
         Resume::FromLog(at) => match shared.volume.retain_from(at) {
@@ -399,6 +414,11 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
             full_copy(shared, link, &mut conn)?
         }
     };
+    {
+        // A full copy sent the image as of `pos`, this run's.
+        let mut l = lock(&link.inner);
+        l.sent = l.sent.max(pos);
+    }
     let mut reader = shared.volume.log_reader()?;
     loop {
         if shared.stop.load(Ordering::Acquire) {
@@ -415,9 +435,12 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
             )?;
             shared.told(&link.addr, &[clu]);
         }
-        let Some(op) = reader.next(pos)? else {
+        let seen = shared.seen();
+        // Operations as soon as they are written: the backup stores one while the primary
+        // syncs it.
+        let Some(op) = reader.next_written(pos)? else {
             set_state(link, LinkState::InSync);
-            shared.wait(Duration::from_millis(200));
+            shared.wait(seen, Duration::from_millis(200));
             check_bound(shared, link);
             if conf.sync == 0 {
                 // Asynchronous: let the commit that woke us answer its client before the
@@ -456,6 +479,10 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
                     .map(|(first_page, pages)| Run { first_page, pages })
                     .collect(),
             };
+            {
+                let mut l = lock(&link.inner);
+                l.sent = l.sent.max(end);
+            }
             let got = call(&mut conn, &msg)?;
             if got != end {
                 return Err(End::Broken(format!(

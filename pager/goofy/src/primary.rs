@@ -30,6 +30,11 @@ use crate::link::{self, Link, LinkState, Shared};
 use crate::restore::{self, Plan, Restorations};
 use crate::{GoofyConfig, GoofyError};
 
+/// The operations a reliable volume keeps in memory for its links, in bytes of pages: a
+/// commit's pages are sent from there, not read back from the disk (the log is written by
+/// direct I/O). Past it, a link catching up reads the log files.
+const TAIL_BYTES: usize = 8 << 20;
+
 /// A reliable volume's replication, for `pager status`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Replication {
@@ -102,6 +107,7 @@ impl Reliable {
     fn wait_acks(&self, lsn: Lsn, want: usize) -> Result<()> {
         let deadline = Instant::now() + self.sync_timeout;
         loop {
+            let seen = self.shared.seen();
             self.check()?;
             let have = self
                 .links
@@ -117,7 +123,7 @@ impl Reliable {
                     self.sync_timeout.as_secs()
                 )));
             }
-            self.shared.wait(Duration::from_millis(100));
+            self.shared.wait(seen, Duration::from_millis(100));
         }
     }
 
@@ -428,7 +434,20 @@ impl Ssf {
             rotate_bytes: self.config.journal.rotate_bytes,
             connect_timeout: self.config.connect_timeout,
             transport: self.config.transport.clone(),
+            run_start: inner.written_lsn().unwrap_or_default(),
         });
+        // The links hear of each operation when it is written, and read it from memory.
+        {
+            let weak = Arc::downgrade(&shared);
+            let hook = Arc::new(move || {
+                if let Some(s) = weak.upgrade() {
+                    s.notify();
+                }
+            });
+            if let Err(e) = inner.on_written(TAIL_BYTES, hook) {
+                warn!(volume = %name, "the links will read the log from its files: {e}");
+            }
+        }
         for l in &links {
             link::start(shared.clone(), l.clone());
         }
@@ -440,11 +459,15 @@ impl Ssf {
         });
         // The fencing check: hear from every backup (or fail to reach it) before serving.
         let deadline = Instant::now() + self.config.first_contact;
-        while Instant::now() < deadline
-            && lock(&r.shared.fenced).is_none()
-            && r.links.iter().any(|l| !lock(&l.inner).tried)
-        {
-            r.shared.wait(Duration::from_millis(50));
+        loop {
+            let seen = r.shared.seen();
+            if Instant::now() >= deadline
+                || lock(&r.shared.fenced).is_some()
+                || r.links.iter().all(|l| lock(&l.inner).tried)
+            {
+                break;
+            }
+            r.shared.wait(seen, Duration::from_millis(50));
         }
         if let Some(why) = &*lock(&r.shared.fenced) {
             warn!(volume = %name, "mounted but fenced: {why}");

@@ -9,7 +9,9 @@
 //! a backup records its position just after it applies an operation, so a crash between the
 //! two leaves an image one operation ahead of its position; the source's image is the restored
 //! volume whatever it holds, another backup at the same position may differ from it. Anything else (an interrupted copy, an image of another history, one ahead of the
-//! primary) needs a full copy. Whether the journal still holds the files from that position on
+//! primary, or one past what this run of the primary validated or sent it: it may hold an
+//! operation the primary lost in a machine crash before its sync, since operations are sent as
+//! soon as they are written) needs a full copy. Whether the journal still holds the files from that position on
 //! is the journal's to say (its retention); if not, a full copy too.
 
 use journal::{Lsn, PAGE_SIZE};
@@ -23,8 +25,14 @@ pub struct History {
     pub epoch: u64,
     /// What its journal continues: an epoch and an LSN of that epoch's journal.
     pub origin: (u64, Lsn),
-    /// The end of its log now.
+    /// The end of its log now (what was written, validated or not).
     pub log_end: Lsn,
+    /// How far this run of the primary (since it mounted the volume) knows the backup's
+    /// image to be of this history: where its log ended when it mounted, or further if it
+    /// sent this backup more since. Operations are sent as soon as they are written, before
+    /// their sync; an image past this point may hold one that a machine crash took from the
+    /// primary's log before it was validated, and the primary has since written others there.
+    pub trusted_end: Lsn,
 }
 
 /// Whether the backup is the one a restored volume was fetched from.
@@ -78,6 +86,11 @@ pub fn resume(backup: Position, history: History, provenance: Provenance) -> Res
     if backup.lsn > history.log_end {
         return Resume::FullCopy("it is ahead of this primary's log");
     }
+    if backup.lsn > history.trusted_end {
+        return Resume::FullCopy(
+            "it may hold an operation this primary lost in a crash before validating it",
+        );
+    }
     Resume::FromLog(backup.lsn)
 }
 
@@ -101,6 +114,7 @@ mod tests {
             epoch: 1,
             origin: (0, Lsn::default()),
             log_end: Lsn::new(3, 5 * P),
+            trusted_end: Lsn::new(3, 5 * P),
         };
         assert_eq!(
             resume(pos(0, 0, 0, true), h, Provenance::Source),
@@ -131,6 +145,7 @@ mod tests {
             epoch: 2,
             origin: (1, Lsn::new(4, 12 * P)),
             log_end: Lsn::new(6, 3 * P),
+            trusted_end: Lsn::new(6, 3 * P),
         };
         assert_eq!(
             resume(pos(1, 4, 12 * P, true), h, Provenance::Source),
@@ -164,44 +179,49 @@ mod tests {
             for epoch in origin_epoch + 1..origin_epoch + 3 {
                 for origin_file in 0..3u64 {
                     let origin = (origin_epoch, Lsn::new(origin_file, origin_file * P));
-                    let h = History {
-                        epoch,
-                        origin,
-                        log_end: Lsn::new(origin_file + 2, 4 * P),
-                    };
-                    for be in 0..5u64 {
-                        for bf in 0..6u64 {
-                            for bo in 0..6u64 {
-                                for complete in [false, true] {
-                                    let b = pos(be, bf, bo * P, complete);
-                                    if complete && (be, b.lsn) == origin {
-                                        // Only the source is trusted at the origin.
-                                        assert!(matches!(
-                                            resume(b, h, Provenance::Other),
-                                            Resume::FullCopy(_)
-                                        ));
-                                    }
-                                    match resume(b, h, Provenance::Source) {
-                                        Resume::FromLog(at) => {
-                                            assert!(complete);
-                                            assert!(
-                                                at >= h.first() && at <= h.log_end,
-                                                "{b:?} {h:?}"
-                                            );
-                                            if (be, b.lsn) == origin {
-                                                assert_eq!(at, h.first());
-                                            } else {
-                                                assert_eq!((be, at), (epoch, b.lsn));
-                                            }
+                    let log_end = Lsn::new(origin_file + 2, 4 * P);
+                    for trusted_end in [log_end, Lsn::new(origin_file + 1, 3 * P)] {
+                        let h = History {
+                            epoch,
+                            origin,
+                            log_end,
+                            trusted_end,
+                        };
+                        for be in 0..5u64 {
+                            for bf in 0..6u64 {
+                                for bo in 0..6u64 {
+                                    for complete in [false, true] {
+                                        let b = pos(be, bf, bo * P, complete);
+                                        if complete && (be, b.lsn) == origin {
+                                            // Only the source is trusted at the origin.
+                                            assert!(matches!(
+                                                resume(b, h, Provenance::Other),
+                                                Resume::FullCopy(_)
+                                            ));
                                         }
-                                        Resume::FullCopy(_) => assert!(
-                                            !complete
-                                                || ((be, b.lsn) != origin
-                                                    && (be != epoch
-                                                        || b.lsn < h.first()
-                                                        || b.lsn > h.log_end)),
-                                            "{b:?} {h:?}"
-                                        ),
+                                        match resume(b, h, Provenance::Source) {
+                                            Resume::FromLog(at) => {
+                                                assert!(complete);
+                                                assert!(
+                                                    at >= h.first() && at <= h.log_end,
+                                                    "{b:?} {h:?}"
+                                                );
+                                                if (be, b.lsn) == origin {
+                                                    assert_eq!(at, h.first());
+                                                } else {
+                                                    assert_eq!((be, at), (epoch, b.lsn));
+                                                    assert!(at <= h.trusted_end, "{b:?} {h:?}");
+                                                }
+                                            }
+                                            Resume::FullCopy(_) => assert!(
+                                                !complete
+                                                    || ((be, b.lsn) != origin
+                                                        && (be != epoch
+                                                            || b.lsn < h.first()
+                                                            || b.lsn > h.trusted_end)),
+                                                "{b:?} {h:?}"
+                                            ),
+                                        }
                                     }
                                 }
                             }
@@ -210,5 +230,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_backup_past_what_this_run_validated_or_sent_it_is_copied() {
+        // The primary came back with its log ending at 2/4P (a machine crash took an
+        // operation it had sent to the backup, 2/4P..2/9P, before its sync) and has since
+        // written up to 2/12P: the backup's image at 2/9P is not of this history.
+        let h = History {
+            epoch: 1,
+            origin: (0, Lsn::default()),
+            log_end: Lsn::new(2, 12 * P),
+            trusted_end: Lsn::new(2, 4 * P),
+        };
+        assert!(matches!(
+            resume(pos(1, 2, 9 * P, true), h, Provenance::Source),
+            Resume::FullCopy(_)
+        ));
+        assert_eq!(
+            resume(pos(1, 2, 4 * P, true), h, Provenance::Source),
+            Resume::FromLog(Lsn::new(2, 4 * P))
+        );
+        // Once this run sent it up to 2/9P itself, a reconnection resumes there.
+        let h = History {
+            trusted_end: Lsn::new(2, 9 * P),
+            ..h
+        };
+        assert_eq!(
+            resume(pos(1, 2, 9 * P, true), h, Provenance::Source),
+            Resume::FromLog(Lsn::new(2, 9 * P))
+        );
     }
 }

@@ -11,6 +11,8 @@
 //! name rel                      its name on the primary
 //! epoch 2                       the newest epoch seen: older primaries are refused
 //! position 2 5 40960 1          epoch, LSN (file offset) of the history applied; complete?
+//!                               (as of the last full copy: each operation records it in the
+//!                               image's note, with its pages, in one sync of its journal)
 //! sync 0                        the volume's settings, as its primary last said
 //! backup 127.0.0.1:7701         (one line per backup server)
 //! ```

@@ -17,7 +17,8 @@ use clu_proto::codec::{DecodeError, Reader, Writer};
 use clu_proto::frame::{self, FrameError};
 use clu_proto::{ClusterKind, PAGE_SIZE};
 use clu_storage::ClusterDesc;
-use journal::{Lsn, PageRun};
+use clu_sys::buf::PageBuf;
+use journal::{Batch, JournalError, Lsn, PageRun};
 
 pub use crate::position::Position;
 use crate::state::State;
@@ -64,6 +65,30 @@ impl Run {
                 pages: &r.pages,
             })
             .collect()
+    }
+
+    /// The runs copied into one page-aligned batch (which the journal writes by direct I/O
+    /// and applies after the commit returns). Fails on a run that is not whole pages.
+    pub fn batch(runs: &[Run]) -> Result<Batch, JournalError> {
+        let total = runs.iter().map(|r| r.pages.len()).sum();
+        let mut buf = PageBuf::zeroed(total);
+        let mut at = 0;
+        let mut spans = Vec::with_capacity(runs.len());
+        for r in runs {
+            buf[at..at + r.pages.len()].copy_from_slice(&r.pages);
+            spans.push((r.first_page, at, r.pages.len()));
+            at += r.pages.len();
+        }
+        let mut batch = Batch::new(buf);
+        for (first_page, at, len) in spans {
+            if len % PAGE_SIZE != 0 {
+                return Err(JournalError::InvalidRun(format!(
+                    "a run of {len} bytes is not whole pages"
+                )));
+            }
+            batch.push(first_page, at, len / PAGE_SIZE)?;
+        }
+        Ok(batch)
     }
 }
 

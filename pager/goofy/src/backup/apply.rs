@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use clu_proto::CluId;
-use clu_storage::Volume;
+use clu_storage::{StorageError, Volume};
 use clu_sys::sync::lock;
 use journal::Lsn;
 use tracing::info;
@@ -67,18 +67,21 @@ pub(super) fn handle(
             }
             let id = CluId(clu.clu);
             img.volume.clu_ensure(id, clu.npages, clu.owner, clu.kind)?;
-            img.volume.clu_write(id, &Run::page_runs(&runs))?;
-            img.state.position = Position {
+            let position = Position {
                 epoch,
                 lsn: end,
                 complete: true,
             };
-            img.save_state()?;
+            // The pages and the position together, in one sync of the image's journal.
+            let batch = Run::batch(&runs).map_err(StorageError::from)?;
+            img.volume
+                .clu_commit_noted(id, batch, &position.encode_note())?;
+            img.state.position = position;
             Ok(end)
         }
         Msg::CopyBegin { clusters, .. } => {
             img.state.position.complete = false;
-            img.save_state()?;
+            img.save_position()?;
             for desc in img.volume.clu_list() {
                 img.volume.clu_destroy(desc.id.clu())?;
             }
@@ -108,7 +111,7 @@ pub(super) fn handle(
                 complete: true,
                 ..position
             };
-            img.save_state()?;
+            img.save_position()?;
             info!(name = %img.state.name, position = ?img.state.position, "full copy received");
             Ok(position.lsn)
         }

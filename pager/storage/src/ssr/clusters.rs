@@ -4,6 +4,9 @@
 //! `clusters/<clu>.sums` the pages' checksums ([`PageSums`]);
 //! `clusters/<clu>.desc` the descriptor, replaced atomically. The descriptor is the commit point
 //! of creation: a data or sums file without one is debris from a crash and is removed at mount.
+//! `clusters/note` is the volume's note ([`NOTE`]): one page written through the journal like a
+//! cluster's, for what a user of the volume must keep in step with its pages (a backup's
+//! position in its primary's history).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -42,7 +45,13 @@ pub(crate) struct ClusterTable {
     map: RwLock<BTreeMap<u16, Arc<Cluster>>>,
     /// Clusters written since the last sync.
     dirty: Mutex<HashSet<u16>>,
+    /// The note's file, once written, and whether it was written since the last sync.
+    note: Mutex<(Option<File>, bool)>,
 }
+
+/// The journal's cluster id of a volume's note: volume `ffff`, which no volume has (a cell
+/// hands out 1 to `fffe`, a root fewer), so it is no cluster's.
+pub const NOTE: u32 = u32::MAX;
 
 impl ClusterTable {
     pub(crate) fn data_path(dir: &Path, clu: CluId) -> PathBuf {
@@ -151,7 +160,55 @@ impl ClusterTable {
             dir: dir.to_owned(),
             map: RwLock::new(map),
             dirty: Mutex::new(HashSet::new()),
+            note: Mutex::new((None, false)),
         })
+    }
+
+    fn note_path(&self) -> PathBuf {
+        self.dir.join("note")
+    }
+
+    /// The volume's note: its page as last written, `None` if it never was.
+    pub(crate) fn note(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.note_path();
+        match fs::read(&path) {
+            Ok(b) if b.len() == PAGE_SIZE => Ok(Some(b)),
+            Ok(b) => Err(StorageError::corrupt(
+                &path,
+                format!("{} bytes, not one page", b.len()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(&path, e)),
+        }
+    }
+
+    /// Writes the note's page (the journal applying an operation of [`NOTE`]).
+    fn apply_note(&self, first_page: u64, pages: &[u8]) -> io::Result<()> {
+        if first_page != 0 || pages.len() != PAGE_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a note of {} bytes at page {first_page}: a note is page 0 only",
+                    pages.len()
+                ),
+            ));
+        }
+        let mut note = lock(&self.note);
+        if note.0.is_none() {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.note_path())?;
+            // The name must survive a crash before the next checkpoint's sync.
+            sync_dir(&self.dir).map_err(|e| io::Error::other(e.to_string()))?;
+            note.0 = Some(f);
+        }
+        if let Some(f) = &note.0 {
+            f.write_all_at(pages, 0)?;
+        }
+        note.1 = true;
+        Ok(())
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -193,6 +250,9 @@ impl ClusterTable {
 
 impl ApplyTarget for ClusterTable {
     fn apply(&self, cluster: u32, first_page: u64, pages: &[u8]) -> io::Result<()> {
+        if cluster == NOTE {
+            return self.apply_note(first_page, pages);
+        }
         let id = ClusterId(cluster);
         let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
         if id.vol() != self.vol {
@@ -219,6 +279,13 @@ impl ApplyTarget for ClusterTable {
     }
 
     fn sync(&self) -> io::Result<()> {
+        {
+            let mut note = lock(&self.note);
+            if let (Some(f), true) = (&note.0, note.1) {
+                f.sync_data()?;
+                note.1 = false;
+            }
+        }
         let dirty: Vec<u16> = lock(&self.dirty).drain().collect();
         for clu in &dirty {
             if let Ok(c) = self.get(CluId(*clu)) {

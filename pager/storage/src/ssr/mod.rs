@@ -18,9 +18,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clu_proto::{CluId, ClusterId, ClusterKind, VolId, PAGE_SIZE};
+use clu_sys::buf::PageBuf;
 use clu_sys::sync::{lock, read, write};
 use journal::{Batch, Journal, JournalConfig, LogReader, Lsn, PageRun, Retention};
 
+pub use self::clusters::NOTE;
 use self::clusters::{Cluster, ClusterTable};
 use self::sums::PageSums;
 use crate::fsutil::{preallocate, sync_dir, write_atomic};
@@ -181,6 +183,60 @@ impl LocalVolume {
             Some(j) => f(j),
             None => Err(StorageError::NotMounted(self.vol)),
         }
+    }
+
+    /// Commits `batch` of cluster `clu` and then the volume's note (one page: `note`, padded
+    /// with zeros), validated by one `fdatasync`, and returns once they are: they are applied
+    /// afterwards, as [`Volume::clu_commit`] does. After a crash the note is never newer than
+    /// the pages (it may be older: the pages are kept, the note is not). See
+    /// [`Journal::commit_many`].
+    pub fn clu_commit_noted(&self, clu: CluId, batch: Batch, note: &[u8]) -> Result<Lsn> {
+        let c = self.clusters.get(clu)?;
+        let desc = *lock(&c.desc);
+        for run in batch.runs() {
+            self.range(&desc, run.first_page, run.pages.len())?;
+        }
+        let mut page = PageBuf::zeroed(PAGE_SIZE);
+        page.copy_from_slice(&note_page(note)?);
+        let mut note_batch = Batch::new(page);
+        note_batch.push(0, 0, 1)?;
+        let _serial = lock(&c.commit);
+        let lsns = self.with_journal(|j| {
+            Ok(j.commit_batches(vec![(desc.id.0, batch), (NOTE, note_batch)])?)
+        })?;
+        Ok(lsns.first().copied().unwrap_or_default())
+    }
+
+    /// Writes the volume's note alone (durable when this returns).
+    pub fn write_note(&self, note: &[u8]) -> Result<()> {
+        let page = note_page(note)?;
+        let run = [PageRun {
+            first_page: 0,
+            pages: &page,
+        }];
+        self.with_journal(|j| Ok(j.commit(NOTE, &run)?))?;
+        Ok(())
+    }
+
+    /// The volume's note as last written (`None` if it never was), padded to a page.
+    pub fn note(&self) -> Result<Option<Vec<u8>>> {
+        self.clusters.note()
+    }
+
+    /// For replication: keeps the last `tail_bytes` of operations in memory for the log's
+    /// readers, and calls `hook` after each write to the log, before its sync (see
+    /// [`Journal::keep_tail`], [`Journal::on_written`]).
+    pub fn on_written(&self, tail_bytes: usize, hook: Arc<dyn Fn() + Send + Sync>) -> Result<()> {
+        self.with_journal(|j| {
+            j.keep_tail(tail_bytes);
+            j.on_written(hook);
+            Ok(())
+        })
+    }
+
+    /// The end of what was written to the journal's log, validated or not yet.
+    pub fn written_lsn(&self) -> Result<Lsn> {
+        self.with_journal(|j| Ok(j.written_lsn()))
     }
 
     /// A reader of the journal's validated operations (replication).
@@ -564,6 +620,19 @@ impl Volume for LocalVolume {
         // and `clu_read` waits for that.
         self.with_journal(|j| Ok(j.commit_batch(desc.id.0, batch)?))
     }
+}
+
+/// `note` padded to one page; refused if longer.
+fn note_page(note: &[u8]) -> Result<Vec<u8>> {
+    if note.len() > PAGE_SIZE {
+        return Err(StorageError::Invalid(format!(
+            "a volume's note is at most {PAGE_SIZE} bytes, not {}",
+            note.len()
+        )));
+    }
+    let mut page = vec![0u8; PAGE_SIZE];
+    page[..note.len()].copy_from_slice(note);
+    Ok(page)
 }
 
 impl Drop for LocalVolume {
