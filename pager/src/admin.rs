@@ -61,6 +61,15 @@ pub enum CacheCommand {
     },
 }
 
+/// What happens to a reliable volume when its primary fails (thesis N1-N3).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverPolicy {
+    /// Wait for the primary's repair.
+    Wait,
+    /// Restore it at once on a standby site, by itself.
+    Restore,
+}
+
 /// Volume administration.
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum VolCommand {
@@ -80,6 +89,14 @@ pub enum VolCommand {
         /// Commits wait for K backup acknowledgements (default 0: asynchronous).
         #[arg(long, value_name = "K", default_value_t = 0)]
         sync: u32,
+        /// When the primary's site dies or is cut off from the catalog: `wait` for its repair
+        /// (or `pager vol restore` by hand), or `restore` the volume at once on a `--standby`
+        /// site (a reliable volume in a cell).
+        #[arg(long, value_enum, default_value_t = FailoverPolicy::Wait)]
+        failover: FailoverPolicy,
+        /// A site allowed to take the volume over (`--failover restore`); repeat for several.
+        #[arg(long = "standby", value_name = "SITE")]
+        standbys: Vec<String>,
     },
     /// Rebuilds a reliable volume from its freshest backup and mounts it here, as its new
     /// primary: raises its epoch on every backup reached first (the old primary is fenced), and
@@ -208,9 +225,20 @@ impl AdminCommand {
                         no_mount,
                         backups,
                         sync,
+                        failover,
+                        standbys,
                     } => {
                         out.extend(w(&["create", "--capacity-pages"]));
                         out.push(capacity.capacity_pages.to_string());
+                        out.push("--failover".into());
+                        out.push(match failover {
+                            FailoverPolicy::Wait => "wait".into(),
+                            FailoverPolicy::Restore => "restore".into(),
+                        });
+                        for s in standbys {
+                            out.push("--standby".into());
+                            out.push(s.clone());
+                        }
                         if *no_mount {
                             out.push("--no-mount".into());
                         }
@@ -322,6 +350,8 @@ mod tests {
                 no_mount: true,
                 backups: vec![],
                 sync: 0,
+                failover: FailoverPolicy::Wait,
+                standbys: vec![],
             }),
             AdminCommand::Vol(VolCommand::Create {
                 name: "rel".into(),
@@ -329,6 +359,8 @@ mod tests {
                 no_mount: false,
                 backups: vec!["127.0.0.1:7701".into(), "[::1]:7702".into()],
                 sync: 1,
+                failover: FailoverPolicy::Restore,
+                standbys: vec!["site-b".into(), "site-c".into()],
             }),
             AdminCommand::Vol(VolCommand::List),
             AdminCommand::Vol(VolCommand::Mount { vol: "data".into() }),

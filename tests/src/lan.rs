@@ -139,6 +139,68 @@ impl Lan {
     }
 }
 
+/// A backup server (`pager backup-server`) in a namespace of its own on the LAN.
+pub struct LanBackup {
+    child: std::process::Child,
+    /// Its root.
+    pub root: PathBuf,
+    /// Where it listens, `IP:PORT`.
+    pub addr: String,
+    ns: String,
+    key_args: Vec<String>,
+}
+
+impl LanBackup {
+    fn spawn(&mut self) {
+        self.child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(pager_bin())
+            .args(["backup-server", "--root"])
+            .arg(&self.root)
+            .args(["--listen", &self.addr])
+            .args(&self.key_args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a backup server");
+        crate::harness::wait_listening(&self.addr);
+    }
+
+    /// SIGKILLs it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same root and address.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for LanBackup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Lan {
+    /// Starts a backup server called `name` on `root`, in a namespace of its own.
+    pub fn backup(&mut self, root: &Path, name: &str) -> LanBackup {
+        let at = self.site(name);
+        let mut b = LanBackup {
+            child: Command::new("true").spawn().expect("true"),
+            root: root.to_owned(),
+            addr: format!("{}:{}", at.ip, crate::etcd::free_port()),
+            ns: at.ns,
+            key_args: at.key_args,
+        };
+        b.spawn();
+        b
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
         for ns in &self.namespaces {

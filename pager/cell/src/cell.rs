@@ -358,6 +358,7 @@ impl Cell {
                 } else {
                     location.to_owned()
                 },
+                failover: None,
             };
             let same_counter = match &counter {
                 Some(kv) => {
@@ -473,6 +474,42 @@ impl Cell {
             reason: e.to_string(),
         })?;
         Ok(Some((site.to_owned(), addr.to_owned())))
+    }
+
+    /// Changes volume `vol`'s record with `f` in one transaction (retried when another change
+    /// got in between); returns the record written.
+    pub fn update_volume(
+        &self,
+        vol: VolId,
+        f: impl Fn(&mut VolumeRecord),
+    ) -> Result<VolumeRecord, CellError> {
+        let s = &*self.shared;
+        let key = s.keys.volume(vol);
+        for _ in 0..16 {
+            let mut c = s.client.clone();
+            let resp = s.call("reading a volume", c.get(key.clone(), None))?;
+            let Some(kv) = resp.kvs().first() else {
+                return Err(CellError::NoSuchVolume(vol));
+            };
+            let mut record: VolumeRecord = decode(&key, kv.value())?;
+            f(&mut record);
+            let txn = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then(vec![TxnOp::put(key.clone(), encode(&record), None)]);
+            if s.call("changing a volume's record", c.txn(txn))?
+                .succeeded()
+            {
+                return Ok(record);
+            }
+        }
+        Err(CellError::Etcd {
+            op: "changing a volume's record",
+            reason: "it kept changing under the call; try again".into(),
+        })
     }
 
     /// Deletes a volume's record (and its mount lock, if one was left).

@@ -22,6 +22,7 @@
 
 mod cell;
 mod error;
+pub mod failover;
 pub mod keys;
 pub mod members;
 pub mod records;
@@ -30,5 +31,5 @@ mod session;
 pub use cell::{parse_catalog, Cell};
 pub use error::CellError;
 pub use members::Members;
-pub use records::{SiteRecord, SiteStatus, VolumeRecord, VolumeStatus};
+pub use records::{Failover, SiteRecord, SiteStatus, VolumeRecord, VolumeStatus};
 pub use session::Session;

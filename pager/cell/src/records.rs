@@ -27,6 +27,23 @@ pub struct VolumeRecord {
     pub site: String,
     /// The volume's directory on that site.
     pub location: String,
+    /// Immediate restoration, automated (`pager vol create --failover restore`): which sites
+    /// may take the volume over when its primary's lease ends, and where they restore it
+    /// from. `None`: wait for repair (thesis N1-N3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+}
+
+/// How a reliable volume is restored by itself when its primary dies or is cut off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    /// The sites allowed to take it over (`--standby`).
+    pub standbys: Vec<String>,
+    /// Its backup servers, `HOST:PORT`: a standby restores it from the freshest.
+    pub backups: Vec<String>,
+    /// Commits wait for this many backups (`--sync K`): a takeover must reach and fence
+    /// enough backups to meet every acknowledged commit.
+    pub sync: u32,
 }
 
 /// A site as `pager site list` shows it.
@@ -131,9 +148,21 @@ mod tests {
             service: "ssr".into(),
             site: "a".into(),
             location: "/srv/clu/vol-0003".into(),
+            failover: None,
         };
         let back: VolumeRecord = decode("k", encode(&v).as_bytes()).unwrap();
         assert_eq!(back, v);
+        assert!(!encode(&v).contains("failover"), "no field when none");
+        let f = VolumeRecord {
+            failover: Some(Failover {
+                standbys: vec!["b".into()],
+                backups: vec!["10.0.0.1:7701".into()],
+                sync: 1,
+            }),
+            ..v.clone()
+        };
+        let back: VolumeRecord = decode("k", encode(&f).as_bytes()).unwrap();
+        assert_eq!(back, f);
         let e = decode::<VolumeRecord>("/clu/x/volumes/0003", b"{\"id\":").unwrap_err();
         assert!(e.to_string().contains("/clu/x/volumes/0003"), "{e}");
     }

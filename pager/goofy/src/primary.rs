@@ -355,9 +355,14 @@ impl Ssf {
     }
 
     /// Steps 1 to 3 of a restoration (see [`crate::restore`]): inquire, fence, choose.
-    pub fn prepare_restore(&self, name: &str, from: &str) -> std::result::Result<Plan, GoofyError> {
+    pub fn prepare_restore(
+        &self,
+        name: &str,
+        from: &str,
+        at_least: u64,
+    ) -> std::result::Result<Plan, GoofyError> {
         self.config.transport.check()?;
-        restore::prepare(&self.config.transport, name, from)
+        restore::prepare(&self.config.transport, name, from, at_least)
     }
 
     /// Step 4: builds the volume at `location` from the plan's backup (what

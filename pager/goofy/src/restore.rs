@@ -168,8 +168,27 @@ fn image(t: &Transport, addr: &str, msg: &Msg) -> std::result::Result<State, Ask
     }
 }
 
-/// Steps 1 to 3: inquire, fence, choose.
-pub fn prepare(t: &Transport, name: &str, from: &str) -> Result<Plan> {
+/// Whether a restoration that fenced `fenced` of a volume's `backups` backup servers may go
+/// on (pure): a commit of a `--sync K` volume was acknowledged by K backups, so the
+/// restoration must reach at least `backups - K + 1` of them to meet every such commit, and
+/// fence them, so that an old primary cannot have K acknowledgements any more. An asynchronous
+/// volume (K = 0) needs one backup (the loss window is then reported). `Err` says why not.
+pub fn enough_fenced(backups: usize, sync: u32, fenced: usize) -> std::result::Result<(), String> {
+    let k = (sync as usize).min(backups);
+    let need = if k == 0 { 1 } else { backups - k + 1 };
+    if fenced >= need {
+        Ok(())
+    } else {
+        Err(format!(
+            "{fenced} of its {backups} backups were reached and fenced; a volume whose commits wait for {k} needs {need}, or an acknowledged commit may be missing and an old primary may still get its acknowledgements"
+        ))
+    }
+}
+
+/// Steps 1 to 3: inquire, fence, choose. The new epoch is above every epoch a backup
+/// reached recorded, and at least `at_least` (an automated failover passes the etcd
+/// revision of the mount it won, so that every party orders the epochs as etcd does).
+pub fn prepare(t: &Transport, name: &str, from: &str, at_least: u64) -> Result<Plan> {
     let first = image(
         t,
         from,
@@ -207,7 +226,8 @@ pub fn prepare(t: &Transport, name: &str, from: &str) -> Result<Plan> {
         .map(|(_, i)| i.epoch)
         .max()
         .unwrap_or(first.epoch)
-        + 1;
+        .saturating_add(1)
+        .max(at_least);
     let mut fenced = Vec::new();
     for (addr, _) in reached {
         match image(
@@ -298,5 +318,27 @@ pub fn fetch(
             Msg::Refused { why } | Msg::Fenced { why } => return Err(broken(why)),
             other => return Err(broken(format!("unexpected {}", other.kind()))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::enough_fenced;
+
+    #[test]
+    fn a_restoration_must_meet_every_acknowledged_commit() {
+        // Exhaustive for up to 5 backups: fencing enough backups means every set of K backups
+        // (where an acknowledged commit may be) meets the fenced ones.
+        for n in 1..=5usize {
+            for k in 0..=n as u32 {
+                for f in 0..=n {
+                    let ok = enough_fenced(n, k, f).is_ok();
+                    let meets_every_k_set = if k == 0 { f >= 1 } else { f + k as usize > n };
+                    assert_eq!(ok, meets_every_k_set, "n={n} k={k} fenced={f}");
+                }
+            }
+        }
+        let why = enough_fenced(3, 2, 1).unwrap_err();
+        assert!(why.contains("needs 2"), "{why}");
     }
 }

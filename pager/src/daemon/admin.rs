@@ -10,7 +10,9 @@ use clu_proto::ErrorCode;
 use clu_storage::{ClusterDesc, VolumeParams};
 
 use super::{goofy_refusal, Daemon};
-use crate::admin::{self, AdminCommand, CacheCommand, CluCommand, SiteCommand, VolCommand};
+use crate::admin::{
+    self, AdminCommand, CacheCommand, CluCommand, FailoverPolicy, SiteCommand, VolCommand,
+};
 use crate::render::{self, ReliableView, RestoreView, Status};
 
 fn denied(what: &str) -> Refusal {
@@ -216,7 +218,17 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
             no_mount,
             backups,
             sync,
+            failover,
+            standbys,
         } => {
+            let automated = failover == FailoverPolicy::Restore;
+            if automated {
+                check_failover(d, &backups, sync, &standbys)?;
+            } else if !standbys.is_empty() {
+                return Err(Refusal::invalid(
+                    "--standby names the sites that take a volume over with --failover restore; add it, or drop --standby",
+                ));
+            }
             let params = VolumeParams {
                 capacity_pages: capacity.capacity_pages,
                 ..VolumeParams::default()
@@ -224,7 +236,10 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
             let entry = if backups.is_empty() {
                 s.vol_create(&name, &params)?
             } else {
-                let spec = ReliableSpec { backups, sync };
+                let spec = ReliableSpec {
+                    backups: backups.clone(),
+                    sync,
+                };
                 s.vol_create_by(&name, Ssf::NAME, |_, vol, location| {
                     let params = VolumeParams {
                         name: name.clone(),
@@ -235,6 +250,22 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
                         .map_err(goofy_refusal)
                 })?
             };
+            if let (true, Some(cell)) = (automated, &d.cell) {
+                let policy = clu_cell::Failover {
+                    standbys: standbys.clone(),
+                    backups: backups.clone(),
+                    sync,
+                };
+                if let Err(e) = cell
+                    .cell
+                    .update_volume(entry.vol, |r| r.failover = Some(policy.clone()))
+                {
+                    return Err(Refusal::new(
+                        ErrorCode::Io,
+                        format!("volume {} was created, but its failover policy could not be recorded in the catalog: {e}; delete it and create it again", entry.name),
+                    ));
+                }
+            }
             if !no_mount {
                 s.vol_mount(entry.vol)?;
             }
@@ -285,10 +316,55 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
     Ok(out)
 }
 
+/// What `--failover restore` needs: a cell, backups, standbys that are sites of the cell.
+fn check_failover(
+    d: &Daemon,
+    backups: &[String],
+    sync: u32,
+    standbys: &[String],
+) -> Result<(), Refusal> {
+    let Some(cell) = &d.cell else {
+        return Err(Refusal::invalid(
+            "--failover restore needs a cell: start the pager with --catalog etcd://... so that a standby can see the primary go",
+        ));
+    };
+    if backups.is_empty() {
+        return Err(Refusal::invalid(
+            "--failover restore needs a reliable volume: add --backup HOST:PORT (a standby restores it from its backups)",
+        ));
+    }
+    if sync as usize > backups.len() {
+        return Err(Refusal::invalid(format!(
+            "--sync {sync} waits for more backups than the {} named",
+            backups.len()
+        )));
+    }
+    if standbys.is_empty() {
+        return Err(Refusal::invalid(
+            "--failover restore needs at least one --standby SITE to take the volume over",
+        ));
+    }
+    let me = cell.session.site();
+    for s in standbys {
+        clu_cell::keys::check_site_name(s).map_err(|e| Refusal::invalid(e.to_string()))?;
+    }
+    // This site may be named too (it takes the volume back after another site served it);
+    // another site must be.
+    if standbys.iter().all(|s| s == me) {
+        return Err(Refusal::invalid(
+            "--standby names only this site, the volume's primary: name another site that may take it over",
+        ));
+    }
+    Ok(())
+}
+
 /// `pager vol restore`: fence, fetch, mount, report.
 fn restore(d: &Daemon, name: &str, from: &str, out: &mut String) -> Result<(), Refusal> {
     let s = d.manager.storage();
-    let plan = d.ssf.prepare_restore(name, from).map_err(goofy_refusal)?;
+    let plan = d
+        .ssf
+        .prepare_restore(name, from, 0)
+        .map_err(goofy_refusal)?;
     let entry = s.vol_create_by(name, Ssf::NAME, |_, vol, location| {
         let params = VolumeParams {
             name: name.to_string(),

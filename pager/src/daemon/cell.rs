@@ -77,6 +77,7 @@ impl CellSite {
             service: service.to_owned(),
             site: self.session.site().to_owned(),
             location: location.to_owned(),
+            failover: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 mod admin;
 mod cell;
 mod connection;
+mod failover;
 mod faults;
 mod throttle;
 
@@ -278,6 +279,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         cell: cell.clone(),
         memory,
     });
+    failover::start(daemon.clone()).map_err(ServeError::Signals)?;
     {
         let socket = config.socket.clone();
         let transport = config.goofy.transport.clone();

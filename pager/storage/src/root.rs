@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clu_proto::{ClusterId, ClusterKind, VolId};
 use clu_sys::sync::{lock, read, write};
@@ -290,6 +291,53 @@ impl Storage {
             }
         }
         result
+    }
+
+    /// Creates volume `vol`, which the cell's catalog already records (a failover: this
+    /// site takes over a volume another site served), with `create`, under its name. An
+    /// unmounted volume of this root with that id (this site served it once: its copy is
+    /// stale) is set aside first, renamed `<location>.replaced-<seconds>`, not deleted.
+    pub fn vol_take_over_by<E: From<StorageError>>(
+        &self,
+        vol: VolId,
+        name: &str,
+        service: &str,
+        create: impl FnOnce(&dyn StorageService, VolId, &Path) -> std::result::Result<(), E>,
+    ) -> std::result::Result<CatalogEntry, E> {
+        let svc = self.drivers.get(service).ok_or_else(|| {
+            StorageError::Invalid(format!("this pager has no storage service `{service}`"))
+        })?;
+        if let Ok(old) = self.entry(vol) {
+            if read(&self.mounted).contains_key(&vol) {
+                return Err(StorageError::AlreadyMounted(vol).into());
+            }
+            self.refuse_if_mounting(vol)?;
+            let from = self.root.join(&old.location);
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let aside = self.root.join(format!("{}.replaced-{secs}", old.location));
+            if from.exists() {
+                fs::rename(&from, &aside).map_err(|e| StorageError::io(&from, e))?;
+            }
+            let _writes = lock(&self.root_writes);
+            let table: Vec<VolId> = self
+                .mount_table()?
+                .into_iter()
+                .filter(|v| *v != vol)
+                .collect();
+            self.set_mount_table(&table)?;
+            drop(_writes);
+            self.update_catalog(|c| {
+                c.volumes.remove(&vol);
+            })?;
+            sync_dir(&self.root)?;
+            tracing::warn!(%vol, old = %from.display(), aside = %aside.display(), "this site's old copy of the volume set aside: another site served it since");
+        }
+        let entry = self.reserve(name, svc, Some(vol)).map_err(E::from)?;
+        let created = self.create_reserved(&entry, svc, create);
+        lock(&self.creating).retain(|e| e.vol != entry.vol);
+        created.map(|()| entry)
     }
 
     /// Reserves the name and an id (`from_cell`'s, or the first free one) in `creating`.

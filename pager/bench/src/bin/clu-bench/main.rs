@@ -9,6 +9,7 @@
 //! - `clu-bench sites [--quick]` measures remote paging against local paging and the link
 //!   (thesis V.2.3), over a network namespace's link as is and shaped like a LAN.
 
+mod failover;
 mod faults;
 mod goofy;
 mod journal;
@@ -78,6 +79,12 @@ enum Bench {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Automated failover: from the primary's SIGKILL to the first commit accepted on the
+    /// standby that takes the volume over (etcd, two backups and two sites on loopback).
+    Failover(failover::Args),
+    /// Internal: the client process of a failover round.
+    #[command(hide = true)]
+    FailoverClient(failover::ClientArgs),
     /// Internal: a client process of the concurrency row.
     #[command(hide = true)]
     FaultsChild(faults::ChildArgs),
@@ -129,6 +136,8 @@ fn main() -> std::process::ExitCode {
         Bench::GoofyPlain { runs, dir } => goofy::run(false, Some(runs), &dir, None, true),
         Bench::FaultsChild(args) => faults::child(&args),
         Bench::Sites(args) => sites::run(&args),
+        Bench::Failover(args) => failover::run(&args),
+        Bench::FailoverClient(args) => failover::client(&args),
         Bench::SitesPaging(args) => sites::paging_child(&args),
         Bench::SitesPeer(args) => sites::peer_main(&args),
     };
