@@ -107,6 +107,11 @@ pub enum VolCommand {
         /// One of its backup servers, as HOST:PORT; the others are found through it.
         #[arg(long, value_name = "HOST:PORT")]
         from: String,
+        /// Restore even if too few backups were reached to meet every acknowledged commit of
+        /// a `--sync K` volume (backups lost for good): some acknowledged commits may then be
+        /// missing, and an old primary may still reach the backups that were not fenced.
+        #[arg(long)]
+        force: bool,
     },
     /// Lists the volumes of the catalog; in a cell, every volume of the cell with the site
     /// that mounts it and its fencing epoch.
@@ -250,8 +255,12 @@ impl AdminCommand {
                         out.push(sync.to_string());
                         out.extend(w(&["--", name]));
                     }
-                    VolCommand::Restore { name, from } => {
-                        out.extend(w(&["restore", "--from", from, "--", name]))
+                    VolCommand::Restore { name, from, force } => {
+                        out.extend(w(&["restore", "--from", from]));
+                        if *force {
+                            out.push("--force".into());
+                        }
+                        out.extend(w(&["--", name]));
                     }
                     VolCommand::List => out.push("list".into()),
                     VolCommand::Mount { vol } => out.extend(w(&["mount", "--", vol])),
@@ -343,6 +352,12 @@ mod tests {
             AdminCommand::Vol(VolCommand::Restore {
                 name: "rel".into(),
                 from: "127.0.0.1:7701".into(),
+                force: false,
+            }),
+            AdminCommand::Vol(VolCommand::Restore {
+                name: "rel".into(),
+                from: "127.0.0.1:7701".into(),
+                force: true,
             }),
             AdminCommand::Vol(VolCommand::Create {
                 name: "-dash".into(),

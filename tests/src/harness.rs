@@ -265,6 +265,11 @@ impl Pager {
         let _ = self.child.wait();
     }
 
+    /// The network namespace it runs in, if any.
+    pub fn ns(&self) -> Option<&str> {
+        self.ns.as_ref().map(|(n, _)| n.as_str())
+    }
+
     /// Kills it and starts a new one on the same root and socket, with the same options.
     pub fn restart(&mut self) {
         self.kill();
@@ -401,9 +406,18 @@ impl Tool {
         Self::spawn(Command::new(tool_bin()), pager, env)
     }
 
-    fn spawn(mut cmd: Command, pager: &Pager, env: &[(&str, &str)]) -> Tool {
+    /// Starts one talking to the pager whose socket is `socket`.
+    pub fn start_at(socket: &Path) -> Tool {
+        Self::spawn_at(Command::new(tool_bin()), socket, &[])
+    }
+
+    fn spawn(cmd: Command, pager: &Pager, env: &[(&str, &str)]) -> Tool {
+        Self::spawn_at(cmd, &pager.socket, env)
+    }
+
+    fn spawn_at(mut cmd: Command, socket: &Path, env: &[(&str, &str)]) -> Tool {
         let mut child = cmd
-            .env("CLU_PAGER_SOCKET", &pager.socket)
+            .env("CLU_PAGER_SOCKET", socket)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -20,6 +20,8 @@ pub struct Lan {
     keys: PathBuf,
     namespaces: Vec<String>,
     links: Vec<String>,
+    /// The host's end of each namespace's veth, by namespace.
+    host_end: Vec<(String, String)>,
 }
 
 /// A site's place on the LAN.
@@ -49,6 +51,7 @@ impl Lan {
             keys: dir.join("lan-keys"),
             namespaces: Vec::new(),
             links: Vec::new(),
+            host_end: Vec::new(),
         };
         let _ = Command::new("ip")
             .args(["link", "del", &lan.bridge])
@@ -86,6 +89,7 @@ impl Lan {
         self.namespaces.push(ns.clone());
         ip(&["link", "add", &h, "type", "veth", "peer", "name", &n]);
         self.links.push(h.clone());
+        self.host_end.push((ns.clone(), h.clone()));
         ip(&["link", "set", &n, "netns", &ns]);
         ip(&["link", "set", &h, "master", &self.bridge]);
         ip(&["link", "set", &h, "up"]);
@@ -139,6 +143,151 @@ impl Lan {
     }
 }
 
+impl Lan {
+    fn host_end(&self, ns: &str) -> &str {
+        self.host_end
+            .iter()
+            .find(|(n, _)| n == ns)
+            .map(|(_, h)| h.as_str())
+            .unwrap_or_else(|| panic!("no namespace {ns} on this LAN"))
+    }
+
+    /// Cuts namespace `ns` off the LAN (its link down: nothing in or out).
+    pub fn cut(&self, ns: &str) {
+        ip(&["link", "set", self.host_end(ns), "down"]);
+    }
+
+    /// Joins it again.
+    pub fn heal(&self, ns: &str) {
+        ip(&["link", "set", self.host_end(ns), "up"]);
+    }
+
+    /// Cuts namespace `ns` off the addresses `ips` only (blackhole routes inside it), or
+    /// joins them again.
+    pub fn cut_from(&self, ns: &str, ips: &[String], cut: bool) {
+        for a in ips {
+            ip(&[
+                "netns",
+                "exec",
+                ns,
+                "ip",
+                "route",
+                if cut { "add" } else { "del" },
+                "blackhole",
+                &format!("{a}/32"),
+            ]);
+        }
+    }
+}
+
+/// A member of a 3-member etcd cluster in a namespace of its own on the LAN.
+pub struct LanEtcd {
+    child: Option<std::process::Child>,
+    /// Its address on the LAN.
+    pub ip: String,
+    args: Vec<String>,
+    ns: String,
+}
+
+impl LanEtcd {
+    fn spawn(&mut self) {
+        self.child = Some(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns])
+                .arg(crate::etcd::etcd_bin())
+                .args(&self.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start an etcd member"),
+        );
+    }
+
+    /// SIGKILLs it (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on its data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for LanEtcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Lan {
+    /// Three etcd members, each in a namespace of its own, data under `dir`; returns them and
+    /// the `--catalog` URL naming all three. Waits until the cluster has a leader.
+    pub fn etcd3(&mut self, dir: &Path) -> (Vec<LanEtcd>, String) {
+        let sites: Vec<LanSite> = (1..=3).map(|i| self.site(&format!("etcd-{i}"))).collect();
+        let initial: Vec<String> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("e{}=http://{}:2380", i + 1, s.ip))
+            .collect();
+        let mut members = Vec::new();
+        for (i, s) in sites.iter().enumerate() {
+            let name = format!("e{}", i + 1);
+            let args = vec![
+                "--name".to_owned(),
+                name.clone(),
+                "--data-dir".into(),
+                dir.join(format!("etcd-{name}")).display().to_string(),
+                "--listen-client-urls".into(),
+                format!("http://{}:2379", s.ip),
+                "--advertise-client-urls".into(),
+                format!("http://{}:2379", s.ip),
+                "--listen-peer-urls".into(),
+                format!("http://{}:2380", s.ip),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://{}:2380", s.ip),
+                "--initial-cluster".into(),
+                initial.join(","),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--log-level".into(),
+                "error".into(),
+            ];
+            let mut m = LanEtcd {
+                child: None,
+                ip: s.ip.clone(),
+                args,
+                ns: s.ns.clone(),
+            };
+            m.spawn();
+            members.push(m);
+        }
+        let endpoints: Vec<String> = members.iter().map(|m| format!("{}:2379", m.ip)).collect();
+        let t = std::time::Instant::now();
+        loop {
+            let ok = Command::new("etcdctl")
+                .args(["--endpoints", &endpoints.join(","), "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(30),
+                "the 3-member etcd did not become healthy"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        (members, format!("etcd://{}", endpoints.join(",")))
+    }
+}
+
 /// A backup server (`pager backup-server`) in a namespace of its own on the LAN.
 pub struct LanBackup {
     child: std::process::Child,
@@ -170,6 +319,11 @@ impl LanBackup {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Its namespace.
+    pub fn ns(&self) -> &str {
+        &self.ns
     }
 
     /// Starts it again on the same root and address.

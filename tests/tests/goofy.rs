@@ -627,3 +627,47 @@ fn a_destroyed_cluster_is_destroyed_on_every_backup_even_one_that_was_down() {
     t.ok(&format!("map {kept}"));
     t.ok(&format!("check {kept} 5"));
 }
+
+#[test]
+fn a_restoration_that_cannot_meet_every_acknowledged_commit_is_refused_unless_forced() {
+    // `--sync 1` with two backups: a commit returned once one of them had it, so a
+    // restoration must reach both. With a down, it is refused (b is fenced all the same);
+    // `--force` restores from b.
+    let Scene {
+        dir,
+        mut a,
+        b: _b,
+        b_addr,
+        mut old,
+        t,
+        id,
+        acked,
+        ..
+    } = writing_primary();
+    drop(t);
+    old.kill();
+    a.kill();
+    let new = Pager::start(&dir.path().join("root-2"), 4096);
+    let refused = new.admin_fails(&["vol", "restore", "rel", "--from", &b_addr]);
+    assert!(
+        refused.contains("not restored") && refused.contains("needs 2"),
+        "{refused}"
+    );
+    assert!(
+        new.admin(&["vol", "list"])
+            .lines()
+            .all(|l| !l.contains("rel")),
+        "a refused restoration left a volume behind"
+    );
+    let report = new.admin(&["vol", "restore", "rel", "--from", &b_addr, "--force"]);
+    assert!(report.contains("--force"), "{report}");
+    assert!(report.contains("restored volume rel"), "{report}");
+    let mut t = Tool::start(&new);
+    t.ok(&format!("map {id}"));
+    let seed: u64 = t.ok(&format!("which {id}")).parse().unwrap();
+    // b may lack the last commits a alone acknowledged: what it has is a whole version.
+    assert!(
+        seed <= acked + 1,
+        "version {seed}, last acknowledged {acked}"
+    );
+}

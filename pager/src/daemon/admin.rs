@@ -276,7 +276,7 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
                 entry.name, entry.vol
             );
         }
-        VolCommand::Restore { name, from } => restore(d, &name, &from, &mut out)?,
+        VolCommand::Restore { name, from, force } => restore(d, &name, &from, force, &mut out)?,
         VolCommand::Mount { vol } => {
             let entry = s.find(&vol)?;
             d.manager.drop_cached(CacheScope::Volume(entry.vol));
@@ -359,12 +359,31 @@ fn check_failover(
 }
 
 /// `pager vol restore`: fence, fetch, mount, report.
-fn restore(d: &Daemon, name: &str, from: &str, out: &mut String) -> Result<(), Refusal> {
+fn restore(
+    d: &Daemon,
+    name: &str,
+    from: &str,
+    force: bool,
+    out: &mut String,
+) -> Result<(), Refusal> {
     let s = d.manager.storage();
     let plan = d
         .ssf
         .prepare_restore(name, from, 0)
         .map_err(goofy_refusal)?;
+    // The backups reached are fenced by now (at the new epoch), whatever is decided here: the
+    // old primary cannot use them any more.
+    if let Err(why) =
+        clu_goofy::restore::enough_fenced(plan.backups.len(), plan.sync, plan.fenced.len())
+    {
+        if !force {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                format!("not restored: {why}; bring the other backups back and try again, or pass --force if they are lost for good (unreachable: {:?})", plan.unreachable),
+            ));
+        }
+        let _ = writeln!(out, "  --force: {why}");
+    }
     let entry = s.vol_create_by(name, Ssf::NAME, |_, vol, location| {
         let params = VolumeParams {
             name: name.to_string(),
