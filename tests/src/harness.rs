@@ -453,6 +453,15 @@ impl Tool {
         self.lines.recv_timeout(timeout).ok()
     }
 
+    /// Runs a command and returns its answer, `None` if the tool died (a SIGBUS, say) or
+    /// did not answer within `timeout`.
+    pub fn try_cmd(&mut self, cmd: &str, timeout: Duration) -> Option<String> {
+        let stdin = self.stdin.as_mut()?;
+        writeln!(stdin, "{cmd}").ok()?;
+        stdin.flush().ok()?;
+        self.line(timeout)
+    }
+
     /// Runs a command and returns its answer (panics if the tool died or took over 60 s).
     pub fn cmd(&mut self, cmd: &str) -> String {
         self.send(cmd);

@@ -60,9 +60,16 @@ impl Writer {
             let mut tool = Tool::start_at(&socket);
             let mut v = from;
             let mut mapped = false;
+            let step = Duration::from_secs(60);
             while !s.load(Ordering::Acquire) {
                 if !mapped {
-                    let r = tool.cmd(&format!("map {id}"));
+                    let Some(r) = tool.try_cmd(&format!("map {id}"), step) else {
+                        // The process died (a fault on a page no site could serve raises
+                        // SIGBUS): start another, as a program would be restarted.
+                        *l.lock().unwrap() = "the writer process died".into();
+                        tool = Tool::start_at(&socket);
+                        continue;
+                    };
                     mapped = r.starts_with("ok");
                     if !mapped {
                         *l.lock().unwrap() = format!("map: {r}");
@@ -71,7 +78,19 @@ impl Writer {
                     }
                     // Mapped again (after a failure, on whichever site serves it now): it
                     // holds a whole version, at least the last acknowledged one.
-                    let w = tool.cmd(&format!("which {id} 0 {PAGES}"));
+                    let Some(w) = tool.try_cmd(&format!("which {id} 0 {PAGES}"), step) else {
+                        *l.lock().unwrap() = "the writer process died reading".into();
+                        tool = Tool::start_at(&socket);
+                        mapped = false;
+                        continue;
+                    };
+                    if w.starts_with("err") {
+                        // Not served (yet): a read error is not a lost commit.
+                        *l.lock().unwrap() = format!("which: {w}");
+                        let _ = tool.try_cmd(&format!("unmap {id}"), step);
+                        mapped = false;
+                        continue;
+                    }
                     let seen = w
                         .strip_prefix("ok ")
                         .and_then(|v| v.trim().parse::<u64>().ok());
@@ -83,8 +102,17 @@ impl Writer {
                     }
                 }
                 t.fetch_max(v, Ordering::AcqRel);
-                tool.ok(&format!("fill {id} {v} 0 {PAGES}"));
-                let r = tool.cmd(&format!("commit {id}"));
+                let filled = tool.try_cmd(&format!("fill {id} {v} 0 {PAGES}"), step);
+                let r = match filled {
+                    Some(f) if f.starts_with("ok") => tool.try_cmd(&format!("commit {id}"), step),
+                    other => other,
+                };
+                let Some(r) = r else {
+                    *l.lock().unwrap() = "the writer process died writing".into();
+                    tool = Tool::start_at(&socket);
+                    mapped = false;
+                    continue;
+                };
                 if r.starts_with("ok") {
                     a.store(v, Ordering::Release);
                     v += 1;
@@ -92,8 +120,10 @@ impl Writer {
                     *l.lock().unwrap() = format!("commit: {r}");
                     // Its pages are dirty: dropped (an unmap would write them back), then
                     // the mapping; a process that cannot even do that is started again.
-                    let _ = tool.cmd(&format!("abort {id}"));
-                    let u = tool.cmd(&format!("unmap {id}"));
+                    let _ = tool.try_cmd(&format!("abort {id}"), step);
+                    let u = tool
+                        .try_cmd(&format!("unmap {id}"), step)
+                        .unwrap_or_default();
                     if !u.starts_with("ok") {
                         *l.lock().unwrap() = format!("commit: {r}; unmap: {u}");
                         tool = Tool::start_at(&socket);
@@ -102,7 +132,7 @@ impl Writer {
                 }
             }
             if mapped {
-                let _ = tool.cmd(&format!("unmap {id}"));
+                let _ = tool.try_cmd(&format!("unmap {id}"), step);
             }
         });
         Writer {
@@ -306,7 +336,8 @@ fn partitions_and_crashes_lose_no_acknowledged_commit_and_never_make_two_primari
                 2 => lan.cut_from(&ns, &etcd_ips, false),
                 _ => {}
             }
-            sites[primary].restart();
+            // Retried: a link just set up again may not carry the first connection to etcd.
+            sites[primary].restart_when_lease_ends(Duration::from_secs(20));
         }
         // The writer is served again, after the fault.
         let after = writer.acked();

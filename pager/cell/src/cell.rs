@@ -69,10 +69,40 @@ impl Shared {
         op: &'static str,
         prefix: &str,
     ) -> Result<Vec<KeyValue>, CellError> {
-        let mut c = self.client.clone();
-        let resp = self.call(op, c.get(prefix, Some(GetOptions::new().with_prefix())))?;
+        let resp = self.get(op, prefix, Some(GetOptions::new().with_prefix()))?;
         Ok(resp.kvs().to_vec())
     }
+
+    /// A read, tried again (up to 3 times in all) when it could not be sent: the client
+    /// balances over the members, and right after a member dies a request may still be given
+    /// to it. A read has no effect, so trying again is safe.
+    pub(crate) fn get(
+        &self,
+        op: &'static str,
+        key: &str,
+        opts: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, CellError> {
+        let mut tries = 0;
+        loop {
+            let mut c = self.client.clone();
+            match self.call(op, c.get(key, opts.clone())) {
+                Err(CellError::Etcd { reason, .. })
+                    if tries < 2
+                        && (reason.contains("unavailable") || reason_is_connect(&reason)) =>
+                {
+                    tries += 1;
+                    // A plain thread of the pager's: no runtime needed to wait.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Whether an etcd client error says the request was not sent (no connection to the member).
+fn reason_is_connect(reason: &str) -> bool {
+    reason.contains("tcp connect error") || reason.contains("Connection refused")
 }
 
 /// The first key-value a transaction's reads returned, if any.
@@ -312,8 +342,7 @@ impl Cell {
     pub fn volume(&self, vol: VolId) -> Result<VolumeRecord, CellError> {
         let s = &*self.shared;
         let key = s.keys.volume(vol);
-        let mut c = s.client.clone();
-        let resp = s.call("reading a volume", c.get(key.clone(), None))?;
+        let resp = s.get("reading a volume", &key, None)?;
         match resp.kvs().first() {
             Some(kv) => decode(&key, kv.value()),
             None => Err(CellError::NoSuchVolume(vol)),
@@ -335,7 +364,7 @@ impl Cell {
         let next = k.next_volume();
         for _ in 0..64 {
             let mut c = s.client.clone();
-            let counter = s.call("reading the volume counter", c.get(next.clone(), None))?;
+            let counter = s.get("reading the volume counter", &next, None)?;
             let counter = counter.kvs().first().cloned();
             let taken: Vec<VolId> = s
                 .get_prefix("listing the volumes", &k.volumes())?
@@ -443,8 +472,7 @@ impl Cell {
     /// The site holding cluster `id`'s image for writing now, if any.
     pub fn placed(&self, id: ClusterId) -> Result<Option<String>, CellError> {
         let s = &*self.shared;
-        let mut c = s.client.clone();
-        let resp = s.call("reading a placement", c.get(s.keys.image(id), None))?;
+        let resp = s.get("reading a placement", &s.keys.image(id), None)?;
         Ok(resp
             .kvs()
             .first()
@@ -454,9 +482,8 @@ impl Cell {
     /// The site that mounts volume `vol` now and its address, if a live site does.
     pub fn holder(&self, vol: VolId) -> Result<Option<(String, String)>, CellError> {
         let s = &*self.shared;
-        let mut c = s.client.clone();
         let key = s.keys.mount(vol);
-        let resp = s.call("reading a mount lock", c.get(key.clone(), None))?;
+        let resp = s.get("reading a mount lock", &key, None)?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -465,7 +492,7 @@ impl Cell {
             reason: e.to_string(),
         })?;
         let alive = s.keys.alive(site);
-        let resp = s.call("reading a site's address", c.get(alive.clone(), None))?;
+        let resp = s.get("reading a site's address", &alive, None)?;
         let Some(addr) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -487,7 +514,7 @@ impl Cell {
         let key = s.keys.volume(vol);
         for _ in 0..16 {
             let mut c = s.client.clone();
-            let resp = s.call("reading a volume", c.get(key.clone(), None))?;
+            let resp = s.get("reading a volume", &key, None)?;
             let Some(kv) = resp.kvs().first() else {
                 return Err(CellError::NoSuchVolume(vol));
             };

@@ -50,6 +50,7 @@ fn watch(d: &Daemon, site: &CellSite) {
     let me = site.session.site().to_owned();
     let mut standby = Standby::new(&me, RETRY);
     let start = Instant::now();
+    let mut last_error = String::new();
     loop {
         std::thread::sleep(LOOK);
         if site.session.is_lost() {
@@ -58,10 +59,16 @@ fn watch(d: &Daemon, site: &CellSite) {
         let volumes = match site.cell.volumes() {
             Ok(v) => v,
             Err(e) => {
-                warn!("standby: reading the catalog failed: {e}");
+                // Once per distinct error, not ten times a second.
+                let e = e.to_string();
+                if e != last_error {
+                    warn!("standby: reading the catalog failed: {e}; no takeover until it is read again");
+                    last_error = e;
+                }
                 continue;
             }
         };
+        last_error.clear();
         let seen: Vec<Seen> = volumes
             .iter()
             .filter_map(|v| {
