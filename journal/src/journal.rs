@@ -151,16 +151,7 @@ impl Journal {
     /// after the other (one sync each), which keeps the same guarantee.
     pub fn commit_many(&self, ops: &[(u32, &[PageRun<'_>])]) -> Result<Vec<Lsn>, JournalError> {
         let inner = &*self.inner;
-        let lsns = match self.log_many(ops)? {
-            Some(lsns) => lsns,
-            None => {
-                let mut lsns = Vec::with_capacity(ops.len());
-                for op in ops {
-                    lsns.extend(self.log_many(std::slice::from_ref(op))?.unwrap_or_default());
-                }
-                lsns
-            }
-        };
+        let lsns = self.log_all(ops)?;
         for (&lsn, (cluster, runs)) in lsns.iter().zip(ops.iter().filter(|(_, r)| !r.is_empty())) {
             let cluster = *cluster;
             // This cluster's queued operations come first (they are earlier in the log).
@@ -203,16 +194,7 @@ impl Journal {
                 .zip(&runs)
                 .map(|((c, _), r)| (*c, r.as_slice()))
                 .collect();
-            match self.log_many(&refs)? {
-                Some(lsns) => lsns,
-                None => {
-                    let mut lsns = Vec::with_capacity(refs.len());
-                    for op in &refs {
-                        lsns.extend(self.log_many(std::slice::from_ref(op))?.unwrap_or_default());
-                    }
-                    lsns
-                }
-            }
+            self.log_all(&refs)?
         };
         for ((cluster, batch), &lsn) in ops.into_iter().filter(|(_, b)| !b.is_empty()).zip(&logged)
         {
@@ -239,6 +221,19 @@ impl Journal {
     pub fn drain(&self) -> Result<(), JournalError> {
         let inner = &*self.inner;
         inner.applier.wait_applied(None, || inner.check_running())
+    }
+
+    /// Logs and validates `ops` with one sync if they fit together in one log file, else one
+    /// after the other (one sync each): either way a crash keeps a prefix of them.
+    fn log_all(&self, ops: &[(u32, &[PageRun<'_>])]) -> Result<Vec<Lsn>, JournalError> {
+        if let Some(lsns) = self.log_many(ops)? {
+            return Ok(lsns);
+        }
+        let mut lsns = Vec::with_capacity(ops.len());
+        for op in ops {
+            lsns.extend(self.log_many(std::slice::from_ref(op))?.unwrap_or_default());
+        }
+        Ok(lsns)
     }
 
     /// Logs and validates operations (steps 1 and 2), one after the other in one log file,

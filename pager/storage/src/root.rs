@@ -320,14 +320,7 @@ impl Storage {
             if from.exists() {
                 fs::rename(&from, &aside).map_err(|e| StorageError::io(&from, e))?;
             }
-            let _writes = lock(&self.root_writes);
-            let table: Vec<VolId> = self
-                .mount_table()?
-                .into_iter()
-                .filter(|v| *v != vol)
-                .collect();
-            self.set_mount_table(&table)?;
-            drop(_writes);
+            self.drop_from_mount_table(vol)?;
             self.update_catalog(|c| {
                 c.volumes.remove(&vol);
             })?;
@@ -468,17 +461,21 @@ impl Storage {
         let v = write(&self.mounted)
             .remove(&vol)
             .ok_or(StorageError::NotMounted(vol))?;
-        let writes = lock(&self.root_writes);
+        self.drop_from_mount_table(vol)?;
+        let result = v.unmount();
+        self.unlock_in_cell(vol);
+        result
+    }
+
+    /// Removes `vol` from the mount table (it is not mounted at the next start).
+    fn drop_from_mount_table(&self, vol: VolId) -> Result<()> {
+        let _writes = lock(&self.root_writes);
         let table: Vec<VolId> = self
             .mount_table()?
             .into_iter()
             .filter(|v| *v != vol)
             .collect();
-        self.set_mount_table(&table)?;
-        drop(writes);
-        let result = v.unmount();
-        self.unlock_in_cell(vol);
-        result
+        self.set_mount_table(&table)
     }
 
     /// Releases `vol`'s mount lock in the cell, if the root is in one.

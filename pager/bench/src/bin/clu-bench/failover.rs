@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use client::{api, ClusterId, MapMode};
 
-use crate::goofy::Procs;
+use crate::goofy::{free_addr, Procs};
 use crate::median;
+use crate::sites::{run_ok, start_etcd, wait_for};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -74,31 +75,6 @@ pub fn client(a: &ClientArgs) -> Res<()> {
     Err(format!("no commit accepted within {} s: {last}", a.timeout).into())
 }
 
-fn free_addr() -> Res<String> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .to_string())
-}
-
-fn run_ok(c: &mut Command) -> Res<String> {
-    let out = c.output()?;
-    if !out.status.success() {
-        return Err(format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Res<()> {
-    let t = Instant::now();
-    while !ready() {
-        if t.elapsed() > Duration::from_secs(30) {
-            return Err(format!("{what} did not start").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 struct Site {
     name: &'static str,
     root: PathBuf,
@@ -152,29 +128,11 @@ pub fn run(a: &Args) -> Res<()> {
         )?;
     }
     let (cp, pp) = (free_addr()?, free_addr()?);
-    procs.0.push(
-        Command::new("etcd")
-            .args(["--name", "bench", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", &format!("http://{cp}")])
-            .args(["--advertise-client-urls", &format!("http://{cp}")])
-            .args(["--listen-peer-urls", &format!("http://{pp}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://{pp}")])
-            .args(["--initial-cluster", &format!("bench=http://{pp}")])
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("etcd (scripts/setup installs etcd-server): {e}"))?,
-    );
-    wait_for("etcd", || {
-        Command::new("etcdctl")
-            .args(["--endpoints", &cp, "endpoint", "health"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })?;
+    procs.0.push(start_etcd(
+        &dir.join("etcd"),
+        &format!("http://{cp}"),
+        &format!("http://{pp}"),
+    )?);
     let catalog = format!("etcd://{cp}");
     let mut backups = Vec::new();
     for name in ["backup-1", "backup-2"] {

@@ -26,7 +26,7 @@ impl Drop for Procs {
     }
 }
 
-fn free_addr() -> Res<String> {
+pub(crate) fn free_addr() -> Res<String> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .to_string())

@@ -10,7 +10,7 @@ mod link;
 mod peer;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +70,7 @@ fn free_port() -> Res<u16> {
         .port())
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Res<()> {
+pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Res<()> {
     let t = Instant::now();
     while !ready() {
         if t.elapsed() > Duration::from_secs(30) {
@@ -85,7 +85,7 @@ fn socket_ready(p: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(p).is_ok()
 }
 
-fn run_ok(c: &mut Command) -> Res<String> {
+pub(crate) fn run_ok(c: &mut Command) -> Res<String> {
     let out = c.output()?;
     if !out.status.success() {
         return Err(format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
@@ -234,6 +234,33 @@ fn paging_once(exe: &Path, socket: &Path, pages: u64) -> Res<f64> {
 }
 
 /// `clu-bench sites`.
+/// A one-member etcd with its data in `data`, serving clients on `client_url`; returns once it
+/// answers `etcdctl endpoint health`.
+pub(crate) fn start_etcd(data: &Path, client_url: &str, peer_url: &str) -> Res<Child> {
+    let child = Command::new("etcd")
+        .args(["--name", "bench", "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", client_url])
+        .args(["--advertise-client-urls", client_url])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", &format!("bench={peer_url}")])
+        .args(["--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("etcd (scripts/setup installs etcd-server): {e}"))?;
+    wait_for("etcd", || {
+        Command::new("etcdctl")
+            .args(["--endpoints", client_url, "endpoint", "health"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })?;
+    Ok(child)
+}
+
 pub fn run(a: &Args) -> Res<()> {
     if !nix::unistd::Uid::effective().is_root() {
         return Err("clu-bench sites makes a network namespace: run it as root".into());
@@ -271,29 +298,9 @@ pub fn run(a: &Args) -> Res<()> {
     let (cp, pp) = (free_port()?, free_port()?);
     let client_url = format!("http://{h}:{cp}");
     let peer_url = format!("http://127.0.0.1:{pp}");
-    procs.0.push(
-        Command::new("etcd")
-            .args(["--name", "bench", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("bench={peer_url}")])
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("etcd (scripts/setup installs etcd-server): {e}"))?,
-    );
-    wait_for("etcd", || {
-        Command::new("etcdctl")
-            .args(["--endpoints", &client_url, "endpoint", "health"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })?;
+    procs
+        .0
+        .push(start_etcd(&dir.join("etcd"), &client_url, &peer_url)?);
     let catalog = format!("etcd://{h}:{cp}");
 
     // The relays, then what they lead to in the namespace.
