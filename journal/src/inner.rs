@@ -43,6 +43,11 @@ pub(crate) struct Writer {
 pub(crate) struct SyncState {
     pub(crate) file: Arc<File>,
     pub(crate) written: Lsn,
+    /// Operations written since the journal was opened (the last one's ordinal).
+    pub(crate) written_ops: u64,
+    /// The log's end when the journal was opened: names this run of the journal (the
+    /// ordinals above count from it).
+    pub(crate) opened_at: Lsn,
     pub(crate) synced: Lsn,
     pub(crate) syncing: bool,
 }
@@ -122,7 +127,29 @@ pub(crate) fn pwritev_all(file: &File, mut bufs: Vec<&[u8]>, mut offset: u64) ->
     Ok(())
 }
 
+/// What a journal wrote in this run (since it was opened), read at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The log's end when the journal was opened: names the run (ordinals count from it).
+    pub run: Lsn,
+    /// The end of what was written to the log, validated or not yet.
+    pub end: Lsn,
+    /// Operations written in this run: the ordinal of the one that ends at `end` (the first
+    /// is 1; 0 if none yet). [`crate::LoggedOp::seq`] gives an operation's.
+    pub ops: u64,
+}
+
 impl Inner {
+    /// See [`crate::Journal::written`].
+    pub(crate) fn written(&self) -> Written {
+        let s = lock(&self.sync);
+        Written {
+            run: s.opened_at,
+            end: s.written,
+            ops: s.written_ops,
+        }
+    }
+
     pub(crate) fn log_lsn(&self) -> Lsn {
         lock(&self.sync).synced
     }

@@ -294,7 +294,9 @@ impl Journal {
             pwritev_all(file, bufs, first.offset)
                 .map_err(|e| JournalError::io(files::log_path(&inner.dir, w.id.seq), e))?;
             // Kept for the readers before they can see it written.
+            let before = lock(&inner.sync).written_ops;
             if let Some(tail) = lock(&inner.tail).as_mut() {
+                let mut ordinals = before + 1..;
                 let mut ends = lsns.iter().skip(1).copied().chain([Lsn::new(w.id.seq, at)]);
                 for ((cluster, runs), &lsn) in ops.iter().filter(|(_, r)| !r.is_empty()).zip(&lsns)
                 {
@@ -306,6 +308,7 @@ impl Journal {
                             .iter()
                             .map(|r| (r.first_page, r.pages.to_vec()))
                             .collect(),
+                        seq: ordinals.next().unwrap_or(0),
                     });
                 }
             }
@@ -314,6 +317,7 @@ impl Journal {
             lock(&inner.pending).extend(lsns.iter().copied());
             let mut s = lock(&inner.sync);
             s.written = end;
+            s.written_ops = before + lsns.len() as u64;
             if !inner.config.sync {
                 s.synced = end;
             }
@@ -389,6 +393,12 @@ impl Journal {
     /// [`Journal::log_lsn`]).
     pub fn written_lsn(&self) -> Lsn {
         lock(&self.inner.sync).written
+    }
+
+    /// The end of what was written to the log and the number of operations written since the
+    /// journal was opened, read together (see [`Written`]).
+    pub fn written(&self) -> crate::Written {
+        self.inner.written()
     }
 
     /// A reader of the validated operations in the log (see [`LogReader`]).

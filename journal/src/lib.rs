@@ -90,6 +90,7 @@ pub use apply::{Batch, MAX_QUEUED_BYTES};
 pub use encode::{op_bytes, PageRun};
 pub use error::JournalError;
 pub use format::{FORMAT_VERSION, PAGE_SIZE};
+pub use inner::Written;
 pub use journal::{ApplyTarget, Journal, JournalConfig, JournalStats, RecoveryReport, Retention};
 pub use lsn::Lsn;
 pub use reader::{LogReader, LoggedOp};

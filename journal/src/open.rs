@@ -125,6 +125,8 @@ impl Journal {
             sync: Mutex::new(SyncState {
                 file,
                 written: plan.log_end,
+                written_ops: 0,
+                opened_at: plan.log_end,
                 synced: plan.log_end,
                 syncing: false,
             }),

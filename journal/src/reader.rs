@@ -30,6 +30,9 @@ pub struct LoggedOp {
     pub cluster: u32,
     /// Its runs: first page and page images.
     pub runs: Vec<(u64, Vec<u8>)>,
+    /// Its ordinal among the operations written since the journal was opened (1 for the
+    /// first), when known: 0 for one read back from a log file.
+    pub seq: u64,
 }
 
 /// Reads operations from a journal's log files; keeps the current file open.
@@ -80,6 +83,11 @@ impl LogReader {
     /// the previous one ended (an operation's `end`), or the start of a file.
     pub fn next(&mut self, pos: Lsn) -> Result<Option<LoggedOp>, JournalError> {
         self.next_before(pos, false)
+    }
+
+    /// What the journal wrote so far: see [`crate::Journal::written`].
+    pub fn written(&self) -> crate::Written {
+        self.inner.written()
     }
 
     /// As [`LogReader::next`], but also an operation written and not yet synced (its commit
@@ -194,6 +202,7 @@ fn read_op(file: &File, id: FileId, pos: Lsn) -> Result<Option<LoggedOp>, Journa
                 end: Lsn::new(id.seq, at),
                 cluster: h.cluster,
                 runs,
+                seq: 0,
             }));
         }
     }

@@ -68,6 +68,7 @@ mod tests {
             end: Lsn::new(file, offset + 4096 * (1 + pages as u64)),
             cluster: 1,
             runs: vec![(0, vec![7; 4096 * pages])],
+            seq: 0,
         }
     }
 

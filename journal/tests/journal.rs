@@ -554,3 +554,37 @@ fn several_operations_share_one_sync_and_a_crash_keeps_a_prefix_of_them() {
     assert!(lsns[0] < lsns[1]);
     assert!(t.page(5, 39) == fill(3, 1) && t.page(6, 29) == fill(4, 1));
 }
+
+#[test]
+fn operations_kept_in_the_tail_carry_their_ordinal_and_the_written_end_counts_them() {
+    let s = setup(&small());
+    let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
+    let start = j.log_lsn();
+    let w = j.written();
+    assert_eq!((w.run, w.end, w.ops), (start, start, 0));
+    // Before the tail is kept: read back from the log file, ordinal unknown.
+    commit_fill(&j, 1, 0, 1, 1);
+    j.keep_tail(1 << 20);
+    let mut ends = Vec::new();
+    for i in 0..5u8 {
+        commit_fill(&j, 2, u64::from(i), i, 2);
+        ends.push(j.log_lsn());
+    }
+    let w = j.written();
+    assert_eq!((w.run, w.end, w.ops), (start, j.log_lsn(), 6));
+    let mut r = j.reader();
+    let first = r.next_written(start).unwrap().expect("the first operation");
+    assert_eq!(first.seq, 0, "read back from the file: not known");
+    let mut pos = first.end;
+    for (k, end) in ends.iter().enumerate() {
+        let op = r.next_written(pos).unwrap().expect("an operation");
+        assert_eq!((op.seq, op.end), (k as u64 + 2, *end));
+        pos = op.end;
+    }
+    assert_eq!(r.written(), j.written());
+    // Counted from the journal's opening: a reopened journal starts again at 0.
+    drop(j);
+    let (j, _) = Journal::open(&s.jdir, small(), DirTarget::new(&s.cdir)).unwrap();
+    let w = j.written();
+    assert_eq!((w.run, w.ops), (j.log_lsn(), 0), "a new run");
+}

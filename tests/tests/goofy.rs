@@ -671,3 +671,64 @@ fn a_restoration_that_cannot_meet_every_acknowledged_commit_is_refused_unless_fo
         "version {seed}, last acknowledged {acked}"
     );
 }
+
+#[test]
+fn an_asynchronous_restoration_reports_the_commits_it_loses() {
+    // An asynchronous volume: commits return before any backup has them. Both backups are
+    // stopped (SIGSTOP) while the primary commits versions 4 to 8: version 4's operation
+    // reaches their sockets, and, while the links wait for its acknowledgement, what the
+    // journal wrote after it (versions 5 to 8). The primary is SIGKILLed; the restoration
+    // gets version 4 and reports exactly the 4 commits lost.
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = Backup::start(&dir.path().join("backup-a"), &a_addr);
+    let b = Backup::start(&dir.path().join("backup-b"), &b_addr);
+    let mut old = Pager::start(&dir.path().join("root-1"), 4096);
+    old.admin(&[
+        "vol", "create", "arel", "--backup", &a_addr, "--backup", &b_addr,
+    ]);
+    let mut t = Tool::start(&old);
+    let id = create_cluster(&mut t, 8);
+    for v in 1..=3 {
+        t.ok(&format!("fill {id} {v}"));
+        t.ok(&format!("commit {id}"));
+    }
+    wait_in_sync(&old, 2);
+    let signal = |b: &Backup, sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &b.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    signal(&a, "-STOP");
+    signal(&b, "-STOP");
+    for v in 4..=8 {
+        t.ok(&format!("fill {id} {v}"));
+        t.ok(&format!("commit {id}"));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    old.kill();
+    drop(t);
+    signal(&a, "-CONT");
+    signal(&b, "-CONT");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let new = Pager::start(&dir.path().join("root-2"), 4096);
+    let report = new.admin(&["vol", "restore", "arel", "--from", &a_addr]);
+    assert!(
+        report.contains("4 later operations (commits) are lost"),
+        "{report}"
+    );
+    let mut t = Tool::start(&new);
+    t.ok(&format!("map {id}"));
+    let version: u64 = t.ok(&format!("which {id}")).parse().unwrap();
+    assert_eq!(version, 4, "{report}");
+    // The new primary says so too.
+    let status = new.status();
+    assert!(
+        status.contains("restored from") && status.contains("4 later operations"),
+        "{status}"
+    );
+}

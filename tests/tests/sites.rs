@@ -134,10 +134,10 @@ fn sites_share_one_catalog_and_a_dead_sites_mounts_go_with_its_lease() {
 }
 
 #[test]
-fn a_site_cut_off_from_etcd_refuses_every_change_once_its_lease_is_over() {
+fn a_site_cut_off_from_etcd_refuses_every_change_once_its_lease_is_over_then_joins_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut lan = Lan::new(dir.path());
-    let mut etcd = Etcd::start_on(dir.path(), &lan.host_ip);
+    let etcd = Etcd::start_on(dir.path(), &lan.host_ip);
     let a = site(&mut lan, &dir.path().join("a"), &etcd);
     let mut t = Tool::start(&a);
     let id = id_of(&t.ok("create 8 protected 1"));
@@ -145,7 +145,7 @@ fn a_site_cut_off_from_etcd_refuses_every_change_once_its_lease_is_over() {
     t.ok(&format!("commit {id}"));
     t.ok(&format!("fill {id} 4"));
 
-    etcd.kill();
+    lan.cut(a.ns().expect("a site in a namespace"));
     std::thread::sleep(Duration::from_secs(TTL) + Duration::from_millis(500));
     // The site can no longer know that nobody else mounted volume 1: the commit is refused
     // (the pages stay dirty), and so is a new cluster.
@@ -167,6 +167,52 @@ fn a_site_cut_off_from_etcd_refuses_every_change_once_its_lease_is_over() {
     // Abort works, and what was committed before is intact.
     t.ok(&format!("abort {id}"));
     t.ok(&format!("check {id} 3"));
+
+    // etcd answers again: the site joins the cell by itself under a new lease and mounts
+    // volume 1 again (nobody else took it).
+    lan.heal(a.ns().expect("a site in a namespace"));
+    let t0 = Instant::now();
+    while a.status().contains("lease LOST") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the site did not join the cell again: {}",
+            a.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut t2 = Tool::start(&a);
+    let t0 = Instant::now();
+    let fresh = loop {
+        let r = t2.cmd("create 8 protected 1");
+        if r.starts_with("ok") || t0.elapsed() > Duration::from_secs(20) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let fresh = id_of(
+        fresh
+            .strip_prefix("ok")
+            .unwrap_or_else(|| panic!("no cluster created after joining again: {fresh}")),
+    );
+    t2.ok(&format!("fill {fresh} 9"));
+    t2.ok(&format!("commit {fresh}"));
+    // The mapping made under the old lease stays fenced (its image was placed under it)...
+    t.ok(&format!("fill {id} 5"));
+    let refused = t.cmd(&format!("commit {id}"));
+    assert!(
+        refused.contains("no longer mounted by this site"),
+        "{refused}"
+    );
+    t.ok(&format!("abort {id}"));
+    t.ok(&format!("unmap {id}"));
+    // ... mapped again, it finds the last commit and commits.
+    t.ok(&format!("map {id}"));
+    t.ok(&format!("check {id} 3"));
+    t.ok(&format!("fill {id} 6"));
+    t.ok(&format!("commit {id}"));
+    t.ok(&format!("unmap {id}"));
+    t.ok(&format!("map {id}"));
+    t.ok(&format!("check {id} 6"));
 }
 
 #[test]

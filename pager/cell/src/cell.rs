@@ -237,6 +237,16 @@ impl Cell {
         })
     }
 
+    /// Revokes lease `lease` (a site's old one, given up): its keys go at once. Best effort:
+    /// when etcd does not answer, the lease expires by itself.
+    pub fn revoke(&self, lease: i64) {
+        let s = &*self.shared;
+        let mut c = s.client.clone();
+        if let Err(e) = s.call("revoking a lost lease", c.lease_revoke(lease)) {
+            tracing::debug!(lease, "{e}; the lease expires by itself");
+        }
+    }
+
     /// Every site the cell has known: alive or not, and the volumes each mounts.
     pub fn sites(&self) -> Result<Vec<SiteStatus>, CellError> {
         let s = &*self.shared;

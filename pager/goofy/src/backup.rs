@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use crate::copy::{copy_chunk, copy_chunks};
 
 mod apply;
-use crate::position::Position;
+use crate::position::{Heard, Position};
 use crate::state::{State, SLOT};
 use crate::wire::{self, CluInfo, Conn, Msg, WireError};
 use apply::handle;
@@ -67,7 +67,8 @@ impl VolumeImage {
     /// Records the position held, durably: in the image's note (where operations record it
     /// with their pages), then in `goofy.state`.
     fn save_position(&mut self) -> Result<(), StorageError> {
-        self.volume.write_note(&self.state.position.encode_note())?;
+        self.volume
+            .write_note(&self.state.position.encode_note(&self.state.heard))?;
         self.save_state()
     }
 
@@ -234,6 +235,7 @@ impl BackupServer {
                     complete: true,
                     ..Position::default()
                 },
+                heard: Heard::default(),
                 backups: Vec::new(),
                 sync: 0,
                 creator: String::new(),
@@ -263,8 +265,9 @@ impl BackupServer {
         let mut state = state;
         // Operations record the position in the image's note, with their pages; goofy.state
         // has it as of the last full copy (and is all an image older than notes has).
-        if let Some(p) = volume.note()?.as_deref().and_then(Position::decode_note) {
+        if let Some((p, h)) = volume.note()?.as_deref().and_then(Position::decode_note) {
             state.position = p;
+            state.heard = h;
         }
         info!(uid = format_args!("{uid:016x}"), name = %state.name, position = ?state.position, "backup image mounted");
         Ok(VolumeImage {
@@ -438,16 +441,23 @@ impl BackupServer {
             };
             let kind = msg.kind();
             let answer = match handle(img, session_epoch, msg) {
-                Ok(lsn) => Msg::Ack { lsn },
+                Ok(Some(lsn)) => Msg::Ack { lsn },
+                Ok(None) => continue,
                 Err(err) => {
                     warn!("refused a {kind}: {err}");
                     refusal(&err)
                 }
             };
             let refused = !matches!(answer, Msg::Ack { .. });
-            wire::send(conn.get_mut(), &answer)?;
             if refused {
+                let _ = wire::send(conn.get_mut(), &answer);
                 return Ok(());
+            }
+            if let Err(e) = wire::send(conn.get_mut(), &answer) {
+                // The primary is gone (killed: its socket is closed). What it sent before is
+                // still read and applied: an operation validated there, and what it said of
+                // its journal (the loss window); the next read ends the session.
+                warn!("acknowledging to the primary failed: {e}; reading what it sent before");
             }
         }
     }

@@ -7,6 +7,7 @@
 //! sync 0                      commits wait for this many backup acknowledgements
 //! origin 0 0 0                the history this journal continues: epoch, LSN (file offset)
 //! source 127.0.0.1:7701       the backup a restored volume was fetched from
+//! restored from 127.0.0.1:7701: restored to LSN ... (what a restoration lost, in words)
 //! backup 127.0.0.1:7701       one line per backup server
 //! destroyed 17                a cluster destroyed here that some backup may still hold
 //! ```
@@ -59,6 +60,8 @@ pub struct Conf {
     pub source: String,
     /// Clusters destroyed here whose destruction not every backup acknowledged yet.
     pub destroyed: Vec<u16>,
+    /// For a restored volume, what its restoration lost, in words (empty otherwise).
+    pub restored: String,
 }
 
 impl Conf {
@@ -83,6 +86,9 @@ impl Conf {
         for c in &self.destroyed {
             s.push_str(&format!("destroyed {c}\n"));
         }
+        if !self.restored.is_empty() {
+            s.push_str(&format!("restored {}\n", self.restored.replace('\n', " ")));
+        }
         s
     }
 
@@ -93,6 +99,7 @@ impl Conf {
         let mut name = String::new();
         let mut source = String::new();
         let mut destroyed = Vec::new();
+        let mut restored = String::new();
         for (i, line) in text.lines().enumerate() {
             let bad = |what: &'static str| ConfError::Line { line: i + 1, what };
             match line.split_once(' ') {
@@ -100,6 +107,7 @@ impl Conf {
                     uid = Some(u64::from_str_radix(v, 16).map_err(|_| bad("bad uid"))?)
                 }
                 Some(("name", v)) => name = v.to_string(),
+                Some(("restored", v)) => restored = v.to_string(),
                 Some(("source", v)) => source = v.to_string(),
                 Some(("epoch", v)) => epoch = Some(v.parse().map_err(|_| bad("bad epoch"))?),
                 Some(("sync", v)) => sync = v.parse().map_err(|_| bad("bad sync"))?,
@@ -131,6 +139,7 @@ impl Conf {
             origin,
             source,
             destroyed,
+            restored,
         })
     }
 
@@ -162,6 +171,7 @@ mod tests {
             origin: (2, Lsn::new(9, 8192)),
             source: "127.0.0.1:1".into(),
             destroyed: vec![3, 65535],
+            restored: "restored to LSN 1:4096 of epoch 1; 3 later operations are lost".into(),
         };
         assert_eq!(Conf::parse(&c.format()), Ok(c));
         assert!(Conf::parse("uid zz\nepoch 1\n").is_err());

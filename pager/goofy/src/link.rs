@@ -21,7 +21,7 @@ use clu_proto::{CluId, ClusterId, PAGE_SIZE};
 use clu_storage::ssr::LocalVolume;
 use clu_storage::{StorageError, Volume};
 use clu_sys::sync::{lock, wait_timeout_while};
-use journal::{Lsn, Retention};
+use journal::{LogReader, Lsn, Retention};
 use tracing::{info, warn};
 
 use crate::conf::Conf;
@@ -336,6 +336,37 @@ fn check_bound(shared: &Shared, link: &Link) {
 /// Sends `msg` and reads the answer: `Ok(lsn)` for an acknowledgement.
 fn call(conn: &mut Conn, msg: &Msg) -> Result<Lsn, End> {
     wire::send(conn.get_mut(), msg)?;
+    answer(conn)
+}
+
+/// How often an asynchronous link waiting for an acknowledgement looks whether the journal
+/// wrote more (to tell the backup).
+const TELL_EVERY: Duration = Duration::from_millis(5);
+
+/// As [`call`], for an operation of an asynchronous link: while it waits for the
+/// acknowledgement, tells the backup how far the journal has written whenever that moved
+/// (a [`Msg::Written`], not answered), so that the backup knows what a restoration from it
+/// would lose: the commits a primary acknowledged that no backup holds yet.
+fn call_telling(
+    conn: &mut Conn,
+    msg: &Msg,
+    epoch: u64,
+    reader: &LogReader,
+    told: &mut u64,
+) -> Result<Lsn, End> {
+    wire::send(conn.get_mut(), msg)?;
+    while conn.buffer().is_empty() && !conn.get_mut().readable_within(TELL_EVERY)? {
+        let written = reader.written();
+        if written.ops > *told {
+            wire::send(conn.get_mut(), &Msg::Written { epoch, written })?;
+            *told = written.ops;
+        }
+    }
+    answer(conn)
+}
+
+/// The backup's answer to an operation or a destruction.
+fn answer(conn: &mut Conn) -> Result<Lsn, End> {
     match wire::recv(conn)? {
         Msg::Ack { lsn } => Ok(lsn),
         Msg::Fenced { why } => Err(End::Fenced(why)),
@@ -465,10 +496,13 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
                 .map(|(first, pages)| first + (pages.len() / PAGE_SIZE) as u64)
                 .max()
                 .unwrap_or(0);
+            let written = reader.written();
             let msg = Msg::Op {
                 epoch: conf.epoch,
                 lsn: op.lsn,
                 end,
+                seq: op.seq,
+                written,
                 clu: CluInfo {
                     npages: desc.npages.max(extent),
                     ..CluInfo::of(&desc)
@@ -483,7 +517,13 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
                 let mut l = lock(&link.inner);
                 l.sent = l.sent.max(end);
             }
-            let got = call(&mut conn, &msg)?;
+            // The journal's written ordinal last told to the backup.
+            let mut told = written.ops;
+            let got = if conf.sync == 0 {
+                call_telling(&mut conn, &msg, conf.epoch, &reader, &mut told)?
+            } else {
+                call(&mut conn, &msg)?
+            };
             if got != end {
                 return Err(End::Broken(format!(
                     "the backup acknowledged {got} for operation {}..{end}",

@@ -48,6 +48,8 @@ pub struct Replication {
     pub log_lsn: Lsn,
     /// Its backups.
     pub backups: Vec<BackupStatus>,
+    /// For a restored volume, what its restoration lost (empty otherwise).
+    pub restored: String,
 }
 
 /// One backup of a reliable volume, as its primary sees it.
@@ -171,6 +173,7 @@ impl Reliable {
             fenced: lock(&self.shared.fenced).clone(),
             log_lsn,
             backups,
+            restored: self.shared.conf.restored.clone(),
         }
     }
 }
@@ -350,6 +353,7 @@ impl Ssf {
             origin: (0, Lsn::default()),
             source: String::new(),
             destroyed: Vec::new(),
+            restored: String::new(),
         };
         Ok(conf.store(location)?)
     }
@@ -391,6 +395,7 @@ impl Ssf {
             origin: plan.origin,
             source: plan.source.clone(),
             destroyed: Vec::new(),
+            restored: format!("from {}: {}", plan.source, plan.loss),
         };
         Ok(conf.store(location)?)
     }

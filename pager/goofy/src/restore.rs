@@ -28,7 +28,7 @@ use clu_sys::sync::lock;
 use journal::Lsn;
 use tracing::{info, warn};
 
-use crate::position::Position;
+use crate::position::{Heard, Position};
 use crate::state::State;
 use crate::wire::{self, Conn, Msg, Run};
 use crate::GoofyError;
@@ -118,6 +118,75 @@ pub struct Plan {
     pub fenced: Vec<(String, Position)>,
     /// Backups not reached, and why.
     pub unreachable: Vec<(String, String)>,
+    /// What the restoration loses, as the backups knew it.
+    pub loss: LossWindow,
+}
+
+/// What a restoration loses, as the backups knew it: the operations the old primary's
+/// journal wrote after the one restored to (for a synchronous volume, none it acknowledged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossWindow {
+    /// The epoch and LSN restored to.
+    pub restored: (u64, Lsn),
+    /// The furthest end of that primary's log a backup heard of (at least the LSN restored
+    /// to).
+    pub heard: Lsn,
+    /// How many operations (commits) that primary wrote after the one restored to, as the
+    /// backups heard; `None` when their ordinals are not known (the image restored was a
+    /// full copy, or its last operation was read back from the primary's log).
+    pub lost: Option<u64>,
+}
+
+impl LossWindow {
+    /// The loss window of restoring `best` (position and what its backup heard), given what
+    /// every backup fenced heard (`best` among them). Pure.
+    pub fn of(best: (Position, Heard), fenced: &[(Position, Heard)]) -> LossWindow {
+        let (at, own) = best;
+        // What the backups heard of the same primary (the same epoch), furthest first.
+        let furthest = fenced
+            .iter()
+            .filter(|(p, _)| p.epoch == at.epoch)
+            .map(|(_, h)| *h)
+            .chain([own])
+            .max_by_key(|h| (h.written.end, h.written.ops))
+            .unwrap_or(own);
+        let heard = furthest.written.end.max(at.lsn);
+        let lost = if heard == at.lsn {
+            Some(0)
+        } else if own.seq > 0
+            && furthest.written.run == own.written.run
+            && furthest.written.ops >= own.seq
+        {
+            Some(furthest.written.ops - own.seq)
+        } else {
+            None
+        };
+        LossWindow {
+            restored: (at.epoch, at.lsn),
+            heard,
+            lost,
+        }
+    }
+}
+
+impl std::fmt::Display for LossWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (epoch, lsn) = self.restored;
+        write!(f, "restored to LSN {lsn} of epoch {epoch}; ")?;
+        match self.lost {
+            Some(0) => write!(f, "no backup heard of a later operation"),
+            Some(n) => write!(
+                f,
+                "{n} later operations (commits) are lost: the old primary wrote them up to LSN {}, as the backups heard",
+                self.heard
+            ),
+            None => write!(
+                f,
+                "the operations the old primary wrote after it, up to LSN {} as the backups heard, are lost (how many is not known)",
+                self.heard
+            ),
+        }
+    }
 }
 
 fn failed(why: String) -> GoofyError {
@@ -229,6 +298,7 @@ pub fn prepare(t: &Transport, name: &str, from: &str, at_least: u64) -> Result<P
         .saturating_add(1)
         .max(at_least);
     let mut fenced = Vec::new();
+    let mut heard = Vec::new();
     for (addr, _) in reached {
         match image(
             t,
@@ -239,21 +309,26 @@ pub fn prepare(t: &Transport, name: &str, from: &str, at_least: u64) -> Result<P
                 epoch,
             },
         ) {
-            Ok(i) => fenced.push((addr, i.position)),
+            Ok(i) => {
+                heard.push((i.position, i.heard));
+                fenced.push((addr, i.position));
+            }
             Err(why) => unreachable.push((addr, why.to_string())),
         }
     }
-    let Some((source, best)) = fenced
+    let Some((source, best, best_heard)) = fenced
         .iter()
-        .filter(|(_, p)| p.complete)
-        .max_by_key(|(_, p)| (p.epoch, p.lsn))
-        .cloned()
+        .zip(&heard)
+        .filter(|((_, p), _)| p.complete)
+        .max_by_key(|((_, p), _)| (p.epoch, p.lsn))
+        .map(|((a, p), (_, h))| (a.clone(), *p, *h))
     else {
         return Err(failed(format!(
             "no backup of {name} with a complete image could be reached and fenced (unreachable: {unreachable:?})"
         )));
     };
-    info!(volume = %name, %source, epoch, position = ?best, "restoring");
+    let loss = LossWindow::of((best, best_heard), &heard);
+    info!(volume = %name, %source, epoch, position = ?best, "restoring: {loss}");
     Ok(Plan {
         uid: first.uid,
         name: name.to_string(),
@@ -264,6 +339,7 @@ pub fn prepare(t: &Transport, name: &str, from: &str, at_least: u64) -> Result<P
         sync: first.sync,
         fenced,
         unreachable,
+        loss,
     })
 }
 
@@ -323,7 +399,91 @@ pub fn fetch(
 
 #[cfg(test)]
 mod tests {
-    use super::enough_fenced;
+    use super::{enough_fenced, Heard, LossWindow, Position};
+    use journal::{Lsn, Written};
+
+    /// Operation `i` of the model's run of the primary's journal ends here (0: the run's
+    /// start).
+    fn end(i: u64) -> Lsn {
+        Lsn::new(1, 4096 * (i + 1))
+    }
+
+    /// A backup that applied the first `k` operations of the run and heard of the first `h`.
+    fn backup(epoch: u64, k: u64, h: u64) -> (Position, Heard) {
+        let run = end(0);
+        (
+            Position {
+                epoch,
+                lsn: end(k),
+                complete: true,
+            },
+            Heard {
+                seq: k,
+                written: Written {
+                    run,
+                    end: end(h),
+                    ops: h,
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn the_loss_window_counts_what_the_backups_heard_beyond_the_image_restored() {
+        // Exhaustive for runs of up to 6 operations and 3 backups: each applied a prefix and
+        // heard of a longer one (or the same).
+        let n = 6u64;
+        let mut cases = 0;
+        for ka in 0..=n {
+            for ha in ka..=n {
+                for kb in 0..=n {
+                    for hb in kb..=n {
+                        for (kc, hc) in [(0, 0), (1, n), (n, n)] {
+                            let all = [backup(3, ka, ha), backup(3, kb, hb), backup(3, kc, hc)];
+                            let best = *all.iter().max_by_key(|(p, _)| p.lsn).unwrap();
+                            let w = LossWindow::of(best, &all);
+                            let k = ka.max(kb).max(kc);
+                            let h = ha.max(hb).max(hc);
+                            assert_eq!(w.restored, (3, end(k)));
+                            assert_eq!(w.heard, end(h));
+                            let expect = if h == k {
+                                Some(0)
+                            } else {
+                                (k > 0).then(|| h - k)
+                            };
+                            assert_eq!(w.lost, expect, "{all:?}");
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 1000);
+    }
+
+    #[test]
+    fn another_epoch_or_run_does_not_count() {
+        // A backup of an older epoch heard of more (its primary was replaced): not this loss.
+        let best = backup(4, 2, 2);
+        let w = LossWindow::of(best, &[best, backup(3, 1, 6)]);
+        assert_eq!(w.lost, Some(0));
+        // Heard of another run of the journal (ordinals start again): the count is not known.
+        let (p, mut other) = backup(4, 1, 5);
+        other.written.run = Lsn::new(9, 4096);
+        other.written.end = Lsn::new(9, 4096 * 9);
+        let w = LossWindow::of(best, &[best, (p, other)]);
+        assert_eq!((w.lost, w.heard), (None, Lsn::new(9, 4096 * 9)));
+        // The image restored has no ordinal (a full copy): not known either, unless nothing
+        // was heard beyond it.
+        let (p, mut h) = backup(4, 3, 5);
+        h.seq = 0;
+        assert_eq!(LossWindow::of((p, h), &[(p, h)]).lost, None);
+        let (p, mut h) = backup(4, 3, 3);
+        h.seq = 0;
+        assert_eq!(LossWindow::of((p, h), &[(p, h)]).lost, Some(0));
+        let text = LossWindow::of(backup(4, 2, 5), &[]).to_string();
+        assert!(text.contains("3 later operations"), "{text}");
+    }
 
     #[test]
     fn a_restoration_must_meet_every_acknowledged_commit() {

@@ -13,15 +13,18 @@
 //! position 2 5 40960 1          epoch, LSN (file offset) of the history applied; complete?
 //!                               (as of the last full copy: each operation records it in the
 //!                               image's note, with its pages, in one sync of its journal)
+//! heard 12 2 4096 2 81920 15     what it heard beyond it: the last operation's ordinal, the
+//!                               primary's journal run (LSN), written end and its ordinal
+//!                               (the loss window)
 //! sync 0                        the volume's settings, as its primary last said
 //! backup 127.0.0.1:7701         (one line per backup server)
 //! ```
 
-use journal::Lsn;
+use journal::{Lsn, Written};
 
 use clu_proto::codec::{Reader, Writer};
 
-use crate::position::Position;
+use crate::position::{Heard, Position};
 
 /// A backup's record of one volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +37,8 @@ pub struct State {
     pub epoch: u64,
     /// Where the image stands.
     pub position: Position,
+    /// What it heard of the primary's journal beyond that (the loss window).
+    pub heard: Heard,
     /// The volume's backup servers.
     pub backups: Vec<String>,
     /// The volume's `sync` setting.
@@ -59,6 +64,14 @@ impl State {
             u8::from(p.complete),
             self.sync
         );
+        let h = self.heard;
+        if h != Heard::default() {
+            let w = h.written;
+            s.push_str(&format!(
+                "heard {} {} {} {} {} {}\n",
+                h.seq, w.run.file, w.run.offset, w.end.file, w.end.offset, w.ops
+            ));
+        }
         for b in &self.backups {
             s.push_str(&format!("backup {b}\n"));
         }
@@ -74,7 +87,7 @@ impl State {
     /// Parses the text form; `None` if it is not one.
     pub fn parse(text: &str) -> Option<State> {
         let (mut uid, mut name, mut epoch, mut position) = (None, None, None, None);
-        let (mut sync, mut backups) = (0, Vec::new());
+        let (mut sync, mut backups, mut heard) = (0, Vec::new(), Heard::default());
         let (mut creator, mut writer) = (String::new(), String::new());
         for line in text.lines() {
             match line.split_once(' ')? {
@@ -96,6 +109,24 @@ impl State {
                         complete: c == 1,
                     });
                 }
+                ("heard", v) => {
+                    let n: Vec<u64> = v
+                        .split(' ')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .ok()?;
+                    let [seq, rf, ro, ef, eo, ops] = n[..] else {
+                        return None;
+                    };
+                    heard = Heard {
+                        seq,
+                        written: Written {
+                            run: Lsn::new(rf, ro),
+                            end: Lsn::new(ef, eo),
+                            ops,
+                        },
+                    };
+                }
                 ("sync", v) => sync = v.parse().ok()?,
                 ("backup", v) => backups.push(v.to_string()),
                 ("creator", v) => creator = v.to_string(),
@@ -108,6 +139,7 @@ impl State {
             name: name?,
             epoch: epoch?,
             position: position?,
+            heard,
             backups,
             sync,
             creator,
@@ -177,12 +209,30 @@ mod tests {
                 lsn: Lsn::new(2, 8192),
                 complete: false,
             },
+            heard: Heard {
+                seq: 5,
+                written: Written {
+                    run: Lsn::new(1, 4096),
+                    end: Lsn::new(2, 16384),
+                    ops: 7,
+                },
+            },
             backups: vec!["127.0.0.1:1".into()],
             sync: 1,
             creator: "site-a".into(),
             writer: "site-b".into(),
         };
         assert_eq!(State::parse(&s.format()), Some(s.clone()));
+        let unheard = State {
+            heard: Heard::default(),
+            ..s.clone()
+        };
+        assert!(!unheard.format().contains("heard"));
+        assert_eq!(State::parse(&unheard.format()), Some(unheard));
+        assert_eq!(
+            State::parse("uid 1\nname x\nepoch 1\nposition 1 2 3 1\nheard 1 2 3\n"),
+            None
+        );
         // Two slots: the newest intact one wins; a torn newer slot falls back to the older.
         let mut newer = s.clone();
         newer.position.complete = true;

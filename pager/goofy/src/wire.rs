@@ -18,12 +18,12 @@ use clu_proto::frame::{self, FrameError};
 use clu_proto::{ClusterKind, PAGE_SIZE};
 use clu_storage::ClusterDesc;
 use clu_sys::buf::PageBuf;
-use journal::{Batch, JournalError, Lsn, PageRun};
+use journal::{Batch, JournalError, Lsn, PageRun, Written};
 
-pub use crate::position::Position;
+pub use crate::position::{Heard, Position};
 use crate::state::State;
 
-const VERSION: u8 = 4;
+const VERSION: u8 = 5;
 /// The largest payload: one operation of 16 MiB of pages, with room for its headers.
 pub const MAX_FRAME: usize = (16 << 20) + 4096;
 
@@ -136,14 +136,22 @@ pub enum Msg {
     /// Backup to primary: where its image stands.
     Welcome { position: Position },
     /// Primary to backup: the new images of some pages of a cluster of `npages` pages,
-    /// validated at `lsn..end` in the primary's journal.
+    /// validated at `lsn..end` in the primary's journal, the operation's ordinal in that
+    /// journal's run (`seq`, 0 if not known) and what the journal had written when it was
+    /// sent: the loss window a backup can report.
     Op {
         epoch: u64,
         lsn: Lsn,
         end: Lsn,
+        seq: u64,
+        written: Written,
         clu: CluInfo,
         runs: Vec<Run>,
     },
+    /// Primary to backup, not answered: what its journal has written: sent by an
+    /// asynchronous link while it waits for an acknowledgement, so that the backup knows what
+    /// a restoration from it would lose.
+    Written { epoch: u64, written: Written },
     /// Backup to primary: every operation before `lsn` is durable here (also answers the
     /// messages of a copy, with the position reached).
     Ack { lsn: Lsn },
@@ -183,6 +191,7 @@ impl Msg {
             Msg::Hello { .. } => "Hello",
             Msg::Welcome { .. } => "Welcome",
             Msg::Op { .. } => "Op",
+            Msg::Written { .. } => "Written",
             Msg::Ack { .. } => "Ack",
             Msg::Refused { .. } => "Refused",
             Msg::Fenced { .. } => "Fenced",
@@ -214,6 +223,7 @@ trait Put: Sized {
     fn text(self, t: &str) -> Self;
     fn texts(self, v: &[String]) -> Self;
     fn position(self, p: Position) -> Self;
+    fn written(self, w: Written) -> Self;
     fn clu(self, c: CluInfo) -> Self;
     fn runs(self, runs: &[Run]) -> Self;
 }
@@ -232,6 +242,9 @@ impl Put for Writer {
     fn position(self, p: Position) -> Writer {
         self.u64(p.epoch).lsn(p.lsn).u8(u8::from(p.complete))
     }
+    fn written(self, w: Written) -> Writer {
+        self.lsn(w.run).lsn(w.end).u64(w.ops)
+    }
     fn clu(self, c: CluInfo) -> Writer {
         self.u16(c.clu).u64(c.npages).u32(c.owner).u8(c.kind as u8)
     }
@@ -247,6 +260,7 @@ trait Get {
     fn lsn(&mut self) -> Result<Lsn, WireError>;
     fn texts(&mut self) -> Result<Vec<String>, WireError>;
     fn position(&mut self) -> Result<Position, WireError>;
+    fn written(&mut self) -> Result<Written, WireError>;
     fn clu(&mut self) -> Result<CluInfo, WireError>;
     fn runs(&mut self, npages: u64) -> Result<Vec<Run>, WireError>;
 }
@@ -264,6 +278,13 @@ impl Get for Reader<'_> {
             epoch: self.u64()?,
             lsn: self.lsn()?,
             complete: self.flag()?,
+        })
+    }
+    fn written(&mut self) -> Result<Written, WireError> {
+        Ok(Written {
+            run: self.lsn()?,
+            end: self.lsn()?,
+            ops: self.u64()?,
         })
     }
     fn clu(&mut self) -> Result<CluInfo, WireError> {
@@ -328,14 +349,19 @@ impl Msg {
                 epoch,
                 lsn,
                 end,
+                seq,
+                written,
                 clu,
                 runs,
             } => start(3)
                 .u64(*epoch)
                 .lsn(*lsn)
                 .lsn(*end)
+                .u64(*seq)
+                .written(*written)
                 .clu(*clu)
                 .runs(runs),
+            Msg::Written { epoch, written } => start(15).u64(*epoch).written(*written),
             Msg::Ack { lsn } => start(4).lsn(*lsn),
             Msg::Refused { why } => start(5).text(why),
             Msg::CopyBegin { epoch, clusters } => {
@@ -352,6 +378,8 @@ impl Msg {
                 .text(&i.name)
                 .u64(i.epoch)
                 .position(i.position)
+                .u64(i.heard.seq)
+                .written(i.heard.written)
                 .texts(&i.backups)
                 .u32(i.sync)
                 .text(&i.creator)
@@ -385,7 +413,9 @@ impl Msg {
                 position: r.position()?,
             },
             3 => {
-                let (epoch, lsn, end, clu) = (r.u64()?, r.lsn()?, r.lsn()?, r.clu()?);
+                let (epoch, lsn, end) = (r.u64()?, r.lsn()?, r.lsn()?);
+                let (seq, written) = (r.u64()?, r.written()?);
+                let clu = r.clu()?;
                 if end <= lsn {
                     return Err(WireError::Malformed(
                         "an operation that ends before it starts",
@@ -395,6 +425,8 @@ impl Msg {
                     epoch,
                     lsn,
                     end,
+                    seq,
+                    written,
                     clu,
                     runs: r.runs(clu.npages)?,
                 }
@@ -425,6 +457,10 @@ impl Msg {
                 name: r.str32()?,
                 epoch: r.u64()?,
                 position: r.position()?,
+                heard: Heard {
+                    seq: r.u64()?,
+                    written: r.written()?,
+                },
                 backups: r.texts()?,
                 sync: r.u32()?,
                 creator: r.str32()?,
@@ -444,6 +480,10 @@ impl Msg {
             14 => Msg::Destroy {
                 epoch: r.u64()?,
                 clu: r.u16()?,
+            },
+            15 => Msg::Written {
+                epoch: r.u64()?,
+                written: r.written()?,
             },
             _ => return Err(WireError::Malformed("unknown kind")),
         };

@@ -107,11 +107,11 @@ fn status(d: &Daemon) -> Status {
         root: m.storage().root().display().to_string(),
         socket: d.socket.display().to_string(),
         cell: d.cell.as_ref().map(|c| render::status::CellView {
-            site: c.session.site().to_owned(),
+            site: c.session().site().to_owned(),
             cell: c.name.clone(),
             catalog: c.cell.endpoints().to_owned(),
-            lease_alive: !c.session.is_lost(),
-            sites_alive: c.session.members().into_iter().map(|(s, _)| s).collect(),
+            lease_alive: !c.session().is_lost(),
+            sites_alive: c.session().members().into_iter().map(|(s, _)| s).collect(),
             remote_sites: c
                 .peers
                 .views()
@@ -344,7 +344,8 @@ fn check_failover(
             "--failover restore needs at least one --standby SITE to take the volume over",
         ));
     }
-    let me = cell.session.site();
+    let session = cell.session();
+    let me = session.site();
     for s in standbys {
         clu_cell::keys::check_site_name(s).map_err(|e| Refusal::invalid(e.to_string()))?;
     }
@@ -396,11 +397,10 @@ fn restore(
     d.manager.drop_cached(CacheScope::Volume(entry.vol));
     let volume = s.vol_mount(entry.vol)?;
     let info = volume.info();
-    let (epoch, lsn) = plan.origin;
     let _ = writeln!(
         out,
-        "restored volume {} ({}) from {} to LSN {lsn} of epoch {epoch}: every commit that backup acknowledged is in, later ones are lost",
-        entry.name, entry.vol, plan.source
+        "restored volume {} ({}) from {}: every commit that backup acknowledged is in; {}",
+        entry.name, entry.vol, plan.source, plan.loss
     );
     let _ = writeln!(
         out,

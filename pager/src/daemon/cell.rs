@@ -1,7 +1,8 @@
 //! This site in its cell (`pager serve --catalog`): the storage root's [`CellCatalog`] carried
 //! out against the catalog on etcd (`clu-cell`), under this site's lease.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use clu_cell::{Cell, CellError, Session, VolumeRecord};
@@ -37,8 +38,13 @@ pub struct CellConfig {
 pub struct CellSite {
     /// The catalog.
     pub cell: Cell,
-    /// The site's lease and mount locks.
-    pub session: Session,
+    /// The site's lease and mount locks: replaced when the site joins again after losing it
+    /// ([`CellSite::rejoin_if_lost`]).
+    session: RwLock<Arc<Session>>,
+    /// How this site joined (its name, address and TTL), to join again.
+    joined_as: (String, String, u64),
+    /// The site left the cell (the pager is stopping): it does not join again.
+    left: AtomicBool,
     /// The cell's name (`--cell`).
     pub name: String,
     /// How this site reaches the others.
@@ -62,7 +68,13 @@ impl CellSite {
         );
         Ok(CellSite {
             cell,
-            session,
+            session: RwLock::new(Arc::new(session)),
+            joined_as: (
+                config.site.clone(),
+                config.advertise.clone(),
+                config.lease_ttl,
+            ),
+            left: AtomicBool::new(false),
             name: config.cell.clone(),
             transport,
             remote_timeout: config.remote_timeout,
@@ -70,12 +82,55 @@ impl CellSite {
         })
     }
 
+    /// The site's membership now (its lease and what is bound to it).
+    pub fn session(&self) -> Arc<Session> {
+        self.session
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Leaves the cell for good (the pager is stopping): revokes the lease, and the site does
+    /// not join again.
+    pub fn leave(&self) {
+        self.left.store(true, Ordering::Release);
+        self.session().leave();
+    }
+
+    /// Joins the cell again, under a new lease, if the site's lease is lost (the catalog was
+    /// unreachable for longer than the lease, or etcd expired it): first revokes the old one,
+    /// when etcd answers, so that its live key and locks go at once instead of at its expiry.
+    /// What the old lease held stays fenced ([`clu_storage::Fenced`]): volumes mounted
+    /// under it must be mounted again, clusters placed under it mapped again. Returns whether
+    /// the site joined again; an error while etcd still does not answer (try again later).
+    pub fn rejoin_if_lost(&self) -> Result<bool, CellError> {
+        let old = self.session();
+        if !old.is_lost() || self.left.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.cell.revoke(old.lease());
+        let (site, advertise, ttl) = &self.joined_as;
+        let session = self.cell.join(site, advertise, *ttl)?;
+        if self.left.load(Ordering::Acquire) {
+            session.leave();
+            return Ok(false);
+        }
+        info!(
+            site,
+            old_lease = old.lease(),
+            lease = session.lease(),
+            "joined the cell again after losing the lease"
+        );
+        *self.session.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(session);
+        Ok(true)
+    }
+
     fn record(&self, vol: VolId, name: &str, service: &str, location: &str) -> VolumeRecord {
         VolumeRecord {
             id: vol.0,
             name: name.to_owned(),
             service: service.to_owned(),
-            site: self.session.site().to_owned(),
+            site: self.session().site().to_owned(),
             location: location.to_owned(),
             failover: None,
         }
@@ -96,7 +151,7 @@ impl CellCatalog for CellSite {
     fn allocate(&self, name: &str, service: &str) -> Result<VolId, StorageError> {
         let r = self
             .cell
-            .create_volume(name, service, self.session.site(), "")
+            .create_volume(name, service, self.session().site(), "")
             .map_err(refusal)?;
         Ok(VolId(r.id))
     }
@@ -118,16 +173,16 @@ impl CellCatalog for CellSite {
     }
 
     fn lock_mount(&self, vol: VolId) -> Result<u64, StorageError> {
-        self.session.mount(vol).map_err(refusal)
+        self.session().mount(vol).map_err(refusal)
     }
 
     fn unlock_mount(&self, vol: VolId) -> Result<(), StorageError> {
-        self.session.unmount(vol).map_err(refusal)
+        self.session().unmount(vol).map_err(refusal)
     }
 
     fn remote(&self, vol: VolId) -> Result<Option<Arc<dyn Volume>>, StorageError> {
         match self.cell.holder(vol).map_err(refusal)? {
-            Some((site, _)) if site == self.session.site() => Ok(None),
+            Some((site, _)) if site == self.session().site() => Ok(None),
             Some(_) => {
                 let cell = self.cell.clone();
                 let resolve: Resolve = Arc::new(move |vol| {
@@ -143,7 +198,7 @@ impl CellCatalog for CellSite {
                 });
                 Ok(Some(Arc::new(RemoteVolume::new(
                     vol,
-                    self.session.site(),
+                    self.session().site(),
                     self.transport.clone(),
                     resolve,
                     self.remote_timeout,
@@ -156,14 +211,14 @@ impl CellCatalog for CellSite {
 
     fn place(&self, id: clu_proto::ClusterId, read_copy: bool) -> Result<bool, StorageError> {
         if read_copy {
-            self.session.place_read(id).map_err(refusal)
+            self.session().place_read(id).map_err(refusal)
         } else {
-            self.session.place(id).map_err(refusal)
+            self.session().place(id).map_err(refusal)
         }
     }
 
     fn unplace(&self, id: clu_proto::ClusterId) -> Result<(), StorageError> {
-        self.session.unplace(id).map_err(refusal)
+        self.session().unplace(id).map_err(refusal)
     }
 
     fn placed(&self, id: clu_proto::ClusterId) -> Result<Option<String>, StorageError> {
@@ -174,7 +229,8 @@ impl CellCatalog for CellSite {
         self.cell.where_is(id).map_err(refusal)
     }
 
-    fn holds_locks(&self) -> bool {
-        !self.session.is_lost()
+    fn lease(&self) -> Option<u64> {
+        let s = self.session();
+        (!s.is_lost()).then(|| s.lease() as u64)
     }
 }

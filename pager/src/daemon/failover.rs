@@ -47,14 +47,14 @@ pub(crate) fn start(d: Arc<Daemon>) -> std::io::Result<()> {
 }
 
 fn watch(d: &Daemon, site: &CellSite) {
-    let me = site.session.site().to_owned();
+    let me = site.session().site().to_owned();
     let mut standby = Standby::new(&me, RETRY);
     let start = Instant::now();
     let mut last_error = String::new();
     loop {
         std::thread::sleep(LOOK);
-        if site.session.is_lost() {
-            return; // this site is out of the cell: no takeover from here
+        if site.session().is_lost() {
+            continue; // out of the cell until it joins again (`rejoin`): no takeover from here
         }
         let volumes = match site.cell.volumes() {
             Ok(v) => v,
@@ -119,13 +119,13 @@ fn take_over(
     let vol = t.vol;
     info!(%vol, name = record.name, from = t.from, "standby: the primary's lease ended; taking the volume over");
     // 1. The election.
-    let epoch = match site.session.mount(vol) {
+    let epoch = match site.session().mount(vol) {
         Ok(e) => e,
         Err(CellError::MountedElsewhere { site, .. }) => return Err(Lost::Election(site)),
         Err(e) => return Err(Lost::Failed(e.to_string())),
     };
     let give_back = |why: String| {
-        if let Err(e) = site.session.unmount(vol) {
+        if let Err(e) = site.session().unmount(vol) {
             warn!(%vol, "giving the mount lock back: {e}");
         }
         Lost::Failed(why)
@@ -167,7 +167,7 @@ fn take_over(
         Ok(e) => e,
         Err(r) => return Err(give_back(r.to_string())),
     };
-    let me = site.session.site().to_owned();
+    let me = site.session().site().to_owned();
     if let Err(e) = site.cell.update_volume(vol, |r| {
         r.site = me.clone();
         r.location = entry.location.clone();
@@ -177,18 +177,16 @@ fn take_over(
     if let Err(e) = s.vol_mount(vol) {
         return Err(give_back(e.to_string()));
     }
-    let (e, lsn) = plan.origin;
     info!(
         %vol,
         name = record.name,
         epoch = plan.epoch,
         source = plan.source,
-        restored_to = %lsn,
-        of_epoch = e,
         fenced = plan.fenced.len(),
         not_fenced = ?plan.unreachable,
         took_ms = began.elapsed().as_millis() as u64,
-        "standby: took the volume over; this site is its primary now. Every commit the source backup acknowledged is in; later ones are lost"
+        "standby: took the volume over; this site is its primary now. Every commit the source backup acknowledged is in; {}",
+        plan.loss
     );
     Ok(())
 }

@@ -17,6 +17,7 @@ mod cell;
 mod connection;
 mod failover;
 mod faults;
+mod rejoin;
 mod throttle;
 
 use std::fs;
@@ -280,6 +281,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         memory,
     });
     failover::start(daemon.clone()).map_err(ServeError::Signals)?;
+    rejoin::start(daemon.clone()).map_err(ServeError::Signals)?;
     {
         let socket = config.socket.clone();
         let transport = config.goofy.transport.clone();
@@ -308,7 +310,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
                 }
                 // Leave the cell: the lease is revoked, the mount locks go with it at once.
                 if let Some(c) = &cell {
-                    c.session.leave();
+                    c.leave();
                 }
                 std::process::exit(0);
             })

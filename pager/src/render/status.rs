@@ -144,6 +144,8 @@ pub struct ReliableView {
     pub log_lsn: String,
     /// Its backups.
     pub backups: Vec<BackupView>,
+    /// For a restored volume, what its restoration lost (empty otherwise).
+    pub restored: String,
 }
 
 impl ReliableView {
@@ -156,6 +158,7 @@ impl ReliableView {
             fenced: r.fenced.clone(),
             log_lsn: r.log_lsn.to_string(),
             backups: r.backups.iter().map(BackupView::from).collect(),
+            restored: r.restored.clone(),
         }
     }
 }
@@ -411,6 +414,9 @@ impl Status {
                 "reliable volume  {} ({}): epoch {}, log at {}{fenced}",
                 r.name, r.vol, r.epoch, r.log_lsn
             );
+            if !r.restored.is_empty() {
+                let _ = writeln!(out, "  restored {}", r.restored);
+            }
             for b in &r.backups {
                 let _ = writeln!(out, "  {}", backup_line(b));
             }

@@ -47,25 +47,36 @@ pub trait CellCatalog: Send + Sync {
     fn placed(&self, id: clu_proto::ClusterId) -> Result<Option<String>>;
     /// That site, or else the first holding a read copy (what `clu_Where` answers).
     fn where_is(&self, id: clu_proto::ClusterId) -> Result<Option<String>>;
-    /// Whether this site still holds its locks (its lease is alive). Local, no I/O: it is
-    /// asked before every change to a volume.
-    fn holds_locks(&self) -> bool;
+    /// The site's lease now (its membership's generation: a site that lost its lease and
+    /// joined again has another), `None` while it has none. Local, no I/O: it is asked before
+    /// every change to a volume.
+    fn lease(&self) -> Option<u64>;
 }
 
-/// A volume of a cell: refuses changes once the site's mount locks are gone.
+/// A volume of a cell: refuses changes once the lease under which it was mounted (or, for a
+/// volume another site mounts, reached) is gone, even after the site joined the cell again
+/// with a new lease: the locks and placements of the old one went with it, and another site
+/// may hold them now.
 pub struct Fenced {
     inner: Arc<dyn Volume>,
     cell: Arc<dyn CellCatalog>,
+    lease: Option<u64>,
 }
 
 impl Fenced {
-    /// Serves `inner` while `cell` says the lock is held.
+    /// Serves `inner` while `cell`'s lease is the one it has now.
     pub fn new(inner: Arc<dyn Volume>, cell: Arc<dyn CellCatalog>) -> Fenced {
-        Fenced { inner, cell }
+        let lease = cell.lease();
+        Fenced { inner, cell, lease }
+    }
+
+    /// Whether the lease this volume was obtained under is still the site's.
+    pub fn current(&self) -> bool {
+        self.lease.is_some() && self.cell.lease() == self.lease
     }
 
     fn check(&self) -> Result<()> {
-        if self.cell.holds_locks() {
+        if self.current() {
             Ok(())
         } else {
             Err(StorageError::LockLost(self.inner.id()))
@@ -139,5 +150,8 @@ impl Volume for Fenced {
     }
     fn cacheable(&self) -> bool {
         self.inner.cacheable()
+    }
+    fn fenced_out(&self) -> bool {
+        !self.current()
     }
 }

@@ -130,9 +130,10 @@ pub enum StorageError {
         /// The sites, comma-separated.
         sites: String,
     },
-    /// The mount lock of a volume went with this site's lease in the cell's catalog: another
-    /// site may mount the volume now, so this one must not change it.
-    #[error("volume {0} is no longer mounted by this site: its mount lock in the cell's catalog went with the site's lease (the catalog was unreachable for longer than the lease); restart the pager once etcd answers")]
+    /// The lease under which a volume was mounted here, or a cluster of it was placed here,
+    /// is gone (the catalog was unreachable for longer than the lease): another site may hold
+    /// the volume or the cluster now, so this one must not change it.
+    #[error("volume {0} is no longer mounted by this site (or its clusters placed here): the site's lease in the cell's catalog, under which they were, is gone (the catalog was unreachable for longer than the lease); the site joins the cell again by itself once etcd answers and mounts its volumes again, unless another site took them over meanwhile: then unmap the cluster and map it again")]
     LockLost(VolId),
     /// The site that mounts a remote volume refused, or could not be reached.
     #[error("site {site}: {message}")]

@@ -138,4 +138,9 @@ pub trait Volume: Send + Sync {
     fn cacheable(&self) -> bool {
         true
     }
+    /// Whether the lease this volume was mounted under in a cell is gone, so that it refuses
+    /// every change until mounted again ([`Fenced`]). Never for a volume outside a cell.
+    fn fenced_out(&self) -> bool {
+        false
+    }
 }

@@ -100,8 +100,9 @@ pub struct Storage {
     /// Volumes being mounted (a journal's recovery, a reliable volume's first contact with its
     /// backups take a while): mounted without holding `mounted`.
     mounting: Mutex<Vec<VolId>>,
-    /// Volumes other sites of the cell mount, as reached through them (short sections).
-    remote: RwLock<HashMap<VolId, Arc<dyn Volume>>>,
+    /// Volumes other sites of the cell mount, as reached through them (short sections); each
+    /// fenced by the lease under which it was reached, and reached again under a new one.
+    remote: RwLock<HashMap<VolId, Arc<Fenced>>>,
     /// The cell's catalog, when the root is one site of a cell (ids and mount locks).
     cell: Option<Arc<dyn CellCatalog>>,
     _lock: Flock<File>,
@@ -448,6 +449,33 @@ impl Storage {
         result
     }
 
+    /// Mounts again, under the site's lease now, every volume mounted under a lease the site
+    /// lost (in a cell: [`Fenced`]); returns each volume tried with its outcome. A volume that
+    /// another site mounted meanwhile ([`StorageError::MountedElsewhere`]) stays unmounted
+    /// here; it stays in the mount table, as after a restart.
+    pub fn remount_fenced(&self) -> Vec<(VolId, Result<()>)> {
+        let stale: Vec<(VolId, Arc<dyn Volume>)> = read(&self.mounted)
+            .iter()
+            .filter(|(_, v)| v.fenced_out())
+            .map(|(vol, v)| (*vol, v.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (vol, v) in stale {
+            {
+                let mut mounted = write(&self.mounted);
+                match mounted.get(&vol) {
+                    Some(now) if Arc::ptr_eq(now, &v) => mounted.remove(&vol),
+                    _ => continue, // unmounted or mounted again meanwhile
+                };
+            }
+            if let Err(e) = v.unmount() {
+                tracing::warn!(%vol, "closing a volume whose lease is gone: {e}");
+            }
+            out.push((vol, self.mount_one(vol).map(drop)));
+        }
+        out
+    }
+
     /// A volume being mounted is as good as mounted for what needs it unmounted.
     fn refuse_if_mounting(&self, vol: VolId) -> Result<()> {
         if lock(&self.mounting).contains(&vol) {
@@ -541,11 +569,19 @@ impl Storage {
             return local;
         }
         // Mounted by another site of the cell: reached through it (remote paging).
-        if let Some(v) = read(&self.remote).get(&vol) {
+        if let Some(v) = read(&self.remote).get(&vol).filter(|v| v.current()) {
             return Ok(v.clone());
         }
         match cell.remote(vol)? {
-            Some(v) => Ok(write(&self.remote).entry(vol).or_insert(v).clone()),
+            Some(v) => {
+                let v = Arc::new(Fenced::new(v, cell.clone()));
+                let mut remote = write(&self.remote);
+                let kept = remote.entry(vol).or_insert_with(|| v.clone());
+                if !kept.current() {
+                    *kept = v;
+                }
+                Ok(kept.clone())
+            }
             None => local,
         }
     }

@@ -53,6 +53,45 @@ impl Stream {
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.tcp().set_read_timeout(t)
     }
+
+    /// Whether a read would find something (data, or the end of the stream) within
+    /// `timeout`: bytes TLS already decrypted, or bytes on the socket (then a read may still
+    /// wait for the rest of a TLS record, as any read does).
+    pub fn readable_within(&mut self, timeout: Duration) -> io::Result<bool> {
+        let decrypted = match &mut self.0 {
+            Kind::Plain(_) => 0,
+            Kind::Client(s) => s
+                .conn
+                .process_new_packets()
+                .map_err(io::Error::other)?
+                .plaintext_bytes_to_read(),
+            Kind::Server(s) => s
+                .conn
+                .process_new_packets()
+                .map_err(io::Error::other)?
+                .plaintext_bytes_to_read(),
+        };
+        if decrypted > 0 {
+            return Ok(true);
+        }
+        let tcp = self.tcp();
+        let before = tcp.read_timeout()?;
+        tcp.set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
+        let peeked = tcp.peek(&mut [0u8; 1]);
+        tcp.set_read_timeout(before)?;
+        match peeked {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Read for Stream {

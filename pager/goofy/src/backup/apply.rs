@@ -10,19 +10,20 @@ use journal::Lsn;
 use tracing::info;
 
 use super::{BackupError, VolumeImage};
-use crate::position::Position;
+use crate::position::{Heard, Position};
 use crate::wire::{Msg, Run};
 
 /// Applies one message of a primary's session (introduced at `session_epoch`); returns the
-/// position to acknowledge.
+/// position to acknowledge (`None`: a message not answered).
 pub(super) fn handle(
     img: &Mutex<VolumeImage>,
     session_epoch: u64,
     msg: Msg,
-) -> Result<Lsn, BackupError> {
+) -> Result<Option<Lsn>, BackupError> {
     let mut img = lock(img);
     let epoch = match &msg {
         Msg::Op { epoch, .. }
+        | Msg::Written { epoch, .. }
         | Msg::CopyBegin { epoch, .. }
         | Msg::CopyPages { epoch, .. }
         | Msg::CopyEnd { epoch, .. }
@@ -42,10 +43,12 @@ pub(super) fn handle(
             got: epoch,
         });
     }
-    match msg {
+    let answer = match msg {
         Msg::Op {
             lsn,
             end,
+            seq,
+            written,
             clu,
             runs,
             ..
@@ -57,7 +60,10 @@ pub(super) fn handle(
                 ));
             }
             if at.epoch == epoch && end <= at.lsn {
-                return Ok(at.lsn); // sent again after a reconnection
+                if img.state.heard.written.run == written.run {
+                    img.state.heard.hear(written);
+                }
+                return Ok(Some(at.lsn)); // sent again after a reconnection
             }
             if at.epoch == epoch && lsn < at.lsn {
                 return Err(BackupError::Protocol(format!(
@@ -72,12 +78,28 @@ pub(super) fn handle(
                 lsn: end,
                 complete: true,
             };
+            // Ordinals count within one run of the primary's journal: what was heard of
+            // another run, or of another epoch's primary, no longer counts.
+            let mut heard = Heard { seq, written };
+            if at.epoch == epoch && img.state.heard.written.run == written.run {
+                heard.hear(img.state.heard.written);
+            }
             // The pages and the position together, in one sync of the image's journal.
             let batch = Run::batch(&runs).map_err(StorageError::from)?;
             img.volume
-                .clu_commit_noted(id, batch, &position.encode_note())?;
+                .clu_commit_noted(id, batch, &position.encode_note(&heard))?;
             img.state.position = position;
-            Ok(end)
+            img.state.heard = heard;
+            end
+        }
+        Msg::Written { written, .. } => {
+            // Kept in memory: the next operation's note records it; a backup that restarts
+            // before knows less, never more.
+            let state = &mut img.state;
+            if state.position.epoch == epoch && state.heard.written.run == written.run {
+                state.heard.hear(written);
+            }
+            return Ok(None);
         }
         Msg::CopyBegin { clusters, .. } => {
             img.state.position.complete = false;
@@ -89,7 +111,7 @@ pub(super) fn handle(
                 img.volume
                     .clu_ensure(CluId(c.clu), c.npages, c.owner, c.kind)?;
             }
-            Ok(Lsn::default())
+            Lsn::default()
         }
         Msg::CopyPages { clu, runs, .. } => {
             if img.state.position.complete {
@@ -98,7 +120,7 @@ pub(super) fn handle(
                 ));
             }
             img.volume.clu_write(CluId(clu), &Run::page_runs(&runs))?;
-            Ok(Lsn::default())
+            Lsn::default()
         }
         Msg::CopyEnd { position, .. } => {
             if img.state.position.complete {
@@ -111,9 +133,10 @@ pub(super) fn handle(
                 complete: true,
                 ..position
             };
+            img.state.heard = Heard::default();
             img.save_position()?;
             info!(name = %img.state.name, position = ?img.state.position, "full copy received");
-            Ok(position.lsn)
+            position.lsn
         }
         Msg::Destroy { clu, .. } => {
             // Destroyed on the primary: gone here too (told again after a primary's restart,
@@ -125,8 +148,9 @@ pub(super) fn handle(
                 Err(clu_storage::StorageError::NoSuchCluster(_)) => {}
                 Err(e) => return Err(e.into()),
             }
-            Ok(img.state.position.lsn)
+            img.state.position.lsn
         }
         _ => unreachable!("filtered above"),
-    }
+    };
+    Ok(Some(answer))
 }

@@ -33,6 +33,12 @@ fn samples() -> Vec<Msg> {
             epoch: 2,
             lsn: Lsn::new(1, 4096),
             end: Lsn::new(1, 16384),
+            seq: 3,
+            written: Written {
+                run: Lsn::new(1, 4096),
+                end: Lsn::new(1, 32768),
+                ops: 5,
+            },
             clu,
             runs: runs.clone(),
         },
@@ -61,6 +67,14 @@ fn samples() -> Vec<Msg> {
             name: "rel".into(),
             epoch: 4,
             position,
+            heard: Heard {
+                seq: 2,
+                written: Written {
+                    run: Lsn::new(1, 4096),
+                    end: Lsn::new(1, 65536),
+                    ops: 9,
+                },
+            },
             backups: vec!["b:1".into()],
             sync: 0,
             creator: "site-a".into(),
@@ -82,6 +96,14 @@ fn samples() -> Vec<Msg> {
         Msg::Destroy {
             epoch: 5,
             clu: 65535,
+        },
+        Msg::Written {
+            epoch: 5,
+            written: Written {
+                run: Lsn::new(2, 4096),
+                end: Lsn::new(3, 8192),
+                ops: 17,
+            },
         },
     ]
 }
@@ -108,6 +130,8 @@ fn messages_round_trip_through_frames_and_damage_is_refused() {
         epoch: 1,
         lsn: Lsn::default(),
         end: Lsn::new(0, 1),
+        seq: 0,
+        written: Written::default(),
         clu: CluInfo {
             clu: 0,
             npages: 1,
