@@ -6,6 +6,7 @@
 mod admin;
 mod config;
 mod daemon;
+mod manual;
 mod render;
 mod tls_args;
 mod uffd_probe;
@@ -152,6 +153,17 @@ enum Command {
     Keys(KeysCommand),
     /// Checks that this machine's userfaultfd offers what the pager needs.
     Check,
+    /// Writes the man pages (pager.1, pager-serve.1, ...), generated from this help, into DIR.
+    Man {
+        /// Where to write them (created if missing), e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
+    },
+    /// Prints a completion script for SHELL to standard output, e.g.
+    /// `pager completions bash > /etc/bash_completion.d/pager`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -227,12 +239,18 @@ fn init_logging(verbose: u8, serving: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colours only on a terminal: logs written to files and journals stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Started by systemd with its output going to the journal (which stamps every line):
+    // no timestamps of our own.
+    if manual::under_journald() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn admin(socket: &PathBuf, cmd: &AdminCommand) -> Result<String, Box<dyn std::error::Error>> {
@@ -350,6 +368,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .result
                 .map_err(|e| format!("userfaultfd is not usable here: {e}"))?;
         }
+        Command::Man { dir } => {
+            for page in manual::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir)? {
+                println!("wrote {}", page.display());
+            }
+        }
+        Command::Completions { shell } => manual::completions(
+            <Cli as clap::CommandFactory>::command(),
+            shell,
+            &mut std::io::stdout(),
+        )?,
         Command::Admin(cmd) => print!("{}", admin(&cli.socket, &cmd)?),
     }
     Ok(())
