@@ -35,6 +35,8 @@ pub struct ServeConfig {
     /// Page evicted dirty pages to this memory server (`--paging-server HOST:PORT`) instead
     /// of the local paging file.
     pub paging_server: Option<PagingServerConfig>,
+    /// Serve `/metrics` (Prometheus) on this address (`--metrics-listen HOST:PORT`).
+    pub metrics_listen: Option<String>,
 }
 
 /// `--paging-server`: a memory server as the paging partition (thesis K2).

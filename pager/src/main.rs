@@ -120,6 +120,11 @@ enum Command {
         /// their processes (abort still works). Needs the cell's keys (--keys, --site).
         #[arg(long, value_name = "HOST:PORT", value_parser = check_address, requires = "site")]
         paging_server: Option<String>,
+        /// Serve the pager's metrics at http://HOST:PORT/metrics in the Prometheus text format
+        /// (faults and their latencies by kind, commits, evictions, resident and cached pages,
+        /// backups' lag, other sites' round trips).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<String>,
         #[command(flatten)]
         tls: tls_args::TlsArgs,
     },
@@ -289,6 +294,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             lease_ttl,
             remote_timeout,
             paging_server,
+            metrics_listen,
             tls,
         } => daemon::serve(ServeConfig {
             root,
@@ -324,6 +330,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 site: tls.site().unwrap_or_default().to_owned(),
                 timeout: Duration::from_secs(remote_timeout.max(1)),
             }),
+            metrics_listen,
         })?,
         Command::MemoryServer { listen, pages, tls } => {
             let transport = tls.transport()?;

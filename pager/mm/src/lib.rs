@@ -13,6 +13,7 @@
 //! - [`rights`]: who may map a cluster, and how (thesis F2-F8), a pure function.
 
 mod error;
+pub mod histogram;
 pub mod image;
 pub mod manager;
 pub mod page_state;

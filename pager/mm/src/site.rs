@@ -3,6 +3,7 @@
 //! manager builds it and tells it how to reclaim (a narrow trait, so that an image never needs
 //! the manager).
 
+use crate::histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{OnceLock, Weak};
 
@@ -58,6 +59,64 @@ pub struct Stats {
     pub aborts: Counter,
     /// Pages read ahead of faults from access histories.
     pub prefetched: Counter,
+    /// How long faults took to serve (from the pager's reading them to the page's mapping),
+    /// by how they were served (the order of [`Served::ALL`]).
+    pub fault_latency: [Histogram; Served::ALL.len()],
+    /// How long commits took (from the call to the image validated in the journal).
+    pub commit_latency: Histogram,
+    /// Pages per commit.
+    pub commit_pages: CommitPages,
+}
+
+/// How a fault was served, for the latency histograms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// A new page handed out as zeros.
+    Zero = 0,
+    /// Read from the volume's storage on this site.
+    Storage = 1,
+    /// Read back from the paging partition (local or a memory server).
+    Paging = 2,
+    /// The page was resident: mapped only (another process brought it in).
+    Minor = 3,
+    /// A first write to a clean page.
+    WriteProtect = 4,
+    /// Read from another site (a volume mounted there).
+    Remote = 5,
+}
+
+impl Served {
+    /// Every kind, in the order of [`Stats::fault_latency`].
+    pub const ALL: [Served; 6] = [
+        Served::Zero,
+        Served::Storage,
+        Served::Paging,
+        Served::Minor,
+        Served::WriteProtect,
+        Served::Remote,
+    ];
+
+    /// Its name in the metrics' `kind` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Served::Zero => "zero",
+            Served::Storage => "storage",
+            Served::Paging => "paging",
+            Served::Minor => "minor",
+            Served::WriteProtect => "write_protect",
+            Served::Remote => "remote",
+        }
+    }
+}
+
+/// The commit size histogram (pages per commit, [`crate::histogram::PAGES`]).
+#[derive(Debug)]
+pub struct CommitPages(pub Histogram);
+
+impl Default for CommitPages {
+    fn default() -> CommitPages {
+        CommitPages(Histogram::new(crate::histogram::PAGES))
+    }
 }
 
 /// The resident budget: how many pages of cluster memory the site holds at most, over all

@@ -95,7 +95,7 @@ pub(super) fn execute(d: &Daemon, uid: u32, words: &[String]) -> Result<String, 
 }
 
 /// What `pager status` shows, gathered from the manager, the site and the reliable service.
-fn status(d: &Daemon) -> Status {
+pub(crate) fn status(d: &Daemon) -> Status {
     let m = &d.manager;
     let site = m.site();
     let s = &site.stats;

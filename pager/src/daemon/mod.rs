@@ -17,6 +17,7 @@ mod cell;
 mod connection;
 mod failover;
 mod faults;
+mod metrics;
 mod rejoin;
 mod throttle;
 
@@ -52,6 +53,9 @@ pub enum ServeError {
     /// The paging partition.
     #[error(transparent)]
     Paging(#[from] PagingError),
+    /// The metrics address could not be served.
+    #[error("{0}")]
+    Metrics(String),
     /// Another pager answers on the socket.
     #[error("a pager is already listening on {0}; stop it or pass another --socket")]
     SocketInUse(PathBuf),
@@ -282,6 +286,9 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     });
     failover::start(daemon.clone()).map_err(ServeError::Signals)?;
     rejoin::start(daemon.clone()).map_err(ServeError::Signals)?;
+    if let Some(listen) = &config.metrics_listen {
+        metrics::start(daemon.clone(), listen).map_err(ServeError::Metrics)?;
+    }
     {
         let socket = config.socket.clone();
         let transport = config.goofy.transport.clone();

@@ -17,6 +17,7 @@ use super::{io, readahead, sigbus, usage::FaultClass, Image, ImageState, PAGE};
 use crate::error::Refusal;
 use crate::page_state::{step, Action, Event, PageState, Source};
 use crate::regions::UserRegion;
+use crate::site::Served;
 use crate::types::{ConnId, PageNo, UserAddr};
 
 /// The block of resident pages mapped ahead under one hold of the image's lock (`populate`,
@@ -98,8 +99,22 @@ impl Fault {
 impl Image {
     /// Serves a fault (`memory_object_data_request` / `data_unlock`).
     pub fn fault(&self, f: Fault) {
+        let t0 = std::time::Instant::now();
         let mut st = lock(&self.state);
+        st.usage.last = None;
         self.serve(&mut st, f);
+        let class = st.usage.last.take();
+        drop(st);
+        let served = match class {
+            Some(FaultClass::Zero) => Served::Zero,
+            Some(FaultClass::Storage) if !self.vol.cacheable() => Served::Remote,
+            Some(FaultClass::Storage) => Served::Storage,
+            Some(FaultClass::Paging) => Served::Paging,
+            Some(FaultClass::WriteProtect) => Served::WriteProtect,
+            // Resident already: mapped only (or a stale fault, woken).
+            None => Served::Minor,
+        };
+        self.site.stats.fault_latency[served as usize].observe_duration(t0.elapsed());
     }
 
     /// The fault family: one fault's event, its transition and its actions.

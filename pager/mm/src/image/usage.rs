@@ -57,6 +57,8 @@ pub struct Usage {
     modified_count: u64,
     paged_out: u64,
     faults: [u64; 4],
+    /// How the fault being served was served, if it was (read and cleared by `Image::fault`).
+    pub(crate) last: Option<FaultClass>,
 }
 
 impl Usage {
@@ -80,6 +82,7 @@ impl Usage {
     /// A fault of `kind` was served.
     pub fn fault(&mut self, kind: FaultClass) {
         self.faults[kind as usize] += 1;
+        self.last = Some(kind);
     }
 }
 

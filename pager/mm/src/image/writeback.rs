@@ -20,6 +20,7 @@ impl Image {
     /// `clu_Commit`: writes the dirty pages back atomically through the volume's journal.
     /// Returns the number of pages written.
     pub fn commit(&self) -> Result<u64, Refusal> {
+        let t0 = std::time::Instant::now();
         let _serial = lock(&self.commit_lock);
         if self.is_temporary() {
             // Never written to storage unless promoted (thesis G4): the pages stay dirty.
@@ -114,6 +115,11 @@ impl Image {
         written?;
         self.site.stats.commits.inc();
         self.site.stats.committed_pages.add(kept.len() as u64);
+        self.site
+            .stats
+            .commit_latency
+            .observe_duration(t0.elapsed());
+        self.site.stats.commit_pages.0.observe(kept.len() as u64);
         Ok(dirty.len() as u64)
     }
 
