@@ -93,6 +93,19 @@ fn with<T>(
 
 /// `clu_CreateMap`: creates a cluster of `npages` zero pages in volume `vol`, owned by the
 /// calling user, and maps it here.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, region) = api::create_map(1, 4, ClusterKind::Protected)?;
+/// region.write(0, b"hello");
+/// api::commit(id)?; // "hello" is stored, atomically
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn create_map(
     vol: u16,
     npages: u64,
@@ -102,6 +115,25 @@ pub fn create_map(
 }
 
 /// `clu_Map`: maps the whole current cluster; pages load on demand.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind, MapMode};
+/// let (id, region) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// region.write(0, b"kept");
+/// api::commit(id)?;
+/// api::unmap(id)?;
+/// // Later, or in another process: the committed pages come back.
+/// let region = api::map(id, MapMode::ReadOnly)?;
+/// let mut word = [0u8; 4];
+/// region.read(0, &mut word);
+/// assert_eq!(&word, b"kept");
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn map(id: ClusterId, mode: MapMode) -> Result<Region, CluError> {
     let r = with(None, |s| s.map(id, mode));
     if r.is_ok() {
@@ -113,32 +145,113 @@ pub fn map(id: ClusterId, mode: MapMode) -> Result<Region, CluError> {
 }
 
 /// `clu_Unmap`: unmaps the cluster here. The last unmap on the machine writes it back.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, _region) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// api::unmap(id)?; // the pager no longer serves this process's mapping
+/// # Ok(()) }
+/// ```
 pub fn unmap(id: ClusterId) -> Result<(), CluError> {
     with(Some(id), |s| s.unmap(id))
 }
 
 /// `clu_Resize`: adds `add` zero pages to the cluster and maps them here (a new region).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, first) = api::create_map(1, 2, ClusterKind::Protected)?;
+/// let more = api::resize(id, 3)?; // 3 zero pages, mapped as a second region
+/// assert_eq!((first.len(), more.len()), (2 * 4096, 3 * 4096));
+/// more.write(0, b"grown");
+/// api::commit(id)?;
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn resize(id: ClusterId, add: u64) -> Result<Region, CluError> {
     with(Some(id), |s| s.resize(id, add))
 }
 
 /// `clu_Extend`: maps here the pages other processes added; `None` when there are none.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, _region) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// // Nobody else added pages: nothing new to map.
+/// assert!(api::extend(id)?.is_none());
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn extend(id: ClusterId) -> Result<Option<Region>, CluError> {
     with(Some(id), |s| s.extend(id))
 }
 
 /// `clu_Commit`: writes the cluster's modified pages back atomically; returns once validated.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, region) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// region.write_u8(0, 42);
+/// api::commit(id)?; // returns once the page is validated in the journal
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn commit(id: ClusterId) -> Result<(), CluError> {
     with(Some(id), |s| s.commit(id))
 }
 
 /// `clu_Abort`: discards every modification since the last commit.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, region) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// region.write_u8(0, 1);
+/// api::commit(id)?;
+/// region.write_u8(0, 2);
+/// api::abort(id)?; // back to the last commit
+/// assert_eq!(region.read_u8(0), 1);
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn abort(id: ClusterId) -> Result<(), CluError> {
     with(Some(id), |s| s.abort(id))
 }
 
 /// The regions of a cluster mapped here, in the order they were mapped (also when the pager
 /// was lost since: the memory stays mapped until the process ends).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, _first) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// api::resize(id, 1)?;
+/// assert_eq!(api::regions(id)?.len(), 2);
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn regions(id: ClusterId) -> Result<Vec<Region>, CluError> {
     {
         let mut guard = lock(&SHIM);
@@ -152,21 +265,72 @@ pub fn regions(id: ClusterId) -> Result<Vec<Region>, CluError> {
 }
 
 /// `clu_Grant`: the owner lets `uid` map the cluster, read-write or read-only.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind, MapMode};
+/// let (id, _region) = api::create_map(1, 1, ClusterKind::Shareable)?;
+/// api::grant(id, 65534, MapMode::ReadOnly)?; // user nobody may now map it read-only
+/// api::revoke(id, 65534)?;
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn grant(id: ClusterId, uid: u32, mode: MapMode) -> Result<(), CluError> {
     with(None, |s| s.simple(&Request::Grant { id, uid, mode }))
 }
 
 /// `clu_Revoke`: the owner withdraws `uid`'s grant.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind, MapMode};
+/// let (id, _region) = api::create_map(1, 1, ClusterKind::Shareable)?;
+/// api::grant(id, 65534, MapMode::ReadWrite)?;
+/// api::revoke(id, 65534)?; // nobody's next map is refused
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn revoke(id: ClusterId, uid: u32) -> Result<(), CluError> {
     with(None, |s| s.simple(&Request::Revoke { id, uid }))
 }
 
 /// `clu_Promote`: makes a temporary cluster persistent now and commits its current image.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, region) = api::create_map(1, 1, ClusterKind::Temporary)?;
+/// region.write(0, b"scratch that became data");
+/// api::promote(id)?; // persistent from now on, its current image committed
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn promote(id: ClusterId) -> Result<(), CluError> {
     with(None, |s| s.simple(&Request::Promote { id }))
 }
 
 /// `clu_Owner`: the uid that owns the cluster (where to ask for a grant after a refusal).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, _region) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// assert_eq!(api::owner(id)?, nix::unistd::getuid().as_raw());
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn owner(id: ClusterId) -> Result<u32, CluError> {
     with(None, |s| s.owner(id))
 }
@@ -176,12 +340,36 @@ pub fn owner(id: ClusterId) -> Result<u32, CluError> {
 /// run there (the thesis's *extension*).
 ///
 /// [`ErrorCode::Remote`]: clu_proto::ErrorCode::Remote
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// let (id, _region) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// // A pager on its own is no cell: no site to name.
+/// println!("held at {:?}", api::where_is(id)?);
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 pub fn where_is(id: ClusterId) -> Result<String, CluError> {
     with(None, |s| s.where_is(id))
 }
 
 /// Sends an administration command (`["status"]`, `["vol", "list"]`, ...) to the pager and
 /// returns its text answer.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::api;
+/// let status = api::admin(vec!["status".into()])?;
+/// assert!(status.contains("resident"));
+/// # Ok(()) }
+/// ```
 pub fn admin(words: Vec<String>) -> Result<String, CluError> {
     with(None, |s| s.admin(words))
 }

@@ -15,6 +15,26 @@ use crate::PAGE_SIZE;
 /// is always memory-safe). `clu_Unmap` revokes it: from then on an access raises SIGSEGV, as
 /// after `munmap`. [`Region::as_ptr`] is for callers that manage the memory themselves, as C
 /// programs do; that pointer is valid until the cluster is unmapped.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind, PAGE_SIZE};
+/// let (id, region) = api::create_map(1, 2, ClusterKind::Protected)?;
+/// assert_eq!((region.first_page, region.npages, region.len()), (0, 2, 2 * PAGE_SIZE));
+/// region.write(PAGE_SIZE, b"second page");
+/// let mut back = [0u8; 11];
+/// region.read(PAGE_SIZE, &mut back);
+/// assert_eq!(&back, b"second page");
+/// region.write_u8(0, 7);
+/// assert_eq!(region.read_u8(0), 7);
+/// assert_eq!(region.offset_of(PAGE_SIZE as u64), Some(PAGE_SIZE));
+/// api::commit(id)?;
+/// api::unmap(id)?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Region {
     /// The cluster page it starts at.
