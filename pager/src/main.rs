@@ -137,6 +137,10 @@ enum Command {
         /// The address to listen on, HOST:PORT.
         #[arg(long, value_name = "HOST:PORT")]
         listen: String,
+        /// Serve its metrics at http://HOST:PORT/metrics in the Prometheus text format
+        /// (images, sessions, operations applied, refusals).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<String>,
         #[command(flatten)]
         tls: tls_args::TlsArgs,
     },
@@ -343,7 +347,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!(listen = %listener.local_addr()?, pages, "memory server ready");
             clu_remote::memory::serve(listener, transport, me, pages);
         }
-        Command::BackupServer { root, listen, tls } => {
+        Command::BackupServer {
+            root,
+            listen,
+            metrics_listen,
+            tls,
+        } => {
             let transport = tls.transport()?;
             transport.check()?;
             let server = clu_goofy::backup::BackupServer::open(&root)?;
@@ -352,7 +361,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             transport.check_listen(&listener.local_addr()?)?;
             daemon::reload_on_sighup(transport.clone())?;
             tracing::info!(root = %root.display(), listen = %listener.local_addr()?, "backup server ready");
-            std::sync::Arc::new(server).serve(listener, transport)?;
+            let server = std::sync::Arc::new(server);
+            if let Some(m) = &metrics_listen {
+                daemon::start_backup_metrics(server.clone(), m)?;
+            }
+            server.serve(listener, transport)?;
         }
         Command::Keys(KeysCommand::Init { dir, days }) => {
             let (crt, key) = clu_transport::keys::init(&dir, days)?;

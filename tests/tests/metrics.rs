@@ -144,3 +144,37 @@ fn a_metrics_address_in_use_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot serve metrics on"), "{err}");
 }
+
+#[test]
+fn a_backup_server_serves_its_metrics_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, metrics) = (free_addr(), free_addr());
+    let site = "backup-metrics";
+    let mut backup = std::process::Command::new(clu_tests::harness::pager_bin())
+        .args(["backup-server", "--root"])
+        .arg(dir.path().join("backup"))
+        .args(["--listen", &addr, "--metrics-listen", &metrics, "--keys"])
+        .arg(clu_tests::harness::cell_keys(site))
+        .args(["--site", site])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start a backup server");
+    clu_tests::harness::wait_listening(&addr);
+    clu_tests::harness::wait_listening(&metrics);
+    let before = scrape(&metrics);
+    assert_eq!(get(&before, "clu_backup_server_operations_total"), 0.0);
+    let pager = Pager::start(&dir.path().join("root"), 4096);
+    pager.admin(&["vol", "create", "rel", "--backup", &addr, "--sync", "1"]);
+    let mut t = Tool::start(&pager);
+    let id = id_of(&t.ok("create 8 protected 2"));
+    t.ok(&format!("fill {id} 3"));
+    t.ok(&format!("commit {id}"));
+    let after = scrape(&metrics);
+    assert!(get(&after, "clu_backup_server_operations_total") >= 1.0);
+    assert!(get(&after, "clu_backup_server_page_bytes_total") >= 8.0 * 4096.0);
+    assert_eq!(get(&after, "clu_backup_server_images"), 1.0);
+    assert_eq!(get(&after, "clu_backup_server_sessions"), 1.0);
+    assert_eq!(get(&after, "clu_backup_server_refused_total"), 0.0);
+    let _ = backup.kill();
+    let _ = backup.wait();
+}

@@ -20,6 +20,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clu_proto::VolId;
@@ -125,7 +126,31 @@ pub struct BackupServer {
     /// The images opened, by volume uid: each slot is filled once, under its own lock, so that
     /// opening one image (creating or mounting a volume) holds up no other.
     images: Mutex<HashMap<u64, Arc<ImageSlot>>>,
+    /// What it did since it started, for `/metrics`.
+    stats: BackupStats,
     _lock: Flock<File>,
+}
+
+/// A backup server's figures since it started (atomics: read by `/metrics` without a lock).
+#[derive(Debug, Default)]
+pub struct BackupStats {
+    /// Primaries' sessions open now.
+    pub sessions: AtomicU64,
+    /// Operations applied (each stored with its position in one journal sync).
+    pub operations: AtomicU64,
+    /// Bytes of pages those operations carried.
+    pub page_bytes: AtomicU64,
+    /// Requests refused (stale epochs, damaged messages, failures).
+    pub refused: AtomicU64,
+}
+
+/// Decrements the live sessions when a session ends, however it ends.
+struct Live<'a>(&'a AtomicU64);
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a request is refused.
@@ -171,8 +196,19 @@ impl BackupServer {
         Ok(BackupServer {
             root: root.to_owned(),
             images: Mutex::new(HashMap::new()),
+            stats: BackupStats::default(),
             _lock: lock,
         })
+    }
+
+    /// Its figures since it started.
+    pub fn stats(&self) -> &BackupStats {
+        &self.stats
+    }
+
+    /// How many volumes' images it has opened.
+    pub fn images_open(&self) -> usize {
+        lock(&self.images).len()
     }
 
     /// Where volume `uid`'s image lives.
@@ -427,6 +463,8 @@ impl BackupServer {
         session_epoch: u64,
         conn: &mut Conn,
     ) -> Result<(), WireError> {
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let _live = Live(&self.stats.sessions);
         loop {
             let msg = match wire::recv(conn) {
                 Ok(m) => m,
@@ -440,11 +478,24 @@ impl BackupServer {
                 }
             };
             let kind = msg.kind();
+            let bytes: usize = match &msg {
+                Msg::Op { runs, .. } => runs.iter().map(|r| r.pages.len()).sum(),
+                _ => 0,
+            };
             let answer = match handle(img, session_epoch, msg) {
-                Ok(Some(lsn)) => Msg::Ack { lsn },
+                Ok(Some(lsn)) => {
+                    if kind == "Op" {
+                        self.stats.operations.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .page_bytes
+                            .fetch_add(bytes as u64, Ordering::Relaxed);
+                    }
+                    Msg::Ack { lsn }
+                }
                 Ok(None) => continue,
                 Err(err) => {
                     warn!("refused a {kind}: {err}");
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     refusal(&err)
                 }
             };

@@ -20,11 +20,23 @@ use super::Daemon;
 
 /// Starts the `metrics` thread on `listen`; an error if the address cannot be bound.
 pub(crate) fn start(d: Arc<Daemon>, listen: &str) -> Result<(), String> {
+    start_collector(Box::new(Scrape(d)), listen)
+}
+
+/// The same for `pager backup-server --metrics-listen`.
+pub(crate) fn start_backup(
+    b: Arc<clu_goofy::backup::BackupServer>,
+    listen: &str,
+) -> Result<(), String> {
+    start_collector(Box::new(BackupScrape(b)), listen)
+}
+
+fn start_collector(collector: Box<dyn Collector>, listen: &str) -> Result<(), String> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| format!("cannot serve metrics on {listen}: {e}; pick a free HOST:PORT"))?;
     info!(listen, "metrics at http://{listen}/metrics");
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape(d)));
+    registry.register_collector(collector);
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || serve(&server, &registry))
@@ -305,5 +317,51 @@ impl Collector for Scrape {
             }
         }
         Ok(())
+    }
+}
+
+/// The backup server's collector.
+struct BackupScrape(Arc<clu_goofy::backup::BackupServer>);
+
+impl std::fmt::Debug for BackupScrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupScrape")
+    }
+}
+
+impl Collector for BackupScrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> Fmt {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.0.stats();
+        gauge(
+            &mut e,
+            "clu_backup_server_images",
+            "Reliable volumes whose images this backup server has opened",
+            self.0.images_open() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "clu_backup_server_sessions",
+            "Primaries' sessions open now",
+            gauge_i(s.sessions.load(Relaxed)),
+        )?;
+        counter(
+            &mut e,
+            "clu_backup_server_operations",
+            "Operations applied (each stored with its position in one journal sync)",
+            s.operations.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "clu_backup_server_page_bytes",
+            "Bytes of pages the operations applied carried",
+            s.page_bytes.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "clu_backup_server_refused",
+            "Requests refused (stale epochs, damaged messages, failures)",
+            s.refused.load(Relaxed),
+        )
     }
 }

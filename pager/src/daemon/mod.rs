@@ -171,6 +171,14 @@ fn purge_temporary(storage: &Storage) {
     }
 }
 
+/// Serves a backup server's metrics (`pager backup-server --metrics-listen`).
+pub fn start_backup_metrics(
+    server: Arc<clu_goofy::backup::BackupServer>,
+    listen: &str,
+) -> Result<(), String> {
+    metrics::start_backup(server, listen)
+}
+
 /// Rereads `transport`'s keys at every SIGHUP, in a thread of its own (for `pager
 /// backup-server`; `pager serve` does it in its signal thread).
 pub fn reload_on_sighup(transport: clu_transport::Transport) -> Result<(), ServeError> {
