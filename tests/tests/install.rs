@@ -94,6 +94,24 @@ fn install_puts_binary_library_header_pkg_config_man_pages_completions_and_units
         );
         assert!(text.contains("ProtectSystem=strict"), "{unit}");
     }
+    // systemd reads them without a complaint (their keys, their ExecStart, their
+    // Documentation= pages, found in the installed man pages).
+    let unit_dir = prefix.join("lib/systemd/system");
+    let instance = dir.path().join("clu-backup@b1.service");
+    std::fs::copy(unit_dir.join("clu-backup@.service"), &instance).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit_dir.join("clu-pager.service"))
+        .arg(&instance)
+        .env("MANPATH", prefix.join("share/man"))
+        .output()
+        .expect("systemd-analyze (scripts/setup installs systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
     // The installed binary answers.
     let help = run_ok(Command::new(&bin).arg("--help"));
     assert!(help.contains("completions"), "{help}");
