@@ -14,10 +14,6 @@ use std::fs;
 pub struct Probe {
     /// Effective uid of the probing process.
     pub euid: u32,
-    /// `vm.unprivileged_userfaultfd`, if readable.
-    pub unprivileged_sysctl: Option<String>,
-    /// Whether `/dev/userfaultfd` exists.
-    pub dev_userfaultfd: bool,
     /// Whether only user-mode faults could be had (what unprivileged clients fall back to).
     pub user_mode_only: bool,
     /// `Ok` if a userfaultfd with every feature a client needs was created, or why not.
@@ -136,8 +132,6 @@ pub fn probe() -> Probe {
     let dev = fs::metadata("/dev/userfaultfd").is_ok();
     Probe {
         euid,
-        unprivileged_sysctl: sysctl.clone(),
-        dev_userfaultfd: dev,
         user_mode_only: *result.as_ref().unwrap_or(&false),
         result: result.map(drop),
         found: Found {
@@ -191,16 +185,12 @@ impl fmt::Display for Probe {
         writeln!(
             f,
             "vm.unprivileged_userfaultfd: {}",
-            self.unprivileged_sysctl.as_deref().unwrap_or("unreadable")
+            self.found.sysctl.as_deref().unwrap_or("unreadable")
         )?;
         writeln!(
             f,
             "/dev/userfaultfd:           {}",
-            if self.dev_userfaultfd {
-                "present"
-            } else {
-                "absent"
-            }
+            if self.found.dev { "present" } else { "absent" }
         )?;
         writeln!(f, "user-mode faults only:      {}", self.user_mode_only)?;
         if self.user_mode_only {

@@ -33,9 +33,10 @@ pub struct Heard {
 }
 
 impl Heard {
-    /// What a later word of the primary adds: its log's end only grows.
+    /// What a later word of the same run of the primary's journal adds (its log's end only
+    /// grows); a word of another run is not comparable with `seq` and is ignored.
     pub fn hear(&mut self, w: Written) {
-        if (w.end, w.ops) > (self.written.end, self.written.ops) {
+        if w.run == self.written.run && (w.end, w.ops) > (self.written.end, self.written.ops) {
             self.written = w;
         }
     }
@@ -166,11 +167,20 @@ mod tests {
             end: Lsn::new(1, end),
             ops,
         };
-        let mut h = Heard::default();
+        let mut h = Heard {
+            seq: 1,
+            written: w(4096, 1),
+        };
         h.hear(w(8192, 4));
         h.hear(w(4096, 3));
         assert_eq!(h.written, w(8192, 4));
         h.hear(w(12288, 9));
+        assert_eq!(h.written, w(12288, 9));
+        // Another run's ordinals count from another start: not heard.
+        h.hear(Written {
+            run: Lsn::new(5, 4096),
+            ..w(99999, 20)
+        });
         assert_eq!(h.written, w(12288, 9));
     }
 }

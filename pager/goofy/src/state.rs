@@ -95,12 +95,7 @@ impl State {
                 ("name", v) => name = Some(v.to_string()),
                 ("epoch", v) => epoch = Some(v.parse().ok()?),
                 ("position", v) => {
-                    let n: Vec<u64> = v
-                        .split(' ')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()
-                        .ok()?;
-                    let [e, f, o, c @ (0 | 1)] = n[..] else {
+                    let [e, f, o, c @ (0 | 1)] = numbers(v)?[..] else {
                         return None;
                     };
                     position = Some(Position {
@@ -110,12 +105,7 @@ impl State {
                     });
                 }
                 ("heard", v) => {
-                    let n: Vec<u64> = v
-                        .split(' ')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()
-                        .ok()?;
-                    let [seq, rf, ro, ef, eo, ops] = n[..] else {
+                    let [seq, rf, ro, ef, eo, ops] = numbers(v)?[..] else {
                         return None;
                     };
                     heard = Heard {
@@ -146,6 +136,11 @@ impl State {
             writer,
         })
     }
+}
+
+/// The numbers of a line's value, separated by single spaces.
+fn numbers(v: &str) -> Option<Vec<u64>> {
+    v.split(' ').map(|n| n.parse().ok()).collect()
 }
 
 /// The size of a slot; the file is two slots.

@@ -17,7 +17,6 @@
 //! No lock is held across any of it (the calls to etcd and to the backups block this thread
 //! only).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clu_cell::failover::{Seen, Standby, TakeOver};
@@ -35,18 +34,8 @@ pub const LOOK: Duration = Duration::from_millis(100);
 /// How long after a failed takeover a standby tries again.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Starts the standby thread (a site in a cell only).
-pub(crate) fn start(d: Arc<Daemon>) -> std::io::Result<()> {
-    let Some(site) = d.cell.clone() else {
-        return Ok(());
-    };
-    std::thread::Builder::new()
-        .name("failover".into())
-        .spawn(move || watch(&d, &site))?;
-    Ok(())
-}
-
-fn watch(d: &Daemon, site: &CellSite) {
+/// The standby thread's body (started by `daemon::spawn_in_cell`).
+pub(crate) fn watch(d: &Daemon, site: &CellSite) {
     let me = site.session().site().to_owned();
     let mut standby = Standby::new(&me, RETRY);
     let start = Instant::now();

@@ -17,6 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tracing::{info, warn};
 
 use super::Daemon;
+use crate::render::status::{BackupView, ReliableView};
 
 /// Starts the `metrics` thread on `listen`; an error if the address cannot be bound.
 pub(crate) fn start(d: Arc<Daemon>, listen: &str) -> Result<(), String> {
@@ -110,6 +111,28 @@ fn counters(
 
 fn histogram(m: &mut prometheus_client::encoding::MetricEncoder, s: &Snapshot) -> Fmt {
     m.encode_histogram::<NoLabelSet>(s.sum, s.count, &s.buckets, None)
+}
+
+/// A gauge family with one series per backup of each reliable volume.
+fn per_backup<V>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: &Unit,
+    volumes: &[ReliableView],
+    value: impl Fn(&BackupView) -> V,
+) -> Fmt
+where
+    ConstGauge<V>: EncodeMetric,
+{
+    let mut m = e.encode_descriptor(name, help, Some(unit), MetricType::Gauge)?;
+    for v in volumes {
+        for b in &v.backups {
+            let labels = [("volume", v.name.as_str()), ("backup", b.addr.as_str())];
+            ConstGauge::new(value(b)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 fn gauge_i(v: u64) -> i64 {
@@ -251,35 +274,22 @@ impl Collector for Scrape {
             s.connections.total,
         )?;
         // Reliable volumes: one series per backup.
-        {
-            let mut m = e.encode_descriptor(
-                "clu_backup_behind",
-                "Bytes of a reliable volume's log a backup has not acknowledged",
-                Some(&Unit::Bytes),
-                MetricType::Gauge,
-            )?;
-            for v in &s.reliable_volumes {
-                for b in &v.backups {
-                    let labels = [("volume", v.name.as_str()), ("backup", b.addr.as_str())];
-                    ConstGauge::new(gauge_i(b.behind_bytes)).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
-        {
-            let mut m = e.encode_descriptor(
-                "clu_backup_lag",
-                "Median propagation lag of a backup's latest operations (commit to acknowledgement)",
-                Some(&Unit::Seconds),
-                MetricType::Gauge,
-            )?;
-            for v in &s.reliable_volumes {
-                for b in &v.backups {
-                    let labels = [("volume", v.name.as_str()), ("backup", b.addr.as_str())];
-                    let lag = b.lag_median_ms.unwrap_or(0.0) / 1e3;
-                    ConstGauge::new(lag).encode(m.encode_family(&labels)?)?;
-                }
-            }
-        }
+        per_backup(
+            &mut e,
+            "clu_backup_behind",
+            "Bytes of a reliable volume's log a backup has not acknowledged",
+            &Unit::Bytes,
+            &s.reliable_volumes,
+            |b| gauge_i(b.behind_bytes),
+        )?;
+        per_backup(
+            &mut e,
+            "clu_backup_lag",
+            "Median propagation lag of a backup's latest operations (commit to acknowledgement)",
+            &Unit::Seconds,
+            &s.reliable_volumes,
+            |b| b.lag_median_ms.unwrap_or(0.0) / 1e3,
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "clu_backup_state",

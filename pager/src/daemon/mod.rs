@@ -171,6 +171,18 @@ fn purge_temporary(storage: &Storage) {
     }
 }
 
+/// Starts thread `name` running `body` for the life of the daemon, if the site is in a cell.
+fn spawn_in_cell(d: &Arc<Daemon>, name: &str, body: fn(&Daemon, &CellSite)) -> std::io::Result<()> {
+    let Some(site) = d.cell.clone() else {
+        return Ok(());
+    };
+    let d = d.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || body(&d, &site))?;
+    Ok(())
+}
+
 /// Serves a backup server's metrics (`pager backup-server --metrics-listen`).
 pub fn start_backup_metrics(
     server: Arc<clu_goofy::backup::BackupServer>,
@@ -292,8 +304,8 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         cell: cell.clone(),
         memory,
     });
-    failover::start(daemon.clone()).map_err(ServeError::Signals)?;
-    rejoin::start(daemon.clone()).map_err(ServeError::Signals)?;
+    spawn_in_cell(&daemon, "failover", failover::watch).map_err(ServeError::Signals)?;
+    spawn_in_cell(&daemon, "rejoin", rejoin::watch).map_err(ServeError::Signals)?;
     if let Some(listen) = &config.metrics_listen {
         metrics::start(daemon.clone(), listen).map_err(ServeError::Metrics)?;
     }

@@ -5,7 +5,6 @@
 //! change (self-fencing, `clu_storage::Fenced`); clusters mapped under the old lease keep
 //! refusing commits and must be mapped again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use clu_storage::StorageError;
@@ -17,18 +16,8 @@ use super::Daemon;
 /// How often the thread looks at the lease (a local check, no call to etcd).
 const LOOK: Duration = Duration::from_millis(200);
 
-/// Starts the thread, if the site is in a cell.
-pub(crate) fn start(d: Arc<Daemon>) -> std::io::Result<()> {
-    let Some(site) = d.cell.clone() else {
-        return Ok(());
-    };
-    std::thread::Builder::new()
-        .name("rejoin".into())
-        .spawn(move || watch(&d, &site))?;
-    Ok(())
-}
-
-fn watch(d: &Daemon, site: &CellSite) {
+/// The thread's body (started by `daemon::spawn_in_cell`).
+pub(crate) fn watch(d: &Daemon, site: &CellSite) {
     let mut last_error = String::new();
     loop {
         std::thread::sleep(LOOK);

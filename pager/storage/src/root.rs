@@ -575,12 +575,8 @@ impl Storage {
         match cell.remote(vol)? {
             Some(v) => {
                 let v = Arc::new(Fenced::new(v, cell.clone()));
-                let mut remote = write(&self.remote);
-                let kept = remote.entry(vol).or_insert_with(|| v.clone());
-                if !kept.current() {
-                    *kept = v;
-                }
-                Ok(kept.clone())
+                write(&self.remote).insert(vol, v.clone());
+                Ok(v)
             }
             None => local,
         }

@@ -60,9 +60,7 @@ pub(super) fn handle(
                 ));
             }
             if at.epoch == epoch && end <= at.lsn {
-                if img.state.heard.written.run == written.run {
-                    img.state.heard.hear(written);
-                }
+                img.state.heard.hear(written);
                 return Ok(Some(at.lsn)); // sent again after a reconnection
             }
             if at.epoch == epoch && lsn < at.lsn {
@@ -81,7 +79,7 @@ pub(super) fn handle(
             // Ordinals count within one run of the primary's journal: what was heard of
             // another run, or of another epoch's primary, no longer counts.
             let mut heard = Heard { seq, written };
-            if at.epoch == epoch && img.state.heard.written.run == written.run {
+            if at.epoch == epoch {
                 heard.hear(img.state.heard.written);
             }
             // The pages and the position together, in one sync of the image's journal.
@@ -95,9 +93,8 @@ pub(super) fn handle(
         Msg::Written { written, .. } => {
             // Kept in memory: the next operation's note records it; a backup that restarts
             // before knows less, never more.
-            let state = &mut img.state;
-            if state.position.epoch == epoch && state.heard.written.run == written.run {
-                state.heard.hear(written);
+            if img.state.position.epoch == epoch {
+                img.state.heard.hear(written);
             }
             return Ok(None);
         }
