@@ -9,10 +9,11 @@ mod daemon;
 mod manual;
 mod render;
 mod tls_args;
+mod top;
 mod uffd_probe;
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -162,6 +163,14 @@ enum Command {
     Keys(KeysCommand),
     /// Checks that this machine's userfaultfd offers what the pager needs.
     Check,
+    /// A live view of the running pager, refreshed every --interval: per cluster faults/s by
+    /// kind, resident, dirty and cached pages, mappers; per volume commits/s and backup lag;
+    /// the fault latency histogram as a sparkline. q quits.
+    Top {
+        /// Seconds between readings.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS", value_parser = interval)]
+        interval: f64,
+    },
     /// Writes the man pages (pager.1, pager-serve.1, ...), generated from this help, into DIR.
     Man {
         /// Where to write them (created if missing), e.g. /usr/local/share/man/man1.
@@ -212,6 +221,8 @@ enum ArgError {
     Group(String),
     #[error("`{0}` is not HOST:PORT, like 10.0.0.1:7300")]
     Address(String),
+    #[error("`{0}` is not a number of seconds between 0.05 and 3600, like 1 or 0.5")]
+    Interval(String),
 }
 
 /// A `HOST:PORT` that names a port.
@@ -220,6 +231,13 @@ fn check_address(s: &str) -> Result<String, ArgError> {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
         _ => Err(ArgError::Address(s.to_owned())),
     }
+}
+
+fn interval(s: &str) -> Result<f64, ArgError> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|x| (0.05..=3600.0).contains(x))
+        .ok_or_else(|| ArgError::Interval(s.to_string()))
 }
 
 fn octal(s: &str) -> Result<u32, ArgError> {
@@ -262,7 +280,7 @@ fn init_logging(verbose: u8, serving: bool) {
     }
 }
 
-fn admin(socket: &PathBuf, cmd: &AdminCommand) -> Result<String, Box<dyn std::error::Error>> {
+fn admin(socket: &Path, cmd: &AdminCommand) -> Result<String, Box<dyn std::error::Error>> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "no pager answers on {} ({e}); start one with `pager serve`, or pass --socket",
@@ -398,6 +416,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             shell,
             &mut std::io::stdout(),
         )?,
+        Command::Top { interval } => top::run(&cli.socket, Duration::from_secs_f64(interval))?,
         Command::Admin(cmd) => print!("{}", admin(&cli.socket, &cmd)?),
     }
     Ok(())

@@ -94,6 +94,12 @@ fn install_puts_binary_library_header_pkg_config_man_pages_completions_and_units
         );
         assert!(text.contains("ProtectSystem=strict"), "{unit}");
     }
+    let socket_unit =
+        std::fs::read_to_string(prefix.join("lib/systemd/system/clu-pager.socket")).unwrap();
+    assert!(
+        socket_unit.contains("ListenStream=/run/clu/pager.sock"),
+        "the socket unit listens where the service's --socket says:\n{socket_unit}"
+    );
     // systemd reads them without a complaint (their keys, their ExecStart, their
     // Documentation= pages, found in the installed man pages).
     let unit_dir = prefix.join("lib/systemd/system");
@@ -102,6 +108,7 @@ fn install_puts_binary_library_header_pkg_config_man_pages_completions_and_units
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(unit_dir.join("clu-pager.service"))
+        .arg(unit_dir.join("clu-pager.socket"))
         .arg(&instance)
         .env("MANPATH", prefix.join("share/man"))
         .output()

@@ -29,5 +29,5 @@ pub use error::Refusal;
 pub use image::{sigbus, Fault, Image, ImageView};
 pub use manager::{CacheScope, Manager, MapReply, MAX_CLUSTER_PAGES};
 pub use regions::{RegionError, RegionSet, UserRegion};
-pub use site::{Site, Stats};
+pub use site::{Served, Site, Stats};
 pub use types::{ConnId, PageNo, UserAddr};

@@ -168,6 +168,18 @@ pub(crate) fn status(d: &Daemon) -> Status {
             pages: c(&s.committed_pages),
             aborts: c(&s.aborts),
         },
+        fault_latency: render::status::LatencyView::sum(&s.fault_latency),
+        volumes: m
+            .storage()
+            .volumes()
+            .into_iter()
+            .map(|v| render::status::VolumeView {
+                vol: v.entry.vol.to_string(),
+                name: v.entry.name,
+                service: v.entry.service.to_string(),
+                mounted: v.mounted.is_some(),
+            })
+            .collect(),
         reliable_volumes: {
             let names: std::collections::HashMap<_, _> = m
                 .storage()

@@ -68,6 +68,9 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    /// The socket systemd passed could not be taken.
+    #[error("the socket passed by systemd (LISTEN_FDS) is not a listening Unix socket: {0}; give the socket unit a ListenStream= path")]
+    Inherited(#[source] io::Error),
     /// Signal setup.
     #[error("signals: {0}")]
     Signals(#[source] io::Error),
@@ -149,6 +152,20 @@ fn bind(
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777)).map_err(err)?;
     Ok(listener)
+}
+
+/// The listening socket systemd passed (socket activation: `clu-pager.socket`, or
+/// `systemd-socket-activate`), if it passed one.
+fn inherited() -> Result<Option<UnixListener>, ServeError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    match fds.take_unix_listener(0) {
+        Ok(Some(l)) => Ok(Some(l)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(ServeError::Inherited(e)),
+    }
 }
 
 /// Temporary clusters do not outlive the pager that held them (thesis G1-G4): at start, every
@@ -286,7 +303,24 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
             None,
         ),
     };
-    let listener = bind(&config.socket, config.socket_mode, config.socket_group)?;
+    // Socket activation: systemd made the socket (its path, owner and mode are the socket
+    // unit's) and keeps it across restarts; otherwise the pager makes it.
+    let (listener, socket, activated) = match inherited()? {
+        Some(l) => {
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                .unwrap_or_else(|| config.socket.clone());
+            info!(socket = %path.display(), "listening on the socket systemd passed");
+            (l, path, true)
+        }
+        None => (
+            bind(&config.socket, config.socket_mode, config.socket_group)?,
+            config.socket.clone(),
+            false,
+        ),
+    };
     let site = Site::new(config.resident_pages, paging);
     let site = Arc::new(if config.cache_images {
         site
@@ -296,7 +330,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let daemon = Arc::new(Daemon {
         manager: Manager::new(storage.clone(), site),
         ssf,
-        socket: config.socket.clone(),
+        socket: socket.clone(),
         spin: config.spin,
         started: Instant::now(),
         connections: Counter::default(),
@@ -310,7 +344,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         metrics::start(daemon.clone(), listen).map_err(ServeError::Metrics)?;
     }
     {
-        let socket = config.socket.clone();
+        let socket = socket.clone();
         let transport = config.goofy.transport.clone();
         std::thread::Builder::new()
             .name("signals".into())
@@ -327,7 +361,11 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
                     }
                 };
                 info!("{sig:?}: stopping; mapped clusters lose their uncommitted changes");
-                let _ = fs::remove_file(&socket);
+                // An inherited socket is systemd's: it keeps it (and queues connections) while
+                // the pager is down.
+                if !activated {
+                    let _ = fs::remove_file(&socket);
+                }
                 for v in storage.volumes() {
                     if let Ok(vol) = storage.mounted_here(v.entry.vol) {
                         if let Err(e) = vol.checkpoint() {
@@ -344,7 +382,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
             .map_err(ServeError::Signals)?;
     }
     info!(
-        socket = %config.socket.display(),
+        socket = %socket.display(),
         root = %config.root.display(),
         resident_pages = config.resident_pages,
         "pager ready"

@@ -233,6 +233,41 @@ pub struct ClusterView {
     pub paged_out: u64,
     /// Processes mapping it.
     pub mappers: usize,
+    /// Faults served since the image came to this site, by how they were served.
+    pub faults: ServedFaults,
+    /// Commits validated since the image came to this site.
+    pub commits: u64,
+}
+
+/// Faults by how they were served (`clu_mm::Served`): the kinds of the latency histograms.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServedFaults {
+    /// New pages handed out as zeros.
+    pub zero: u64,
+    /// Read from this site's storage.
+    pub storage: u64,
+    /// Read back from the paging partition.
+    pub paging: u64,
+    /// Resident already: mapped only.
+    pub minor: u64,
+    /// First writes to clean pages.
+    pub write_protect: u64,
+    /// Read from another site.
+    pub remote: u64,
+}
+
+impl From<[u64; clu_mm::Served::ALL.len()]> for ServedFaults {
+    fn from(f: [u64; clu_mm::Served::ALL.len()]) -> ServedFaults {
+        use clu_mm::Served;
+        ServedFaults {
+            zero: f[Served::Zero as usize],
+            storage: f[Served::Storage as usize],
+            paging: f[Served::Paging as usize],
+            minor: f[Served::Minor as usize],
+            write_protect: f[Served::WriteProtect as usize],
+            remote: f[Served::Remote as usize],
+        }
+    }
 }
 
 impl From<&clu_mm::ImageView> for ClusterView {
@@ -244,7 +279,55 @@ impl From<&clu_mm::ImageView> for ClusterView {
             dirty: v.dirty,
             paged_out: v.paged_out,
             mappers: v.mappers,
+            faults: v.faults.into(),
+            commits: v.commits,
         }
+    }
+}
+
+/// A volume of the site's catalog.
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeView {
+    /// Its id.
+    pub vol: String,
+    /// Its name.
+    pub name: String,
+    /// Its storage service.
+    pub service: String,
+    /// Whether it is mounted on this site.
+    pub mounted: bool,
+}
+
+/// The latencies of every fault served since start, whatever their kind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencyView {
+    /// The buckets' upper bounds, in microseconds (one more bucket follows, unbounded).
+    pub bounds_us: Vec<f64>,
+    /// Faults in each bucket (above the previous bound, at or below this one): one more
+    /// than the bounds.
+    pub counts: Vec<u64>,
+}
+
+impl LatencyView {
+    /// The sum of `histograms` (of the same bounds), in microseconds.
+    pub fn sum(histograms: &[clu_mm::histogram::Histogram]) -> LatencyView {
+        let mut v = LatencyView::default();
+        for h in histograms {
+            let snap = h.snapshot(1e-3);
+            if v.counts.is_empty() {
+                v.bounds_us = snap
+                    .buckets
+                    .iter()
+                    .map(|b| b.0)
+                    .filter(|b| *b < f64::MAX)
+                    .collect();
+                v.counts = vec![0; snap.buckets.len()];
+            }
+            for (c, (_, n)) in v.counts.iter_mut().zip(snap.buckets) {
+                *c += n;
+            }
+        }
+        v
     }
 }
 
@@ -279,6 +362,10 @@ pub struct Status {
     pub evictions: Evictions,
     /// Commits and aborts.
     pub commits: Commits,
+    /// How long faults took to serve.
+    pub fault_latency: LatencyView,
+    /// The volumes of the site's catalog.
+    pub volumes: Vec<VolumeView>,
     /// The reliable volumes mounted here.
     pub reliable_volumes: Vec<ReliableView>,
     /// Restorations under way.

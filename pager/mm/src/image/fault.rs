@@ -115,6 +115,7 @@ impl Image {
             None => Served::Minor,
         };
         self.site.stats.fault_latency[served as usize].observe_duration(t0.elapsed());
+        self.served[served as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The fault family: one fault's event, its transition and its actions.

@@ -41,7 +41,7 @@ use crate::error::Refusal;
 use crate::page_state::{step, Event, PageState};
 use crate::paging::Slot;
 use crate::regions::UserRegion;
-use crate::site::Site;
+use crate::site::{Served, Site};
 use crate::types::{ConnId, UserAddr};
 use readahead::Readahead;
 
@@ -116,6 +116,10 @@ pub struct ImageView {
     pub mappers: usize,
     /// Kept as the site's cache: no process maps it, its pages are clean.
     pub cached: bool,
+    /// Faults served since the image came to this site, by how (the order of [`Served::ALL`]).
+    pub faults: [u64; Served::ALL.len()],
+    /// Commits validated since the image came to this site.
+    pub commits: u64,
 }
 
 /// The image of one cluster on this site.
@@ -138,6 +142,10 @@ pub struct Image {
     /// When the image was last mapped or unmapped, on the site's clock (reclaim takes the
     /// cached images least recently used first).
     last_used: AtomicU64,
+    /// Faults served, by how (the order of [`Served::ALL`]), and commits validated, since the
+    /// image came to this site: counters for `pager top`, read without any lock.
+    served: [AtomicU64; Served::ALL.len()],
+    commits_done: AtomicU64,
 }
 
 fn io(what: &str, e: impl std::fmt::Display) -> Refusal {
@@ -205,6 +213,8 @@ impl Image {
             resize_lock: Mutex::new(()),
             resident_now: AtomicU64::new(0),
             last_used: AtomicU64::new(site.tick()),
+            served: Default::default(),
+            commits_done: AtomicU64::new(0),
             site,
         })
     }
@@ -266,6 +276,8 @@ impl Image {
             paged_out: st.slots.len() as u64,
             mappers,
             cached: mappers == 0 && !self.is_temporary(),
+            faults: std::array::from_fn(|i| self.served[i].load(Ordering::Relaxed)),
+            commits: self.commits_done.load(Ordering::Relaxed),
         }
     }
 

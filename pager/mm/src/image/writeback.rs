@@ -113,6 +113,8 @@ impl Image {
         };
         self.finish_commit(&mut st, &dirty, ev);
         written?;
+        self.commits_done
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.site.stats.commits.inc();
         self.site.stats.committed_pages.add(kept.len() as u64);
         self.site
