@@ -20,7 +20,7 @@ pub enum JournalError {
         source: io::Error,
     },
     /// No journal where one was expected.
-    #[error("no journal at {0}: create the volume first")]
+    #[error("no journal at {0}: the volume's directory is incomplete or was moved; put it back, restore the volume from a backup, or delete it (`pager vol delete --force`)")]
     NotFound(PathBuf),
     /// A journal already exists where one was to be created.
     #[error("a journal already exists at {0}; refusing to overwrite it")]
@@ -56,7 +56,7 @@ pub enum JournalError {
     #[error("invalid page run: {0}")]
     InvalidRun(String),
     /// Applying a validated operation to the cluster files failed.
-    #[error("operation {lsn} for cluster {cluster:#010x} is durable in the journal but could not be applied: {source}; the journal stopped, remount the volume to replay it")]
+    #[error("operation {lsn} for cluster {cluster:#010x} is durable in the journal but could not be applied: {source}; the journal stopped: `pager vol unmount VOL` then `pager vol mount VOL` replays it")]
     Apply {
         /// The operation.
         lsn: Lsn,
@@ -83,7 +83,7 @@ pub enum JournalError {
         why: String,
     },
     /// An earlier failure put the journal out of service.
-    #[error("the journal stopped after an earlier failure ({0}); unmount and remount the volume so that recovery replays the log")]
+    #[error("the journal stopped after an earlier failure ({0}); run `pager vol unmount VOL` then `pager vol mount VOL` so that recovery replays the log")]
     Stopped(String),
 }
 

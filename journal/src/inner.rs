@@ -178,7 +178,7 @@ impl Inner {
             for run in op.batch.runs() {
                 if let Err(e) = self.target.apply(op.cluster, run.first_page, run.pages) {
                     self.stop(format!(
-                        "applying operation {} for cluster {:#010x} failed: {e}; it is durable in the log, remount the volume to replay it",
+                        "applying operation {} for cluster {:#010x} failed: {e}; it is durable in the log, unmount and mount the volume again (`pager vol unmount VOL`, `pager vol mount VOL`) to replay it",
                         op.lsn, op.cluster
                     ));
                     ok = false;

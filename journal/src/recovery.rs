@@ -80,7 +80,7 @@ pub enum RecoveryError {
         seq: u64,
     },
     /// A log file's header page is damaged or from another format.
-    #[error("log file {seq} has a bad header ({reason:?}); the file is damaged or was not written by this journal")]
+    #[error("log file {seq} has a bad header ({reason:?}); the file is damaged or was not written by this journal; restore the volume from a backup")]
     BadFileHeader {
         /// The file.
         seq: u64,
@@ -88,7 +88,7 @@ pub enum RecoveryError {
         reason: DecodeError,
     },
     /// A log file that a later file follows does not end with a seal: validated records are damaged.
-    #[error("log file {seq} is damaged at offset {offset:#x}: it is followed by a later file but does not end in a seal record; committed operations after this point cannot be trusted")]
+    #[error("log file {seq} is damaged at offset {offset:#x}: it is followed by a later file but does not end in a seal record; committed operations after this point cannot be trusted; restore the volume from a backup")]
     UnsealedFile {
         /// The file.
         seq: u64,
@@ -113,7 +113,7 @@ pub enum RecoveryError {
     },
     /// `durableLSN` does not point at a record boundary inside its file.
     #[error(
-        "the anchor's durableLSN {0} lies outside its log file; the anchor or the log is damaged"
+        "the anchor's durableLSN {0} lies outside its log file; the anchor or the log is damaged; restore the volume from a backup"
     )]
     DurableOutOfRange(Lsn),
 }

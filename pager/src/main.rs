@@ -92,7 +92,7 @@ enum Command {
         catalog: Option<String>,
         /// Where this site serves its volumes to the cell's other sites (remote paging),
         /// HOST:PORT, as recorded in the catalog.
-        #[arg(long, value_name = "HOST:PORT", requires = "catalog")]
+        #[arg(long, value_name = "HOST:PORT", requires = "catalog", value_parser = check_address)]
         listen: Option<String>,
         /// The address the other sites are told to reach this one at, if not --listen (a
         /// relay, a NAT or a proxy in between); its certificate must name that host too.
@@ -136,7 +136,7 @@ enum Command {
         #[arg(long)]
         root: PathBuf,
         /// The address to listen on, HOST:PORT.
-        #[arg(long, value_name = "HOST:PORT")]
+        #[arg(long, value_name = "HOST:PORT", value_parser = check_address)]
         listen: String,
         /// Serve its metrics at http://HOST:PORT/metrics in the Prometheus text format
         /// (images, sessions, operations applied, refusals).
@@ -150,7 +150,7 @@ enum Command {
     /// pages it holds die with it.
     MemoryServer {
         /// The address to listen on, HOST:PORT.
-        #[arg(long, value_name = "HOST:PORT")]
+        #[arg(long, value_name = "HOST:PORT", value_parser = check_address)]
         listen: String,
         /// How many pages it keeps at most, over all sites (allocated as they come).
         #[arg(long, value_name = "N")]
@@ -280,21 +280,55 @@ fn init_logging(verbose: u8, serving: bool) {
     }
 }
 
-fn admin(socket: &Path, cmd: &AdminCommand) -> Result<String, Box<dyn std::error::Error>> {
-    let stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "no pager answers on {} ({e}); start one with `pager serve`, or pass --socket",
-            socket.display()
-        )
+/// What can go wrong between the CLI and the running pager.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("no pager answers on {path} ({why}); start one with `pager serve`, or point at the running one with --socket PATH or CLU_PAGER_SOCKET")]
+    NoPager { path: PathBuf, why: std::io::Error },
+    #[error("{path}: permission denied; the pager's --socket-mode and --socket-group keep this user out: join its group (e.g. `usermod -aG clu $USER`, then log in again), or run as root")]
+    Denied { path: PathBuf },
+    #[error("the pager on {path} did not answer ({why}); see its log (`journalctl -u clu-pager` under systemd)")]
+    Lost { path: PathBuf, why: String },
+    #[error("the pager on {path} gave an answer this `pager` does not expect: it is another version; use the `pager` binary of the running daemon, or restart `pager serve` with this one")]
+    Unexpected { path: PathBuf },
+    /// The pager refused the command: its message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn admin(socket: &Path, cmd: &AdminCommand) -> Result<String, AdminError> {
+    let path = socket.to_path_buf();
+    let stream = UnixStream::connect(socket).map_err(|why| match why.kind() {
+        std::io::ErrorKind::PermissionDenied => AdminError::Denied { path: path.clone() },
+        _ => AdminError::NoPager {
+            path: path.clone(),
+            why,
+        },
     })?;
+    let lost = |why: String| AdminError::Lost {
+        path: path.clone(),
+        why,
+    };
     let chan = Channel::new(stream);
-    chan.send(&Request::Admin { words: cmd.words() }.encode(), &[])?;
-    let (payload, _) = chan.recv()?;
-    match Response::decode(&payload)? {
-        Response::Text(t) => Ok(t),
-        Response::Ok => Ok(String::new()),
-        Response::Error { message, .. } => Err(message.into()),
-        other => Err(format!("unexpected answer from the pager: {other:?}").into()),
+    chan.send(&Request::Admin { words: cmd.words() }.encode(), &[])
+        .map_err(|e| lost(e.to_string()))?;
+    let (payload, _) = chan.recv().map_err(|e| lost(e.to_string()))?;
+    match Response::decode(&payload) {
+        Ok(Response::Text(t)) => Ok(t),
+        Ok(Response::Ok) => Ok(String::new()),
+        Ok(Response::Error { message, .. }) => Err(AdminError::Refused(message)),
+        Ok(_) | Err(_) => Err(AdminError::Unexpected { path }),
+    }
+}
+
+/// Writes `text` to standard output; a reader that went away (`pager stats | head -1`) is not
+/// an error.
+fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 
@@ -358,7 +392,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let transport = tls.transport()?;
             transport.check()?;
             let listener = std::net::TcpListener::bind(&listen)
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+                .map_err(|e| format!("cannot listen on {listen}: {e}; pass another --listen HOST:PORT (is another server on that port?)"))?;
             transport.check_listen(&listener.local_addr()?)?;
             daemon::reload_on_sighup(transport.clone())?;
             let me = tls.site().unwrap_or("memory-server").to_owned();
@@ -375,7 +409,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             transport.check()?;
             let server = clu_goofy::backup::BackupServer::open(&root)?;
             let listener = std::net::TcpListener::bind(&listen)
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+                .map_err(|e| format!("cannot listen on {listen}: {e}; pass another --listen HOST:PORT (is another server on that port?)"))?;
             transport.check_listen(&listener.local_addr()?)?;
             daemon::reload_on_sighup(transport.clone())?;
             tracing::info!(root = %root.display(), listen = %listener.local_addr()?, "backup server ready");
@@ -387,7 +421,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Keys(KeysCommand::Init { dir, days }) => {
             let (crt, key) = clu_transport::keys::init(&dir, days)?;
-            println!("wrote {} and {}", crt.display(), key.display());
+            out(&format!("wrote {} and {}\n", crt.display(), key.display()))?;
         }
         Command::Keys(KeysCommand::Issue {
             dir,
@@ -397,18 +431,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }) => {
             let what = clu_transport::keys::Issue::for_days(&name, &hosts, days);
             let (crt, key) = clu_transport::keys::issue(&dir, &what)?;
-            println!("wrote {} and {}", crt.display(), key.display());
+            out(&format!("wrote {} and {}\n", crt.display(), key.display()))?;
         }
         Command::Check => {
             let probe = uffd_probe::probe();
-            println!("{probe}");
+            out(&format!("{probe}\n"))?;
             probe
                 .result
-                .map_err(|e| format!("userfaultfd is not usable here: {e}"))?;
+                .map_err(|_| "userfaultfd is not usable here: follow the advice above, then run `pager check` again")?;
         }
         Command::Man { dir } => {
             for page in manual::write_man_pages(<Cli as clap::CommandFactory>::command(), &dir)? {
-                println!("wrote {}", page.display());
+                out(&format!("wrote {}\n", page.display()))?;
             }
         }
         Command::Completions { shell } => manual::completions(
@@ -417,7 +451,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             &mut std::io::stdout(),
         )?,
         Command::Top { interval } => top::run(&cli.socket, Duration::from_secs_f64(interval))?,
-        Command::Admin(cmd) => print!("{}", admin(&cli.socket, &cmd)?),
+        Command::Admin(cmd) => out(&admin(&cli.socket, &cmd)?)?,
     }
     Ok(())
 }
@@ -434,10 +468,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pager: error: {e}");
+            let mut said = e.to_string();
+            eprintln!("pager: error: {said}");
             let mut source = e.source();
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                // Many messages quote their cause already: say it once.
+                let text = s.to_string();
+                if !said.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    said = text;
+                }
                 source = s.source();
             }
             ExitCode::FAILURE

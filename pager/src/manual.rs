@@ -7,10 +7,21 @@ use std::path::{Path, PathBuf};
 /// Writes `cmd`'s man page and one per subcommand, at every depth (`pager-vol-create.1`),
 /// into `dir`; returns the files written.
 pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| cannot_write(dir, e))?;
     let mut written = Vec::new();
     write_page(cmd, "", dir, &mut written)?;
     Ok(written)
+}
+
+/// `e` with the path, and what to do.
+fn cannot_write(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "cannot write {} ({e}); pass a directory you can write, e.g. `pager man ~/.local/share/man/man1`",
+            path.display()
+        ),
+    )
 }
 
 fn write_page(
@@ -29,7 +40,7 @@ fn write_page(
     let path = dir.join(format!("{name}.1"));
     let mut out = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
-    std::fs::write(&path, out)?;
+    std::fs::write(&path, out).map_err(|e| cannot_write(&path, e))?;
     written.push(path);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         if sub.get_name() == "help" {

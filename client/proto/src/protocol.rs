@@ -115,7 +115,7 @@ pub enum ProtoError {
     #[error("protocol version {0}, this build speaks {VERSION}; use a matching pager and client")]
     Version(u8),
     /// An unknown message tag.
-    #[error("unknown message tag {0}")]
+    #[error("unknown message tag {0}: the other side is another version; use a matching pager and client")]
     Tag(u8),
     /// A field with an impossible value.
     #[error("invalid field: {0}")]

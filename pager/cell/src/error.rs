@@ -14,7 +14,7 @@ pub enum CellError {
         reason: String,
     },
     /// An etcd call failed.
-    #[error("the catalog refused {op}: {reason}; etcd may have lost its quorum (`etcdctl endpoint status`)")]
+    #[error("the catalog refused {op}: {reason}; run the command again, and if it keeps failing check etcd's quorum (`etcdctl endpoint status`)")]
     Etcd {
         /// What was being done.
         op: &'static str,
@@ -22,7 +22,7 @@ pub enum CellError {
         reason: String,
     },
     /// A `--catalog` that is not `etcd://HOST:PORT[,HOST:PORT...]`.
-    #[error("bad catalog address {0:?}: write it as etcd://HOST:PORT[,HOST:PORT...]")]
+    #[error("bad --catalog {0:?}: write it as etcd://HOST:PORT[,HOST:PORT...]")]
     BadAddress(String),
     /// A site name outside the allowed characters.
     #[error(
@@ -57,7 +57,7 @@ pub enum CellError {
         sites: String,
     },
     /// This site's lease expired: it lost its mounts.
-    #[error("site {0} lost its lease on the catalog (etcd unreachable for longer than its TTL): its mounts are gone; restart the pager to rejoin")]
+    #[error("site {0} lost its lease on the catalog (etcd unreachable for longer than its TTL): its mounts are gone; it joins again by itself once etcd answers (see `pager status`), then run the command again")]
     LeaseLost(String),
     /// A record in etcd does not decode.
     #[error("the catalog's record at {key} is damaged: {reason}; fix or delete it with etcdctl")]
@@ -83,6 +83,6 @@ pub enum CellError {
         ours: String,
     },
     /// A volume the catalog does not know.
-    #[error("volume {0} is not in the cell's catalog")]
+    #[error("volume {0} is not in the cell's catalog; `pager vol list` shows the cell's volumes")]
     NoSuchVolume(VolId),
 }

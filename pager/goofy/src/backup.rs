@@ -170,7 +170,7 @@ pub enum BackupError {
         got: u64,
     },
     /// This server holds no image of the volume.
-    #[error("this backup server holds no image of volume {0}")]
+    #[error("this backup server holds no image of volume {0}; check the volume's name (as on its primary) and the backup's address")]
     Unknown(String),
     /// A request out of order.
     #[error("{0}")]

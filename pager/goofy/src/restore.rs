@@ -266,7 +266,7 @@ pub fn prepare(t: &Transport, name: &str, from: &str, at_least: u64) -> Result<P
             name: name.to_string(),
         },
     )
-    .map_err(|why| failed(format!("backup server {from}: {why}")))?;
+    .map_err(|why| failed(format!("backup server {from}: {why}; is `pager backup-server --listen {from}` running there, and is --from right?")))?;
     let mut addrs = first.backups.clone();
     if !addrs.iter().any(|a| a == from) {
         addrs.insert(0, from.to_string());
@@ -324,7 +324,7 @@ pub fn prepare(t: &Transport, name: &str, from: &str, at_least: u64) -> Result<P
         .map(|((a, p), (_, h))| (a.clone(), *p, *h))
     else {
         return Err(failed(format!(
-            "no backup of {name} with a complete image could be reached and fenced (unreachable: {unreachable:?})"
+            "no backup of {name} with a complete image could be reached and fenced: bring one of its backup servers back and run `pager vol restore` again (unreachable: {})", unreachable.iter().map(|(a, why)| format!("{a} ({why})")).collect::<Vec<_>>().join(", ")
         )));
     };
     let loss = LossWindow::of((best, best_heard), &heard);

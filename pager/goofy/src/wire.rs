@@ -40,7 +40,7 @@ pub enum WireError {
     #[error("a frame fails its checksum")]
     Checksum,
     /// Another version of the protocol.
-    #[error("protocol version {0}, this server speaks {VERSION}")]
+    #[error("protocol version {0}, this end speaks {VERSION}; run the same release of `pager serve` and `pager backup-server`")]
     Version(u8),
     /// A malformed payload.
     #[error("malformed message: {0}")]

@@ -51,7 +51,7 @@ fn unreachable(site: &str, why: impl std::fmt::Display) -> StorageError {
         site: site.to_owned(),
         code: ErrorCode::Unavailable,
         message: format!(
-            "not reached ({why}); a fault on a page not held here fails, a commit fails with its pages still dirty and succeeds once the site is back"
+            "not reached ({why}); check that its pager runs (`pager site list` shows the cell's live sites) and that its --listen address is reachable from here; meanwhile a fault on a page not held here fails, and a commit fails with its pages still dirty and succeeds once the site is back"
         ),
     }
 }
@@ -68,7 +68,10 @@ fn unexpected(site: &str, r: &Resp) -> StorageError {
     StorageError::Remote {
         site: site.to_owned(),
         code: ErrorCode::Protocol,
-        message: format!("answered {r:?}, which does not answer the request"),
+        message: format!(
+            "gave an answer this site does not expect ({}); run the same pager release on every site of the cell",
+            format!("{r:?}").chars().take(60).collect::<String>()
+        ),
     }
 }
 

@@ -31,7 +31,7 @@ pub enum WireError {
     #[error("a frame fails its checksum")]
     Checksum,
     /// Another version of the protocol.
-    #[error("protocol version {0}, this site speaks {VERSION}")]
+    #[error("protocol version {0}, this end speaks {VERSION}; run the same pager release on every site of the cell")]
     Version(u8),
     /// A malformed payload.
     #[error("malformed message: {0}")]

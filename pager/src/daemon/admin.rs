@@ -18,7 +18,7 @@ use crate::render::{self, ReliableView, RestoreView, Status};
 fn denied(what: &str) -> Refusal {
     Refusal::new(
         ErrorCode::AccessDenied,
-        format!("{what} is reserved to root and to the pager's own user"),
+        format!("{what} is reserved to root and to the pager's own user; run it with sudo, or as that user"),
     )
 }
 
@@ -50,7 +50,14 @@ fn vol_list(d: &Daemon) -> Result<String, Refusal> {
 }
 
 pub(super) fn execute(d: &Daemon, uid: u32, words: &[String]) -> Result<String, Refusal> {
-    let cmd = admin::parse(words).map_err(|e| Refusal::invalid(e.render().to_string()))?;
+    // The CLI parsed these words with the same definitions: a refusal here means the CLI and
+    // the daemon are not the same version.
+    let cmd = admin::parse(words).map_err(|_| {
+        Refusal::invalid(format!(
+            "the running pager does not understand `{}`: it is another version than this `pager`; use the binary of the running daemon, or restart `pager serve` with this one",
+            words.join(" ")
+        ))
+    })?;
     let admin = uid == 0 || uid == nix::unistd::geteuid().as_raw();
     match cmd {
         AdminCommand::Status { json } => {
@@ -274,7 +281,7 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
                 {
                     return Err(Refusal::new(
                         ErrorCode::Io,
-                        format!("volume {} was created, but its failover policy could not be recorded in the catalog: {e}; delete it and create it again", entry.name),
+                        format!("volume {} was created, but its failover policy could not be recorded in the catalog: {e}; delete it (`pager vol delete {}`) and create it again once etcd answers", entry.name, entry.name),
                     ));
                 }
             }
@@ -301,7 +308,7 @@ fn volume(d: &Daemon, cmd: VolCommand) -> Result<String, Refusal> {
                 return Err(Refusal::new(
                     ErrorCode::Busy,
                     format!(
-                        "volume {} has mapped clusters; unmap them first",
+                        "volume {} has mapped clusters; `pager status` lists them: end or unmap their processes first",
                         entry.name
                     ),
                 ));
@@ -347,8 +354,8 @@ fn check_failover(
     }
     if sync as usize > backups.len() {
         return Err(Refusal::invalid(format!(
-            "--sync {sync} waits for more backups than the {} named",
-            backups.len()
+            "--sync {sync} waits for more backups than the {n} named: lower --sync to at most {n}, or add --backup HOST:PORT",
+            n = backups.len()
         )));
     }
     if standbys.is_empty() {
@@ -392,7 +399,7 @@ fn restore(
         if !force {
             return Err(Refusal::new(
                 ErrorCode::Unavailable,
-                format!("not restored: {why}; bring the other backups back and try again, or pass --force if they are lost for good (unreachable: {:?})", plan.unreachable),
+                format!("not restored: {why}; bring the other backups back and try again, or pass --force if they are lost for good (unreachable: {})", plan.unreachable.iter().map(|(a, why)| format!("{a} ({why})")).collect::<Vec<_>>().join(", ")),
             ));
         }
         let _ = writeln!(out, "  --force: {why}");
@@ -445,7 +452,7 @@ fn cluster(d: &Daemon, uid: u32, admin: bool, cmd: CluCommand) -> Result<String,
             let entry = s.find(&vol)?;
             if pages == 0 || pages > MAX_CLUSTER_PAGES {
                 return Err(Refusal::invalid(format!(
-                    "a cluster has 1 to {MAX_CLUSTER_PAGES} pages"
+                    "--pages must be 1 to {MAX_CLUSTER_PAGES}"
                 )));
             }
             let desc = s.clu_create(entry.vol, pages, uid, kind)?;
@@ -471,6 +478,13 @@ fn cluster(d: &Daemon, uid: u32, admin: bool, cmd: CluCommand) -> Result<String,
             let desc = s.clu_get_desc(id)?;
             if !owner_ok(&desc) {
                 return Err(denied("resizing another user's cluster"));
+            }
+            let total = desc.npages.saturating_add(add);
+            if total > MAX_CLUSTER_PAGES {
+                return Err(Refusal::invalid(format!(
+                    "cluster {id} has {} pages; --add {add} would pass the limit of {MAX_CLUSTER_PAGES}",
+                    desc.npages
+                )));
             }
             // The stored image changes size: a cached image of it goes first.
             m.forget(id);

@@ -33,8 +33,9 @@ pub(crate) fn start_backup(
 }
 
 fn start_collector(collector: Box<dyn Collector>, listen: &str) -> Result<(), String> {
-    let server = tiny_http::Server::http(listen)
-        .map_err(|e| format!("cannot serve metrics on {listen}: {e}; pick a free HOST:PORT"))?;
+    let server = tiny_http::Server::http(listen).map_err(|e| {
+        format!("cannot serve metrics on {listen}: {e}; pass a free HOST:PORT to --metrics-listen")
+    })?;
     info!(listen, "metrics at http://{listen}/metrics");
     let mut registry = Registry::default();
     registry.register_collector(collector);

@@ -68,9 +68,27 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    /// The storage root could not be opened or made.
+    #[error("cannot open the storage root {root}: {why}; pass a --root DIR (or CLU_STORAGE_ROOT) that this user can write")]
+    Root {
+        /// The root.
+        root: PathBuf,
+        /// What failed.
+        why: StorageError,
+    },
     /// The socket systemd passed could not be taken.
     #[error("the socket passed by systemd (LISTEN_FDS) is not a listening Unix socket: {0}; give the socket unit a ListenStream= path")]
     Inherited(#[source] io::Error),
+    /// The socket could not be given to its group.
+    #[error("cannot give the socket {path} to group {gid} ({why}); run the pager as root or as a member of that group, or drop --socket-group")]
+    SocketGroup {
+        /// The socket.
+        path: PathBuf,
+        /// The group.
+        gid: u32,
+        /// The OS error.
+        why: io::Error,
+    },
     /// Signal setup.
     #[error("signals: {0}")]
     Signals(#[source] io::Error),
@@ -78,7 +96,7 @@ pub enum ServeError {
     #[error(transparent)]
     Cell(#[from] clu_cell::CellError),
     /// The transport between sites.
-    #[error("a site of a cell needs the cell's keys: {0}")]
+    #[error("connections to other sites (--catalog with --listen, --paging-server) need the cell's keys: {0}")]
     Transport(#[from] clu_transport::TransportError),
     /// The address for the other sites.
     #[error("cannot listen on {addr} for the cell's other sites: {source}; pass another --listen")]
@@ -147,8 +165,11 @@ fn bind(
     let listener = UnixListener::bind(path).map_err(err)?;
     // Who may connect at all; each request is then checked against the peer's uid (SO_PEERCRED).
     if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(gid))
-            .map_err(|e| err(io::Error::from_raw_os_error(e as i32)))?;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| ServeError::SocketGroup {
+            path: path.to_owned(),
+            gid: gid.as_raw(),
+            why: io::Error::from_raw_os_error(e as i32),
+        })?;
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777)).map_err(err)?;
     Ok(listener)
@@ -273,7 +294,14 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         &config.root,
         drivers,
         cell.clone().map(|c| c as Arc<dyn clu_storage::CellCatalog>),
-    )?;
+    )
+    .map_err(|e| match e {
+        StorageError::Io { .. } => ServeError::Root {
+            root: config.root.clone(),
+            why: e,
+        },
+        e => e.into(),
+    })?;
     if storage.volumes().is_empty() {
         let entry = storage.vol_create(DEFAULT_VOLUME, &VolumeParams::default())?;
         storage.vol_mount(entry.vol)?;

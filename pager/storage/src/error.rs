@@ -22,19 +22,19 @@ pub enum StorageError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     /// Another process holds the storage root.
-    #[error("the storage root {0} is in use by another pager or admin command; stop it or use another --root")]
+    #[error("the storage root {0} is in use by another pager or backup server (it holds the root's lock file); stop it or use another --root")]
     RootBusy(PathBuf),
     /// No volume by that name or id in the catalog.
     #[error("no volume `{0}` in the catalog; `pager vol list` shows the volumes")]
     NoSuchVolume(String),
     /// The volume exists but is not mounted.
-    #[error("volume {0} is not mounted; mount it with `pager vol mount`")]
+    #[error("volume {0} is not mounted; mount it with `pager vol mount {0}`")]
     NotMounted(VolId),
     /// The volume is already mounted.
-    #[error("volume {0} is already mounted")]
+    #[error("volume {0} is already mounted here; nothing to do")]
     AlreadyMounted(VolId),
     /// The operation needs the volume unmounted.
-    #[error("volume {0} is mounted; unmount it first with `pager vol unmount`")]
+    #[error("volume {0} is mounted; unmount it first with `pager vol unmount {0}`")]
     StillMounted(VolId),
     /// The volume belongs to another cell.
     #[error("volume {0} belongs to another cell; volumes of other cells are not supported yet")]
@@ -43,7 +43,9 @@ pub enum StorageError {
     #[error("`{0}` is not a valid volume name: use 1 to 32 letters, digits, `-`, `_` or `.`, starting with a letter")]
     BadName(String),
     /// A volume name is taken.
-    #[error("a volume named `{0}` already exists")]
+    #[error(
+        "a volume named `{0}` already exists; pick another name (`pager vol list` shows them)"
+    )]
     NameTaken(String),
     /// No volume id is left in this cell.
     #[error("all 32767 volume ids of this cell are in use; delete a volume first")]
@@ -57,7 +59,7 @@ pub enum StorageError {
         clusters: usize,
     },
     /// The catalog names a storage service this pager does not have.
-    #[error("volume {vol} uses storage service `{service}`, which this pager does not have")]
+    #[error("volume {vol} uses storage service `{service}`, which this pager does not have; run the pager release that created it")]
     UnknownService {
         /// The volume.
         vol: VolId,
@@ -65,10 +67,10 @@ pub enum StorageError {
         service: String,
     },
     /// No such cluster.
-    #[error("no cluster {0}")]
+    #[error("no cluster {0}; `pager clu list VOL` shows a volume's clusters")]
     NoSuchCluster(ClusterId),
     /// All 65536 cluster ids of the volume are used.
-    #[error("volume {0} has no cluster id left (64K clusters per volume)")]
+    #[error("volume {0} has no cluster id left (64K clusters per volume); destroy clusters no longer used (`pager clu destroy`) or create another volume")]
     NoClusterIds(VolId),
     /// The volume's capacity would be exceeded.
     #[error("volume {vol} has room for {free} more pages, {wanted} were asked for; grow it with `pager vol resize`")]
@@ -93,7 +95,7 @@ pub enum StorageError {
         npages: u64,
     },
     /// A buffer that is not whole pages, or a size of zero.
-    #[error("invalid request: {0}")]
+    #[error("{0}")]
     Invalid(String),
     /// A reliable volume whose primary copy here was replaced by a restoration elsewhere.
     #[error("volume {vol} is fenced: {why}. It was restored on another manager, which is its primary now; this copy must not be used: unmount it here (`pager vol unmount`)")]

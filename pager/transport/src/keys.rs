@@ -26,14 +26,22 @@ pub enum KeysError {
         #[source]
         source: std::io::Error,
     },
+    /// No CA in the directory.
+    #[error("no CA in {dir} ({source}): make one with `pager keys init {dir}`, or pass the directory that holds ca.crt and ca.key")]
+    NoCa {
+        /// The directory.
+        dir: PathBuf,
+        /// Why ca.key or ca.crt could not be read.
+        source: std::io::Error,
+    },
     /// Generating or signing.
-    #[error("{0}")]
+    #[error("cannot make the key or certificate: {0}")]
     Crypto(String),
     /// A file that would be overwritten.
     #[error("{0} exists already; remove it first or use another directory")]
     Exists(PathBuf),
     /// A name that is not a site name.
-    #[error("`{0}` is not a site name: use letters, digits and `-`, as in a host name")]
+    #[error("`{0}` is not a site name: use lowercase letters, digits and `-`, as in a host name")]
     BadName(String),
 }
 
@@ -63,6 +71,7 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), KeysError> {
         .map_err(io)
 }
 
+#[cfg(test)]
 fn read(path: &Path) -> Result<String, KeysError> {
     std::fs::read_to_string(path).map_err(|source| KeysError::Io {
         path: path.to_owned(),
@@ -129,12 +138,19 @@ pub fn issue(dir: &Path, what: &Issue<'_>) -> Result<(PathBuf, PathBuf), KeysErr
     if rustls_pki_types::DnsName::try_from(what.name).is_err()
         || what.name.contains('/')
         || what.name.parse::<std::net::IpAddr>().is_ok()
+        // The cell's rule for site names (its catalog keys): no capitals.
+        || what.name.bytes().any(|b| b.is_ascii_uppercase())
     {
         return Err(KeysError::BadName(what.name.to_string()));
     }
-    let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?).map_err(crypto)?;
-    let ca_params =
-        CertificateParams::from_ca_cert_pem(&read(&dir.join("ca.crt"))?).map_err(crypto)?;
+    let ca_file = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|source| KeysError::NoCa {
+            dir: dir.to_owned(),
+            source,
+        })
+    };
+    let ca_key = KeyPair::from_pem(&ca_file("ca.key")?).map_err(crypto)?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&ca_file("ca.crt")?).map_err(crypto)?;
     let ca = ca_params.self_signed(&ca_key).map_err(crypto)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(crypto)?;
     let mut names = vec![what.name.to_string()];
@@ -183,7 +199,7 @@ mod tests {
             std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        for bad in ["", "a/b", "../x", "10.0.0.1", "a b"] {
+        for bad in ["", "a/b", "../x", "10.0.0.1", "a b", "Site-A"] {
             assert!(
                 matches!(
                     issue(dir.path(), &Issue::for_days(bad, &[], 1)),

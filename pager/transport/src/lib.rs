@@ -35,10 +35,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// No keys were given.
-    #[error("this process has no TLS keys for connections between sites: make them with `pager keys init DIR` and `pager keys issue DIR SITE --host HOST`, then start it with --keys DIR --site SITE (or --insecure, on loopback only)")]
+    #[error("this pager has no TLS keys for connections between sites: make them with `pager keys init DIR` and `pager keys issue DIR SITE --host HOST`, then (re)start `pager serve` (or `backup-server`, `memory-server`) with --keys DIR --site SITE (or --insecure, on loopback only)")]
     NoKeys,
     /// A key or certificate file could not be used.
-    #[error("{path}: {why}")]
+    #[error("{path}: {why}; make the site's keys with `pager keys issue DIR SITE --host HOST`, and check --keys and --site")]
     Keys {
         /// The file.
         path: PathBuf,
@@ -69,7 +69,7 @@ pub enum TransportError {
         source: std::io::Error,
     },
     /// The TLS handshake failed (the peer's certificate, or ours, was refused).
-    #[error("TLS handshake with {peer} failed: {why}")]
+    #[error("TLS handshake with {peer} failed: {why}; check that both sides' certificates come from the same CA and that the peer's certificate names the address used (`pager keys issue ... --host HOST`)")]
     Handshake {
         /// The peer.
         peer: String,

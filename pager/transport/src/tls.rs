@@ -142,7 +142,7 @@ impl Tls {
     pub(crate) fn load(files: KeyFiles, site: &str) -> Result<Tls, TransportError> {
         if ServerName::try_from(site).is_err() {
             return Err(TransportError::Config(format!(
-                "`{site}` is not a site name: use letters, digits and `-`, as in a host name"
+                "`{site}` is not a site name: use lowercase letters, digits and `-`, as in a host name"
             )));
         }
         let loaded = load(&files)?;
