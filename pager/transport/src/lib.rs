@@ -69,7 +69,7 @@ pub enum TransportError {
         source: std::io::Error,
     },
     /// The TLS handshake failed (the peer's certificate, or ours, was refused).
-    #[error("TLS handshake with {peer} failed: {why}; check that both sides' certificates come from the same CA and that the peer's certificate names the address used (`pager keys issue ... --host HOST`)")]
+    #[error("TLS handshake with {peer} failed: {why}")]
     Handshake {
         /// The peer.
         peer: String,

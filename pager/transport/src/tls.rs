@@ -127,7 +127,8 @@ where
     let _ = tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
     while conn.is_handshaking() {
-        conn.complete_io(tcp).map_err(|e| fail(e.to_string()))?;
+        conn.complete_io(tcp)
+            .map_err(|e| fail(handshake_failure(&e)))?;
     }
     // Send what the handshake left to say (the client's Finished) now.
     while conn.wants_write() {
@@ -136,6 +137,21 @@ where
     let _ = tcp.set_read_timeout(None);
     let _ = tcp.set_write_timeout(None);
     Ok(())
+}
+
+/// Why a handshake failed, with what to check.
+fn handshake_failure(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        // rustls's own errors (a certificate refused, by us or by the peer's alert).
+        InvalidData => format!(
+            "{e}; check that both sides' certificates come from the same CA and that the peer's certificate names the address used (`pager keys issue ... --host HOST`)"
+        ),
+        UnexpectedEof | ConnectionReset | ConnectionAborted => format!(
+            "{e}: the peer closed the connection (a port probe, or a peer that refused this side's certificate: see its log)"
+        ),
+        _ => e.to_string(),
+    }
 }
 
 impl Tls {
