@@ -182,11 +182,7 @@ fn inherited() -> Result<Option<UnixListener>, ServeError> {
     if fds.len() == 0 {
         return Ok(None);
     }
-    match fds.take_unix_listener(0) {
-        Ok(Some(l)) => Ok(Some(l)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(ServeError::Inherited(e)),
-    }
+    fds.take_unix_listener(0).map_err(ServeError::Inherited)
 }
 
 /// Temporary clusters do not outlive the pager that held them (thesis G1-G4): at start, every

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use clu_goofy::{BackupStatus, Replication};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{json, milli};
 
@@ -33,7 +33,9 @@ pub struct Connections {
 }
 
 /// Faults by kind.
-#[derive(Clone, Debug, Default, Serialize)]
+// Read back by `pager top` (a field an older pager lacks reads as zero).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Faults {
     /// Pages absent from the image.
     pub missing: u64,
@@ -68,7 +70,9 @@ pub struct Evictions {
 }
 
 /// Commits and aborts.
-#[derive(Clone, Debug, Default, Serialize)]
+// Read back by `pager top` (a field an older pager lacks reads as zero).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Commits {
     /// Commits.
     pub count: u64,
@@ -240,7 +244,9 @@ pub struct ClusterView {
 }
 
 /// Faults by how they were served (`clu_mm::Served`): the kinds of the latency histograms.
-#[derive(Clone, Debug, Default, Serialize)]
+// Read back by `pager top` (a field an older pager lacks reads as zero).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServedFaults {
     /// New pages handed out as zeros.
     pub zero: u64,
@@ -299,7 +305,9 @@ pub struct VolumeView {
 }
 
 /// The latencies of every fault served since start, whatever their kind.
-#[derive(Clone, Debug, Default, Serialize)]
+// Read back by `pager top` (a field an older pager lacks reads as zero).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LatencyView {
     /// The buckets' upper bounds, in microseconds (one more bucket follows, unbounded).
     pub bounds_us: Vec<f64>,

@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 
+use crate::render::status::{Commits, Faults as TotalFaults, LatencyView as Latency, ServedFaults};
+
 /// The kinds of faults, in the order of every `[f64; 6]` below (the metrics' `kind` labels).
 pub const KINDS: [&str; 6] = ["zero", "storage", "paging", "minor", "wp", "remote"];
 
@@ -35,33 +37,6 @@ pub struct CellReading {
     pub site: String,
     pub cell: String,
     pub lease_alive: bool,
-}
-
-/// The site's fault counters.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct TotalFaults {
-    pub missing: u64,
-    pub minor: u64,
-    pub write_protect: u64,
-    pub refused: u64,
-}
-
-/// The site's commit counters.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Commits {
-    pub count: u64,
-    pub pages: u64,
-    pub aborts: u64,
-}
-
-/// The fault latency histogram since start (non-cumulative buckets, one more than bounds).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Latency {
-    pub bounds_us: Vec<f64>,
-    pub counts: Vec<u64>,
 }
 
 /// A volume of the catalog.
@@ -106,29 +81,16 @@ pub struct ClusterReading {
     pub commits: u64,
 }
 
-/// A cluster's faults by how they were served.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ServedFaults {
-    pub zero: u64,
-    pub storage: u64,
-    pub paging: u64,
-    pub minor: u64,
-    pub write_protect: u64,
-    pub remote: u64,
-}
-
-impl ServedFaults {
-    fn array(&self) -> [u64; 6] {
-        [
-            self.zero,
-            self.storage,
-            self.paging,
-            self.minor,
-            self.write_protect,
-            self.remote,
-        ]
-    }
+/// A cluster's faults by kind, in the order of [`KINDS`].
+fn by_kind(f: &ServedFaults) -> [u64; 6] {
+    [
+        f.zero,
+        f.storage,
+        f.paging,
+        f.minor,
+        f.write_protect,
+        f.remote,
+    ]
 }
 
 /// A row of the clusters' table.
@@ -229,7 +191,7 @@ pub fn frame(before: Option<&Reading>, now: &Reading, secs: f64) -> Frame {
     {
         let (rates, commits) = match previous(&c.id) {
             Some(p) => {
-                let (n, b) = (c.faults.array(), p.faults.array());
+                let (n, b) = (by_kind(&c.faults), by_kind(&p.faults));
                 (
                     std::array::from_fn(|i| per_sec(n[i], b[i], secs)),
                     per_sec(c.commits, p.commits, secs),
