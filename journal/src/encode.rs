@@ -37,19 +37,50 @@ pub(crate) fn op_span(runs: &[PageRun<'_>]) -> Result<u64, JournalError> {
     Ok(span)
 }
 
+/// Where an operation stands in its group (a lone operation is a group of one).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InGroup {
+    /// Offset of the group's first record: every record of the group names it.
+    pub op_offset: u64,
+    /// The index of the operation's first record in the group (records are numbered across
+    /// the group).
+    pub first_index: u32,
+    /// The group goes on with the next operation (the END record carries the group flag).
+    pub open: bool,
+}
+
+impl InGroup {
+    /// A lone operation at `offset`.
+    pub(crate) fn alone(offset: u64) -> InGroup {
+        InGroup {
+            op_offset: offset,
+            first_index: 0,
+            open: false,
+        }
+    }
+}
+
 /// The header pages of an operation whose first record goes at `offset` of file `id`: one page
-/// per run, the last one flagged END (the validation point), in one page-aligned buffer (page
-/// `i` is run `i`'s header).
-pub(crate) fn op_headers(id: FileId, offset: u64, cluster: u32, runs: &[PageRun<'_>]) -> PageBuf {
+/// per run, the last one flagged END (the validation point, with the group flag if its group
+/// goes on), in one page-aligned buffer (page `i` is run `i`'s header).
+pub(crate) fn op_headers(
+    id: FileId,
+    offset: u64,
+    cluster: u32,
+    runs: &[PageRun<'_>],
+    group: InGroup,
+) -> PageBuf {
     let mut at = offset;
     let mut out = PageBuf::zeroed(runs.len() * PAGE_SIZE);
     for (index, run) in runs.iter().enumerate() {
+        let last = index + 1 == runs.len();
         let h = RecordHeader {
             kind: RecordKind::Pages,
             lsn: Lsn::new(id.seq, at),
-            op_offset: offset,
-            index: index as u32,
-            end: index + 1 == runs.len(),
+            op_offset: group.op_offset,
+            index: group.first_index + index as u32,
+            end: last,
+            group: group.open && last,
             cluster,
             first_page: run.first_page,
             page_count: (run.pages.len() / PAGE_SIZE) as u32,
@@ -70,6 +101,7 @@ pub(crate) fn seal_page(id: FileId, offset: u64) -> Vec<u8> {
         op_offset: offset,
         index: 0,
         end: true,
+        group: false,
         cluster: 0,
         first_page: 0,
         page_count: 0,
@@ -84,8 +116,35 @@ pub(crate) fn seal_page(id: FileId, offset: u64) -> Vec<u8> {
 /// Lays an operation out as contiguous bytes (headers interleaved with page images), as the
 /// writer's vectored write puts it on disk. Used by tests and tools that build logs in memory.
 pub fn op_bytes(id: FileId, offset: u64, cluster: u32, runs: &[PageRun<'_>]) -> Vec<u8> {
+    lay_out(id, offset, cluster, runs, InGroup::alone(offset))
+}
+
+/// Lays a group of operations out as [`op_bytes`] does one, the first at `offset`: an
+/// operation is `(cluster, runs)`.
+pub fn group_bytes(id: FileId, offset: u64, ops: &[(u32, &[PageRun<'_>])]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (header, run) in op_headers(id, offset, cluster, runs)
+    let mut first_index = 0u32;
+    for (i, (cluster, runs)) in ops.iter().enumerate() {
+        let group = InGroup {
+            op_offset: offset,
+            first_index,
+            open: i + 1 < ops.len(),
+        };
+        out.extend(lay_out(
+            id,
+            offset + out.len() as u64,
+            *cluster,
+            runs,
+            group,
+        ));
+        first_index += runs.len() as u32;
+    }
+    out
+}
+
+fn lay_out(id: FileId, offset: u64, cluster: u32, runs: &[PageRun<'_>], group: InGroup) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (header, run) in op_headers(id, offset, cluster, runs, group)
         .chunks(PAGE_SIZE)
         .zip(runs)
     {

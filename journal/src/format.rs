@@ -17,6 +17,12 @@ pub(crate) const RECORD_MAGIC: [u8; 8] = *b"CLURECD\0";
 
 /// Record flag: this record closes its operation (the validation point).
 pub(crate) const FLAG_END: u32 = 1;
+/// Record flag, only beside [`FLAG_END`]: the operation's *group* goes on with the next
+/// operation. A group (the operations of one atomic commit of several clusters) is validated
+/// with its last operation, the one whose END record lacks this flag: recovery keeps all of
+/// its operations or none. Every record of a group names the group's first record
+/// (`op_offset`), and their indexes run across the group.
+pub(crate) const FLAG_GROUP: u32 = 2;
 
 fn crc(bytes: &[u8]) -> u32 {
     crc32c::crc32c(bytes)
@@ -198,12 +204,16 @@ pub struct RecordHeader {
     pub kind: RecordKind,
     /// The record's own position: a record found elsewhere is stale, not part of the log.
     pub lsn: Lsn,
-    /// Offset (in the same file) of the first record of this record's operation.
+    /// Offset (in the same file) of the first record of this record's operation, or of its
+    /// group's first operation.
     pub op_offset: u64,
-    /// Position of the record in its operation, from 0.
+    /// Position of the record in its operation (in its group), from 0.
     pub index: u32,
     /// Whether this record closes its operation (validation).
     pub end: bool,
+    /// On an END record: the operation's group goes on with the next operation (see
+    /// [`FLAG_GROUP`]); always `false` on other records.
+    pub group: bool,
     /// The cluster (its full 32-bit id); opaque to the journal.
     pub cluster: u32,
     /// Page offset of the run in the cluster.
@@ -231,7 +241,8 @@ impl RecordHeader {
             RecordKind::Seal => 2,
         };
         page[10..12].copy_from_slice(&kind.to_le_bytes());
-        put32(page, 12, if self.end { FLAG_END } else { 0 });
+        let flags = if self.end { FLAG_END } else { 0 } | if self.group { FLAG_GROUP } else { 0 };
+        put32(page, 12, flags);
         put64(page, 16, self.lsn.file);
         put64(page, 24, self.lsn.offset);
         put64(page, 32, self.op_offset);
@@ -272,8 +283,13 @@ impl RecordHeader {
             _ => return Err(DecodeError::BadField("record kind")),
         };
         let flags = u32_at(page, 12);
-        if flags & !FLAG_END != 0 {
+        if flags & !(FLAG_END | FLAG_GROUP) != 0 {
             return Err(DecodeError::BadField("record flags"));
+        }
+        if flags & FLAG_GROUP != 0 && flags & FLAG_END == 0 {
+            return Err(DecodeError::BadField(
+                "a group flag on a record that is not an END",
+            ));
         }
         let h = RecordHeader {
             kind,
@@ -281,6 +297,7 @@ impl RecordHeader {
             op_offset: u64_at(page, 32),
             index: u32_at(page, 40),
             end: flags & FLAG_END != 0,
+            group: flags & FLAG_GROUP != 0,
             cluster: u32_at(page, 44),
             first_page: u64_at(page, 48),
             page_count: u32_at(page, 56),
@@ -290,7 +307,7 @@ impl RecordHeader {
         if kind == RecordKind::Pages && h.page_count == 0 {
             return Err(DecodeError::BadField("empty page record"));
         }
-        if kind == RecordKind::Seal && h.page_count != 0 {
+        if kind == RecordKind::Seal && (h.page_count != 0 || h.group) {
             return Err(DecodeError::BadField("seal with payload"));
         }
         if h.first_page.checked_add(u64::from(h.page_count)).is_none() {
@@ -321,6 +338,7 @@ mod tests {
             op_offset: lsn.offset,
             index: 0,
             end: true,
+            group: false,
             cluster: 0x0001_0002,
             first_page: 7,
             page_count: 3,
@@ -397,6 +415,25 @@ mod tests {
     }
 
     #[test]
+    fn the_group_flag_round_trips_only_on_an_end_record() {
+        let h = RecordHeader {
+            group: true,
+            ..header(Lsn::new(2, 4096))
+        };
+        let mut p = page();
+        h.encode(&mut p);
+        assert_eq!(RecordHeader::decode(&p), Ok(h));
+        let mut p = page();
+        RecordHeader { end: false, ..h }.encode(&mut p);
+        assert_eq!(
+            RecordHeader::decode(&p),
+            Err(DecodeError::BadField(
+                "a group flag on a record that is not an END"
+            ))
+        );
+    }
+
+    #[test]
     fn file_header_round_trip() {
         let mut p = page();
         let id = FileId {
@@ -421,9 +458,9 @@ mod tests {
         #[test]
         fn record_headers_round_trip(file in 1u64..1000, off in 1u64..1000, idx in 0u32..50,
                                      cluster: u32, first in 0u64..1 << 40, count in 1u32..100_000,
-                                     end: bool, pcrc: u32) {
+                                     end: bool, group: bool, pcrc: u32) {
             let h = RecordHeader { kind: RecordKind::Pages, lsn: Lsn::new(file, off * 4096),
-                op_offset: off * 4096, index: idx, end, cluster, first_page: first,
+                op_offset: off * 4096, index: idx, end, group: group && end, cluster, first_page: first,
                 page_count: count, payload_crc: pcrc, salt: 42 };
             let mut p = page();
             h.encode(&mut p);

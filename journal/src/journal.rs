@@ -12,7 +12,7 @@ use clu_sys::sync::lock;
 
 use crate::anchor::Anchor;
 use crate::apply::{Batch, Queued};
-use crate::encode::{op_headers, op_span, PageRun};
+use crate::encode::{op_headers, op_span, InGroup, PageRun};
 use crate::format::PAGE_SIZE;
 use crate::inner::{pwritev_all, Inner};
 use crate::reader::{LogReader, LoggedOp};
@@ -187,6 +187,20 @@ impl Journal {
     /// Commits several operations as [`Journal::commit_many`] does (one sync, and a crash
     /// keeps a prefix of them), each applied afterwards as [`Journal::commit_batch`] does.
     pub fn commit_batches(&self, ops: Vec<(u32, Batch)>) -> Result<Vec<Lsn>, JournalError> {
+        self.queue_batches(ops, false)
+    }
+
+    /// Commits several operations as one atomic *group*: after a crash, recovery keeps all of
+    /// them or none (the operations follow each other in one log file, and every one but the
+    /// last carries the group flag: see the crate's format docs). Validated by one sync, and
+    /// applied afterwards as [`Journal::commit_batch`] does. The operations may write
+    /// different clusters or one; an operation with no run is left out. Returns the LSN of
+    /// each operation logged, in order. A group larger than a log file gets a file of its own.
+    pub fn commit_group(&self, ops: Vec<(u32, Batch)>) -> Result<Vec<Lsn>, JournalError> {
+        self.queue_batches(ops, true)
+    }
+
+    fn queue_batches(&self, ops: Vec<(u32, Batch)>, group: bool) -> Result<Vec<Lsn>, JournalError> {
         let logged = {
             let runs: Vec<Vec<PageRun<'_>>> = ops.iter().map(|(_, b)| b.runs()).collect();
             let refs: Vec<(u32, &[PageRun<'_>])> = ops
@@ -194,7 +208,11 @@ impl Journal {
                 .zip(&runs)
                 .map(|((c, _), r)| (*c, r.as_slice()))
                 .collect();
-            self.log_all(&refs)?
+            if group {
+                self.log_many(&refs, true)?.unwrap_or_default()
+            } else {
+                self.log_all(&refs)?
+            }
         };
         for ((cluster, batch), &lsn) in ops.into_iter().filter(|(_, b)| !b.is_empty()).zip(&logged)
         {
@@ -226,21 +244,29 @@ impl Journal {
     /// Logs and validates `ops` with one sync if they fit together in one log file, else one
     /// after the other (one sync each): either way a crash keeps a prefix of them.
     fn log_all(&self, ops: &[(u32, &[PageRun<'_>])]) -> Result<Vec<Lsn>, JournalError> {
-        if let Some(lsns) = self.log_many(ops)? {
+        if let Some(lsns) = self.log_many(ops, false)? {
             return Ok(lsns);
         }
         let mut lsns = Vec::with_capacity(ops.len());
         for op in ops {
-            lsns.extend(self.log_many(std::slice::from_ref(op))?.unwrap_or_default());
+            lsns.extend(
+                self.log_many(std::slice::from_ref(op), false)?
+                    .unwrap_or_default(),
+            );
         }
         Ok(lsns)
     }
 
     /// Logs and validates operations (steps 1 and 2), one after the other in one log file,
     /// then waits for one sync; returns their LSNs (none for an operation without a page), or
-    /// `None`, having written nothing, when several do not fit together in one file. Each
-    /// operation is in `pending` until applied.
-    fn log_many(&self, ops: &[(u32, &[PageRun<'_>])]) -> Result<Option<Vec<Lsn>>, JournalError> {
+    /// `None`, having written nothing, when several do not fit together in one file (never
+    /// for a `group`: it gets a file as large as it needs). Each operation is in `pending`
+    /// until applied. A `group` is logged as one atomic group (see [`Journal::commit_group`]).
+    fn log_many(
+        &self,
+        ops: &[(u32, &[PageRun<'_>])],
+        group: bool,
+    ) -> Result<Option<Vec<Lsn>>, JournalError> {
         let inner = &*self.inner;
         inner.check_running()?;
         let mut spans = Vec::with_capacity(ops.len());
@@ -252,10 +278,14 @@ impl Journal {
             return Ok(Some(Vec::new()));
         }
         let mut lsns = Vec::with_capacity(ops.len());
+        // The last operation with pages closes the group; the others carry the group flag.
+        let last = ops.iter().rposition(|(_, r)| !r.is_empty());
+        let open = |i: usize| group && Some(i) != last;
         let end = {
             let mut w = lock(&inner.writer);
             if w.sealed || w.offset + total + PAGE > w.size {
-                if ops.iter().filter(|(_, r)| !r.is_empty()).count() > 1
+                if !group
+                    && ops.iter().filter(|(_, r)| !r.is_empty()).count() > 1
                     && total + 2 * PAGE > inner.config.rotate_bytes.max(PAGE)
                 {
                     return Ok(None);
@@ -266,11 +296,22 @@ impl Journal {
             let mut bufs = Vec::new();
             let mut headers = Vec::with_capacity(ops.len());
             let mut at = w.offset;
-            for ((cluster, runs), span) in ops.iter().zip(&spans) {
+            let mut first_index = 0u32;
+            for (i, ((cluster, runs), span)) in ops.iter().zip(&spans).enumerate() {
                 if runs.is_empty() {
                     continue;
                 }
-                headers.push((op_headers(w.id, at, *cluster, runs), *runs));
+                let place = if group {
+                    InGroup {
+                        op_offset: first.offset,
+                        first_index,
+                        open: open(i),
+                    }
+                } else {
+                    InGroup::alone(at)
+                };
+                first_index = first_index.saturating_add(runs.len() as u32);
+                headers.push((op_headers(w.id, at, *cluster, runs, place), *runs));
                 lsns.push(Lsn::new(w.id.seq, at));
                 at += span;
             }
@@ -298,8 +339,8 @@ impl Journal {
             if let Some(tail) = lock(&inner.tail).as_mut() {
                 let mut ordinals = before + 1..;
                 let mut ends = lsns.iter().skip(1).copied().chain([Lsn::new(w.id.seq, at)]);
-                for ((cluster, runs), &lsn) in ops.iter().filter(|(_, r)| !r.is_empty()).zip(&lsns)
-                {
+                let with_pages = ops.iter().enumerate().filter(|(_, (_, r))| !r.is_empty());
+                for ((i, (cluster, runs)), &lsn) in with_pages.zip(&lsns) {
                     tail.push(LoggedOp {
                         lsn,
                         end: ends.next().unwrap_or(lsn),
@@ -309,6 +350,7 @@ impl Journal {
                             .map(|r| (r.first_page, r.pages.to_vec()))
                             .collect(),
                         seq: ordinals.next().unwrap_or(0),
+                        group_open: open(i),
                     });
                 }
             }

@@ -2,7 +2,8 @@
 //! thesis IV.2.3 (requirements I1-I15), one journal per volume.
 //!
 //! # Model
-//! An *operation* is the set of records of one cluster commit. Each *record* is a 4 KiB header
+//! An *operation* is the set of records of one cluster commit; a *group* is the operations of
+//! one atomic commit of several clusters ([`Journal::commit_group`]), kept whole or not at all. Each *record* is a 4 KiB header
 //! page (LSN, cluster id, page offset, page count, checksums) followed by whole page images of one
 //! contiguous run of the cluster's pages (I4, I9). Records are appended to log files and never
 //! overwritten while live, and every record starts on a page boundary, so writing a record can
@@ -87,7 +88,7 @@ pub mod recovery;
 mod tail;
 
 pub use apply::{Batch, MAX_QUEUED_BYTES};
-pub use encode::{op_bytes, PageRun};
+pub use encode::{group_bytes, op_bytes, PageRun};
 pub use error::JournalError;
 pub use format::{FORMAT_VERSION, PAGE_SIZE};
 pub use inner::Written;

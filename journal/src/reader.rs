@@ -33,6 +33,10 @@ pub struct LoggedOp {
     /// Its ordinal among the operations written since the journal was opened (1 for the
     /// first), when known: 0 for one read back from a log file.
     pub seq: u64,
+    /// Its group goes on with the next operation: the operations of an atomic commit of
+    /// several clusters ([`crate::Journal::commit_group`]) are only ever kept together, so a
+    /// consumer that stores them must store the whole group at once.
+    pub group_open: bool,
 }
 
 /// Reads operations from a journal's log files; keeps the current file open.
@@ -159,11 +163,15 @@ fn header_at(file: &File, id: FileId, at: u64) -> Result<Option<RecordHeader>, J
         .filter(|h| h.lsn == Lsn::new(id.seq, at) && h.salt == id.salt))
 }
 
-/// The operation starting at `pos`; `None` at a seal or where no live record starts.
+/// The operation starting at `pos`; `None` at a seal or where no live record starts. An
+/// operation of a group after the group's first starts at a record that names an earlier
+/// offset (the group's) and a later index.
 fn read_op(file: &File, id: FileId, pos: Lsn) -> Result<Option<LoggedOp>, JournalError> {
     let mut at = pos.offset;
     let mut runs = Vec::new();
     let mut cluster = None;
+    // Where the record's group starts and the index the next record must carry.
+    let mut expect: Option<(u64, u32)> = None;
     loop {
         let Some(h) = header_at(file, id, at)? else {
             return if runs.is_empty() {
@@ -175,9 +183,14 @@ fn read_op(file: &File, id: FileId, pos: Lsn) -> Result<Option<LoggedOp>, Journa
         if h.kind == RecordKind::Seal && runs.is_empty() {
             return Ok(None);
         }
+        let first = expect.is_none();
+        let (op_offset, index) = *expect.get_or_insert((h.op_offset, h.index));
+        let starts_well =
+            !first || op_offset == pos.offset && index == 0 || op_offset < pos.offset && index > 0;
         if h.kind != RecordKind::Pages
-            || h.op_offset != pos.offset
-            || h.index as usize != runs.len()
+            || !starts_well
+            || h.op_offset != op_offset
+            || h.index != index
             || *cluster.get_or_insert(h.cluster) != h.cluster
         {
             return Err(unreadable(
@@ -185,6 +198,7 @@ fn read_op(file: &File, id: FileId, pos: Lsn) -> Result<Option<LoggedOp>, Journa
                 "a record that does not continue its operation",
             ));
         }
+        expect = Some((op_offset, index.saturating_add(1)));
         let mut pages = vec![0u8; h.page_count as usize * PAGE_SIZE];
         file.read_exact_at(&mut pages, at + PAGE)
             .map_err(|e| unreadable(Lsn::new(id.seq, at), e.to_string()))?;
@@ -203,6 +217,7 @@ fn read_op(file: &File, id: FileId, pos: Lsn) -> Result<Option<LoggedOp>, Journa
                 cluster: h.cluster,
                 runs,
                 seq: 0,
+                group_open: h.group,
             }));
         }
     }

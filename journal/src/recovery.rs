@@ -9,6 +9,10 @@
 //!   its checksum, each carries its own LSN and its file's salt, and the last one has the END flag.
 //! - Replay every validated operation from `durableLSN` on, in log order (idempotent: each record
 //!   overwrites whole pages with their new images).
+//! - The operations of a *group* (one atomic commit of several clusters) are validated together:
+//!   their records all name the group's first record and are numbered across the group, and
+//!   every operation's END record but the last one's carries the group flag. The log ends at
+//!   the start of a group that is not complete, and the whole group is truncated.
 //! - The log ends at the first operation that is not validated. Its records are truncated (zeroed).
 //!   A file that is followed by a later file must end with a seal record: a validated log never has
 //!   holes.
@@ -53,6 +57,8 @@ pub struct OpRef {
     pub cluster: u32,
     /// Its runs, in log order.
     pub runs: Vec<RunRef>,
+    /// Its group goes on with the next operation (it is validated only with the group's last).
+    pub group_open: bool,
 }
 
 /// What scanning one file found.
@@ -152,14 +158,19 @@ fn checked_payload(bytes: &[u8], h: &RecordHeader) -> Option<Range<usize>> {
     (payload_crc(&[data]) == h.payload_crc).then_some(range)
 }
 
-/// Parses the operation starting at `offset`, or `None` if it is not validated.
-fn parse_op(bytes: &[u8], id: FileId, offset: u64) -> Option<OpRef> {
+/// Parses the operation starting at `offset` (or the group of operations: the records of a
+/// group all name its first record's offset and are numbered across it, each operation's
+/// last record carrying END, and the group flag too except on the last operation's); `None`
+/// if it is not validated.
+fn parse_group(bytes: &[u8], id: FileId, offset: u64) -> Option<Vec<OpRef>> {
     let mut at = offset;
+    let mut index = 0u32;
+    let mut ops = Vec::new();
+    let mut op_start = offset;
     let mut runs = Vec::new();
     let mut cluster = None;
     loop {
         let h = live_header(bytes, id, at)?;
-        let index = u32::try_from(runs.len()).ok()?;
         if h.kind != RecordKind::Pages || h.op_offset != offset || h.index != index {
             return None;
         }
@@ -171,13 +182,20 @@ fn parse_op(bytes: &[u8], id: FileId, offset: u64) -> Option<OpRef> {
             bytes: checked_payload(bytes, &h)?,
         });
         at = at.checked_add(h.span())?;
+        index = index.checked_add(1)?;
         if h.end {
-            return Some(OpRef {
-                lsn: Lsn::new(id.seq, offset),
+            ops.push(OpRef {
+                lsn: Lsn::new(id.seq, op_start),
                 end: Lsn::new(id.seq, at),
                 cluster: h.cluster,
-                runs,
+                runs: std::mem::take(&mut runs),
+                group_open: h.group,
             });
+            if !h.group {
+                return Some(ops);
+            }
+            op_start = at;
+            cluster = None;
         }
     }
 }
@@ -192,17 +210,17 @@ pub fn scan_file(bytes: &[u8], id: FileId, start: u64) -> FileScan {
             sealed = true;
             break;
         }
-        match parse_op(bytes, id, at) {
-            Some(op) => {
-                at = op.end.offset;
-                ops.push(op);
+        match parse_group(bytes, id, at) {
+            Some(group) => {
+                at = group.last().map_or(at, |op| op.end.offset);
+                ops.extend(group);
             }
             None => break,
         }
     }
     let end = at;
-    // The footprint of the operation that was being written when the writer stopped: follow its
-    // records as far as their headers are intact.
+    // The footprint of the operation (or group) that was being written when the writer
+    // stopped: follow its records as far as their headers are intact.
     let mut torn_until = end;
     if !sealed {
         let mut p = end;
@@ -215,6 +233,9 @@ pub fn scan_file(bytes: &[u8], id: FileId, start: u64) -> FileScan {
         }
     }
     // Nothing live may follow the end: look for an intact record of any *other* operation.
+    // A record of the torn operation beyond a lost one is debris of the same write: the
+    // truncation covers it too (else the next operation, written over the start of the
+    // debris, would leave live records of an older operation after its end).
     let mut later_record = None;
     if !sealed {
         let mut p = torn_until.max(end + PAGE);
@@ -224,6 +245,7 @@ pub fn scan_file(bytes: &[u8], id: FileId, start: u64) -> FileScan {
                     later_record = Some(p);
                     break;
                 }
+                torn_until = torn_until.max(p.saturating_add(h.span()).min(bytes.len() as u64));
             }
             p += PAGE;
         }

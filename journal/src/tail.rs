@@ -69,6 +69,7 @@ mod tests {
             cluster: 1,
             runs: vec![(0, vec![7; 4096 * pages])],
             seq: 0,
+            group_open: false,
         }
     }
 

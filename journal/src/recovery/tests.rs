@@ -1,9 +1,12 @@
 use super::*;
-use crate::encode::{op_bytes, seal_page, PageRun};
+use crate::encode::{group_bytes, op_bytes, seal_page, PageRun};
 use crate::format::{encode_file_header, AnchorSlot, FileId, PAGE_SIZE};
 use proptest::prelude::*;
 
 const P: usize = PAGE_SIZE;
+
+/// The runs of an op: `(first_page, npages, fill byte)`.
+type Runs<'a> = &'a [(u64, usize, u8)];
 
 /// An in-memory log file being built.
 struct File {
@@ -31,18 +34,45 @@ impl File {
 
     /// Appends an op writing `runs` = [(first_page, npages, fill byte)].
     fn op(&mut self, cluster: u32, runs: &[(u64, usize, u8)]) -> &mut Self {
-        let datas: Vec<Vec<u8>> = runs.iter().map(|&(_, n, b)| vec![b; n * P]).collect();
-        let prs: Vec<PageRun<'_>> = runs
+        self.group(&[(cluster, runs)])
+    }
+
+    /// Appends a group of ops (one op: a lone op), each `(cluster, runs)` as for [`File::op`].
+    fn group(&mut self, ops: &[(u32, Runs<'_>)]) -> &mut Self {
+        let datas: Vec<Vec<Vec<u8>>> = ops
+            .iter()
+            .map(|(_, runs)| runs.iter().map(|&(_, n, b)| vec![b; n * P]).collect())
+            .collect();
+        let prs: Vec<Vec<PageRun<'_>>> = ops
             .iter()
             .zip(&datas)
-            .map(|(&(first, _, _), d)| PageRun {
-                first_page: first,
-                pages: d,
+            .map(|((_, runs), d)| {
+                runs.iter()
+                    .zip(d)
+                    .map(|(&(first, _, _), d)| PageRun {
+                        first_page: first,
+                        pages: d,
+                    })
+                    .collect()
             })
             .collect();
-        let b = op_bytes(self.id, self.at as u64, cluster, &prs);
+        let refs: Vec<(u32, &[PageRun<'_>])> = ops
+            .iter()
+            .zip(&prs)
+            .map(|((c, _), r)| (*c, r.as_slice()))
+            .collect();
+        let b = if refs.len() == 1 {
+            op_bytes(self.id, self.at as u64, refs[0].0, refs[0].1)
+        } else {
+            group_bytes(self.id, self.at as u64, &refs)
+        };
         self.bytes[self.at..self.at + b.len()].copy_from_slice(&b);
-        self.ops.push((self.at as u64, (self.at + b.len()) as u64));
+        let mut at = self.at;
+        for (_, runs) in ops {
+            let len: usize = runs.iter().map(|&(_, n, _)| (1 + n) * P).sum();
+            self.ops.push((at as u64, (at + len) as u64));
+            at += len;
+        }
         self.at += b.len();
         self
     }
@@ -154,6 +184,74 @@ fn every_torn_prefix_and_subset_of_the_last_op_is_truncated() {
     // All pages present: validated.
     let plan = plan(&start(), &[full.image()]).unwrap();
     assert_eq!(plan.replay.len(), 2);
+}
+
+/// A group of three operations after a single one: any subset of the group's pages on disk
+/// but the whole keeps none of the group, and the truncation starts at the group.
+#[test]
+fn a_group_is_kept_whole_or_not_at_all() {
+    let mut full = File::new(1, 64);
+    full.op(1, &[(0, 1, 9)]).group(&[
+        (2, &[(0, 1, 1)]),
+        (3, &[(4, 1, 2), (9, 1, 4)]),
+        (2, &[(7, 1, 3)]),
+    ]);
+    let group_start = full.ops[1].0;
+    let group_end = full.ops[3].1;
+    let npages = ((group_end - group_start) as usize) / P;
+    let blank = {
+        let mut f = File::new(1, 64);
+        f.op(1, &[(0, 1, 9)]);
+        f
+    };
+    for mask in 0u32..(1 << npages) - 1 {
+        let mut f = File::new(1, 64);
+        f.bytes = blank.bytes.clone();
+        for p in 0..npages {
+            if mask & (1 << p) != 0 {
+                let at = group_start as usize + p * P;
+                f.bytes[at..at + P].copy_from_slice(&full.bytes[at..at + P]);
+            }
+        }
+        let plan = plan(&start(), &[f.image()]).unwrap_or_else(|e| panic!("mask {mask:#b}: {e}"));
+        assert_eq!(replayed(&plan), vec![(1, full.ops[0].0)], "mask {mask:#b}");
+        assert_eq!(plan.log_end, Lsn::new(1, group_start), "mask {mask:#b}");
+        if let Some((_, r)) = &plan.truncate {
+            assert_eq!(r.start, group_start, "mask {mask:#b}");
+            assert!(r.end <= group_end);
+        }
+        // What was validated of the group is zeroed with the rest.
+        if mask & 0b11 == 0b11 {
+            assert!(plan.truncate.is_some(), "mask {mask:#b}");
+        }
+    }
+    let plan = plan(&start(), &[full.image()]).unwrap();
+    assert_eq!(
+        replayed(&plan),
+        vec![
+            (1, full.ops[0].0),
+            (2, full.ops[1].0),
+            (3, full.ops[2].0),
+            (2, full.ops[3].0)
+        ]
+    );
+    assert_eq!(plan.log_end, Lsn::new(1, group_end));
+}
+
+#[test]
+fn a_seal_inside_a_group_is_refused() {
+    let mut f = File::new(1, 64);
+    f.op(1, &[(0, 1, 1)])
+        .group(&[(2, &[(0, 1, 2)]), (3, &[(0, 1, 3)])]);
+    // The group's last op replaced by a seal.
+    f.at = f.ops[2].0 as usize;
+    f.bytes[f.at..f.at + 2 * P].fill(0);
+    f.seal();
+    let group_start = f.ops[1].0;
+    match plan(&start(), &[f.image()]) {
+        Err(RecoveryError::CorruptMidLog { at, .. }) => assert_eq!(at, Lsn::new(1, group_start)),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -411,6 +509,39 @@ proptest! {
         f.bytes[..cut].copy_from_slice(&full.bytes[..cut]);
         let plan = plan(&start(), &[f.image()]).unwrap();
         let complete: Vec<u64> = full.ops.iter().filter(|&&(_, e)| e as usize <= cut).map(|&(s, _)| s).collect();
+        prop_assert_eq!(plan.replay.iter().map(|o| o.lsn.offset).collect::<Vec<_>>(), complete);
+    }
+
+    /// Groups of ops written in order, the disk cut at any page: the plan replays exactly the
+    /// ops of the groups entirely written, in order, and never errors.
+    #[test]
+    fn any_cut_replays_exactly_the_complete_groups(
+        groups in proptest::collection::vec(
+            proptest::collection::vec((1u32..4, 0u64..32, 1usize..3), 1..4), 1..6),
+        cut_page in 0usize..60,
+    ) {
+        let mut full = File::new(1, 96);
+        let mut bounds = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            let runs: Vec<[(u64, usize, u8); 1]> =
+                g.iter().map(|&(_, first, n)| [(first, n, i as u8 + 1)]).collect();
+            let ops: Vec<(u32, Runs<'_>)> =
+                g.iter().zip(&runs).map(|(&(c, _, _), r)| (c, &r[..])).collect();
+            let before = full.ops.len();
+            full.group(&ops);
+            bounds.push(before..full.ops.len());
+        }
+        let cut = (P + cut_page * P).min(full.at);
+        let mut f = File::new(1, 96);
+        f.bytes[..cut].copy_from_slice(&full.bytes[..cut]);
+        let plan = plan(&start(), &[f.image()]).unwrap();
+        let mut complete = Vec::new();
+        for b in bounds {
+            if full.ops[b.end - 1].1 as usize > cut {
+                break;
+            }
+            complete.extend(full.ops[b].iter().map(|&(s, _)| s));
+        }
         prop_assert_eq!(plan.replay.iter().map(|o| o.lsn.offset).collect::<Vec<_>>(), complete);
     }
 }
