@@ -3,9 +3,9 @@
 //!
 //! # Model
 //! An *operation* is the set of records of one cluster commit; a *group* is the operations of
-//! one atomic commit of several clusters ([`Journal::commit_group`]), kept whole or not at all. Each *record* is a 4 KiB header
-//! page (LSN, cluster id, page offset, page count, checksums) followed by whole page images of one
-//! contiguous run of the cluster's pages (I4, I9). Records are appended to log files and never
+//! one atomic commit of several clusters ([`Journal::commit_group`]), kept whole or not at all.
+//! Each *record* is a 4 KiB header page (LSN, cluster id, page offset, page count, checksums)
+//! followed by whole page images of one contiguous run of the cluster's pages (I4, I9). Records are appended to log files and never
 //! overwritten while live, and every record starts on a page boundary, so writing a record can
 //! never damage an earlier one. Committing an operation:
 //!
