@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use clu_proto::protocol::Request;
+use clu_proto::protocol::{Request, MAX_GROUP};
 use clu_sys::sync::lock;
 
 use crate::session::Session;
@@ -76,13 +76,19 @@ fn with<T>(
     about: Option<ClusterId>,
     f: impl FnOnce(&mut Session) -> Result<T, CluError>,
 ) -> Result<T, CluError> {
+    with_each(about.as_slice(), f)
+}
+
+/// As [`with`], about several clusters.
+fn with_each<T>(
+    about: &[ClusterId],
+    f: impl FnOnce(&mut Session) -> Result<T, CluError>,
+) -> Result<T, CluError> {
     let mut guard = lock(&SHIM);
     let shim = guard.get_or_insert_with(Shim::default);
     shim.reap();
-    if let Some(id) = about {
-        if shim.lost.contains_key(&id) {
-            return Err(gone(id));
-        }
+    if let Some(&id) = about.iter().find(|id| shim.lost.contains_key(id)) {
+        return Err(gone(id));
     }
     if shim.session.is_none() {
         shim.session = Some(Session::connect()?);
@@ -214,6 +220,41 @@ pub fn extend(id: ClusterId) -> Result<Option<Region>, CluError> {
 /// ```
 pub fn commit(id: ClusterId) -> Result<(), CluError> {
     with(Some(id), |s| s.commit(id))
+}
+
+/// `clu_CommitGroup`: writes the modified pages of every cluster of `ids` back atomically,
+/// as one snapshot of them all: when it returns `Ok` all of them are committed, when it fails
+/// none is, whatever crashes. Each cluster must be mapped read-write here, named once, and
+/// the clusters of one group must be on one volume (in this release); at most
+/// [`MAX_GROUP`] clusters.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if std::env::var_os("CLU_DOCTEST").is_none() { return Ok(()); } // run by scripts/test against a scratch pager
+/// use client::{api, ClusterKind};
+/// // An index in one cluster, the data it points to in another: both or neither.
+/// let (index, idx) = api::create_map(1, 1, ClusterKind::Protected)?;
+/// let (data, dat) = api::create_map(1, 4, ClusterKind::Protected)?;
+/// dat.write_u8(3 * 4096, 7);
+/// idx.write_u8(0, 3);
+/// api::commit_group(&[index, data])?;
+/// api::unmap(index)?;
+/// api::unmap(data)?;
+/// # Ok(()) }
+/// ```
+pub fn commit_group(ids: &[ClusterId]) -> Result<(), CluError> {
+    if ids.is_empty() || ids.len() > MAX_GROUP {
+        return Err(CluError::new(
+            ErrorCode::Invalid,
+            format!(
+                "a commit group names 1 to {MAX_GROUP} clusters, not {}",
+                ids.len()
+            ),
+        ));
+    }
+    with_each(ids, |s| s.commit_group(ids))
 }
 
 /// `clu_Abort`: discards every modification since the last commit.

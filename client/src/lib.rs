@@ -16,6 +16,7 @@ mod session;
 pub mod watcher;
 
 pub use api::CluError;
+pub use clu_proto::protocol::MAX_GROUP;
 pub use clu_proto::{CluId, ClusterId, ClusterKind, ErrorCode, IdError, MapMode, VolId, PAGE_SIZE};
 pub use config::{socket_path, Config, DEFAULT_SOCKET, SOCKET_ENV, WP_ASYNC_ENV};
 pub use region::Region;

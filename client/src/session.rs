@@ -340,6 +340,13 @@ impl Session {
         self.simple(&Request::Commit { id })
     }
 
+    pub(crate) fn commit_group(&mut self, ids: &[ClusterId]) -> Result<(), CluError> {
+        for &id in ids {
+            self.known(id)?;
+        }
+        self.simple(&Request::CommitGroup { ids: ids.to_vec() })
+    }
+
     pub(crate) fn abort(&mut self, id: ClusterId) -> Result<(), CluError> {
         self.known(id)?;
         self.simple(&Request::Abort { id })

@@ -10,6 +10,9 @@ use client::{api, ClusterId, ClusterKind, ErrorCode, MapMode, Region};
 /// `clu_id_t`.
 pub type CluIdT = u32;
 
+// `CLU_MAX_GROUP` in clu.h.
+const _: () = assert!(client::MAX_GROUP == 256);
+
 fn code(e: ErrorCode) -> c_int {
     e as i32
 }
@@ -136,6 +139,25 @@ pub unsafe extern "C" fn clu_Extend(
 #[no_mangle]
 pub extern "C" fn clu_Commit(id: CluIdT) -> c_int {
     guard(|| api::commit(ClusterId(id)).map_err(|e| e.code))
+}
+
+/// `clu_CommitGroup`.
+///
+/// # Safety
+/// `ids` is valid for reads of `n` ids (it may be null when `n` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn clu_CommitGroup(ids: *const CluIdT, n: usize) -> c_int {
+    guard(|| {
+        if n == 0 || ids.is_null() || n > client::MAX_GROUP {
+            // Refused by the API with the same code, before anything is read.
+            return api::commit_group(&[]).map_err(|e| e.code);
+        }
+        // SAFETY: the caller guarantees `ids` is valid for reads of `n` ids, and `n` is
+        // bounded above (at most MAX_GROUP ids are read).
+        let ids = unsafe { std::slice::from_raw_parts(ids, n) };
+        let ids: Vec<ClusterId> = ids.iter().map(|&id| ClusterId(id)).collect();
+        api::commit_group(&ids).map_err(|e| e.code)
+    })
 }
 
 /// `clu_Abort`.

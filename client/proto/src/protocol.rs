@@ -14,6 +14,9 @@ pub const VERSION: u8 = 1;
 /// The largest payload accepted.
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// The most clusters one [`Request::CommitGroup`] may name.
+pub const MAX_GROUP: usize = 256;
+
 /// `Attach` flag: the userfaultfd was opened with `UFFD_FEATURE_WP_ASYNC`; the caller's pagemap
 /// comes with it.
 pub const ATTACH_WP_ASYNC: u32 = 1;
@@ -48,6 +51,8 @@ pub enum Request {
     Commit { id: ClusterId },
     /// `clu_Abort`.
     Abort { id: ClusterId },
+    /// `clu_CommitGroup`: commits the clusters `ids` atomically (all or none).
+    CommitGroup { ids: Vec<ClusterId> },
     /// The caller mapped pages `first_page..first_page+npages` of `id` at address `base` and
     /// registered them with its userfaultfd, which is attached to the first such message of a
     /// connection (with, in write-protect-async mode, the caller's `/proc/self/pagemap`): the
@@ -207,6 +212,13 @@ impl Request {
             Request::Promote { id } => frame(12).u32(id.0),
             Request::Owner { id } => frame(13).u32(id.0),
             Request::Where { id } => frame(14).u32(id.0),
+            Request::CommitGroup { ids } => {
+                // More than the frame holds is cut here; the pager refuses over MAX_GROUP.
+                let n = ids.len().min(MAX_FRAME / 4 - 2);
+                ids[..n]
+                    .iter()
+                    .fold(frame(15).u32(n as u32), |w, id| w.u32(id.0))
+            }
         };
         finish(w)
     }
@@ -264,6 +276,12 @@ impl Request {
             12 => Request::Promote { id: id(&mut r)? },
             13 => Request::Owner { id: id(&mut r)? },
             14 => Request::Where { id: id(&mut r)? },
+            15 => {
+                let n = r.count(4)?;
+                Request::CommitGroup {
+                    ids: (0..n).map(|_| id(&mut r)).collect::<Result<_, _>>()?,
+                }
+            }
             t => return Err(ProtoError::Tag(t)),
         };
         r.finish()?;
@@ -364,6 +382,10 @@ mod tests {
             Request::Promote { id },
             Request::Owner { id },
             Request::Where { id },
+            Request::CommitGroup {
+                ids: vec![id, ClusterId(0x0002_0001)],
+            },
+            Request::CommitGroup { ids: vec![] },
         ]
     }
 

@@ -465,6 +465,7 @@ impl BackupServer {
     ) -> Result<(), WireError> {
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         let _live = Live(&self.stats.sessions);
+        let mut group = apply::PendingGroup::default();
         loop {
             let msg = match wire::recv(conn) {
                 Ok(m) => m,
@@ -482,7 +483,7 @@ impl BackupServer {
                 Msg::Op { runs, .. } => runs.iter().map(|r| r.pages.len()).sum(),
                 _ => 0,
             };
-            let answer = match handle(img, session_epoch, msg) {
+            let answer = match handle(img, session_epoch, msg, &mut group) {
                 Ok(Some(lsn)) => {
                     if kind == "Op" {
                         self.stats.operations.fetch_add(1, Ordering::Relaxed);

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use clu_proto::{CluId, ClusterId, PAGE_SIZE};
+use clu_proto::{CluId, ClusterId, ClusterKind, PAGE_SIZE};
 use clu_storage::ssr::LocalVolume;
 use clu_storage::{StorageError, Volume};
 use clu_sys::sync::{lock, wait_timeout_while};
@@ -451,12 +451,21 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
         l.sent = l.sent.max(pos);
     }
     let mut reader = shared.volume.log_reader()?;
+    // Operations of a group sent and not answered yet: the backup holds them until the
+    // group's last operation comes.
+    let mut in_group = false;
     loop {
         if shared.stop.load(Ordering::Acquire) {
             return Err(End::Stopped);
         }
-        // Destructions first: a destroyed cluster's operations are not sent any more.
-        for clu in shared.to_tell(&link.addr) {
+        // Destructions first: a destroyed cluster's operations are not sent any more. Not in
+        // the middle of a group: the backup stores the group before it destroys anything.
+        let to_tell = if in_group {
+            Vec::new()
+        } else {
+            shared.to_tell(&link.addr)
+        };
+        for clu in to_tell {
             call(
                 &mut conn,
                 &Msg::Destroy {
@@ -488,8 +497,34 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
         }
         let id = ClusterId(op.cluster);
         let end = op.end;
-        // A cluster destroyed since has nothing left to send.
-        if let Ok(desc) = shared.volume.clu_get_desc(id.clu()) {
+        let desc = shared.volume.clu_get_desc(id.clu());
+        // A cluster destroyed since has nothing left to send; but the last operation of a
+        // group whose first ones were sent still tells the backup that the group ends.
+        let gone = desc.is_err();
+        if gone && in_group && !op.group_open {
+            let msg = Msg::Op {
+                epoch: conf.epoch,
+                lsn: op.lsn,
+                end,
+                seq: op.seq,
+                written: reader.written(),
+                clu: CluInfo {
+                    clu: id.clu().0,
+                    npages: 0,
+                    owner: 0,
+                    kind: ClusterKind::Protected,
+                },
+                runs: Vec::new(),
+                group_open: false,
+            };
+            let got = call(&mut conn, &msg)?;
+            if got != end {
+                return Err(End::Broken(format!(
+                    "the backup acknowledged {got} for the group ending at {end}"
+                )));
+            }
+        }
+        if let Ok(desc) = desc {
             let extent = op
                 .runs
                 .iter()
@@ -512,10 +547,18 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
                     .into_iter()
                     .map(|(first_page, pages)| Run { first_page, pages })
                     .collect(),
+                group_open: op.group_open,
             };
             {
                 let mut l = lock(&link.inner);
                 l.sent = l.sent.max(end);
+            }
+            if op.group_open {
+                // Not answered: the group's last operation is.
+                wire::send(conn.get_mut(), &msg)?;
+                in_group = true;
+                pos = end;
+                continue;
             }
             // The journal's written ordinal last told to the backup.
             let mut told = written.ops;
@@ -531,6 +574,12 @@ fn serve_conn(shared: &Shared, link: &Link, conn: Stream) -> Result<Infallible, 
                 )));
             }
         }
+        if op.group_open {
+            // Of a destroyed cluster, inside a group: the group's end is told with its last.
+            pos = end;
+            continue;
+        }
+        in_group = false;
         acknowledged(shared, link, op.lsn, end);
         pos = end;
     }

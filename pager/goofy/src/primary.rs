@@ -257,6 +257,13 @@ impl Volume for ReliableVolume {
         let lsn = r.inner.clu_commit(clu, batch)?;
         self.propagated(lsn)
     }
+    fn clu_commit_group(&self, ops: Vec<(CluId, Batch)>) -> Result<Lsn> {
+        let r = &self.0;
+        r.check()?;
+        // Shipped as a unit: the backups store the group's operations together.
+        let lsn = r.inner.clu_commit_group(ops)?;
+        self.propagated(lsn)
+    }
     fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
         self.0.inner.clu_prefetch(clu, first_page, npages)
     }

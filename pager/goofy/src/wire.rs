@@ -139,6 +139,11 @@ pub enum Msg {
     /// validated at `lsn..end` in the primary's journal, the operation's ordinal in that
     /// journal's run (`seq`, 0 if not known) and what the journal had written when it was
     /// sent: the loss window a backup can report.
+    ///
+    /// `group_open`: the operation's group (an atomic commit of several clusters) goes on
+    /// with the next operation. Such an operation is not answered: the backup stores the
+    /// group's operations together when the last one comes, and answers that one. The last
+    /// one may have no run (its cluster was destroyed since: only the group's end is told).
     Op {
         epoch: u64,
         lsn: Lsn,
@@ -147,6 +152,7 @@ pub enum Msg {
         written: Written,
         clu: CluInfo,
         runs: Vec<Run>,
+        group_open: bool,
     },
     /// Primary to backup, not answered: what its journal has written: sent by an
     /// asynchronous link while it waits for an acknowledgement, so that the backup knows what
@@ -353,7 +359,8 @@ impl Msg {
                 written,
                 clu,
                 runs,
-            } => start(3)
+                group_open,
+            } => start(if *group_open { 16 } else { 3 })
                 .u64(*epoch)
                 .lsn(*lsn)
                 .lsn(*end)
@@ -412,7 +419,9 @@ impl Msg {
             2 => Msg::Welcome {
                 position: r.position()?,
             },
-            3 => {
+            // 16: an operation whose group goes on (a tag of its own, so that a backup of an
+            // earlier release refuses it instead of storing a part of a group).
+            tag @ (3 | 16) => {
                 let (epoch, lsn, end) = (r.u64()?, r.lsn()?, r.lsn()?);
                 let (seq, written) = (r.u64()?, r.written()?);
                 let clu = r.clu()?;
@@ -429,6 +438,7 @@ impl Msg {
                     written,
                     clu,
                     runs: r.runs(clu.npages)?,
+                    group_open: tag == 16,
                 }
             }
             4 => Msg::Ack { lsn: r.lsn()? },

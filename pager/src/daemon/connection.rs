@@ -244,6 +244,10 @@ impl Connection {
                 m.abort(conn, id)?;
                 (Response::Ok, None)
             }
+            Request::CommitGroup { ids } => {
+                m.commit_group(conn, &ids)?;
+                (Response::Ok, None)
+            }
             Request::Admin { words } => (
                 Response::Text(super::admin::execute(&d, uid, &words)?),
                 None,

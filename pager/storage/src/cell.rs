@@ -135,6 +135,10 @@ impl Volume for Fenced {
         self.check()?;
         self.inner.clu_commit(clu, batch)
     }
+    fn clu_commit_group(&self, ops: Vec<(CluId, Batch)>) -> Result<Lsn> {
+        self.check()?;
+        self.inner.clu_commit_group(ops)
+    }
     fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
         self.inner.clu_prefetch(clu, first_page, npages)
     }

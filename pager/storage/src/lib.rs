@@ -117,6 +117,26 @@ pub trait Volume: Send + Sync {
     fn clu_commit(&self, clu: CluId, batch: Batch) -> Result<Lsn> {
         self.clu_write(clu, &batch.runs())
     }
+    /// Writes the batches of several clusters of this volume as one atomic group: after a
+    /// crash, all of them are stored or none (a group within one volume is one journal group:
+    /// no two-phase commit). Returns as [`Volume::clu_commit`] does, with the LSN of the
+    /// group's last operation. Each cluster at most once. The default takes a group of one
+    /// cluster and refuses more (a service that cannot write several clusters atomically).
+    fn clu_commit_group(&self, ops: Vec<(CluId, Batch)>) -> Result<Lsn> {
+        let mut ops = ops;
+        match ops.len() {
+            0 => Err(StorageError::Invalid("an empty commit group".into())),
+            1 => {
+                let (clu, batch) = ops.remove(0);
+                self.clu_commit(clu, batch)
+            }
+            n => Err(StorageError::Invalid(format!(
+                "volume {} cannot commit {n} clusters atomically (its storage service has no \
+                 commit groups); commit them one by one",
+                self.id()
+            ))),
+        }
+    }
     /// Hints that pages `first_page..first_page+npages` will be read soon (a service may start
     /// reading them in the background). The default does nothing.
     fn clu_prefetch(&self, _clu: CluId, _first_page: u64, _npages: u64) {}

@@ -673,6 +673,21 @@ impl Storage {
         self.volume(id.vol())?.clu_commit(id.clu(), batch)
     }
 
+    /// [`Volume::clu_commit_group`] on the volume of the clusters `ids` (all of one volume).
+    pub fn clu_commit_group(&self, ops: Vec<(ClusterId, Batch)>) -> Result<Lsn> {
+        let Some(vol) = ops.first().map(|(id, _)| id.vol()) else {
+            return Err(StorageError::Invalid("an empty commit group".into()));
+        };
+        if let Some((other, _)) = ops.iter().find(|(id, _)| id.vol() != vol) {
+            return Err(StorageError::Invalid(format!(
+                "cluster {other} is not on volume {vol} like the group's first cluster: a \
+                 commit group of one volume holds clusters of that volume only"
+            )));
+        }
+        let ops = ops.into_iter().map(|(id, b)| (id.clu(), b)).collect();
+        self.volume(vol)?.clu_commit_group(ops)
+    }
+
     /// Unmounts everything (the mount table is kept: volumes come back at the next start).
     pub fn close(self) -> Result<()> {
         let vols: Vec<Arc<dyn Volume>> = write(&self.mounted).drain().map(|(_, v)| v).collect();

@@ -4,7 +4,9 @@
 //!
 //! Commands (ids as printed by `create`, in hex `vvvv:cccc`):
 //! `create PAGES [protected|shareable|temporary [VOL]]`, `map ID [ro]`, `unmap ID`, `commit ID`,
-//! `abort ID`, `resize ID ADD`, `extend ID`, `fill ID SEED [FIRST N]`, `check ID SEED [FIRST N]`,
+//! `abort ID`, `commit-group ID...`, `group-loop START ID...` (every page of each cluster filled
+//! with version START, START+1, ... committed as one group, for ever, printing `acked V`),
+//! `resize ID ADD`, `extend ID`, `fill ID SEED [FIRST N]`, `check ID SEED [FIRST N]`,
 //! `w ID OFFSET BYTE`, `r ID OFFSET`, `loop ID [START [FIRST N [LOCKFILE]]]` (fill pages
 //! FIRST..FIRST+N and commit versions START, START+1, ... for ever, printing `acked V`; with
 //! LOCKFILE, under an exclusive flock), `which ID [FIRST N]` (the version every page holds, or
@@ -103,6 +105,32 @@ fn run(line: &str, out: &mut impl Write) -> Result<String, String> {
         Some("commit") => api::commit(id(w.get(1))?)
             .map(|()| String::new())
             .map_err(e),
+        Some("commit-group") => {
+            let ids = w[1..]
+                .iter()
+                .map(|s| id(Some(s)))
+                .collect::<Result<Vec<_>, _>>()?;
+            api::commit_group(&ids).map(|()| String::new()).map_err(e)
+        }
+        Some("group-loop") => {
+            let start = num(w.get(1).ok_or("-22 START")?)?;
+            let ids = w[2..]
+                .iter()
+                .map(|s| id(Some(s)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for v in start.. {
+                for &id in &ids {
+                    pages(id, 0, pages_of(id)?, true, |p, page| {
+                        fill_pattern(page, v, p);
+                        Ok(())
+                    })?;
+                }
+                api::commit_group(&ids).map_err(e)?;
+                let _ = writeln!(out, "acked {v}");
+                let _ = out.flush();
+            }
+            Ok(String::new())
+        }
         Some("abort") => api::abort(id(w.get(1))?).map(|()| String::new()).map_err(e),
         Some("where") => api::where_is(id(w.get(1))?)
             .map(|s| if s.is_empty() { "-".into() } else { s })

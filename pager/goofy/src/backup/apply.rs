@@ -6,19 +6,31 @@ use std::sync::Mutex;
 use clu_proto::CluId;
 use clu_storage::{StorageError, Volume};
 use clu_sys::sync::lock;
-use journal::Lsn;
+use journal::{Batch, Lsn};
 use tracing::info;
 
 use super::{BackupError, VolumeImage};
 use crate::position::{Heard, Position};
 use crate::wire::{Msg, Run};
 
+/// The operations of a group received so far in a session (an atomic commit of several
+/// clusters on the primary), stored together when its last operation comes.
+#[derive(Default)]
+pub(super) struct PendingGroup {
+    /// Each operation's cluster and pages.
+    ops: Vec<(CluId, Batch)>,
+    /// Where the last one received ends: the next must start there.
+    end: Option<Lsn>,
+}
+
 /// Applies one message of a primary's session (introduced at `session_epoch`); returns the
-/// position to acknowledge (`None`: a message not answered).
+/// position to acknowledge (`None`: a message not answered). `group` holds the operations of
+/// a group not complete yet.
 pub(super) fn handle(
     img: &Mutex<VolumeImage>,
     session_epoch: u64,
     msg: Msg,
+    group: &mut PendingGroup,
 ) -> Result<Option<Lsn>, BackupError> {
     let mut img = lock(img);
     let epoch = match &msg {
@@ -43,6 +55,12 @@ pub(super) fn handle(
             got: epoch,
         });
     }
+    if group.end.is_some() && !matches!(msg, Msg::Op { .. } | Msg::Written { .. }) {
+        return Err(BackupError::Protocol(format!(
+            "a {} in the middle of a group of operations",
+            msg.kind()
+        )));
+    }
     let answer = match msg {
         Msg::Op {
             lsn,
@@ -51,6 +69,7 @@ pub(super) fn handle(
             written,
             clu,
             runs,
+            group_open,
             ..
         } => {
             let at = img.state.position;
@@ -61,7 +80,9 @@ pub(super) fn handle(
             }
             if at.epoch == epoch && end <= at.lsn {
                 img.state.heard.hear(written);
-                return Ok(Some(at.lsn)); // sent again after a reconnection
+                // Sent again after a reconnection (an operation inside a group is not
+                // answered, held or not).
+                return Ok((!group_open).then_some(at.lsn));
             }
             if at.epoch == epoch && lsn < at.lsn {
                 return Err(BackupError::Protocol(format!(
@@ -69,8 +90,30 @@ pub(super) fn handle(
                     at.lsn
                 )));
             }
+            if let Some(expected) = group.end {
+                if lsn != expected {
+                    return Err(BackupError::Protocol(format!(
+                        "operation {lsn}..{end} does not follow the group's operation ending \
+                         at {expected}"
+                    )));
+                }
+            }
             let id = CluId(clu.clu);
-            img.volume.clu_ensure(id, clu.npages, clu.owner, clu.kind)?;
+            // The last operation of a group may come without pages (its cluster was
+            // destroyed on the primary since): it only ends the group.
+            if !runs.is_empty() {
+                img.volume.clu_ensure(id, clu.npages, clu.owner, clu.kind)?;
+            } else if group.end.is_none() {
+                return Err(BackupError::Protocol(format!(
+                    "operation {lsn}..{end} has no page and ends no group"
+                )));
+            }
+            let batch = Run::batch(&runs).map_err(StorageError::from)?;
+            if group_open {
+                group.ops.push((id, batch));
+                group.end = Some(end);
+                return Ok(None);
+            }
             let position = Position {
                 epoch,
                 lsn: end,
@@ -82,10 +125,18 @@ pub(super) fn handle(
             if at.epoch == epoch {
                 heard.hear(img.state.heard.written);
             }
-            // The pages and the position together, in one sync of the image's journal.
-            let batch = Run::batch(&runs).map_err(StorageError::from)?;
-            img.volume
-                .clu_commit_noted(id, batch, &position.encode_note(&heard))?;
+            // The pages and the position together, in one sync of the image's journal; a
+            // group's operations all together, atomically.
+            let note = position.encode_note(&heard);
+            if group.end.take().is_some() {
+                let mut ops = std::mem::take(&mut group.ops);
+                if !batch.is_empty() {
+                    ops.push((id, batch));
+                }
+                img.volume.clu_commit_group_noted(ops, Some(&note))?;
+            } else {
+                img.volume.clu_commit_noted(id, batch, &note)?;
+            }
             img.state.position = position;
             img.state.heard = heard;
             end

@@ -41,6 +41,17 @@ fn samples() -> Vec<Msg> {
             },
             clu,
             runs: runs.clone(),
+            group_open: false,
+        },
+        Msg::Op {
+            epoch: 2,
+            lsn: Lsn::new(1, 16384),
+            end: Lsn::new(1, 24576),
+            seq: 4,
+            written: Written::default(),
+            clu,
+            runs: runs.clone(),
+            group_open: true,
         },
         Msg::Ack {
             lsn: Lsn::new(1, 4096),
@@ -142,6 +153,7 @@ fn messages_round_trip_through_frames_and_damage_is_refused() {
             first_page: 1,
             pages: vec![0; PAGE_SIZE],
         }],
+        group_open: false,
     };
     assert!(
         Msg::decode(&op.encode()).is_err(),

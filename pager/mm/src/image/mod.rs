@@ -22,12 +22,14 @@ use std::sync::{Arc, Mutex};
 
 mod evict;
 mod fault;
+mod group;
 mod history;
 mod readahead;
 pub(crate) mod usage;
 mod writeback;
 
 pub use fault::Fault;
+pub use group::commit_group;
 pub(crate) use history::spawn_replay;
 
 use clu_proto::{ClusterId, ErrorCode, PAGE_SIZE};

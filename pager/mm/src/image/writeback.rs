@@ -16,6 +16,23 @@ use crate::page_state::{step, Action, Event, PageState, Residence};
 use crate::runs::page_runs;
 use crate::types::PageNo;
 
+/// A commit begun ([`Image::begin_commit`]): the dirty pages, each in its `Clean` state, and
+/// where each is copied from.
+pub(crate) struct Started {
+    dirty: Vec<u64>,
+    from: Vec<Residence>,
+    /// A page refused its `Commit` event (the others went back to dirty).
+    failed: Option<Refusal>,
+}
+
+/// A commit's snapshot copied ([`Image::copy_commit`]): the batch to write (`None` when
+/// every dirty page equals its stored image), the pages of the snapshot and those written.
+pub(crate) struct Snapshot {
+    pub(crate) batch: Option<Batch>,
+    pub(crate) dirty: Vec<u64>,
+    pub(crate) kept: Vec<u64>,
+}
+
 impl Image {
     /// `clu_Commit`: writes the dirty pages back atomically through the volume's journal.
     /// Returns the number of pages written.
@@ -26,51 +43,99 @@ impl Image {
             // Never written to storage unless promoted (thesis G4): the pages stay dirty.
             return Ok(0);
         }
-        let (dirty, keep, buf) = {
-            let mut st = lock(&self.state);
-            self.harvest(&mut st);
-            let dirty: Vec<u64> = (0..st.pages.len() as u64)
-                .filter(|&p| matches!(st.pages[p as usize], PageState::KWrite | PageState::SWrite))
-                .collect();
-            if dirty.is_empty() {
-                return Ok(0);
-            }
-            // One write-protect per region makes the snapshot point-in-time: from here on, a
-            // write to any page of the cluster faults and waits for the commit. This is every
-            // page's `WriteProtect` action at once.
-            let npages = st.pages.len() as u64;
-            self.protect(PageNo(0), npages);
-            // Page-aligned, so that the journal writes it by direct I/O (no second copy).
-            let mut from = Vec::with_capacity(dirty.len());
-            for (i, &p) in dirty.iter().enumerate() {
-                match self.start_commit(&mut st, p) {
-                    Ok(r) => from.push(r),
-                    Err(e) => {
-                        self.finish_commit(&mut st, &dirty[..=i], Event::CommitFailed);
-                        return Err(e);
-                    }
-                }
-            }
-            let buf = match PageBuf::filled(dirty.len() * PAGE_SIZE, |buf| {
-                self.copy_dirty(&st, &dirty, &from, buf)
-            }) {
-                Ok(buf) => buf,
-                Err(e) => {
-                    self.finish_commit(&mut st, &dirty, Event::CommitFailed);
-                    return Err(e);
-                }
-            };
-            // The pages to write: a zero-backed page still all zeros is equal to its stored
-            // image already (its `CopyToJournal` is a no-op).
-            let keep: Vec<usize> = (0..dirty.len())
-                .filter(|&i| {
-                    let zero_backed = st.zero_backed.get(dirty[i] as usize).copied();
-                    let page = &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-                    !(zero_backed == Some(true) && page.iter().all(|&b| b == 0))
-                })
-                .collect();
-            (dirty, keep, buf)
+        let Some(started) = self.begin_commit() else {
+            return Ok(0);
         };
+        let snap = self.copy_commit(started)?;
+        // The volume owns the batch from here (it may apply it after returning).
+        let written = match snap.batch {
+            Some(batch) => self
+                .vol
+                .clu_commit(self.id.clu(), batch)
+                .map(|_| ())
+                .map_err(Refusal::from),
+            None => Ok(()),
+        };
+        self.end_commit(&snap.dirty, &snap.kept, written, t0)
+    }
+
+    /// The serialisation of commits and aborts of this image (a commit group holds it for
+    /// each of its clusters, in cluster order).
+    pub(crate) fn commit_serial(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.commit_lock)
+    }
+
+    /// The first step of a commit (the caller holds [`Image::commit_serial`]): collects the
+    /// dirty pages and write-protects the cluster, so that from here on a write to any of its
+    /// pages faults and waits for the commit (every page's `WriteProtect`), and each dirty
+    /// page takes its `Commit` event. `None` if nothing is dirty. The snapshot is fixed
+    /// here: a commit group takes this step for every cluster before it copies any.
+    pub(crate) fn begin_commit(&self) -> Option<Started> {
+        let mut st = lock(&self.state);
+        self.harvest(&mut st);
+        let dirty: Vec<u64> = (0..st.pages.len() as u64)
+            .filter(|&p| matches!(st.pages[p as usize], PageState::KWrite | PageState::SWrite))
+            .collect();
+        if dirty.is_empty() {
+            return None;
+        }
+        let npages = st.pages.len() as u64;
+        self.protect(PageNo(0), npages);
+        let mut from = Vec::with_capacity(dirty.len());
+        for (i, &p) in dirty.iter().enumerate() {
+            match self.start_commit(&mut st, p) {
+                Ok(r) => from.push(r),
+                Err(e) => {
+                    // A page that cannot take `Commit` (a bug): the pages before it go back.
+                    warn!(cluster = %self.id, page = p, "BUG: {e}");
+                    self.finish_commit(&mut st, &dirty[..i], Event::CommitFailed);
+                    return Some(Started {
+                        dirty: Vec::new(),
+                        from: Vec::new(),
+                        failed: Some(e),
+                    });
+                }
+            }
+        }
+        Some(Started {
+            dirty,
+            from,
+            failed: None,
+        })
+    }
+
+    /// The second step of a commit: copies the pages of the snapshot into one page-aligned
+    /// buffer (so that the journal writes it by direct I/O, with no second copy) and makes
+    /// the batch of the pages to write. On failure the pages go back to dirty.
+    pub(crate) fn copy_commit(&self, started: Started) -> Result<Snapshot, Refusal> {
+        let Started {
+            dirty,
+            from,
+            failed,
+        } = started;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut st = lock(&self.state);
+        let buf = match PageBuf::filled(dirty.len() * PAGE_SIZE, |buf| {
+            self.copy_dirty(&st, &dirty, &from, buf)
+        }) {
+            Ok(buf) => buf,
+            Err(e) => {
+                self.finish_commit(&mut st, &dirty, Event::CommitFailed);
+                return Err(e);
+            }
+        };
+        // The pages to write: a zero-backed page still all zeros is equal to its stored
+        // image already (its `CopyToJournal` is a no-op).
+        let keep: Vec<usize> = (0..dirty.len())
+            .filter(|&i| {
+                let zero_backed = st.zero_backed.get(dirty[i] as usize).copied();
+                let page = &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                !(zero_backed == Some(true) && page.iter().all(|&b| b == 0))
+            })
+            .collect();
+        drop(st);
         // Runs of pages consecutive in the cluster; consecutive in `buf` too, since `dirty` is
         // sorted and holds every dirty page between two kept ones.
         let kept: Vec<u64> = keep.iter().map(|&i| dirty[i]).collect();
@@ -81,21 +146,40 @@ impl Image {
             runs = runs.and(batch.push(first, keep[k] * PAGE_SIZE, n as usize));
             k += n as usize;
         }
-        // The volume owns the batch from here (it may apply it after returning).
-        let written = match runs {
-            Err(e) => Err(io("commit", e)),
-            Ok(()) if batch.is_empty() => Ok(Default::default()),
-            Ok(()) => self
-                .vol
-                .clu_commit(self.id.clu(), batch)
-                .map_err(Refusal::from),
-        };
+        if let Err(e) = runs {
+            let mut st = lock(&self.state);
+            self.finish_commit(&mut st, &dirty, Event::CommitFailed);
+            return Err(io("commit", e));
+        }
+        Ok(Snapshot {
+            batch: (!batch.is_empty()).then_some(batch),
+            dirty,
+            kept,
+        })
+    }
+
+    /// A commit begun and not copied goes back: its pages take `CommitFailed` (dirty again).
+    pub(crate) fn cancel_commit(&self, started: Started) {
+        let mut st = lock(&self.state);
+        self.finish_commit(&mut st, &started.dirty, Event::CommitFailed);
+    }
+
+    /// The last step of a commit: each page of the snapshot takes `CommitDone` or
+    /// `CommitFailed` as the write went, and the faults that waited are served. Returns the
+    /// number of pages committed, or the write's error.
+    pub(crate) fn end_commit(
+        &self,
+        dirty: &[u64],
+        kept: &[u64],
+        written: Result<(), Refusal>,
+        t0: std::time::Instant,
+    ) -> Result<u64, Refusal> {
         let mut st = lock(&self.state);
         if written.is_ok() {
             // Their stored images are not zero any more; a zero page brought in beside a
             // fault and written since counts as modified now (J3).
             let st = &mut *st;
-            for &p in &kept {
+            for &p in kept {
                 if let Some(z) = st.zero_backed.get_mut(p as usize) {
                     if *z {
                         st.usage.modified(p);
@@ -111,7 +195,8 @@ impl Image {
         } else {
             Event::CommitFailed
         };
-        self.finish_commit(&mut st, &dirty, ev);
+        self.finish_commit(&mut st, dirty, ev);
+        drop(st);
         written?;
         self.commits_done
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

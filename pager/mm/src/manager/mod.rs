@@ -8,6 +8,7 @@
 //! aborts and releases run with the table unlocked. A fault path that holds an image's `state`
 //! and needs room in another image only ever *tries* the table and the other image.
 
+mod group;
 mod table;
 
 use std::fs::File;

@@ -9,6 +9,7 @@
 //! ```
 
 mod clusters;
+mod group;
 mod sums;
 
 use std::fs::{self, OpenOptions};
@@ -607,6 +608,10 @@ impl Volume for LocalVolume {
         }
         let _serial = lock(&c.commit);
         self.with_journal(|j| Ok(j.commit(desc.id.0, runs)?))
+    }
+
+    fn clu_commit_group(&self, ops: Vec<(CluId, Batch)>) -> Result<Lsn> {
+        self.clu_commit_group_noted(ops, None)
     }
 
     fn clu_commit(&self, clu: CluId, batch: Batch) -> Result<Lsn> {
