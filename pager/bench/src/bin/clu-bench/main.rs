@@ -6,12 +6,14 @@
 //! - `clu-bench goofy [--quick]` measures reliable volumes against local ones (thesis fig. 7.5).
 //! - `clu-bench faults [--quick]` measures the pager's fault paths against the kernel's own file
 //!   pager and a bare userfaultfd resolver (thesis chapter V, section 3 of the digest).
+//! - `clu-bench commit-group [--quick]` measures commit groups against single commits.
 //! - `clu-bench sites [--quick]` measures remote paging against local paging and the link
 //!   (thesis V.2.3), over a network namespace's link as is and shaped like a LAN.
 
 mod failover;
 mod faults;
 mod goofy;
+mod group;
 mod journal;
 mod sites;
 
@@ -60,6 +62,19 @@ enum Bench {
         /// as the primary; another file system stands in for the backups' own machines).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
+    },
+    /// Commit groups (issue 18): a group of two 100-page clusters against two single commits
+    /// one after the other, on one site.
+    CommitGroup {
+        /// Fewer runs (finishes within seconds).
+        #[arg(long)]
+        quick: bool,
+        /// Runs of each case (default 21, 7 with --quick).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Scratch directory (wiped first).
+        #[arg(long, default_value = "target/bench-scratch/commit-group")]
+        dir: PathBuf,
     },
     /// Remote paging (thesis V.2.3): faults, a sequential traversal, a commit and paging
     /// served by another site or a memory server, beside the same link's ping-pong, stream and
@@ -133,6 +148,7 @@ fn main() -> std::process::ExitCode {
             dir,
             backup_dir,
         } => goofy::run(quick, runs, &dir, backup_dir.as_deref(), false),
+        Bench::CommitGroup { quick, runs, dir } => group::run(quick, runs, &dir),
         Bench::GoofyPlain { runs, dir } => goofy::run(false, Some(runs), &dir, None, true),
         Bench::FaultsChild(args) => faults::child(&args),
         Bench::Sites(args) => sites::run(&args),
