@@ -93,6 +93,102 @@ pub(crate) fn op_headers(
     out
 }
 
+/// The prepare record closing a prepared group (whose first record is at `group.op_offset`)
+/// at `offset` of file `id`.
+pub(crate) fn prepare_page(
+    id: FileId,
+    offset: u64,
+    group: InGroup,
+    txid: u64,
+    coordinator: u32,
+) -> PageBuf {
+    let h = RecordHeader {
+        kind: RecordKind::Prepare,
+        lsn: Lsn::new(id.seq, offset),
+        op_offset: group.op_offset,
+        index: group.first_index,
+        end: true,
+        group: false,
+        cluster: coordinator,
+        first_page: txid,
+        page_count: 0,
+        payload_crc: payload_crc(&[]),
+        salt: id.salt,
+    };
+    let mut page = PageBuf::zeroed(PAGE_SIZE);
+    h.encode(&mut page);
+    page
+}
+
+/// The decide record of transaction `txid` at `offset` of file `id`.
+pub(crate) fn decide_page(id: FileId, offset: u64, txid: u64, commit: bool) -> PageBuf {
+    let h = RecordHeader {
+        kind: RecordKind::Decide,
+        lsn: Lsn::new(id.seq, offset),
+        op_offset: offset,
+        index: 0,
+        end: true,
+        group: false,
+        cluster: if commit {
+            crate::format::DECIDE_COMMIT
+        } else {
+            crate::format::DECIDE_ABORT
+        },
+        first_page: txid,
+        page_count: 0,
+        payload_crc: payload_crc(&[]),
+        salt: id.salt,
+    };
+    let mut page = PageBuf::zeroed(PAGE_SIZE);
+    h.encode(&mut page);
+    page
+}
+
+/// Lays a prepared group out as [`group_bytes`] does, closed by its prepare record.
+pub fn prepared_bytes(
+    id: FileId,
+    offset: u64,
+    ops: &[(u32, &[PageRun<'_>])],
+    txid: u64,
+    coordinator: u32,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut first_index = 0u32;
+    for (cluster, runs) in ops {
+        let group = InGroup {
+            op_offset: offset,
+            first_index,
+            open: true,
+        };
+        out.extend(lay_out(
+            id,
+            offset + out.len() as u64,
+            *cluster,
+            runs,
+            group,
+        ));
+        first_index += runs.len() as u32;
+    }
+    let group = InGroup {
+        op_offset: offset,
+        first_index,
+        open: false,
+    };
+    out.extend_from_slice(&prepare_page(
+        id,
+        offset + out.len() as u64,
+        group,
+        txid,
+        coordinator,
+    ));
+    out
+}
+
+/// The bytes of a decide record, as [`op_bytes`] lays out an operation.
+pub fn decide_bytes(id: FileId, offset: u64, txid: u64, commit: bool) -> Vec<u8> {
+    decide_page(id, offset, txid, commit).to_vec()
+}
+
 /// The seal record closing file `id` at `offset`.
 pub(crate) fn seal_page(id: FileId, offset: u64) -> Vec<u8> {
     let h = RecordHeader {

@@ -195,7 +195,20 @@ pub enum RecordKind {
     Pages,
     /// Closes a log file: the writer moved on to the next file. No payload.
     Seal,
+    /// Closes a *prepared* group (two-phase commit): its operations are validated but not
+    /// decided; recovery keeps them apart until a [`RecordKind::Decide`] names the group.
+    /// No payload: `first_page` holds the transaction id, `cluster` the coordinator's id
+    /// (opaque to the journal).
+    Prepare,
+    /// The outcome of a prepared group: `first_page` holds the transaction id, `cluster` 1
+    /// (commit) or 2 (abort). A lone record, no payload.
+    Decide,
 }
+
+/// [`RecordKind::Decide`]'s `cluster` for a commit.
+pub(crate) const DECIDE_COMMIT: u32 = 1;
+/// [`RecordKind::Decide`]'s `cluster` for an abort.
+pub(crate) const DECIDE_ABORT: u32 = 2;
 
 /// The header of one record, as stored in its first page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +252,8 @@ impl RecordHeader {
         let kind: u16 = match self.kind {
             RecordKind::Pages => 1,
             RecordKind::Seal => 2,
+            RecordKind::Prepare => 3,
+            RecordKind::Decide => 4,
         };
         page[10..12].copy_from_slice(&kind.to_le_bytes());
         let flags = if self.end { FLAG_END } else { 0 } | if self.group { FLAG_GROUP } else { 0 };
@@ -280,6 +295,8 @@ impl RecordHeader {
         let kind = match u16::from_le_bytes([page[10], page[11]]) {
             1 => RecordKind::Pages,
             2 => RecordKind::Seal,
+            3 => RecordKind::Prepare,
+            4 => RecordKind::Decide,
             _ => return Err(DecodeError::BadField("record kind")),
         };
         let flags = u32_at(page, 12);
@@ -309,6 +326,16 @@ impl RecordHeader {
         }
         if kind == RecordKind::Seal && (h.page_count != 0 || h.group) {
             return Err(DecodeError::BadField("seal with payload"));
+        }
+        if matches!(kind, RecordKind::Prepare | RecordKind::Decide)
+            && (h.page_count != 0 || h.group || !h.end)
+        {
+            return Err(DecodeError::BadField(
+                "a prepare or decide record with a payload or not closing its operation",
+            ));
+        }
+        if kind == RecordKind::Decide && !matches!(h.cluster, DECIDE_COMMIT | DECIDE_ABORT) {
+            return Err(DecodeError::BadField("a decide record with no outcome"));
         }
         if h.first_page.checked_add(u64::from(h.page_count)).is_none() {
             return Err(DecodeError::BadField("page range overflows"));

@@ -95,6 +95,15 @@ pub(crate) struct Inner {
     pub(crate) tail: Mutex<Option<TailCache>>,
     /// Called after each write to the log, before its sync (see `Journal::on_written`).
     pub(crate) on_written: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Prepared groups not decided yet, by transaction (their operations stay in `pending`,
+    /// so `durableLSN` stays before them). A leaf.
+    pub(crate) prepared: Mutex<std::collections::HashMap<u64, Prepared>>,
+}
+
+/// A prepared group held until its decision: the coordinator's id and each operation.
+pub(crate) struct Prepared {
+    pub(crate) coordinator: u32,
+    pub(crate) ops: Vec<crate::apply::Queued>,
 }
 
 pub(crate) fn pwritev_all(file: &File, mut bufs: Vec<&[u8]>, mut offset: u64) -> io::Result<()> {

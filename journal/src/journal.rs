@@ -12,9 +12,9 @@ use clu_sys::sync::lock;
 
 use crate::anchor::Anchor;
 use crate::apply::{Batch, Queued};
-use crate::encode::{op_headers, op_span, InGroup, PageRun};
+use crate::encode::{decide_page, op_headers, op_span, prepare_page, InGroup, PageRun};
 use crate::format::PAGE_SIZE;
-use crate::inner::{pwritev_all, Inner};
+use crate::inner::{pwritev_all, Inner, Prepared};
 use crate::reader::{LogReader, LoggedOp};
 use crate::tail::TailCache;
 use crate::{files, JournalError, Lsn};
@@ -225,6 +225,147 @@ impl Journal {
         Ok(logged)
     }
 
+    /// Prepares a group (the first phase of a two-phase commit across volumes): logs and
+    /// validates `ops` as [`Journal::commit_group`] does, closed by a prepare record of
+    /// transaction `txid` naming `coordinator` (opaque here), but applies nothing: the group
+    /// is held, in the log and in memory, until [`Journal::decide`]. After a crash before the
+    /// decision, [`Journal::open`] holds it again ([`Journal::in_doubt`]). Returns the LSN of
+    /// each operation; none (and nothing logged) when no operation has a page.
+    pub fn prepare_group(
+        &self,
+        ops: Vec<(u32, Batch)>,
+        txid: u64,
+        coordinator: u32,
+    ) -> Result<Vec<Lsn>, JournalError> {
+        if ops.iter().all(|(_, b)| b.is_empty()) {
+            return Ok(Vec::new());
+        }
+        if lock(&self.inner.prepared).contains_key(&txid) {
+            return Err(JournalError::InvalidRun(format!(
+                "transaction {txid:#x} is already prepared here"
+            )));
+        }
+        let logged = {
+            let runs: Vec<Vec<PageRun<'_>>> = ops.iter().map(|(_, b)| b.runs()).collect();
+            let refs: Vec<(u32, &[PageRun<'_>])> = ops
+                .iter()
+                .zip(&runs)
+                .map(|((c, _), r)| (*c, r.as_slice()))
+                .collect();
+            self.log_ops(&refs, true, Some((txid, coordinator)))?
+                .unwrap_or_default()
+        };
+        let held = ops
+            .into_iter()
+            .filter(|(_, b)| !b.is_empty())
+            .zip(&logged)
+            .map(|((cluster, batch), &lsn)| Queued {
+                lsn,
+                cluster,
+                batch,
+            })
+            .collect();
+        lock(&self.inner.prepared).insert(
+            txid,
+            Prepared {
+                coordinator,
+                ops: held,
+            },
+        );
+        Ok(logged)
+    }
+
+    /// The second phase: logs the decision of transaction `txid` (validated when this
+    /// returns), then applies its prepared group (commit) or drops it (abort). A transaction
+    /// not prepared here is no error (nothing to do).
+    pub fn decide(&self, txid: u64, commit: bool) -> Result<(), JournalError> {
+        let Some(group) = lock(&self.inner.prepared).remove(&txid) else {
+            return Ok(());
+        };
+        if let Err(e) = self.log_decision(txid, commit) {
+            lock(&self.inner.prepared).insert(txid, group);
+            return Err(e);
+        }
+        if commit {
+            for op in group.ops {
+                self.inner.applier.push(op);
+            }
+        } else {
+            let mut pending = lock(&self.inner.pending);
+            for op in &group.ops {
+                pending.remove(&op.lsn);
+            }
+        }
+        Ok(())
+    }
+
+    /// The prepared groups held, not decided: transaction and coordinator.
+    pub fn in_doubt(&self) -> Vec<(u64, u32)> {
+        let mut v: Vec<(u64, u32)> = lock(&self.inner.prepared)
+            .iter()
+            .map(|(t, p)| (*t, p.coordinator))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The clusters of the prepared groups held (their stored image waits for a decision).
+    pub fn in_doubt_clusters(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = lock(&self.inner.prepared)
+            .values()
+            .flat_map(|p| p.ops.iter().map(|o| o.cluster))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// As the coordinator of transaction `txid`: records the decision to commit it in the
+    /// decisions file beside this journal (see [`crate::decisions`]), durably. This is the
+    /// commit point of a two-phase commit.
+    pub fn record_decision(&self, txid: u64) -> Result<(), JournalError> {
+        self.inner.check_running()?;
+        crate::decisions::append(&self.inner.dir, txid, true, self.inner.config.sync)
+            .map_err(|e| JournalError::io(self.inner.dir.join("decisions"), e))
+    }
+
+    /// As the coordinator: every participant of `txid` recorded the outcome; the decision
+    /// need not be kept (not synced: a decision kept too long costs 32 bytes).
+    pub fn forget_decision(&self, txid: u64) -> Result<(), JournalError> {
+        crate::decisions::append(&self.inner.dir, txid, false, false)
+            .map_err(|e| JournalError::io(self.inner.dir.join("decisions"), e))
+    }
+
+    /// Logs a decide record and waits for its sync.
+    fn log_decision(&self, txid: u64, commit: bool) -> Result<(), JournalError> {
+        let inner = &*self.inner;
+        inner.check_running()?;
+        let end = {
+            let mut w = lock(&inner.writer);
+            if w.sealed || w.offset + 2 * PAGE > w.size {
+                inner.rotate(&mut w, PAGE)?;
+            }
+            let at = w.offset;
+            let page = decide_page(w.id, at, txid, commit);
+            use std::os::unix::fs::FileExt;
+            w.file
+                .write_all_at(&page, at)
+                .map_err(|e| JournalError::io(files::log_path(&inner.dir, w.id.seq), e))?;
+            w.offset = at + PAGE;
+            let end = Lsn::new(w.id.seq, w.offset);
+            let mut s = lock(&inner.sync);
+            s.written = end;
+            if !inner.config.sync {
+                s.synced = end;
+            }
+            end
+        };
+        if inner.config.sync {
+            inner.wait_synced(end)?;
+        }
+        Ok(())
+    }
+
     /// Waits until every operation of `cluster` that was committed is applied to its file, so
     /// that reading the file gives the committed pages. Fails if the journal stopped because an
     /// application failed.
@@ -267,20 +408,34 @@ impl Journal {
         ops: &[(u32, &[PageRun<'_>])],
         group: bool,
     ) -> Result<Option<Vec<Lsn>>, JournalError> {
+        self.log_ops(ops, group, None)
+    }
+
+    /// [`Journal::log_many`], the group closed by a prepare record of transaction `prepare`
+    /// (id, coordinator) when given.
+    fn log_ops(
+        &self,
+        ops: &[(u32, &[PageRun<'_>])],
+        group: bool,
+        prepare: Option<(u64, u32)>,
+    ) -> Result<Option<Vec<Lsn>>, JournalError> {
         let inner = &*self.inner;
         inner.check_running()?;
         let mut spans = Vec::with_capacity(ops.len());
         for (_, runs) in ops {
             spans.push(op_span(runs)?);
         }
-        let total: u64 = spans.iter().sum();
+        let mut total: u64 = spans.iter().sum();
         if total == 0 {
             return Ok(Some(Vec::new()));
+        }
+        if prepare.is_some() {
+            total += PAGE;
         }
         let mut lsns = Vec::with_capacity(ops.len());
         // The last operation with pages closes the group; the others carry the group flag.
         let last = ops.iter().rposition(|(_, r)| !r.is_empty());
-        let open = |i: usize| group && Some(i) != last;
+        let open = |i: usize| group && (Some(i) != last || prepare.is_some());
         let end = {
             let mut w = lock(&inner.writer);
             if w.sealed || w.offset + total + PAGE > w.size {
@@ -315,11 +470,23 @@ impl Journal {
                 lsns.push(Lsn::new(w.id.seq, at));
                 at += span;
             }
+            let closing = prepare.map(|(txid, coordinator)| {
+                let place = InGroup {
+                    op_offset: first.offset,
+                    first_index,
+                    open: false,
+                };
+                prepare_page(w.id, at, place, txid, coordinator)
+            });
             for (h, runs) in &headers {
                 for (h, run) in h.chunks(PAGE_SIZE).zip(runs.iter()) {
                     bufs.push(h);
                     bufs.push(run.pages);
                 }
+            }
+            if let Some(page) = &closing {
+                bufs.push(page);
+                at += PAGE;
             }
             // Page-aligned pages go to disk by direct I/O, without a copy into the page cache
             // (the group `fdatasync` still validates them: it flushes the device's cache).
@@ -336,7 +503,8 @@ impl Journal {
                 .map_err(|e| JournalError::io(files::log_path(&inner.dir, w.id.seq), e))?;
             // Kept for the readers before they can see it written.
             let before = lock(&inner.sync).written_ops;
-            if let Some(tail) = lock(&inner.tail).as_mut() {
+            // (A prepared group is not for the readers: reliable volumes refuse it.)
+            if let Some(tail) = lock(&inner.tail).as_mut().filter(|_| prepare.is_none()) {
                 let mut ordinals = before + 1..;
                 let mut ends = lsns.iter().skip(1).copied().chain([Lsn::new(w.id.seq, at)]);
                 let with_pages = ops.iter().enumerate().filter(|(_, (_, r))| !r.is_empty());

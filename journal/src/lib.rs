@@ -75,6 +75,7 @@
 
 mod anchor;
 mod apply;
+pub mod decisions;
 mod encode;
 mod error;
 mod files;
@@ -88,7 +89,7 @@ pub mod recovery;
 mod tail;
 
 pub use apply::{Batch, MAX_QUEUED_BYTES};
-pub use encode::{group_bytes, op_bytes, PageRun};
+pub use encode::{decide_bytes, group_bytes, op_bytes, prepared_bytes, PageRun};
 pub use error::JournalError;
 pub use format::{FORMAT_VERSION, PAGE_SIZE};
 pub use inner::Written;

@@ -1,7 +1,7 @@
 //! Opening a journal: recovery from the anchor and the log files (the rules are the pure
 //! [`crate::recovery::plan`]), then the live state and the background thread.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::anchor::Anchor;
-use crate::apply::Applier;
+use crate::apply::{Applier, Batch, Queued};
 use crate::format::{decode_file_header, PAGE_SIZE};
-use crate::inner::{Checkpoint, Inner, SyncState, Wake, Writer};
+use crate::inner::{Checkpoint, Inner, Prepared, SyncState, Wake, Writer};
 use crate::journal::ANCHOR;
 use crate::recovery::{self, LogImage};
 use crate::{files, ApplyTarget, Journal, JournalConfig, JournalError, RecoveryReport};
@@ -85,9 +85,36 @@ impl Journal {
         if config.sync {
             target.sync().map_err(|e| JournalError::io(dir, e))?;
         }
-        if slot.log_lsn != plan.log_end || slot.durable_lsn != plan.log_end {
-            anchor.write(plan.log_end, plan.log_end, config.sync)?;
+        // Prepared groups in doubt are held (not applied, their operations pending) until
+        // their decision is known: `durableLSN` stays before the first of them.
+        let mut prepared = HashMap::new();
+        let mut held = BTreeSet::new();
+        for d in &plan.in_doubt {
+            let mut ops = Vec::with_capacity(d.ops.len());
+            for op in &d.ops {
+                ops.push(Queued {
+                    lsn: op.lsn,
+                    cluster: op.cluster,
+                    batch: batch_of(bytes_of(op.lsn.file), op)?,
+                });
+                held.insert(op.lsn);
+            }
+            prepared.insert(
+                d.txid,
+                Prepared {
+                    coordinator: d.coordinator,
+                    ops,
+                },
+            );
         }
+        let durable = held.first().copied().unwrap_or(plan.log_end);
+        if slot.log_lsn != plan.log_end || slot.durable_lsn != durable {
+            anchor.write(plan.log_end, durable, config.sync)?;
+        }
+        if !plan.in_doubt.is_empty() {
+            tracing::info!(dir = %dir.display(), groups = plan.in_doubt.len(), "journal holds prepared commit groups in doubt");
+        }
+        crate::decisions::compact(dir, 1024)?;
         files::retire(
             dir,
             &obsolete,
@@ -131,7 +158,7 @@ impl Journal {
                 syncing: false,
             }),
             synced_cv: Condvar::new(),
-            pending: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(held),
             checkpoint: Mutex::new(Checkpoint {
                 anchor,
                 oldest_file,
@@ -149,6 +176,7 @@ impl Journal {
             applier: Applier::default(),
             tail: Mutex::new(None),
             on_written: Mutex::new(None),
+            prepared: Mutex::new(prepared),
         };
         let inner = Arc::new(inner);
         let checkpointer = {
@@ -174,4 +202,24 @@ impl Journal {
             report,
         ))
     }
+}
+
+/// The pages of an operation read from its log file's bytes, as a batch (for a prepared group
+/// held in doubt).
+fn batch_of(bytes: &[u8], op: &recovery::OpRef) -> Result<Batch, JournalError> {
+    let total: usize = op.runs.iter().map(|r| r.bytes.len()).sum();
+    let mut buf = clu_sys::buf::PageBuf::zeroed(total);
+    let mut at = 0;
+    let mut runs = Vec::with_capacity(op.runs.len());
+    for r in &op.runs {
+        let n = r.bytes.len();
+        buf[at..at + n].copy_from_slice(&bytes[r.bytes.clone()]);
+        runs.push((r.first_page, at, n / PAGE_SIZE));
+        at += n;
+    }
+    let mut batch = Batch::new(buf);
+    for (first, at, n) in runs {
+        batch.push(first, at, n)?;
+    }
+    Ok(batch)
 }

@@ -13,6 +13,9 @@
 //!   their records all name the group's first record and are numbered across the group, and
 //!   every operation's END record but the last one's carries the group flag. The log ends at
 //!   the start of a group that is not complete, and the whole group is truncated.
+//! - A *prepared* group (two-phase commit) ends with a prepare record naming its transaction:
+//!   its operations are replayed only if a later decide record of that transaction says
+//!   commit, dropped if it says abort, and returned apart (`in_doubt`) if none follows.
 //! - The log ends at the first operation that is not validated. Its records are truncated (zeroed).
 //!   A file that is followed by a later file must end with a seal record: a validated log never has
 //!   holes.
@@ -59,6 +62,34 @@ pub struct OpRef {
     pub runs: Vec<RunRef>,
     /// Its group goes on with the next operation (it is validated only with the group's last).
     pub group_open: bool,
+    /// The transaction of the prepared group it belongs to, if any (two-phase commit): kept
+    /// apart until decided.
+    pub txid: Option<u64>,
+}
+
+/// A prepared group found with no decision after it: its outcome is up to the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InDoubt {
+    /// The transaction.
+    pub txid: u64,
+    /// The coordinator's id, as the prepare record names it.
+    pub coordinator: u32,
+    /// The group's operations, in log order.
+    pub ops: Vec<OpRef>,
+}
+
+/// What one validated group (or lone record) is.
+enum Parsed {
+    /// Operations to replay (a lone operation or a group).
+    Ops(Vec<OpRef>),
+    /// A prepared group, closed by its prepare record.
+    Prepared {
+        ops: Vec<OpRef>,
+        txid: u64,
+        coordinator: u32,
+    },
+    /// A decision.
+    Decided { txid: u64, commit: bool },
 }
 
 /// What scanning one file found.
@@ -74,6 +105,11 @@ pub struct FileScan {
     pub torn_until: u64,
     /// An intact record of another operation found beyond `torn_until`: the log was damaged.
     pub later_record: Option<u64>,
+    /// Prepared groups, in order: transaction and coordinator (their operations are in `ops`,
+    /// marked with the transaction).
+    pub prepared: Vec<(u64, u32)>,
+    /// Decisions, in order: transaction and whether it commits.
+    pub decided: Vec<(u64, bool)>,
 }
 
 /// Why recovery refused to proceed. Each case names what to do.
@@ -136,6 +172,9 @@ pub struct Plan {
     /// The newest file ends in a seal (a crash came between sealing it and linking the next file):
     /// the writer must start a new file.
     pub last_sealed: bool,
+    /// Prepared groups with no decision: not in `replay`; the journal keeps them until the
+    /// coordinator's decision is known.
+    pub in_doubt: Vec<InDoubt>,
 }
 
 fn page_at(bytes: &[u8], offset: u64) -> Option<&[u8]> {
@@ -160,9 +199,10 @@ fn checked_payload(bytes: &[u8], h: &RecordHeader) -> Option<Range<usize>> {
 
 /// Parses the operation starting at `offset` (or the group of operations: the records of a
 /// group all name its first record's offset and are numbered across it, each operation's
-/// last record carrying END, and the group flag too except on the last operation's); `None`
-/// if it is not validated.
-fn parse_group(bytes: &[u8], id: FileId, offset: u64) -> Option<Vec<OpRef>> {
+/// last record carrying END, and the group flag too except on the last operation's; a
+/// prepared group ends with a prepare record instead), or the decide record there; `None` if
+/// it is not validated. Returns it and the offset just past it.
+fn parse_group(bytes: &[u8], id: FileId, offset: u64) -> Option<(Parsed, u64)> {
     let mut at = offset;
     let mut index = 0u32;
     let mut ops = Vec::new();
@@ -171,8 +211,34 @@ fn parse_group(bytes: &[u8], id: FileId, offset: u64) -> Option<Vec<OpRef>> {
     let mut cluster = None;
     loop {
         let h = live_header(bytes, id, at)?;
-        if h.kind != RecordKind::Pages || h.op_offset != offset || h.index != index {
+        if h.op_offset != offset || h.index != index {
             return None;
+        }
+        match h.kind {
+            RecordKind::Decide if index == 0 => {
+                let commit = h.cluster == crate::format::DECIDE_COMMIT;
+                let decided = Parsed::Decided {
+                    txid: h.first_page,
+                    commit,
+                };
+                return Some((decided, at.checked_add(h.span())?));
+            }
+            // Closes a group whose operations all went on (at least one).
+            RecordKind::Prepare if runs.is_empty() && !ops.is_empty() => {
+                let txid = h.first_page;
+                for op in &mut ops {
+                    let op: &mut OpRef = op;
+                    op.txid = Some(txid);
+                }
+                let prepared = Parsed::Prepared {
+                    ops,
+                    txid,
+                    coordinator: h.cluster,
+                };
+                return Some((prepared, at.checked_add(h.span())?));
+            }
+            RecordKind::Pages => {}
+            _ => return None,
         }
         if *cluster.get_or_insert(h.cluster) != h.cluster {
             return None;
@@ -190,9 +256,10 @@ fn parse_group(bytes: &[u8], id: FileId, offset: u64) -> Option<Vec<OpRef>> {
                 cluster: h.cluster,
                 runs: std::mem::take(&mut runs),
                 group_open: h.group,
+                txid: None,
             });
             if !h.group {
-                return Some(ops);
+                return Some((Parsed::Ops(ops), at));
             }
             op_start = at;
             cluster = None;
@@ -203,6 +270,8 @@ fn parse_group(bytes: &[u8], id: FileId, offset: u64) -> Option<Vec<OpRef>> {
 /// Scans file `id` (whose bytes are `bytes`) from `start`, which must be a record boundary.
 pub fn scan_file(bytes: &[u8], id: FileId, start: u64) -> FileScan {
     let mut ops = Vec::new();
+    let mut prepared = Vec::new();
+    let mut decided = Vec::new();
     let mut at = start;
     let mut sealed = false;
     while let Some(h) = live_header(bytes, id, at) {
@@ -211,9 +280,20 @@ pub fn scan_file(bytes: &[u8], id: FileId, start: u64) -> FileScan {
             break;
         }
         match parse_group(bytes, id, at) {
-            Some(group) => {
-                at = group.last().map_or(at, |op| op.end.offset);
-                ops.extend(group);
+            Some((parsed, next)) => {
+                at = next;
+                match parsed {
+                    Parsed::Ops(group) => ops.extend(group),
+                    Parsed::Prepared {
+                        ops: group,
+                        txid,
+                        coordinator,
+                    } => {
+                        ops.extend(group);
+                        prepared.push((txid, coordinator));
+                    }
+                    Parsed::Decided { txid, commit } => decided.push((txid, commit)),
+                }
             }
             None => break,
         }
@@ -256,6 +336,8 @@ pub fn scan_file(bytes: &[u8], id: FileId, start: u64) -> FileScan {
         sealed,
         torn_until,
         later_record,
+        prepared,
+        decided,
     }
 }
 
@@ -290,6 +372,8 @@ pub fn plan(anchor: &AnchorSlot, files: &[LogImage<'_>]) -> Result<Plan, Recover
     let mut log_end = durable;
     let mut truncate = None;
     let mut last_sealed = false;
+    let mut prepared: Vec<(u64, u32)> = Vec::new();
+    let mut decided: Vec<(u64, bool)> = Vec::new();
     for (expected, image) in (durable.file..).zip(files) {
         if image.seq != expected {
             return Err(RecoveryError::MissingFile { seq: expected });
@@ -325,6 +409,8 @@ pub fn plan(anchor: &AnchorSlot, files: &[LogImage<'_>]) -> Result<Plan, Recover
             });
         }
         replay.extend(scan.ops);
+        prepared.extend(scan.prepared);
+        decided.extend(scan.decided);
         if image.seq != last_seq {
             if !scan.sealed {
                 return Err(RecoveryError::UnsealedFile {
@@ -346,11 +432,39 @@ pub fn plan(anchor: &AnchorSlot, files: &[LogImage<'_>]) -> Result<Plan, Recover
             log_lsn: anchor.log_lsn,
         });
     }
+    // Prepared groups: replayed if a decision to commit follows them, dropped if one to abort
+    // does, kept apart (in doubt) if none does.
+    let outcome = |txid: u64| decided.iter().rev().find(|d| d.0 == txid).map(|d| d.1);
+    let mut in_doubt: Vec<InDoubt> = prepared
+        .iter()
+        .filter(|(txid, _)| outcome(*txid).is_none())
+        .map(|&(txid, coordinator)| InDoubt {
+            txid,
+            coordinator,
+            ops: Vec::new(),
+        })
+        .collect();
+    let mut kept = Vec::with_capacity(replay.len());
+    for op in replay {
+        match op.txid {
+            None => kept.push(op),
+            Some(t) => match outcome(t) {
+                Some(true) => kept.push(op),
+                Some(false) => {}
+                None => {
+                    if let Some(d) = in_doubt.iter_mut().find(|d| d.txid == t) {
+                        d.ops.push(op);
+                    }
+                }
+            },
+        }
+    }
     Ok(Plan {
-        replay,
+        replay: kept,
         log_end,
         truncate,
         last_sealed,
+        in_doubt,
     })
 }
 

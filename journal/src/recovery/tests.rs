@@ -1,5 +1,5 @@
 use super::*;
-use crate::encode::{group_bytes, op_bytes, seal_page, PageRun};
+use crate::encode::{decide_bytes, group_bytes, op_bytes, prepared_bytes, seal_page, PageRun};
 use crate::format::{encode_file_header, AnchorSlot, FileId, PAGE_SIZE};
 use proptest::prelude::*;
 
@@ -74,6 +74,53 @@ impl File {
             at += len;
         }
         self.at += b.len();
+        self
+    }
+
+    /// Appends a prepared group of transaction `txid` (coordinator 9): its ops, then the
+    /// prepare record (one page, pushed to `ops` as an op of its own).
+    fn prepared(&mut self, txid: u64, ops: &[(u32, Runs<'_>)]) -> &mut Self {
+        let datas: Vec<Vec<Vec<u8>>> = ops
+            .iter()
+            .map(|(_, runs)| runs.iter().map(|&(_, n, b)| vec![b; n * P]).collect())
+            .collect();
+        let prs: Vec<Vec<PageRun<'_>>> = ops
+            .iter()
+            .zip(&datas)
+            .map(|((_, runs), d)| {
+                runs.iter()
+                    .zip(d)
+                    .map(|(&(first, _, _), d)| PageRun {
+                        first_page: first,
+                        pages: d,
+                    })
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<(u32, &[PageRun<'_>])> = ops
+            .iter()
+            .zip(&prs)
+            .map(|((c, _), r)| (*c, r.as_slice()))
+            .collect();
+        let b = prepared_bytes(self.id, self.at as u64, &refs, txid, 9);
+        self.bytes[self.at..self.at + b.len()].copy_from_slice(&b);
+        let mut at = self.at;
+        for (_, runs) in ops {
+            let len: usize = runs.iter().map(|&(_, n, _)| (1 + n) * P).sum();
+            self.ops.push((at as u64, (at + len) as u64));
+            at += len;
+        }
+        self.ops.push((at as u64, (at + P) as u64));
+        self.at += b.len();
+        self
+    }
+
+    /// Appends the decision of transaction `txid`.
+    fn decide(&mut self, txid: u64, commit: bool) -> &mut Self {
+        let b = decide_bytes(self.id, self.at as u64, txid, commit);
+        self.bytes[self.at..self.at + P].copy_from_slice(&b);
+        self.ops.push((self.at as u64, (self.at + P) as u64));
+        self.at += P;
         self
     }
 
@@ -236,6 +283,69 @@ fn a_group_is_kept_whole_or_not_at_all() {
         ]
     );
     assert_eq!(plan.log_end, Lsn::new(1, group_end));
+}
+
+/// A prepared group is replayed only when a decision to commit follows it, dropped when one
+/// to abort does, and given back in doubt, with its operations, when none does.
+#[test]
+fn a_prepared_group_waits_for_its_decision() {
+    let mut f = File::new(1, 64);
+    f.op(1, &[(0, 1, 1)])
+        .prepared(77, &[(2, &[(0, 1, 2)]), (3, &[(0, 2, 3)])])
+        .op(4, &[(0, 1, 4)]);
+    let (g0, g1) = (f.ops[1].0, f.ops[2].0);
+    let p = plan(&start(), &[f.image()]).unwrap();
+    assert_eq!(replayed(&p), vec![(1, f.ops[0].0), (4, f.ops[4].0)]);
+    assert_eq!(p.in_doubt.len(), 1);
+    assert_eq!((p.in_doubt[0].txid, p.in_doubt[0].coordinator), (77, 9));
+    assert_eq!(
+        p.in_doubt[0]
+            .ops
+            .iter()
+            .map(|o| (o.cluster, o.lsn.offset))
+            .collect::<Vec<_>>(),
+        vec![(2, g0), (3, g1)]
+    );
+    assert_eq!(p.log_end, Lsn::new(1, f.at as u64));
+    for commit in [true, false] {
+        let mut d = File::new(1, 64);
+        d.bytes = f.bytes.clone();
+        d.at = f.at;
+        d.decide(77, commit).decide(12, true);
+        let p = plan(&start(), &[d.image()]).unwrap();
+        assert!(p.in_doubt.is_empty());
+        let ops: Vec<u32> = p.replay.iter().map(|o| o.cluster).collect();
+        if commit {
+            assert_eq!(ops, vec![1, 2, 3, 4]);
+        } else {
+            assert_eq!(ops, vec![1, 4]);
+        }
+    }
+}
+
+/// A prepared group that is not complete (any of its pages missing, its prepare record
+/// included) is truncated like any torn group, and is not in doubt.
+#[test]
+fn a_torn_prepared_group_is_truncated() {
+    let mut full = File::new(1, 64);
+    full.op(1, &[(0, 1, 9)])
+        .prepared(5, &[(2, &[(0, 1, 1)]), (3, &[(4, 1, 2)])]);
+    let group_start = full.ops[1].0;
+    let npages = (full.at - group_start as usize) / P;
+    for mask in 0u32..(1 << npages) - 1 {
+        let mut f = File::new(1, 64);
+        f.op(1, &[(0, 1, 9)]);
+        for p in 0..npages {
+            if mask & (1 << p) != 0 {
+                let at = group_start as usize + p * P;
+                f.bytes[at..at + P].copy_from_slice(&full.bytes[at..at + P]);
+            }
+        }
+        let p = plan(&start(), &[f.image()]).unwrap_or_else(|e| panic!("mask {mask:#b}: {e}"));
+        assert_eq!(replayed(&p), vec![(1, full.ops[0].0)], "mask {mask:#b}");
+        assert!(p.in_doubt.is_empty(), "mask {mask:#b}");
+        assert_eq!(p.log_end, Lsn::new(1, group_start), "mask {mask:#b}");
+    }
 }
 
 #[test]
