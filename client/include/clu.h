@@ -54,8 +54,8 @@ int clu_Extend(clu_id_t id, void **region, size_t *npages);
 int clu_Commit(clu_id_t id);
 /* Commits every modified page of the n clusters atomically, as one snapshot of them all:
  * after it returns 0 all of them are committed, after it fails (a negative code) none is,
- * whatever crashes. Each must be mapped read-write here and named once; the clusters of one
- * group are on one volume (in this release); 1 <= n <= CLU_MAX_GROUP. */
+ * whatever crashes. Each must be mapped read-write here and named once; 1 <= n <=
+ * CLU_MAX_GROUP. Clusters of several local volumes of the site: two-phase commit. */
 #define CLU_MAX_GROUP 256
 int clu_CommitGroup(const clu_id_t *ids, size_t n);
 /* Discards every modification since the last commit. */

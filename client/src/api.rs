@@ -224,9 +224,10 @@ pub fn commit(id: ClusterId) -> Result<(), CluError> {
 
 /// `clu_CommitGroup`: writes the modified pages of every cluster of `ids` back atomically,
 /// as one snapshot of them all: when it returns `Ok` all of them are committed, when it fails
-/// none is, whatever crashes. Each cluster must be mapped read-write here, named once, and
-/// the clusters of one group must be on one volume (in this release); at most
-/// [`MAX_GROUP`] clusters.
+/// none is, whatever crashes. Each cluster must be mapped read-write here and named once; at
+/// most [`MAX_GROUP`] clusters. Clusters of several volumes of the pager's site are committed
+/// by two-phase commit (reliable and remote volumes take part only in groups of their own
+/// volume, in this release).
 ///
 /// # Examples
 ///

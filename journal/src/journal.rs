@@ -283,7 +283,12 @@ impl Journal {
             return Ok(());
         };
         if let Err(e) = self.log_decision(txid, commit) {
+            // The group stays held, and the journal stops: the outcome may be decided
+            // elsewhere already, and the next mount learns it (the coordinator's decisions).
             lock(&self.inner.prepared).insert(txid, group);
+            self.inner.stop(format!(
+                "logging the decision of transaction {txid:#x} failed: {e}"
+            ));
             return Err(e);
         }
         if commit {

@@ -1,11 +1,13 @@
-//! `clu_CommitGroup` end to end (issue 18, one volume): several clusters committed as one
-//! atomic group through a real pager.
+//! `clu_CommitGroup` end to end (issue 18, one site): several clusters committed as one
+//! atomic group through a real pager, on one volume (one journal group) or on two (two-phase
+//! commit).
 //! - bad input (no id, an id twice, one not mapped, a read-only mapping, a temporary
-//!   cluster, clusters of two volumes, too many ids): a clear error and nothing committed;
+//!   cluster, too many ids, a reliable volume beside another): a clear error and nothing
+//!   committed;
 //! - the pager SIGKILLed at random moments while a client commits groups of two clusters
-//!   in a loop: after each restart both clusters hold the same version, byte for byte, and
-//!   it is the last acknowledged one or the one in flight (`CLU_GROUP_ROUNDS`, 12 by
-//!   default);
+//!   in a loop, on one volume and on two: after each restart both clusters hold the same
+//!   version, byte for byte, and it is the last acknowledged one or the one in flight
+//!   (`CLU_GROUP_ROUNDS`, 12 by default for each);
 //! - on a reliable volume, the primary killed during synchronous group commits and the
 //!   volume restored from a backup: the group shipped as a unit, both clusters at the same
 //!   acknowledged version.
@@ -72,7 +74,6 @@ fn bad_groups_are_refused_clearly_and_commit_nothing() {
     let refusals = [
         (String::new(), "-22", "names 1 to 256"),
         (format!("{a} {b} {a}"), "-22", "named twice"),
-        (format!("{a} {c}"), "-22", "different volumes"),
         (format!("{a} {tmp}"), "-22", "temporary"),
         (format!("{a} 0001:0fff"), "-2", "not mapped"),
         (vec![a.as_str(); 257].join(" "), "-22", "names 1 to 256"),
@@ -103,17 +104,22 @@ fn bad_groups_are_refused_clearly_and_commit_nothing() {
     t.ok(&format!("map {a}"));
     t.ok(&format!("map {b}"));
     assert_eq!(versions(&mut t, &a, &b), (1, 1));
-    // And a good group after all that commits both.
+    // And a good group after all that commits both, with a cluster of the other volume.
+    t.ok(&format!("map {c}"));
     t.ok(&format!("fill {a} 3"));
     t.ok(&format!("fill {b} 3"));
-    t.ok(&format!("commit-group {b} {a}"));
+    t.ok(&format!("fill {c} 3"));
+    t.ok(&format!("commit-group {b} {c} {a}"));
     t.kill();
-    wait_unmapped(&p, &a);
-    wait_unmapped(&p, &b);
+    for id in [&a, &b, &c] {
+        wait_unmapped(&p, id);
+    }
     let mut t = Tool::start(&p);
-    t.ok(&format!("map {a}"));
-    t.ok(&format!("map {b}"));
+    for id in [&a, &b, &c] {
+        t.ok(&format!("map {id}"));
+    }
     assert_eq!(versions(&mut t, &a, &b), (3, 3));
+    assert_eq!(versions(&mut t, &a, &c), (3, 3));
 }
 
 /// Reads the writer's `acked V` lines until it has been quiet for `quiet`; returns the last.
@@ -128,16 +134,30 @@ fn drain_acks(t: &mut Tool, mut acked: u64, quiet: Duration) -> u64 {
 
 #[test]
 fn sigkill_of_the_pager_never_splits_a_group() {
+    sigkill_rounds(1);
+}
+
+#[test]
+fn sigkill_of_the_pager_never_splits_a_group_across_volumes() {
+    sigkill_rounds(2);
+}
+
+/// Groups of a cluster of volume 1 and one of volume `vol_b`, the pager SIGKILLed at random
+/// moments.
+fn sigkill_rounds(vol_b: u16) {
     let rounds: u64 = std::env::var("CLU_GROUP_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
     let dir = tempfile::tempdir().unwrap();
     let mut p = Pager::start(&dir.path().join("root"), 4096);
+    if vol_b != 1 {
+        p.admin(&["vol", "create", "other"]);
+    }
     let mut t = Tool::start(&p);
     // Of different sizes, so that the group's operations differ in length.
     let a = create(&mut t, 96, "protected", 1);
-    let b = create(&mut t, 24, "protected", 1);
+    let b = create(&mut t, 24, "protected", vol_b);
     t.ok(&format!("commit-group {a} {b}"));
     drop(t);
     let mut seed = splitmix(u64::from(std::process::id()) ^ 0x6770);
@@ -182,7 +202,9 @@ fn sigkill_of_the_pager_never_splits_a_group() {
         next = va + 1;
         c.kill();
     }
-    eprintln!("{rounds} rounds: the group in flight was kept {in_flight_kept} times");
+    eprintln!(
+        "{rounds} rounds (volumes 1 and {vol_b}): the group in flight was kept {in_flight_kept} times"
+    );
 }
 
 struct Backup(Child);
@@ -224,6 +246,18 @@ fn a_group_reaches_the_backups_as_a_unit_and_is_restored_whole() {
     let mut t = Tool::start(&old);
     let x = create(&mut t, 40, "protected", 2);
     let y = create(&mut t, 8, "protected", 2);
+    // A reliable volume takes part only in groups of its own volume: refused, and the local
+    // volume's prepared part aborted.
+    let local = create(&mut t, 4, "protected", 1);
+    t.ok(&format!("fill {local} 5"));
+    t.ok(&format!("fill {x} 5"));
+    let refused = t.cmd(&format!("commit-group {local} {x}"));
+    assert!(
+        refused.starts_with("err -22 ") && refused.contains("cannot take part"),
+        "{refused}"
+    );
+    t.ok(&format!("abort {local}"));
+    assert_eq!(t.ok(&format!("which {local}")), "0");
     t.send(&format!("group-loop 1 {x} {y}"));
     let mut acked = 0;
     let t0 = Instant::now();

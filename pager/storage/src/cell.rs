@@ -139,6 +139,26 @@ impl Volume for Fenced {
         self.check()?;
         self.inner.clu_commit_group(ops)
     }
+    fn clu_prepare_group(
+        &self,
+        ops: Vec<(CluId, Batch)>,
+        txid: u64,
+        coordinator: VolId,
+    ) -> Result<()> {
+        self.check()?;
+        self.inner.clu_prepare_group(ops, txid, coordinator)
+    }
+    fn clu_decide_group(&self, txid: u64, commit: bool) -> Result<()> {
+        self.check()?;
+        self.inner.clu_decide_group(txid, commit)
+    }
+    fn record_decision(&self, txid: u64) -> Result<()> {
+        self.check()?;
+        self.inner.record_decision(txid)
+    }
+    fn forget_decision(&self, txid: u64) -> Result<()> {
+        self.inner.forget_decision(txid)
+    }
     fn clu_prefetch(&self, clu: CluId, first_page: u64, npages: u64) {
         self.inner.clu_prefetch(clu, first_page, npages)
     }

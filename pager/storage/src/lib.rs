@@ -137,6 +137,42 @@ pub trait Volume: Send + Sync {
             ))),
         }
     }
+    /// The first phase of a commit group across volumes (two-phase commit): stores the batches
+    /// of clusters of this volume durably as a *prepared* group of transaction `txid`, whose
+    /// outcome the coordinator volume `coordinator` records; nothing is applied until
+    /// [`Volume::clu_decide_group`]. After a crash before the decision, the next mount asks
+    /// the coordinator's decisions (presumed abort). The default refuses (a service without
+    /// prepared state).
+    fn clu_prepare_group(
+        &self,
+        _ops: Vec<(CluId, Batch)>,
+        _txid: u64,
+        _coordinator: VolId,
+    ) -> Result<()> {
+        Err(StorageError::Invalid(format!(
+            "volume {} cannot take part in a commit group across volumes (its storage service \
+             has no prepared state: reliable and remote volumes do not, in this release); \
+             commit its clusters as a group of their own",
+            self.id()
+        )))
+    }
+    /// The second phase: applies (`commit`) or drops the group prepared for `txid`; nothing
+    /// to do if none is. The default has nothing prepared.
+    fn clu_decide_group(&self, _txid: u64, _commit: bool) -> Result<()> {
+        Ok(())
+    }
+    /// As the coordinator of `txid`: records the decision to commit, durably (the commit
+    /// point). The default refuses.
+    fn record_decision(&self, _txid: u64) -> Result<()> {
+        Err(StorageError::Invalid(format!(
+            "volume {} cannot coordinate a commit group across volumes",
+            self.id()
+        )))
+    }
+    /// As the coordinator: every participant recorded the outcome of `txid`.
+    fn forget_decision(&self, _txid: u64) -> Result<()> {
+        Ok(())
+    }
     /// Hints that pages `first_page..first_page+npages` will be read soon (a service may start
     /// reading them in the background). The default does nothing.
     fn clu_prefetch(&self, _clu: CluId, _first_page: u64, _npages: u64) {}

@@ -1,16 +1,20 @@
 //! The commit of a group of images, atomically: one snapshot of them all, one journal group
-//! on their volume (thesis I14; a group within one volume needs no two-phase commit).
+//! on their volume (thesis I14; a group within one volume needs no two-phase commit), or,
+//! across volumes of this site, a two-phase commit whose decision the lowest volume records.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use clu_proto::CluId;
+use clu_proto::{CluId, VolId};
+use clu_storage::Volume;
 use journal::Batch;
+use tracing::{error, warn};
 
 use super::writeback::{Snapshot, Started};
 use super::Image;
 use crate::error::Refusal;
 
-/// Commits the dirty pages of `images` (distinct, in cluster order, of one volume, none
+/// Commits the dirty pages of `images` (distinct, in cluster order, none
 /// temporary: [`crate::manager::group::check_group`] and the manager see to it) as one atomic
 /// group. The commits of every image are serialised first, in the given order; then every
 /// image is write-protected and its dirty pages enter their commit before any is copied, so
@@ -20,14 +24,8 @@ use crate::error::Refusal;
 /// group is replayed whole at the next mount or not at all).
 pub fn commit_group(images: &[Arc<Image>]) -> Result<u64, Refusal> {
     let t0 = std::time::Instant::now();
-    let Some(first) = images.first() else {
+    if images.is_empty() {
         return Ok(0);
-    };
-    if let Some(other) = images.iter().find(|i| !i.is_of(&first.vol)) {
-        return Err(Refusal::invalid(format!(
-            "cluster {} is not on the volume of cluster {}",
-            other.id, first.id
-        )));
     }
     let _serial: Vec<_> = images.iter().map(|i| i.commit_serial()).collect();
     // The instant of the snapshot: every image write-protected, its dirty pages in commit.
@@ -54,20 +52,25 @@ pub fn commit_group(images: &[Arc<Image>]) -> Result<u64, Refusal> {
     let written = match failed {
         Some(e) => Err(e),
         None => {
-            let mut ops: Vec<(CluId, Batch)> = Vec::new();
+            // The batches by volume (each image's own volume object), in volume order.
+            let mut by_vol: ByVolume = BTreeMap::new();
             for (img, snap) in images.iter().zip(snaps.iter_mut()) {
                 if let Some(batch) = snap.as_mut().and_then(|s| s.batch.take()) {
-                    ops.push((img.id.clu(), batch));
+                    by_vol
+                        .entry(img.id.vol())
+                        .or_insert_with(|| (img.vol.clone(), Vec::new()))
+                        .1
+                        .push((img.id.clu(), batch));
                 }
             }
-            if ops.is_empty() {
-                Ok(())
-            } else {
-                first
-                    .vol
-                    .clu_commit_group(ops)
-                    .map(drop)
-                    .map_err(Refusal::from)
+            match by_vol.len() {
+                0 => Ok(()),
+                // One volume: one journal group, no two-phase commit.
+                1 => {
+                    let (_, (vol, ops)) = by_vol.pop_first().expect("one volume");
+                    vol.clu_commit_group(ops).map(drop).map_err(Refusal::from)
+                }
+                _ => two_phase(by_vol),
             }
         }
     };
@@ -81,4 +84,102 @@ pub fn commit_group(images: &[Arc<Image>]) -> Result<u64, Refusal> {
         }
     }
     written.map(|()| pages)
+}
+
+/// The batches of a group by volume: each volume's object (the images') and its clusters' batches.
+type ByVolume = BTreeMap<VolId, (Arc<dyn Volume>, Vec<(CluId, Batch)>)>;
+
+/// A transaction id: random, so that no two groups (of any run, of any site) share one.
+fn new_txid() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = (t ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Two-phase commit of a group across volumes of this site (presumed abort). Every volume
+/// prepares its part in parallel (durable, not applied); the coordinator, the lowest volume,
+/// records the decision to commit in its decisions file (the commit point); then every volume
+/// applies its part. A failure before the decision aborts every part (nothing is stored); a
+/// failure after it does not undo the commit: that volume's journal stops and its next mount
+/// applies the part from the coordinator's decision.
+fn two_phase(by_vol: ByVolume) -> Result<(), Refusal> {
+    let txid = new_txid();
+    let coordinator = *by_vol.keys().next().expect("two volumes");
+    let vols: Vec<(VolId, Arc<dyn Volume>)> = by_vol
+        .iter()
+        .map(|(v, (vol, _))| (*v, vol.clone()))
+        .collect();
+    let prepared: Vec<(VolId, Result<(), clu_storage::StorageError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = by_vol
+            .into_iter()
+            .map(|(v, (vol, ops))| {
+                (
+                    v,
+                    s.spawn(move || vol.clu_prepare_group(ops, txid, coordinator)),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(v, h)| {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(clu_storage::StorageError::Invalid(
+                        "a prepare thread panicked".into(),
+                    ))
+                });
+                (v, r)
+            })
+            .collect()
+    });
+    let failed = prepared
+        .iter()
+        .find_map(|(v, r)| r.as_ref().err().map(|e| (*v, e.to_string())));
+    let decided = match failed {
+        Some((v, e)) => Err(Refusal::from(clu_storage::StorageError::Invalid(format!(
+            "the commit group was not committed: volume {v} could not prepare its part: {e}"
+        )))),
+        None => vols[0].1.record_decision(txid).map_err(Refusal::from),
+    };
+    if let Err(e) = decided {
+        for ((v, vol), (_, r)) in vols.iter().zip(&prepared) {
+            if r.is_ok() {
+                if let Err(err) = vol.clu_decide_group(txid, false) {
+                    warn!(vol = %v, txid = format!("{txid:#x}"), "aborting a prepared part failed: {err}; its next mount aborts it");
+                }
+            }
+        }
+        return Err(e);
+    }
+    let applied: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = vols
+            .iter()
+            .map(|(v, vol)| {
+                s.spawn(move || match vol.clu_decide_group(txid, true) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        error!(vol = %v, txid = format!("{txid:#x}"), "a committed group's part could not be applied here: {err}; the volume's journal stopped, its next mount applies it");
+                        false
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(false))
+            .collect()
+    });
+    if applied.iter().all(|&ok| ok) {
+        if let Err(e) = vols[0].1.forget_decision(txid) {
+            warn!(txid = format!("{txid:#x}"), "forgetting a decision: {e}");
+        }
+    }
+    Ok(())
 }

@@ -13,8 +13,7 @@ use crate::image::Image;
 use crate::types::ConnId;
 
 /// What is wrong with a group of cluster ids, before anything is looked up: none, too many,
-/// one named twice, or clusters of several volumes (a group spans one volume in this
-/// release). Returns the ids in cluster order, the
+/// or one named twice. Returns the ids in cluster order, the
 /// order their commits are serialised in.
 pub fn check_group(ids: &[ClusterId]) -> Result<Vec<ClusterId>, Refusal> {
     if ids.is_empty() {
@@ -35,16 +34,6 @@ pub fn check_group(ids: &[ClusterId]) -> Result<Vec<ClusterId>, Refusal> {
         return Err(Refusal::invalid(format!(
             "cluster {} is named twice in the commit group; name each cluster once",
             w[0]
-        )));
-    }
-    let vol = sorted[0].vol();
-    if let Some(other) = sorted.iter().find(|id| id.vol() != vol) {
-        return Err(Refusal::invalid(format!(
-            "clusters {} and {other} are on different volumes ({vol} and {}): a commit group \
-             holds clusters of one volume in this release; commit each volume's clusters as \
-             a group of their own",
-            sorted[0],
-            other.vol()
         )));
     }
     Ok(sorted)
@@ -99,12 +88,7 @@ mod tests {
         assert!(check_group(&many[..MAX_GROUP]).is_ok());
         let twice = check_group(&[id(1, 3), id(1, 4), id(1, 3)]).unwrap_err();
         assert!(twice.message.contains("named twice"), "{}", twice.message);
-        let vols = check_group(&[id(1, 3), id(2, 3)]).unwrap_err();
-        assert!(
-            vols.message.contains("different volumes"),
-            "{}",
-            vols.message
-        );
+        assert!(check_group(&[id(1, 3), id(2, 3)]).is_ok());
         assert_eq!(
             check_group(&[id(1, 9), id(1, 2), id(1, 5)]).unwrap(),
             vec![id(1, 2), id(1, 5), id(1, 9)]
@@ -112,7 +96,7 @@ mod tests {
     }
 
     /// Every group of up to four ids drawn from two volumes of three clusters: refused
-    /// exactly when it names an id twice or two volumes, else sorted.
+    /// exactly when it is empty or names an id twice, else sorted.
     #[test]
     fn every_small_group_is_judged_by_the_rules() {
         let pool: Vec<ClusterId> = (1..=2)
@@ -139,8 +123,7 @@ mod tests {
             let mut uniq = g.clone();
             uniq.sort_by_key(|i| i.0);
             uniq.dedup();
-            let ok =
-                !g.is_empty() && uniq.len() == g.len() && g.iter().all(|i| i.vol() == g[0].vol());
+            let ok = !g.is_empty() && uniq.len() == g.len();
             match check_group(&g) {
                 Ok(sorted) => {
                     assert!(ok, "{g:?} accepted");

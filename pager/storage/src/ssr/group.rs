@@ -1,7 +1,9 @@
-//! Commit groups of one volume: the batches of several clusters in one journal group (thesis
-//! I14: all or nothing), with the commit locks of the clusters taken in cluster order.
+//! Commit groups: the batches of several clusters of one volume in one journal group (thesis
+//! I14: all or nothing), with the commit locks of the clusters taken in cluster order; and this
+//! volume's part of a group across volumes (two-phase commit): a prepared journal group, the
+//! decision, and the coordinator's decisions file.
 
-use clu_proto::{CluId, PAGE_SIZE};
+use clu_proto::{CluId, VolId, PAGE_SIZE};
 use clu_sys::buf::PageBuf;
 use clu_sys::sync::lock;
 use journal::{Batch, Lsn};
@@ -56,5 +58,56 @@ impl LocalVolume {
         }
         let lsns = self.with_journal(|j| Ok(j.commit_group(group)?))?;
         Ok(lsns.last().copied().unwrap_or_default())
+    }
+}
+
+impl LocalVolume {
+    /// [`crate::Volume::clu_prepare_group`].
+    pub fn prepare_group(
+        &self,
+        ops: Vec<(CluId, Batch)>,
+        txid: u64,
+        coordinator: VolId,
+    ) -> Result<()> {
+        let mut group = Vec::with_capacity(ops.len());
+        for (clu, batch) in ops {
+            let c = self.clusters.get(clu)?;
+            let desc = *lock(&c.desc);
+            for run in batch.runs() {
+                self.range(&desc, run.first_page, run.pages.len())?;
+            }
+            group.push((desc.id.0, batch));
+        }
+        self.with_journal(|j| Ok(j.prepare_group(group, txid, u32::from(coordinator.0))?))?;
+        Ok(())
+    }
+
+    /// Decides the prepared groups a crash left in doubt, from their coordinators' decisions
+    /// files (presumed abort: a transaction not found there was not decided to commit). A
+    /// coordinator volume that is gone leaves its groups undecidable: refused, with what to
+    /// do.
+    pub(super) fn resolve_in_doubt(&self) -> Result<()> {
+        let doubts = self.with_journal(|j| Ok(j.in_doubt()))?;
+        for (txid, coordinator) in doubts {
+            let coordinator = VolId(coordinator as u16);
+            let dir = self
+                .location
+                .with_file_name(format!("vol-{coordinator}"))
+                .join("journal");
+            if !dir.join("anchor").exists() {
+                return Err(StorageError::Invalid(format!(
+                    "volume {} holds a commit group (transaction {txid:#x}) prepared for \
+                     coordinator volume {coordinator}, which is not found at {}; put that \
+                     volume back (its decision decides this group) before mounting this one",
+                    self.vol,
+                    dir.display()
+                )));
+            }
+            let commit = journal::decisions::committed(&dir)?.contains(&txid);
+            self.with_journal(|j| Ok(j.decide(txid, commit)?))?;
+            tracing::info!(vol = %self.vol, txid = format!("{txid:#x}"), %coordinator, commit,
+                "a commit group left in doubt by a crash is decided");
+        }
+        Ok(())
     }
 }

@@ -169,13 +169,15 @@ impl LocalVolume {
         let (journal, report) = Journal::open(&location.join("journal"), config, clusters.clone())?;
         tracing::info!(%vol, location = %location.display(), replayed = report.replayed_ops,
             truncated = report.truncated_bytes, "volume mounted");
-        Ok(LocalVolume {
+        let v = LocalVolume {
             vol,
             location: location.to_owned(),
             meta: Mutex::new(meta),
             clusters,
             journal: RwLock::new(Some(journal)),
-        })
+        };
+        v.resolve_in_doubt()?;
+        Ok(v)
     }
 
     fn with_journal<T>(&self, f: impl FnOnce(&Journal) -> Result<T>) -> Result<T> {
@@ -437,8 +439,18 @@ impl Volume for LocalVolume {
     }
 
     fn unmount(&self) -> Result<()> {
-        let journal = write(&self.journal).take();
-        match journal {
+        let mut guard = write(&self.journal);
+        if let Some(j) = guard.as_ref() {
+            // A group prepared here and not decided yet belongs to a commit under way.
+            if let Some((txid, _)) = j.in_doubt().first() {
+                return Err(StorageError::Invalid(format!(
+                    "volume {} takes part in a commit group under way (transaction {txid:#x}); \
+                     retry the unmount once it ends",
+                    self.vol
+                )));
+            }
+        }
+        match guard.take() {
             Some(j) => Ok(j.close()?),
             None => Err(StorageError::NotMounted(self.vol)),
         }
@@ -612,6 +624,27 @@ impl Volume for LocalVolume {
 
     fn clu_commit_group(&self, ops: Vec<(CluId, Batch)>) -> Result<Lsn> {
         self.clu_commit_group_noted(ops, None)
+    }
+
+    fn clu_prepare_group(
+        &self,
+        ops: Vec<(CluId, Batch)>,
+        txid: u64,
+        coordinator: VolId,
+    ) -> Result<()> {
+        self.prepare_group(ops, txid, coordinator)
+    }
+
+    fn clu_decide_group(&self, txid: u64, commit: bool) -> Result<()> {
+        self.with_journal(|j| Ok(j.decide(txid, commit)?))
+    }
+
+    fn record_decision(&self, txid: u64) -> Result<()> {
+        self.with_journal(|j| Ok(j.record_decision(txid)?))
+    }
+
+    fn forget_decision(&self, txid: u64) -> Result<()> {
+        self.with_journal(|j| Ok(j.forget_decision(txid)?))
     }
 
     fn clu_commit(&self, clu: CluId, batch: Batch) -> Result<Lsn> {
