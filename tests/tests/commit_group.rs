@@ -425,3 +425,81 @@ fn a_backup_stores_a_group_only_whole() {
     assert_eq!(first_bytes.get(&0), Some(&7), "{first_bytes:?}");
     assert_eq!(first_bytes.get(&1), Some(&8), "{first_bytes:?}");
 }
+
+/// The crash that matters for two-phase commit, placed exactly: the decision recorded and
+/// one participant decided, the other not. At the next mount the other learns the decision
+/// from the coordinator's decisions file and applies its part; a transaction never decided
+/// is aborted at every participant (presumed abort).
+#[test]
+fn a_participant_in_doubt_learns_the_coordinators_decision_at_mount() {
+    use clu_storage::{Storage, StorageConfig, VolumeParams};
+    use clu_sys::buf::PageBuf;
+    use journal::Batch;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let page = |byte: u8| {
+        let mut buf = PageBuf::zeroed(4096);
+        buf.fill(byte);
+        let mut b = Batch::new(buf);
+        b.push(0, 0, 1).unwrap();
+        b
+    };
+    let (va, vb, ca, cb) = {
+        let s = Storage::open(&root, StorageConfig::default()).unwrap();
+        let va = s.vol_create("a", &VolumeParams::default()).unwrap().vol;
+        let vb = s.vol_create("b", &VolumeParams::default()).unwrap().vol;
+        s.vol_mount(va).unwrap();
+        s.vol_mount(vb).unwrap();
+        let ca = s
+            .clu_create(va, 4, 0, client::ClusterKind::Protected)
+            .unwrap()
+            .id;
+        let cb = s
+            .clu_create(vb, 4, 0, client::ClusterKind::Protected)
+            .unwrap()
+            .id;
+        let (a, b) = (s.volume(va).unwrap(), s.volume(vb).unwrap());
+        // Transaction 1: decided, applied on a only. Transaction 2: prepared, never decided.
+        a.clu_prepare_group(vec![(ca.clu(), page(1))], 1, va)
+            .unwrap();
+        b.clu_prepare_group(vec![(cb.clu(), page(1))], 1, va)
+            .unwrap();
+        a.record_decision(1).unwrap();
+        a.clu_decide_group(1, true).unwrap();
+        // The crash: b never hears the decision (b's unmount is refused meanwhile). Dropped
+        // without an unmount, b's journal keeps the group in doubt, as a SIGKILL leaves it.
+        assert!(b.unmount().is_err());
+        drop((a, b));
+        drop(s);
+        (va, vb, ca, cb)
+    };
+    let s = Storage::open(&root, StorageConfig::default()).unwrap();
+    for v in [va, vb] {
+        let _ = s.vol_mount(v);
+    }
+    let mut buf = vec![0u8; 4096];
+    s.clu_read(cb, 0, &mut buf).unwrap();
+    assert_eq!(
+        buf[0], 1,
+        "b did not apply the part the coordinator decided"
+    );
+    s.clu_read(ca, 0, &mut buf).unwrap();
+    assert_eq!(buf[0], 1);
+    // A transaction prepared and never decided is aborted at every participant.
+    let (a, b) = (s.volume(va).unwrap(), s.volume(vb).unwrap());
+    a.clu_prepare_group(vec![(ca.clu(), page(2))], 2, va)
+        .unwrap();
+    b.clu_prepare_group(vec![(cb.clu(), page(2))], 2, va)
+        .unwrap();
+    drop((a, b));
+    drop(s);
+    let s = Storage::open(&root, StorageConfig::default()).unwrap();
+    for v in [va, vb] {
+        let _ = s.vol_mount(v);
+    }
+    for c in [ca, cb] {
+        s.clu_read(c, 0, &mut buf).unwrap();
+        assert_eq!(buf[0], 1, "{c}: a group never decided was applied");
+    }
+}
