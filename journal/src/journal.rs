@@ -201,19 +201,13 @@ impl Journal {
     }
 
     fn queue_batches(&self, ops: Vec<(u32, Batch)>, group: bool) -> Result<Vec<Lsn>, JournalError> {
-        let logged = {
-            let runs: Vec<Vec<PageRun<'_>>> = ops.iter().map(|(_, b)| b.runs()).collect();
-            let refs: Vec<(u32, &[PageRun<'_>])> = ops
-                .iter()
-                .zip(&runs)
-                .map(|((c, _), r)| (*c, r.as_slice()))
-                .collect();
+        let logged = with_runs(&ops, |refs| {
             if group {
-                self.log_many(&refs, true)?.unwrap_or_default()
+                Ok(self.log_many(refs, true)?.unwrap_or_default())
             } else {
-                self.log_all(&refs)?
+                self.log_all(refs)
             }
-        };
+        })?;
         for ((cluster, batch), &lsn) in ops.into_iter().filter(|(_, b)| !b.is_empty()).zip(&logged)
         {
             self.inner.applier.push(Queued {
@@ -245,16 +239,10 @@ impl Journal {
                 "transaction {txid:#x} is already prepared here"
             )));
         }
-        let logged = {
-            let runs: Vec<Vec<PageRun<'_>>> = ops.iter().map(|(_, b)| b.runs()).collect();
-            let refs: Vec<(u32, &[PageRun<'_>])> = ops
-                .iter()
-                .zip(&runs)
-                .map(|((c, _), r)| (*c, r.as_slice()))
-                .collect();
-            self.log_ops(&refs, true, Some((txid, coordinator)))?
-                .unwrap_or_default()
-        };
+        let logged = with_runs(&ops, |refs| {
+            self.log_ops(refs, true, Some((txid, coordinator)))
+        })?
+        .unwrap_or_default();
         let held = ops
             .into_iter()
             .filter(|(_, b)| !b.is_empty())
@@ -659,6 +647,17 @@ impl Journal {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+}
+
+/// Calls `f` with the operations `ops` as the writer takes them: each cluster with its runs.
+fn with_runs<T>(ops: &[(u32, Batch)], f: impl FnOnce(&[(u32, &[PageRun<'_>])]) -> T) -> T {
+    let runs: Vec<Vec<PageRun<'_>>> = ops.iter().map(|(_, b)| b.runs()).collect();
+    let refs: Vec<(u32, &[PageRun<'_>])> = ops
+        .iter()
+        .zip(&runs)
+        .map(|((c, _), r)| (*c, r.as_slice()))
+        .collect();
+    f(&refs)
 }
 
 impl Drop for Journal {
