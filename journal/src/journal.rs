@@ -267,18 +267,34 @@ impl Journal {
     /// returns), then applies its prepared group (commit) or drops it (abort). A transaction
     /// not prepared here is no error (nothing to do).
     pub fn decide(&self, txid: u64, commit: bool) -> Result<(), JournalError> {
-        let Some(group) = lock(&self.inner.prepared).remove(&txid) else {
-            return Ok(());
-        };
-        if let Err(e) = self.log_decision(txid, commit) {
-            // The group stays held, and the journal stops: the outcome may be decided
-            // elsewhere already, and the next mount learns it (the coordinator's decisions).
-            lock(&self.inner.prepared).insert(txid, group);
-            self.inner.stop(format!(
-                "logging the decision of transaction {txid:#x} failed: {e}"
-            ));
-            return Err(e);
+        if let Some(end) = self.decide_unsynced(txid, commit)? {
+            self.sync_to(end)?;
         }
+        Ok(())
+    }
+
+    /// [`Journal::decide`] without waiting for the decide record's sync: it is written and
+    /// the group applied (commit) or dropped (abort) when this returns, and it is validated
+    /// by the next sync of the log (any later commit's, or [`Journal::sync_to`] the LSN
+    /// returned: none when nothing was prepared for `txid`). Until then a crash leaves the
+    /// group in doubt again, so a coordinator keeps its decision until every participant's
+    /// decide record is validated.
+    pub fn decide_unsynced(&self, txid: u64, commit: bool) -> Result<Option<Lsn>, JournalError> {
+        let Some(group) = lock(&self.inner.prepared).remove(&txid) else {
+            return Ok(None);
+        };
+        let end = match self.log_decision(txid, commit) {
+            Ok(end) => end,
+            Err(e) => {
+                // The group stays held, and the journal stops: the outcome may be decided
+                // elsewhere already, and the next mount learns it (the coordinator's decisions).
+                lock(&self.inner.prepared).insert(txid, group);
+                self.inner.stop(format!(
+                    "logging the decision of transaction {txid:#x} failed: {e}"
+                ));
+                return Err(e);
+            }
+        };
         if commit {
             for op in group.ops {
                 self.inner.applier.push(op);
@@ -288,6 +304,15 @@ impl Journal {
             for op in &group.ops {
                 pending.remove(&op.lsn);
             }
+        }
+        Ok(Some(end))
+    }
+
+    /// Waits until the log is validated (synced) up to `end`, syncing it if no other commit
+    /// is doing so.
+    pub fn sync_to(&self, end: Lsn) -> Result<(), JournalError> {
+        if self.inner.config.sync {
+            self.inner.wait_synced(end)?;
         }
         Ok(())
     }
@@ -329,8 +354,8 @@ impl Journal {
             .map_err(|e| JournalError::io(self.inner.dir.join("decisions"), e))
     }
 
-    /// Logs a decide record and waits for its sync.
-    fn log_decision(&self, txid: u64, commit: bool) -> Result<(), JournalError> {
+    /// Logs a decide record (written, not waited for: returns the log's end after it).
+    fn log_decision(&self, txid: u64, commit: bool) -> Result<Lsn, JournalError> {
         let inner = &*self.inner;
         inner.check_running()?;
         let end = {
@@ -353,10 +378,7 @@ impl Journal {
             }
             end
         };
-        if inner.config.sync {
-            inner.wait_synced(end)?;
-        }
-        Ok(())
+        Ok(end)
     }
 
     /// Waits until every operation of `cluster` that was committed is applied to its file, so

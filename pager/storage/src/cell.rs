@@ -152,6 +152,13 @@ impl Volume for Fenced {
         self.check()?;
         self.inner.clu_decide_group(txid, commit)
     }
+    fn clu_decide_group_unsynced(&self, txid: u64, commit: bool) -> Result<Option<Lsn>> {
+        self.check()?;
+        self.inner.clu_decide_group_unsynced(txid, commit)
+    }
+    fn clu_sync_to(&self, lsn: Lsn) -> Result<()> {
+        self.inner.clu_sync_to(lsn)
+    }
     fn record_decision(&self, txid: u64) -> Result<()> {
         self.check()?;
         self.inner.record_decision(txid)

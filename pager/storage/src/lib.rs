@@ -161,6 +161,18 @@ pub trait Volume: Send + Sync {
     fn clu_decide_group(&self, _txid: u64, _commit: bool) -> Result<()> {
         Ok(())
     }
+    /// [`Volume::clu_decide_group`] without waiting for the outcome to be durable here: the
+    /// part is applied or dropped when this returns, and the outcome is durable once
+    /// [`Volume::clu_sync_to`] the position returned has returned (none: durable already).
+    /// Until then a crash leaves the part in doubt again, decided at the next mount from the
+    /// coordinator's decisions, which therefore keeps the decision that long.
+    fn clu_decide_group_unsynced(&self, txid: u64, commit: bool) -> Result<Option<Lsn>> {
+        self.clu_decide_group(txid, commit).map(|()| None)
+    }
+    /// Waits until what this volume logged up to `lsn` is durable.
+    fn clu_sync_to(&self, _lsn: Lsn) -> Result<()> {
+        Ok(())
+    }
     /// As the coordinator of `txid`: records the decision to commit, durably (the commit
     /// point). The default refuses.
     fn record_decision(&self, _txid: u64) -> Result<()> {

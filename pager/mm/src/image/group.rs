@@ -107,7 +107,8 @@ fn new_txid() -> u64 {
 /// Two-phase commit of a group across volumes of this site (presumed abort). Every volume
 /// prepares its part in parallel (durable, not applied); the coordinator, the lowest volume,
 /// records the decision to commit in its decisions file (the commit point); then every volume
-/// applies its part. A failure before the decision aborts every part (nothing is stored); a
+/// applies its part, its decide record not waited for (the decision is kept until they are
+/// durable: see `forget`). A failure before the decision aborts every part (nothing is stored); a
 /// failure after it does not undo the commit: that volume's journal stops and its next mount
 /// applies the part from the coordinator's decision.
 fn two_phase(by_vol: ByVolume) -> Result<(), Refusal> {
@@ -158,28 +159,26 @@ fn two_phase(by_vol: ByVolume) -> Result<(), Refusal> {
         }
         return Err(e);
     }
-    let applied: Vec<bool> = std::thread::scope(|s| {
-        let handles: Vec<_> = vols
-            .iter()
-            .map(|(v, vol)| {
-                s.spawn(move || match vol.clu_decide_group(txid, true) {
-                    Ok(()) => true,
-                    Err(err) => {
-                        error!(vol = %v, txid = format!("{txid:#x}"), "a committed group's part could not be applied here: {err}; the volume's journal stopped, its next mount applies it");
-                        false
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(false))
-            .collect()
-    });
-    if applied.iter().all(|&ok| ok) {
-        if let Err(e) = vols[0].1.forget_decision(txid) {
-            warn!(txid = format!("{txid:#x}"), "forgetting a decision: {e}");
+    // Each part is applied; its decide record is written, not waited for: the decision is
+    // durable, and it is kept until every decide record is (see `forget`).
+    let mut parts = Vec::with_capacity(vols.len());
+    let mut all = true;
+    for (v, vol) in &vols {
+        match vol.clu_decide_group_unsynced(txid, true) {
+            Ok(Some(lsn)) => parts.push((vol.clone(), lsn)),
+            Ok(None) => {}
+            Err(err) => {
+                all = false;
+                error!(vol = %v, txid = format!("{txid:#x}"), "a committed group's part could not be applied here: {err}; the volume's journal stopped, its next mount applies it");
+            }
         }
+    }
+    if all {
+        super::forget::later(super::forget::Forget {
+            txid,
+            coordinator: vols[0].1.clone(),
+            parts,
+        });
     }
     Ok(())
 }

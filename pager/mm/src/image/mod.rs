@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 mod evict;
 mod fault;
+mod forget;
 mod group;
 mod history;
 mod readahead;

@@ -639,6 +639,14 @@ impl Volume for LocalVolume {
         self.with_journal(|j| Ok(j.decide(txid, commit)?))
     }
 
+    fn clu_decide_group_unsynced(&self, txid: u64, commit: bool) -> Result<Option<Lsn>> {
+        self.with_journal(|j| Ok(j.decide_unsynced(txid, commit)?))
+    }
+
+    fn clu_sync_to(&self, lsn: Lsn) -> Result<()> {
+        self.with_journal(|j| Ok(j.sync_to(lsn)?))
+    }
+
     fn record_decision(&self, txid: u64) -> Result<()> {
         self.with_journal(|j| Ok(j.record_decision(txid)?))
     }
